@@ -1,0 +1,242 @@
+//! The subcommands.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use shrink_import::{Loaded, Tokenizer};
+use shrink_ir::Op;
+use shrink_runtime::{Device, Engine, PerplexityOptions, SampleOptions, Scoring};
+
+use crate::progress;
+
+fn load(path: &Path) -> Result<Loaded> {
+    let pb = progress::spinner(&format!("loading {}", path.display()));
+    let loaded = shrink_import::load(path);
+    pb.finish_and_clear();
+    Ok(loaded?)
+}
+
+fn tokenizer(loaded: &mut Loaded) -> Result<&mut Tokenizer> {
+    let path = loaded.path.display().to_string();
+    loaded
+        .tokenizer
+        .as_mut()
+        .with_context(|| format!("{path}: the model has no tokenizer (tokenizer.json)"))
+}
+
+fn engine(loaded: &Loaded, device: &str) -> Result<Engine> {
+    let device: Device = device.parse().map_err(anyhow::Error::msg)?;
+    let pb = progress::spinner(&format!("preparing the model on {device}"));
+    let engine = Engine::new(&loaded.model, device);
+    pb.finish_and_clear();
+    Ok(engine?)
+}
+
+pub struct EvalArgs {
+    pub model: PathBuf,
+    pub data: PathBuf,
+    pub ctx: usize,
+    pub chunks: Option<usize>,
+    pub scoring: Scoring,
+    pub device: String,
+    pub json: bool,
+}
+
+/// The `eval --json` contract.
+#[derive(Serialize)]
+struct EvalReport {
+    ppl: f64,
+    tokens_scored: u64,
+    tokens_in_file: u64,
+    seconds: f64,
+    tokens_per_second: f64,
+    device: String,
+}
+
+pub fn eval(a: EvalArgs) -> Result<()> {
+    if a.ctx < 2 {
+        bail!("--ctx must be at least 2");
+    }
+    if a.chunks == Some(0) {
+        bail!("--chunks must be at least 1");
+    }
+    let text = std::fs::read_to_string(&a.data)
+        .with_context(|| format!("{}: cannot read the data file", a.data.display()))?;
+    let mut loaded = load(&a.model)?;
+    let engine = engine(&loaded, &a.device)?;
+    let pb = progress::spinner(&format!("tokenizing {}", a.data.display()));
+    let tokens = tokenizer(&mut loaded)?
+        .encode(&text, false)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("{}: tokenizing", a.data.display()))?;
+    pb.finish_and_clear();
+    let opts = PerplexityOptions {
+        ctx: a.ctx,
+        chunks: a.chunks,
+        scoring: a.scoring,
+    };
+    let total = a
+        .chunks
+        .map_or(tokens.len() / a.ctx, |c| c.min(tokens.len() / a.ctx));
+    let pb = progress::bar(total as u64, "perplexity");
+    let start = Instant::now();
+    let result = engine.perplexity(&tokens, opts, &mut |done, _, ppl| {
+        pb.set_position(done as u64);
+        pb.set_message(format!("perplexity {ppl:.4}"));
+    });
+    pb.finish_and_clear();
+    let result = result.with_context(|| format!("{}: evaluating", a.data.display()))?;
+    let seconds = start.elapsed().as_secs_f64();
+    let processed = (result.chunks * a.ctx) as f64;
+    let report = EvalReport {
+        ppl: result.ppl,
+        tokens_scored: result.tokens_scored,
+        tokens_in_file: tokens.len() as u64,
+        seconds,
+        tokens_per_second: processed / seconds.max(1e-9),
+        device: engine.device().to_string(),
+    };
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "ppl {:.4} over {} scored tokens ({} chunks of {}, {} tokens in file) in {:.1} s, {:.1} tokens/s on {}",
+            report.ppl,
+            report.tokens_scored,
+            result.chunks,
+            a.ctx,
+            report.tokens_in_file,
+            report.seconds,
+            report.tokens_per_second,
+            report.device
+        );
+    }
+    Ok(())
+}
+
+pub struct GenerateArgs {
+    pub model: PathBuf,
+    pub prompt: String,
+    pub max_tokens: usize,
+    pub temperature: f32,
+    pub top_p: f32,
+    pub seed: u64,
+    pub device: String,
+}
+
+pub fn generate(a: GenerateArgs) -> Result<()> {
+    if !(a.temperature >= 0.0 && a.temperature.is_finite()) {
+        bail!("--temperature must be a finite number >= 0");
+    }
+    if !(a.top_p > 0.0 && a.top_p <= 1.0) {
+        bail!("--top-p must be in (0, 1]");
+    }
+    let mut loaded = load(&a.model)?;
+    let engine = engine(&loaded, &a.device)?;
+    let eos: Vec<u32> = loaded
+        .model
+        .graph
+        .meta
+        .get("eos_token_id")
+        .and_then(|s| s.parse().ok())
+        .into_iter()
+        .collect();
+    let tok = tokenizer(&mut loaded)?;
+    let prompt = tok
+        .encode(&a.prompt, true)
+        .map_err(anyhow::Error::msg)
+        .context("tokenizing the prompt")?;
+    let opts = SampleOptions {
+        max_tokens: a.max_tokens,
+        temperature: a.temperature,
+        top_p: a.top_p,
+        seed: a.seed,
+        stop: eos,
+    };
+    let mut stdout = std::io::stdout();
+    let _ = write!(stdout, "{}", a.prompt);
+    let _ = stdout.flush();
+    // Decode the whole continuation each time and print what is new, so tokens that split a
+    // UTF-8 character print once complete.
+    let mut ids: Vec<u32> = Vec::new();
+    let mut shown = 0usize;
+    let mut failure = None;
+    engine.generate(&prompt, &opts, &mut |t| {
+        ids.push(t);
+        match tok.decode(&ids) {
+            Ok(text) => {
+                if !text.ends_with('\u{FFFD}') && text.len() > shown && text.is_char_boundary(shown)
+                {
+                    let _ = write!(stdout, "{}", &text[shown..]);
+                    let _ = stdout.flush();
+                    shown = text.len();
+                }
+            }
+            Err(e) => failure = Some(e),
+        }
+    })?;
+    if let Some(e) = failure {
+        bail!("decoding generated tokens: {e}");
+    }
+    println!();
+    Ok(())
+}
+
+/// The `inspect --json` contract.
+#[derive(Serialize)]
+struct InspectReport {
+    params: u64,
+    bytes: u64,
+    bits_per_weight: f64,
+    layers: u64,
+    architecture: String,
+}
+
+pub fn inspect(path: &Path, ir: bool, json: bool) -> Result<()> {
+    let loaded = load(path)?;
+    let model = &loaded.model;
+    if ir {
+        print!("{}", shrink_ir::text::print(&model.graph));
+        return Ok(());
+    }
+    let size = model.size();
+    let layers = model
+        .graph
+        .node_ids()
+        .into_iter()
+        .filter(|id| matches!(model.graph.node(*id).map(|n| &n.op), Some(Op::Attention(_))))
+        .count() as u64;
+    let report = InspectReport {
+        params: size.params,
+        bytes: size.bytes,
+        bits_per_weight: size.bits_per_weight(),
+        layers,
+        architecture: model
+            .graph
+            .meta
+            .get("architecture")
+            .cloned()
+            .unwrap_or_default(),
+    };
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("model         {}", path.display());
+        println!("architecture  {}", report.architecture);
+        println!("layers        {}", report.layers);
+        println!("parameters    {}", report.params);
+        println!("bytes         {}", report.bytes);
+        println!("bits/weight   {:.3}", report.bits_per_weight);
+        let mut dtypes: std::collections::BTreeMap<String, u64> = Default::default();
+        for ty in model.graph.params().values() {
+            *dtypes.entry(ty.dtype.to_string()).or_default() += ty.numel() as u64;
+        }
+        for (d, n) in dtypes {
+            println!("  {d:<6} {n} parameters");
+        }
+    }
+    Ok(())
+}

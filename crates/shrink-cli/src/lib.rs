@@ -1,0 +1,143 @@
+//! The `shrink` command line. The only crate that prints to the terminal; everything it does is a
+//! call into the stage crates. Exit status: 0 on success, 1 with a one-line cause on stderr for
+//! any failure, 2 for a malformed command line.
+
+mod commands;
+mod progress;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "shrink",
+    version,
+    about = "Make LLMs smaller and faster: quantize, prune, distill, LoRA."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ScoreArg {
+    /// Score every prediction of each chunk.
+    All,
+    /// Score only the second half of each chunk (as llama.cpp's perplexity tool).
+    SecondHalf,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Perplexity of a model on a text file.
+    Eval {
+        /// A GGUF file or a Hugging Face model directory.
+        #[arg(long)]
+        model: PathBuf,
+        /// UTF-8 text file to score.
+        #[arg(long)]
+        data: PathBuf,
+        /// Tokens per chunk.
+        #[arg(long, default_value_t = 512)]
+        ctx: usize,
+        /// Score at most this many chunks (default: all that fit).
+        #[arg(long)]
+        chunks: Option<usize>,
+        #[arg(long, value_enum, default_value_t = ScoreArg::All)]
+        score: ScoreArg,
+        /// cpu, cuda or cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Print one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Continue a prompt.
+    Generate {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        prompt: String,
+        #[arg(long, default_value_t = 64)]
+        max_tokens: usize,
+        /// 0 for greedy decoding.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f32,
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f32,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
+    /// Size and structure of a model.
+    Inspect {
+        /// A GGUF file or a Hugging Face model directory.
+        model: PathBuf,
+        /// Print the IR text.
+        #[arg(long)]
+        ir: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs the command line; returns the exit status.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    let result = match cli.command {
+        Command::Eval {
+            model,
+            data,
+            ctx,
+            chunks,
+            score,
+            device,
+            json,
+        } => commands::eval(commands::EvalArgs {
+            model,
+            data,
+            ctx,
+            chunks,
+            scoring: match score {
+                ScoreArg::All => shrink_runtime::Scoring::All,
+                ScoreArg::SecondHalf => shrink_runtime::Scoring::SecondHalf,
+            },
+            device,
+            json,
+        }),
+        Command::Generate {
+            model,
+            prompt,
+            max_tokens,
+            temperature,
+            top_p,
+            seed,
+            device,
+        } => commands::generate(commands::GenerateArgs {
+            model,
+            prompt,
+            max_tokens,
+            temperature,
+            top_p,
+            seed,
+            device,
+        }),
+        Command::Inspect { model, ir, json } => commands::inspect(&model, ir, json),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}

@@ -1,0 +1,446 @@
+//! Hugging Face model directories: `config.json`, `model.safetensors` or a sharded
+//! `model.safetensors.index.json`, and `tokenizer.json`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::Value;
+use shrink_ir::{Activation, DType, Graph, Model, ParamType, TensorData, WeightStore};
+
+use crate::arch::{gpt2_is_conv1d, Gpt2Config, LlamaConfig};
+use crate::error::{ImportError, Result};
+
+/// Architectures this front end reads, by `config.json`'s `model_type`.
+pub const SUPPORTED: &str = "llama, mistral, qwen2, gpt2";
+
+/// A `config.json` with typed, path-naming accessors.
+struct Config {
+    path: PathBuf,
+    json: serde_json::Map<String, Value>,
+}
+
+impl Config {
+    fn err(&self, field: &str, message: impl Into<String>) -> ImportError {
+        ImportError::Config {
+            path: self.path.clone(),
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    fn opt_usize(&self, field: &str) -> Result<Option<usize>> {
+        match self.json.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v.as_u64().map(|n| Some(n as usize)).ok_or_else(|| {
+                self.err(field, format!("expected a non-negative integer, got {v}"))
+            }),
+        }
+    }
+
+    fn usize(&self, field: &str) -> Result<usize> {
+        self.opt_usize(field)?
+            .ok_or_else(|| self.err(field, "missing"))
+    }
+
+    fn opt_f32(&self, field: &str) -> Result<Option<f32>> {
+        match self.json.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .map(|n| Some(n as f32))
+                .ok_or_else(|| self.err(field, format!("expected a number, got {v}"))),
+        }
+    }
+
+    fn opt_bool(&self, field: &str) -> Result<Option<bool>> {
+        match self.json.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_bool()
+                .map(Some)
+                .ok_or_else(|| self.err(field, format!("expected true or false, got {v}"))),
+        }
+    }
+
+    fn opt_str(&self, field: &str) -> Result<Option<&str>> {
+        match self.json.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_str()
+                .map(Some)
+                .ok_or_else(|| self.err(field, format!("expected a string, got {v}"))),
+        }
+    }
+
+    /// A token id that may be given as a list (several EOS ids): the first is taken.
+    fn opt_token(&self, field: &str) -> Result<Option<u32>> {
+        match self.json.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Array(a)) => Ok(a.first().and_then(Value::as_u64).map(|n| n as u32)),
+            Some(v) => v
+                .as_u64()
+                .map(|n| Some(n as u32))
+                .ok_or_else(|| self.err(field, format!("expected a token id, got {v}"))),
+        }
+    }
+}
+
+fn read_json(path: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(path).map_err(|source| ImportError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| ImportError::Json {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+/// The architecture a `config.json` describes, normalised.
+pub enum HfArch {
+    Llama(LlamaConfig),
+    Gpt2(Gpt2Config),
+}
+
+fn read_config(dir: &Path) -> Result<HfArch> {
+    let path = dir.join("config.json");
+    let json = match read_json(&path)? {
+        Value::Object(m) => m,
+        _ => {
+            return Err(ImportError::Json {
+                path,
+                message: "expected a JSON object".into(),
+            })
+        }
+    };
+    let c = Config { path, json };
+    let model_type = c
+        .opt_str("model_type")?
+        .ok_or_else(|| c.err("model_type", "missing"))?
+        .to_string();
+    let arch = match model_type.as_str() {
+        "llama" | "mistral" | "qwen2" => {
+            let hidden = c.usize("hidden_size")?;
+            let heads = c.usize("num_attention_heads")?;
+            let head_dim = match c.opt_usize("head_dim")? {
+                Some(h) => h,
+                None if heads > 0 => hidden / heads,
+                None => 0,
+            };
+            if c.opt_f32("partial_rotary_factor")?
+                .is_some_and(|f| f != 1.0)
+            {
+                return Err(c.err("partial_rotary_factor", "only 1.0 is supported"));
+            }
+            if let Some(Value::Object(_)) = c.json.get("rope_scaling") {
+                return Err(c.err("rope_scaling", "RoPE scaling is not supported"));
+            }
+            // transformers 5 writes `rope_parameters: {rope_theta, rope_type}`; older
+            // configs a top-level `rope_theta`.
+            let rope_params = match c.json.get("rope_parameters") {
+                Some(Value::Object(m)) => Some(m),
+                _ => None,
+            };
+            if let Some(t) = rope_params
+                .and_then(|m| m.get("rope_type"))
+                .and_then(Value::as_str)
+                .filter(|t| *t != "default")
+            {
+                return Err(c.err(
+                    "rope_parameters.rope_type",
+                    format!("'{t}' is not supported (default)"),
+                ));
+            }
+            let rope_theta = match rope_params.and_then(|m| m.get("rope_theta")) {
+                Some(v) => Some(v.as_f64().ok_or_else(|| {
+                    c.err(
+                        "rope_parameters.rope_theta",
+                        format!("expected a number, got {v}"),
+                    )
+                })? as f32),
+                None => c.opt_f32("rope_theta")?,
+            };
+            if c.opt_bool("mlp_bias")? == Some(true) {
+                return Err(c.err("mlp_bias", "MLP biases are not supported"));
+            }
+            let act = c.opt_str("hidden_act")?.unwrap_or("silu");
+            if act != "silu" {
+                return Err(c.err("hidden_act", format!("'{act}' is not supported (silu)")));
+            }
+            let is_qwen = model_type == "qwen2";
+            HfArch::Llama(LlamaConfig {
+                arch: model_type.clone(),
+                vocab_size: c.usize("vocab_size")?,
+                hidden_size: hidden,
+                intermediate_size: c.usize("intermediate_size")?,
+                num_layers: c.usize("num_hidden_layers")?,
+                num_heads: heads,
+                num_kv_heads: c.opt_usize("num_key_value_heads")?.unwrap_or(heads),
+                head_dim,
+                rope_theta: rope_theta.unwrap_or(10000.0),
+                rms_norm_eps: c.opt_f32("rms_norm_eps")?.unwrap_or(1e-6),
+                max_position_embeddings: c.opt_usize("max_position_embeddings")?.unwrap_or(2048),
+                tie_word_embeddings: c.opt_bool("tie_word_embeddings")?.unwrap_or(!is_qwen),
+                attention_qkv_bias: c.opt_bool("attention_bias")?.unwrap_or(is_qwen),
+                bos_token_id: c.opt_token("bos_token_id")?,
+                eos_token_id: c.opt_token("eos_token_id")?,
+            })
+        }
+        "gpt2" => {
+            let n_embd = c.usize("n_embd")?;
+            let act = c.opt_str("activation_function")?.unwrap_or("gelu_new");
+            let activation = match act {
+                "gelu_new" | "gelu_pytorch_tanh" => Activation::GeluTanh,
+                "gelu" => Activation::Gelu,
+                "relu" => Activation::Relu,
+                other => {
+                    return Err(c.err("activation_function", format!("'{other}' is not supported")))
+                }
+            };
+            HfArch::Gpt2(Gpt2Config {
+                vocab_size: c.usize("vocab_size")?,
+                n_embd,
+                n_layer: c.usize("n_layer")?,
+                n_head: c.usize("n_head")?,
+                n_positions: c.usize("n_positions")?,
+                n_inner: c.opt_usize("n_inner")?.unwrap_or(4 * n_embd),
+                layer_norm_epsilon: c.opt_f32("layer_norm_epsilon")?.unwrap_or(1e-5),
+                activation,
+                prefix: String::new(),
+                untied_head: false,
+                bos_token_id: c.opt_token("bos_token_id")?,
+                eos_token_id: c.opt_token("eos_token_id")?,
+            })
+        }
+        other => {
+            return Err(ImportError::UnsupportedArch {
+                path: c.path.clone(),
+                arch: other.to_string(),
+                supported: SUPPORTED,
+            })
+        }
+    };
+    let check = match &arch {
+        HfArch::Llama(l) => l.validate(),
+        HfArch::Gpt2(g) => g.validate(),
+    };
+    check.map_err(|m| c.err("config", m))?;
+    Ok(arch)
+}
+
+/// One safetensors file, mapped, with its header parsed.
+struct Shard {
+    path: PathBuf,
+    map: Arc<memmap2::Mmap>,
+    /// name → (dtype, shape, absolute byte range)
+    tensors: BTreeMap<String, (String, Vec<usize>, usize, usize)>,
+}
+
+impl Shard {
+    fn open(path: &Path) -> Result<Shard> {
+        let io = |source| ImportError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = std::fs::File::open(path).map_err(io)?;
+        // SAFETY: the file is opened read-only; shrink never writes to its inputs.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+        let bad = |message: String| ImportError::Safetensors {
+            path: path.to_path_buf(),
+            message,
+        };
+        let st = safetensors::SafeTensors::deserialize(&map).map_err(|e| bad(e.to_string()))?;
+        let base = map.as_ptr() as usize;
+        let mut tensors = BTreeMap::new();
+        for (name, view) in st.tensors() {
+            let data = view.data();
+            let start = data.as_ptr() as usize - base;
+            tensors.insert(
+                name,
+                (
+                    format!("{:?}", view.dtype()),
+                    view.shape().to_vec(),
+                    start,
+                    data.len(),
+                ),
+            );
+        }
+        Ok(Shard {
+            path: path.to_path_buf(),
+            map: Arc::new(map),
+            tensors,
+        })
+    }
+}
+
+fn open_shards(dir: &Path) -> Result<Vec<Shard>> {
+    let single = dir.join("model.safetensors");
+    if single.exists() {
+        return Ok(vec![Shard::open(&single)?]);
+    }
+    let index_path = dir.join("model.safetensors.index.json");
+    if !index_path.exists() {
+        return Err(ImportError::Io {
+            path: single,
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no model.safetensors or model.safetensors.index.json in the directory",
+            ),
+        });
+    }
+    let index = read_json(&index_path)?;
+    let Some(map) = index.get("weight_map").and_then(Value::as_object) else {
+        return Err(ImportError::Config {
+            path: index_path,
+            field: "weight_map".into(),
+            message: "missing or not an object".into(),
+        });
+    };
+    let mut files: Vec<String> = Vec::new();
+    for (tensor, f) in map {
+        let Some(f) = f.as_str() else {
+            return Err(ImportError::Config {
+                path: index_path.clone(),
+                field: format!("weight_map.{tensor}"),
+                message: "expected a file name".into(),
+            });
+        };
+        if f.contains('/') || f.contains('\\') || f.starts_with("..") {
+            return Err(ImportError::Config {
+                path: index_path.clone(),
+                field: format!("weight_map.{tensor}"),
+                message: format!("'{f}' is not a file name in the model directory"),
+            });
+        }
+        if !files.iter().any(|x| x == f) {
+            files.push(f.to_string());
+        }
+    }
+    files.sort();
+    files.iter().map(|f| Shard::open(&dir.join(f))).collect()
+}
+
+fn dtype_of(st: &str) -> Option<DType> {
+    match st {
+        "F32" => Some(DType::F32),
+        "F16" => Some(DType::F16),
+        "BF16" => Some(DType::BF16),
+        _ => None,
+    }
+}
+
+/// Fills the weight store for the graph's declared parameters from the shards, checking each
+/// shape; Conv1D weights are transposed into `[out, in]`.
+fn load_weights(graph: &mut Graph, shards: &[Shard], gpt2: bool) -> Result<WeightStore> {
+    let mut store = WeightStore::new();
+    let declared: Vec<(String, ParamType)> = graph
+        .params()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    for (name, want) in declared {
+        let Some((shard, (st_dtype, shape, start, len))) = shards
+            .iter()
+            .find_map(|s| s.tensors.get(&name).map(|t| (s, t)))
+        else {
+            let path = shards.first().map(|s| s.path.clone()).unwrap_or_default();
+            return Err(ImportError::Tensor {
+                path,
+                tensor: name,
+                message: "missing from the checkpoint".into(),
+            });
+        };
+        let terr = |message: String| ImportError::Tensor {
+            path: shard.path.clone(),
+            tensor: name.clone(),
+            message,
+        };
+        let dtype = dtype_of(st_dtype).ok_or_else(|| {
+            terr(format!(
+                "dtype {st_dtype} is not supported (F32, F16, BF16)"
+            ))
+        })?;
+        let transposed = gpt2 && gpt2_is_conv1d(&name);
+        let file_shape: Vec<usize> = if transposed {
+            want.shape.iter().rev().copied().collect()
+        } else {
+            want.shape.clone()
+        };
+        if *shape != file_shape {
+            return Err(terr(format!(
+                "shape {shape:?} does not match the config, which implies {file_shape:?}"
+            )));
+        }
+        let ty = ParamType::new(dtype, want.shape.clone());
+        let data = if transposed {
+            let bytes = &shard.map[*start..*start + *len];
+            TensorData::from_bytes(
+                ty.clone(),
+                transpose_bytes(bytes, shape[0], shape[1], dtype.size()),
+            )
+        } else {
+            TensorData::mapped(ty.clone(), shard.map.clone(), *start, *len)
+        }
+        .map_err(terr)?;
+        if let Some(p) = graph.param_mut(&name) {
+            *p = ty;
+        }
+        store.insert(name, data);
+    }
+    Ok(store)
+}
+
+/// Transposes a row-major `[rows, cols]` matrix of `elem`-byte elements.
+pub(crate) fn transpose_bytes(bytes: &[u8], rows: usize, cols: usize, elem: usize) -> Vec<u8> {
+    let mut out = vec![0u8; bytes.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            let src = (r * cols + c) * elem;
+            let dst = (c * rows + r) * elem;
+            out[dst..dst + elem].copy_from_slice(&bytes[src..src + elem]);
+        }
+    }
+    out
+}
+
+/// Loads a Hugging Face model directory into a model (weights memory-mapped where the layout
+/// allows).
+pub fn load_model(dir: &Path) -> Result<Model> {
+    let arch = read_config(dir)?;
+    let shards = open_shards(dir)?;
+    let has = |n: &str| shards.iter().any(|s| s.tensors.contains_key(n));
+    let (mut graph, gpt2) = match arch {
+        HfArch::Llama(mut c) => {
+            // Some checkpoints omit tie_word_embeddings but ship no lm_head.
+            if !c.tie_word_embeddings && !has("lm_head.weight") {
+                c.tie_word_embeddings = true;
+            }
+            (c.build(), false)
+        }
+        HfArch::Gpt2(mut c) => {
+            if has("transformer.wte.weight") {
+                c.prefix = "transformer.".into();
+            }
+            c.untied_head = has("lm_head.weight") && !shares_data(&shards, &c.prefix);
+            (c.build(), true)
+        }
+    };
+    let weights = load_weights(&mut graph, &shards, gpt2)?;
+    Ok(Model { graph, weights })
+}
+
+/// A GPT-2 checkpoint with an `lm_head.weight` equal to `wte.weight` is tied.
+fn shares_data(shards: &[Shard], prefix: &str) -> bool {
+    let get = |n: &str| {
+        shards.iter().find_map(|s| {
+            s.tensors
+                .get(n)
+                .map(|(_, _, start, len)| &s.map[*start..*start + *len])
+        })
+    };
+    match (get("lm_head.weight"), get(&format!("{prefix}wte.weight"))) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
+    }
+}

@@ -1,0 +1,25 @@
+//! The graph IR of shrink: a model as a dataflow graph of coarse ops over typed values, with a
+//! weight store beside it. No tensor library here: passes reason about structure and names, the
+//! runtime crate executes.
+//!
+//! - [`types`]: dtypes, dims, value and parameter types
+//! - [`op`]: the ops and their type inference
+//! - [`graph`]: the graph (petgraph underneath, typed ids on top)
+//! - [`weights`]: the weight store
+//! - [`text`]: printer and parser of the text form
+//! - [`verify`]: the verifier (its module doc lists the invariants)
+
+pub mod graph;
+pub mod model;
+pub mod op;
+pub mod text;
+pub mod types;
+pub mod verify;
+pub mod weights;
+
+pub use graph::{Graph, Node, NodeId, ValueId};
+pub use model::{Model, SizeStats};
+pub use op::{Activation, AttentionSpec, NormKind, Op, Rope};
+pub use types::{DType, Dim, ParamType, ValueType};
+pub use verify::{verify_graph, verify_model, Verified, VerifyError, VerifyErrors};
+pub use weights::{TensorData, WeightStore};

@@ -1,0 +1,318 @@
+//! The operations of the IR. They are coarse on purpose: a pass reasons about "the attention of
+//! layer 3" or "the down projection", not about the dozen tensor ops that implement them.
+
+use crate::types::{DType, Dim, ParamType, ValueType};
+
+/// Normalisation flavour.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NormKind {
+    /// RMSNorm: `x / sqrt(mean(x²) + eps) * weight`.
+    Rms,
+    /// LayerNorm: `(x - mean) / sqrt(var + eps) * weight + bias`.
+    Layer,
+}
+
+/// Elementwise activation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// `x * sigmoid(x)`.
+    Silu,
+    /// GELU with the tanh approximation (GPT-2's `gelu_new`).
+    GeluTanh,
+    /// GELU with the exact erf.
+    Gelu,
+    Relu,
+}
+
+impl Activation {
+    pub const ALL: [Activation; 4] = [
+        Activation::Silu,
+        Activation::GeluTanh,
+        Activation::Gelu,
+        Activation::Relu,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Activation::Silu => "silu",
+            Activation::GeluTanh => "gelu_tanh",
+            Activation::Gelu => "gelu",
+            Activation::Relu => "relu",
+        }
+    }
+}
+
+/// Rotary position embedding in the "rotate half" form of Hugging Face's LLaMA: feature `i` pairs
+/// with feature `i + dim/2` of each head. GGUF files store Q/K rows permuted for the interleaved
+/// form; importers undo that so the IR has one convention.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Rope {
+    pub theta: f32,
+    /// Rotated features per head (even, at most `head_dim`); the rest pass through.
+    pub dim: usize,
+}
+
+/// Scaled dot-product attention over already projected q, k, v, with its head layout.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttentionSpec {
+    pub heads: usize,
+    /// Key/value heads; `heads / kv_heads` query heads share each (grouped-query attention).
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub rope: Option<Rope>,
+    pub causal: bool,
+}
+
+/// One operation. Parameters are referenced by name in the weight store.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    /// Graph input: token ids `i64[b, s]`.
+    Input {
+        name: String,
+    },
+    /// Token embedding lookup `weight[vocab, dim]`: `i64[b, s]` → `f32[b, s, dim]`.
+    Embedding {
+        weight: String,
+    },
+    /// Learned absolute positions `weight[max_pos, dim]` for the positions of the tokens
+    /// (offset by the cache length when generating): `i64[b, s]` → `f32[b, s, dim]`.
+    PositionEmbedding {
+        weight: String,
+    },
+    Norm {
+        kind: NormKind,
+        eps: f32,
+        weight: String,
+        bias: Option<String>,
+    },
+    /// `y = x Wᵀ + b` with `weight[out, in]`.
+    Linear {
+        weight: String,
+        bias: Option<String>,
+    },
+    /// Splits the last axis into consecutive parts (GPT-2's fused `c_attn`).
+    Split {
+        sizes: Vec<usize>,
+    },
+    /// `(q, k, v)` → `f32[b, s, heads * head_dim]`.
+    Attention(AttentionSpec),
+    Activation(Activation),
+    Add,
+    Mul,
+    /// Graph output (a sink, no results).
+    Output {
+        name: String,
+    },
+}
+
+impl Op {
+    /// The name of the op in the text form.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Input { .. } => "input",
+            Op::Embedding { .. } => "embedding",
+            Op::PositionEmbedding { .. } => "position_embedding",
+            Op::Norm {
+                kind: NormKind::Rms,
+                ..
+            } => "rms_norm",
+            Op::Norm {
+                kind: NormKind::Layer,
+                ..
+            } => "layer_norm",
+            Op::Linear { .. } => "linear",
+            Op::Split { .. } => "split",
+            Op::Attention(_) => "attention",
+            Op::Activation(a) => a.name(),
+            Op::Add => "add",
+            Op::Mul => "mul",
+            Op::Output { .. } => "output",
+        }
+    }
+
+    /// Number of operands the op takes.
+    pub fn arity(&self) -> usize {
+        match self {
+            Op::Input { .. } => 0,
+            Op::Attention(_) => 3,
+            Op::Add | Op::Mul => 2,
+            _ => 1,
+        }
+    }
+
+    /// Names of the parameters the op reads, in a fixed order.
+    pub fn params(&self) -> Vec<&str> {
+        match self {
+            Op::Embedding { weight } | Op::PositionEmbedding { weight } => vec![weight],
+            Op::Norm { weight, bias, .. } | Op::Linear { weight, bias } => {
+                let mut v = vec![weight.as_str()];
+                v.extend(bias.as_deref());
+                v
+            }
+            _ => vec![],
+        }
+    }
+
+    /// Mutable access to the parameter names the op reads (for renaming passes).
+    pub fn params_mut(&mut self) -> Vec<&mut String> {
+        match self {
+            Op::Embedding { weight } | Op::PositionEmbedding { weight } => vec![weight],
+            Op::Norm { weight, bias, .. } | Op::Linear { weight, bias } => {
+                let mut v = vec![weight];
+                v.extend(bias.as_mut());
+                v
+            }
+            _ => vec![],
+        }
+    }
+
+    /// Result types of the op given its operand types and a lookup of parameter types.
+    /// The error says what does not fit; the verifier adds where.
+    pub fn infer(
+        &self,
+        inputs: &[ValueType],
+        param: &dyn Fn(&str) -> Option<ParamType>,
+    ) -> Result<Vec<ValueType>, String> {
+        if inputs.len() != self.arity() {
+            return Err(format!(
+                "{} takes {} operand(s), got {}",
+                self.name(),
+                self.arity(),
+                inputs.len()
+            ));
+        }
+        let get = |name: &str, rank: usize| -> Result<ParamType, String> {
+            let p = param(name).ok_or_else(|| format!("parameter '{name}' is not declared"))?;
+            if p.shape.len() != rank {
+                return Err(format!(
+                    "parameter '{name}' has shape {p}, expected rank {rank}"
+                ));
+            }
+            if !p.dtype.is_float() {
+                return Err(format!("parameter '{name}' has non-float type {p}"));
+            }
+            Ok(p)
+        };
+        let hidden = |i: usize| -> Result<usize, String> {
+            let t = &inputs[i];
+            if t.dtype != DType::F32
+                || t.shape.len() != 3
+                || t.shape[0] != Dim::Batch
+                || t.shape[1] != Dim::Seq
+            {
+                return Err(format!("operand {i} has type {t}, expected f32[b, s, N]"));
+            }
+            t.features()
+                .ok_or_else(|| format!("operand {i} has type {t}, expected a fixed last axis"))
+        };
+        let tokens = |i: usize| -> Result<(), String> {
+            if inputs[i] != ValueType::tokens() {
+                return Err(format!(
+                    "operand {i} has type {}, expected {}",
+                    inputs[i],
+                    ValueType::tokens()
+                ));
+            }
+            Ok(())
+        };
+        match self {
+            Op::Input { .. } => Ok(vec![ValueType::tokens()]),
+            Op::Embedding { weight } | Op::PositionEmbedding { weight } => {
+                tokens(0)?;
+                let w = get(weight, 2)?;
+                Ok(vec![ValueType::hidden(w.shape[1])])
+            }
+            Op::Norm { weight, bias, .. } => {
+                let d = hidden(0)?;
+                for name in std::iter::once(weight).chain(bias) {
+                    let p = get(name, 1)?;
+                    if p.shape[0] != d {
+                        return Err(format!("parameter '{name}' has shape {p}, expected [{d}]"));
+                    }
+                }
+                Ok(vec![ValueType::hidden(d)])
+            }
+            Op::Linear { weight, bias } => {
+                let d = hidden(0)?;
+                let w = get(weight, 2)?;
+                if w.shape[1] != d {
+                    return Err(format!(
+                        "weight '{weight}' has shape {w} ([out, in]) but the operand has {d} features"
+                    ));
+                }
+                if let Some(b) = bias {
+                    let p = get(b, 1)?;
+                    if p.shape[0] != w.shape[0] {
+                        return Err(format!(
+                            "bias '{b}' has shape {p}, expected [{}]",
+                            w.shape[0]
+                        ));
+                    }
+                }
+                Ok(vec![ValueType::hidden(w.shape[0])])
+            }
+            Op::Split { sizes } => {
+                let d = hidden(0)?;
+                let total: usize = sizes.iter().sum();
+                if sizes.is_empty() || sizes.contains(&0) || total != d {
+                    return Err(format!(
+                        "split sizes {sizes:?} do not partition {d} features"
+                    ));
+                }
+                Ok(sizes.iter().map(|&n| ValueType::hidden(n)).collect())
+            }
+            Op::Attention(a) => {
+                let (q, k, v) = (hidden(0)?, hidden(1)?, hidden(2)?);
+                if a.heads == 0 || a.kv_heads == 0 || a.head_dim == 0 {
+                    return Err("heads, kv_heads and head_dim must be positive".into());
+                }
+                if a.heads % a.kv_heads != 0 {
+                    return Err(format!(
+                        "heads={} is not a multiple of kv_heads={}",
+                        a.heads, a.kv_heads
+                    ));
+                }
+                if q != a.heads * a.head_dim {
+                    return Err(format!(
+                        "q has {q} features but heads*head_dim = {}",
+                        a.heads * a.head_dim
+                    ));
+                }
+                for (name, n) in [("k", k), ("v", v)] {
+                    if n != a.kv_heads * a.head_dim {
+                        return Err(format!(
+                            "{name} has {n} features but kv_heads*head_dim = {}",
+                            a.kv_heads * a.head_dim
+                        ));
+                    }
+                }
+                if let Some(r) = a.rope {
+                    if r.dim == 0 || r.dim % 2 != 0 || r.dim > a.head_dim {
+                        return Err(format!(
+                            "rope dim {} must be even and at most head_dim {}",
+                            r.dim, a.head_dim
+                        ));
+                    }
+                    if !(r.theta.is_finite() && r.theta > 0.0) {
+                        return Err(format!("rope theta {} must be positive", r.theta));
+                    }
+                }
+                Ok(vec![ValueType::hidden(q)])
+            }
+            Op::Activation(_) => Ok(vec![ValueType::hidden(hidden(0)?)]),
+            Op::Add | Op::Mul => {
+                let (x, y) = (hidden(0)?, hidden(1)?);
+                if x != y {
+                    return Err(format!("operands have {x} and {y} features"));
+                }
+                Ok(vec![ValueType::hidden(x)])
+            }
+            Op::Output { .. } => {
+                if !inputs[0].dtype.is_float() {
+                    return Err(format!("output of type {} is not float", inputs[0]));
+                }
+                Ok(vec![])
+            }
+        }
+    }
+}

@@ -1,0 +1,554 @@
+//! The interpreter: the IR compiled to a list of steps over burn tensors. Parameters are
+//! uploaded once, in the layout each step wants (linear weights transposed to `[in, out]`).
+
+use std::collections::HashMap;
+
+use burn::tensor::activation;
+use burn::tensor::backend::Backend;
+use burn::tensor::module::embedding;
+use burn::tensor::{Int, Tensor, TensorData as BurnData};
+use shrink_ir::{Activation, AttentionSpec, Model, NodeId, NormKind, Op, ValueId};
+
+use crate::error::{Result, RuntimeError};
+
+enum Kernel<B: Backend> {
+    Input,
+    Embedding(Tensor<B, 2>),
+    PositionEmbedding(Tensor<B, 2>),
+    Norm {
+        kind: NormKind,
+        eps: f32,
+        weight: Tensor<B, 1>,
+        bias: Option<Tensor<B, 1>>,
+    },
+    Linear {
+        /// `[in, out]`
+        weight_t: Tensor<B, 2>,
+        bias: Option<Tensor<B, 1>>,
+    },
+    Split(Vec<usize>),
+    Attention {
+        spec: AttentionSpec,
+        /// Index into the KV cache.
+        layer: usize,
+    },
+    Activation(Activation),
+    Add,
+    Mul,
+    Output,
+}
+
+struct Step<B: Backend> {
+    node: NodeId,
+    kernel: Kernel<B>,
+    inputs: Vec<usize>,
+    outputs: Vec<usize>,
+    /// Slots whose last use is this step: freed after it runs.
+    release: Vec<usize>,
+}
+
+enum Val<B: Backend> {
+    Tokens(Tensor<B, 2, Int>),
+    Hidden(Tensor<B, 3>),
+}
+
+/// Keys and values of every attention layer for the positions seen so far, `[b, kv_heads, t, d]`.
+pub struct KvCache<B: Backend> {
+    layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+    len: usize,
+}
+
+impl<B: Backend> KvCache<B> {
+    /// Positions already in the cache.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// A model ready to run on one backend.
+pub struct Interpreter<B: Backend> {
+    device: B::Device,
+    steps: Vec<Step<B>>,
+    n_slots: usize,
+    attention_layers: usize,
+    vocab: usize,
+    max_positions: usize,
+    /// `cos`/`sin` tables `[max_positions, rope_dim/2]` per distinct (theta, dim).
+    rope: HashMap<(u32, usize), (Tensor<B, 2>, Tensor<B, 2>)>,
+}
+
+fn upload<B: Backend, const D: usize>(
+    values: Vec<f32>,
+    shape: [usize; D],
+    device: &B::Device,
+) -> Tensor<B, D> {
+    Tensor::from_data(BurnData::new(values, shape), device)
+}
+
+fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0; values.len()];
+    // Blocked for cache locality: these are the largest copies at load time.
+    const T: usize = 64;
+    for r0 in (0..rows).step_by(T) {
+        for c0 in (0..cols).step_by(T) {
+            for r in r0..(r0 + T).min(rows) {
+                for c in c0..(c0 + T).min(cols) {
+                    out[c * rows + r] = values[r * cols + c];
+                }
+            }
+        }
+    }
+    out
+}
+
+impl<B: Backend> Interpreter<B> {
+    /// Verifies the model and uploads its parameters.
+    pub fn new(model: &Model, device: &B::Device) -> Result<Self> {
+        model.verify()?;
+        let graph = &model.graph;
+        let order = graph
+            .order()
+            .map_err(|_| RuntimeError::Input("the graph has a cycle".into()))?;
+        let param = |name: &str| -> Result<(Vec<f32>, Vec<usize>)> {
+            let t = model.weights.get(name).ok_or_else(|| RuntimeError::Param {
+                name: name.into(),
+                message: "no data".into(),
+            })?;
+            Ok((t.to_f32(), t.ty.shape.clone()))
+        };
+        let mut cache2: HashMap<(String, bool), Tensor<B, 2>> = HashMap::new();
+        let mut matrix = |name: &str, transposed: bool| -> Result<Tensor<B, 2>> {
+            if let Some(t) = cache2.get(&(name.to_string(), transposed)) {
+                return Ok(t.clone());
+            }
+            let (v, s) = param(name)?;
+            let (r, c) = (s[0], s[1]);
+            let t = if transposed {
+                upload::<B, 2>(transpose(&v, r, c), [c, r], device)
+            } else {
+                upload::<B, 2>(v, [r, c], device)
+            };
+            cache2.insert((name.to_string(), transposed), t.clone());
+            Ok(t)
+        };
+        let vector = |name: &str| -> Result<Tensor<B, 1>> {
+            let (v, s) = param(name)?;
+            Ok(upload::<B, 1>(v, [s[0]], device))
+        };
+
+        let mut slot_of: HashMap<ValueId, usize> = HashMap::new();
+        let mut steps = Vec::with_capacity(order.len());
+        let mut attention_layers = 0;
+        let mut vocab = 0;
+        let mut max_positions = graph
+            .meta
+            .get("context_length")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(usize::MAX);
+        let mut rope = HashMap::new();
+        for id in order {
+            let Some(node) = graph.node(id) else { continue };
+            let kernel = match &node.op {
+                Op::Input { .. } => Kernel::Input,
+                Op::Embedding { weight } => {
+                    let w = matrix(weight, false)?;
+                    vocab = w.dims()[0];
+                    Kernel::Embedding(w)
+                }
+                Op::PositionEmbedding { weight } => {
+                    let w = matrix(weight, false)?;
+                    max_positions = max_positions.min(w.dims()[0]);
+                    Kernel::PositionEmbedding(w)
+                }
+                Op::Norm {
+                    kind,
+                    eps,
+                    weight,
+                    bias,
+                } => Kernel::Norm {
+                    kind: *kind,
+                    eps: *eps,
+                    weight: vector(weight)?,
+                    bias: bias.as_deref().map(vector).transpose()?,
+                },
+                Op::Linear { weight, bias } => Kernel::Linear {
+                    weight_t: matrix(weight, true)?,
+                    bias: bias.as_deref().map(vector).transpose()?,
+                },
+                Op::Split { sizes } => Kernel::Split(sizes.clone()),
+                Op::Attention(spec) => {
+                    if let Some(r) = spec.rope {
+                        let key = (r.theta.to_bits(), r.dim);
+                        if !rope.contains_key(&key) && max_positions != usize::MAX {
+                            rope.insert(
+                                key,
+                                rope_tables::<B>(r.theta, r.dim, max_positions, device),
+                            );
+                        }
+                    }
+                    attention_layers += 1;
+                    Kernel::Attention {
+                        spec: *spec,
+                        layer: attention_layers - 1,
+                    }
+                }
+                Op::Activation(a) => Kernel::Activation(*a),
+                Op::Add => Kernel::Add,
+                Op::Mul => Kernel::Mul,
+                Op::Output { .. } => Kernel::Output,
+            };
+            let inputs = node.inputs.iter().map(|v| slot_of[v]).collect();
+            let outputs = node
+                .outputs
+                .iter()
+                .map(|v| {
+                    let s = slot_of.len();
+                    slot_of.insert(*v, s);
+                    s
+                })
+                .collect();
+            steps.push(Step {
+                node: id,
+                kernel,
+                inputs,
+                outputs,
+                release: Vec::new(),
+            });
+        }
+        if rope.is_empty()
+            && steps
+                .iter()
+                .any(|s| matches!(&s.kernel, Kernel::Attention { spec, .. } if spec.rope.is_some()))
+        {
+            return Err(RuntimeError::Input(
+                "the model uses RoPE but declares no context_length".into(),
+            ));
+        }
+        // Free each slot after its last use.
+        let mut last_use: HashMap<usize, usize> = HashMap::new();
+        for (i, s) in steps.iter().enumerate() {
+            for &slot in &s.inputs {
+                last_use.insert(slot, i);
+            }
+        }
+        for (slot, i) in last_use {
+            steps[i].release.push(slot);
+        }
+        Ok(Interpreter {
+            device: device.clone(),
+            n_slots: slot_of.len(),
+            steps,
+            attention_layers,
+            vocab,
+            max_positions,
+            rope,
+        })
+    }
+
+    pub fn device(&self) -> &B::Device {
+        &self.device
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.vocab
+    }
+
+    /// Positions the model can attend over.
+    pub fn max_positions(&self) -> usize {
+        self.max_positions
+    }
+
+    pub fn new_cache(&self) -> KvCache<B> {
+        KvCache {
+            layers: (0..self.attention_layers).map(|_| None).collect(),
+            len: 0,
+        }
+    }
+
+    /// Logits `[b, s, vocab]` for a batch of equally long token sequences. With a cache, the
+    /// tokens continue the cached positions and the cache is extended.
+    pub fn forward(
+        &self,
+        tokens: &[Vec<u32>],
+        mut cache: Option<&mut KvCache<B>>,
+    ) -> Result<Tensor<B, 3>> {
+        let b = tokens.len();
+        let s = tokens.first().map_or(0, Vec::len);
+        if b == 0 || s == 0 || tokens.iter().any(|t| t.len() != s) {
+            return Err(RuntimeError::Input(
+                "forward needs a non-empty batch of equally long sequences".into(),
+            ));
+        }
+        let past = cache.as_ref().map_or(0, |c| c.len);
+        if past + s > self.max_positions {
+            return Err(RuntimeError::TooLong {
+                len: past + s,
+                max: self.max_positions,
+            });
+        }
+        let mut flat = Vec::with_capacity(b * s);
+        for &id in tokens.iter().flatten() {
+            if id as usize >= self.vocab {
+                return Err(RuntimeError::TokenOutOfRange {
+                    id,
+                    vocab: self.vocab,
+                });
+            }
+            flat.push(id as i64);
+        }
+        let tokens_t: Tensor<B, 2, Int> =
+            Tensor::from_data(BurnData::new(flat, [b, s]), &self.device);
+        let mut slots: Vec<Option<Val<B>>> = (0..self.n_slots).map(|_| None).collect();
+        let mut out = None;
+        for step in &self.steps {
+            let hidden = |i: usize| -> Result<Tensor<B, 3>> {
+                match slots[step.inputs[i]].as_ref() {
+                    Some(Val::Hidden(t)) => Ok(t.clone()),
+                    _ => Err(RuntimeError::Node {
+                        node: step.node,
+                        message: format!("operand {i} is not a hidden state"),
+                    }),
+                }
+            };
+            let toks = |i: usize| -> Result<Tensor<B, 2, Int>> {
+                match slots[step.inputs[i]].as_ref() {
+                    Some(Val::Tokens(t)) => Ok(t.clone()),
+                    _ => Err(RuntimeError::Node {
+                        node: step.node,
+                        message: format!("operand {i} is not token ids"),
+                    }),
+                }
+            };
+            let results: Vec<Val<B>> = match &step.kernel {
+                Kernel::Input => vec![Val::Tokens(tokens_t.clone())],
+                Kernel::Embedding(w) => vec![Val::Hidden(embedding(w.clone(), toks(0)?))],
+                Kernel::PositionEmbedding(w) => {
+                    let d = w.dims()[1];
+                    let rows = w.clone().narrow(0, past, s);
+                    vec![Val::Hidden(rows.unsqueeze::<3>().expand([b, s, d]))]
+                }
+                Kernel::Norm {
+                    kind,
+                    eps,
+                    weight,
+                    bias,
+                } => vec![Val::Hidden(norm(
+                    hidden(0)?,
+                    *kind,
+                    *eps,
+                    weight,
+                    bias.as_ref(),
+                ))],
+                Kernel::Linear { weight_t, bias } => {
+                    vec![Val::Hidden(linear(hidden(0)?, weight_t, bias.as_ref()))]
+                }
+                Kernel::Split(sizes) => {
+                    let x = hidden(0)?;
+                    let mut start = 0;
+                    sizes
+                        .iter()
+                        .map(|&n| {
+                            let part = x.clone().narrow(2, start, n);
+                            start += n;
+                            Val::Hidden(part)
+                        })
+                        .collect()
+                }
+                Kernel::Attention { spec, layer } => {
+                    let kv = cache.as_deref_mut().map(|c| &mut c.layers[*layer]);
+                    let rope = spec
+                        .rope
+                        .and_then(|r| self.rope.get(&(r.theta.to_bits(), r.dim)));
+                    vec![Val::Hidden(attention(
+                        hidden(0)?,
+                        hidden(1)?,
+                        hidden(2)?,
+                        spec,
+                        rope,
+                        past,
+                        kv,
+                        &self.device,
+                    ))]
+                }
+                Kernel::Activation(a) => vec![Val::Hidden(activate(hidden(0)?, *a))],
+                Kernel::Add => vec![Val::Hidden(hidden(0)? + hidden(1)?)],
+                Kernel::Mul => vec![Val::Hidden(hidden(0)? * hidden(1)?)],
+                Kernel::Output => {
+                    out = Some(hidden(0)?);
+                    vec![]
+                }
+            };
+            for (slot, v) in step.outputs.iter().zip(results) {
+                slots[*slot] = Some(v);
+            }
+            for &slot in &step.release {
+                slots[slot] = None;
+            }
+        }
+        if let Some(c) = cache {
+            c.len += s;
+        }
+        out.ok_or_else(|| RuntimeError::Input("the graph has no output".into()))
+    }
+}
+
+fn rope_tables<B: Backend>(
+    theta: f32,
+    dim: usize,
+    positions: usize,
+    device: &B::Device,
+) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    let half = dim / 2;
+    let mut cos = Vec::with_capacity(positions * half);
+    let mut sin = Vec::with_capacity(positions * half);
+    for p in 0..positions {
+        for i in 0..half {
+            // As transformers: inverse frequency and angle in f32.
+            let inv_freq = 1.0f32 / theta.powf((2 * i) as f32 / dim as f32);
+            let angle = p as f32 * inv_freq;
+            cos.push(angle.cos());
+            sin.push(angle.sin());
+        }
+    }
+    (
+        upload::<B, 2>(cos, [positions, half], device),
+        upload::<B, 2>(sin, [positions, half], device),
+    )
+}
+
+fn linear<B: Backend>(
+    x: Tensor<B, 3>,
+    weight_t: &Tensor<B, 2>,
+    bias: Option<&Tensor<B, 1>>,
+) -> Tensor<B, 3> {
+    let [b, s, d] = x.dims();
+    let out = weight_t.dims()[1];
+    let y = x.reshape([b * s, d]).matmul(weight_t.clone());
+    let y = match bias {
+        Some(bias) => y + bias.clone().unsqueeze::<2>(),
+        None => y,
+    };
+    y.reshape([b, s, out])
+}
+
+fn norm<B: Backend>(
+    x: Tensor<B, 3>,
+    kind: NormKind,
+    eps: f32,
+    weight: &Tensor<B, 1>,
+    bias: Option<&Tensor<B, 1>>,
+) -> Tensor<B, 3> {
+    let w = weight.clone().unsqueeze::<3>();
+    // Divide rather than multiply by `recip()`: burn-ndarray's SIMD reciprocal is approximate
+    // (about 1e-4 relative), which alone put logits 3e-4 away from transformers.
+    let y = match kind {
+        NormKind::Rms => {
+            let ms = x.clone().powi_scalar(2).mean_dim(2);
+            x / (ms + eps).sqrt()
+        }
+        NormKind::Layer => {
+            let mean = x.clone().mean_dim(2);
+            let centered = x - mean;
+            let var = centered.clone().powi_scalar(2).mean_dim(2);
+            centered / (var + eps).sqrt()
+        }
+    } * w;
+    match bias {
+        Some(b) => y + b.clone().unsqueeze::<3>(),
+        None => y,
+    }
+}
+
+fn activate<B: Backend>(x: Tensor<B, 3>, a: Activation) -> Tensor<B, 3> {
+    match a {
+        Activation::Silu => activation::silu(x),
+        Activation::GeluTanh => activation::gelu_approximate(x),
+        Activation::Gelu => activation::gelu(x),
+        Activation::Relu => activation::relu(x),
+    }
+}
+
+/// Applies rotary embedding to `x [b, h, s, d]` for positions `past..past+s`.
+fn apply_rope<B: Backend>(
+    x: Tensor<B, 4>,
+    tables: &(Tensor<B, 2>, Tensor<B, 2>),
+    past: usize,
+) -> Tensor<B, 4> {
+    let [b, h, s, d] = x.dims();
+    let half = tables.0.dims()[1];
+    let rot = 2 * half;
+    let cos = tables.0.clone().narrow(0, past, s).unsqueeze::<4>();
+    let sin = tables.1.clone().narrow(0, past, s).unsqueeze::<4>();
+    let (xr, pass) = if rot < d {
+        (x.clone().narrow(3, 0, rot), Some(x.narrow(3, rot, d - rot)))
+    } else {
+        (x, None)
+    };
+    let x1 = xr.clone().narrow(3, 0, half);
+    let x2 = xr.narrow(3, half, half);
+    let cos = cos.expand([b, h, s, half]);
+    let sin = sin.expand([b, h, s, half]);
+    let r1 = x1.clone() * cos.clone() - x2.clone() * sin.clone();
+    let r2 = x2 * cos + x1 * sin;
+    let mut parts = vec![r1, r2];
+    parts.extend(pass);
+    Tensor::cat(parts, 3)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn attention<B: Backend>(
+    q: Tensor<B, 3>,
+    k: Tensor<B, 3>,
+    v: Tensor<B, 3>,
+    spec: &AttentionSpec,
+    rope: Option<&(Tensor<B, 2>, Tensor<B, 2>)>,
+    past: usize,
+    cache: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+    device: &B::Device,
+) -> Tensor<B, 3> {
+    let [b, s, _] = q.dims();
+    let (h, kvh, d) = (spec.heads, spec.kv_heads, spec.head_dim);
+    let g = h / kvh;
+    let mut q = q.reshape([b, s, h, d]).swap_dims(1, 2);
+    let mut k = k.reshape([b, s, kvh, d]).swap_dims(1, 2);
+    let mut v = v.reshape([b, s, kvh, d]).swap_dims(1, 2);
+    if let Some(t) = rope {
+        q = apply_rope(q, t, past);
+        k = apply_rope(k, t, past);
+    }
+    if let Some(slot) = cache {
+        if let Some((pk, pv)) = slot.take() {
+            k = Tensor::cat(vec![pk, k], 2);
+            v = Tensor::cat(vec![pv, v], 2);
+        }
+        *slot = Some((k.clone(), v.clone()));
+    }
+    let t = k.dims()[2];
+    // Query heads of one KV group side by side: [b, kvh, g*s, d] against [b, kvh, t, d].
+    let q = q.reshape([b, kvh, g * s, d]);
+    let scale = 1.0 / (d as f64).sqrt();
+    let scores = q.matmul(k.swap_dims(2, 3)) * scale;
+    let scores = if spec.causal && s > 1 {
+        let mut bias = vec![0.0f32; s * t];
+        for i in 0..s {
+            for j in (past + i + 1)..t {
+                bias[i * t + j] = f32::NEG_INFINITY;
+            }
+        }
+        let bias = upload::<B, 2>(bias, [s, t], device)
+            .unsqueeze::<5>()
+            .expand([b, kvh, g, s, t]);
+        (scores.reshape([b, kvh, g, s, t]) + bias).reshape([b, kvh, g * s, t])
+    } else {
+        scores
+    };
+    let probs = activation::softmax(scores, 3);
+    let out = probs.matmul(v); // [b, kvh, g*s, d]
+    out.reshape([b, h, s, d])
+        .swap_dims(1, 2)
+        .reshape([b, s, h * d])
+}

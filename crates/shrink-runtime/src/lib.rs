@@ -1,0 +1,174 @@
+//! The runtime of shrink: one interpreter of the IR on burn tensors, generic over the backend,
+//! serving perplexity, generation and (later) calibration capture and training.
+//!
+//! Backends are instantiated here and nowhere else: [`Engine`] holds an interpreter on the CPU
+//! (burn-ndarray) or, with the `cuda` feature, on an NVIDIA GPU (burn-cuda).
+
+pub mod error;
+pub mod eval;
+pub mod generate;
+pub mod interp;
+
+use std::fmt;
+use std::str::FromStr;
+
+pub use error::{Result, RuntimeError};
+pub use eval::{Perplexity, PerplexityOptions, Scoring};
+pub use generate::SampleOptions;
+pub use interp::{Interpreter, KvCache};
+
+use shrink_ir::Model;
+
+/// The CPU backend.
+pub type Cpu = burn_ndarray::NdArray<f32>;
+/// The CUDA backend.
+#[cfg(feature = "cuda")]
+pub type Gpu = burn_cuda::Cuda<f32, i32>;
+
+/// Where a model runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Device {
+    #[default]
+    Cpu,
+    Cuda(usize),
+}
+
+impl FromStr for Device {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Device::Cuda)
+                .ok_or_else(|| format!("unknown device '{s}' (cpu, cuda, cuda:N)")),
+        }
+    }
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+/// A model loaded on a device.
+pub enum Engine {
+    Cpu(Interpreter<Cpu>),
+    #[cfg(feature = "cuda")]
+    Cuda(Interpreter<Gpu>, usize),
+}
+
+macro_rules! dispatch {
+    ($self:expr, $m:ident => $body:expr) => {
+        match $self {
+            Engine::Cpu($m) => $body,
+            #[cfg(feature = "cuda")]
+            Engine::Cuda($m, _) => $body,
+        }
+    };
+}
+
+impl Engine {
+    /// Verifies the model and uploads it to the device.
+    pub fn new(model: &Model, device: Device) -> Result<Engine> {
+        match device {
+            Device::Cpu => Ok(Engine::Cpu(Interpreter::new(
+                model,
+                &burn_ndarray::NdArrayDevice::Cpu,
+            )?)),
+            Device::Cuda(i) => cuda_engine(model, i),
+        }
+    }
+
+    pub fn device(&self) -> Device {
+        match self {
+            Engine::Cpu(_) => Device::Cpu,
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(_, i) => Device::Cuda(*i),
+        }
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        dispatch!(self, m => m.vocab_size())
+    }
+
+    pub fn max_positions(&self) -> usize {
+        dispatch!(self, m => m.max_positions())
+    }
+
+    /// Logits of a batch of sequences, `[b][s][vocab]` flattened row-major.
+    pub fn logits(&self, tokens: &[Vec<u32>]) -> Result<Vec<f32>> {
+        dispatch!(self, m => m
+            .forward(tokens, None)?
+            .into_data()
+            .to_vec::<f32>()
+            .map_err(|e| RuntimeError::Input(format!("reading logits back: {e:?}"))))
+    }
+
+    pub fn perplexity(
+        &self,
+        tokens: &[u32],
+        opts: PerplexityOptions,
+        progress: eval::Progress<'_>,
+    ) -> Result<Perplexity> {
+        dispatch!(self, m => eval::perplexity(m, tokens, opts, progress))
+    }
+
+    pub fn generate(
+        &self,
+        prompt: &[u32],
+        opts: &SampleOptions,
+        on_token: &mut dyn FnMut(u32),
+    ) -> Result<Vec<u32>> {
+        dispatch!(self, m => generate::generate(m, prompt, opts, on_token))
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_engine(_model: &Model, _index: usize) -> Result<Engine> {
+    Err(RuntimeError::Device(
+        "this shrink was built without CUDA support; rebuild with `--features cuda`".into(),
+    ))
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_engine(model: &Model, index: usize) -> Result<Engine> {
+    let device = cuda_device(index)?;
+    Ok(Engine::Cuda(Interpreter::new(model, &device)?, index))
+}
+
+/// Creates a CUDA device, turning burn's panic on a machine without a usable GPU into an error.
+#[cfg(feature = "cuda")]
+fn cuda_device(index: usize) -> Result<burn_cuda::CudaDevice> {
+    use burn::tensor::Tensor;
+    let no_driver = !std::path::Path::new("/proc/driver/nvidia/version").exists()
+        && !std::path::Path::new("/dev/nvidia0").exists();
+    if no_driver {
+        return Err(RuntimeError::Device(
+            "no NVIDIA GPU driver found on this machine (use --device cpu)".into(),
+        ));
+    }
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let probe = std::panic::catch_unwind(|| {
+        let device = burn_cuda::CudaDevice::new(index);
+        let t = Tensor::<Gpu, 1>::from_floats([1.0f32, 2.0], &device);
+        let _ = t.sum().into_scalar();
+        device
+    });
+    std::panic::set_hook(hook);
+    probe.map_err(|p| {
+        let msg = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown error".into());
+        RuntimeError::Device(format!("cannot use CUDA device {index}: {msg}"))
+    })
+}

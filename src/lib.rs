@@ -1,0 +1,4 @@
+//! `shrink` as a library: the stage crates, re-exported for tools that embed them.
+pub use shrink_import as import;
+pub use shrink_ir as ir;
+pub use shrink_runtime as runtime;

@@ -1,0 +1,3 @@
+fn main() {
+    std::process::exit(shrink_cli::main());
+}

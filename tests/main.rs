@@ -1,0 +1,11 @@
+//! Integration tests of shrink: one test binary (builds of burn are slow), a module per subsystem.
+//!
+//! Tests marked `#[ignore = "real model…"]` need SmolLM2 in `models/` (`scripts/fetch-smollm2.sh`);
+//! CI fetches it and runs them with `--include-ignored`.
+
+mod bad_input;
+mod common;
+mod ir_text;
+mod smollm2;
+mod tiny_models;
+mod tokenizer;

@@ -1,0 +1,143 @@
+//! The real model, SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized to f32 on load), against
+//! transformers and llama.cpp. Needs `scripts/fetch-smollm2.sh`; CI runs these.
+
+use shrink_runtime::{Device, Engine, PerplexityOptions, Scoring};
+
+use crate::common::{data, fixture, golden, golden_ids, max_abs_diff, shrink, smollm2};
+
+#[test]
+#[ignore = "real model: run scripts/fetch-smollm2.sh, then --include-ignored"]
+fn logits_match_transformers() {
+    let loaded = shrink_import::load(&smollm2()).expect("load");
+    let engine = Engine::new(&loaded.model, Device::Cpu).expect("engine");
+    let g = fixture("smollm2/golden.safetensors");
+    let ids = golden_ids(&g);
+    let (_, want) = golden(&g, "logits");
+    let got = engine.logits(&ids).expect("forward");
+    let d = max_abs_diff(&got, &want);
+    // Logits here are O(10); f32 accumulation order differs between the two.
+    assert!(d < 2e-3, "max |logit - transformers| = {d:e}");
+}
+
+#[test]
+#[ignore = "real model: run scripts/fetch-smollm2.sh, then --include-ignored"]
+fn tokens_match_llama_cpp_and_transformers() {
+    let mut loaded = shrink_import::load(&smollm2()).expect("load");
+    let tok = loaded.tokenizer.as_mut().expect("tokenizer");
+    for file in [
+        "smollm2/tokens-llamacpp.json",
+        "smollm2/tokens-transformers.json",
+    ] {
+        let path = fixture(file);
+        let text = std::fs::read_to_string(&path).expect("golden");
+        let cases: serde_json::Value = serde_json::from_str(&text).expect("json");
+        let cases = cases.as_array().expect("list");
+        assert!(cases.len() >= 10);
+        for c in cases {
+            let t = c["text"].as_str().expect("text");
+            let want: Vec<u32> = c["ids"]
+                .as_array()
+                .expect("ids")
+                .iter()
+                .map(|v| v.as_u64().expect("id") as u32)
+                .collect();
+            // Neither reference parses special-token text here.
+            let got = tok.encode(t, false).expect("encode");
+            assert_eq!(got, want, "{file}: tokens of {t:?}");
+        }
+    }
+}
+
+#[test]
+#[ignore = "real model: run scripts/fetch-smollm2.sh, then --include-ignored"]
+fn greedy_continuation_is_paris() {
+    let (code, stdout, stderr) = shrink(&[
+        "generate",
+        "--model",
+        smollm2().to_str().expect("utf-8"),
+        "--prompt",
+        "The capital of France is",
+        "--max-tokens",
+        "8",
+        "--temperature",
+        "0",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let want = std::fs::read_to_string(fixture("smollm2/greedy.json")).expect("golden");
+    let want: serde_json::Value = serde_json::from_str(&want).expect("json");
+    assert_eq!(
+        stdout.trim_end_matches('\n'),
+        want["full_text"].as_str().expect("text")
+    );
+    assert!(stdout.starts_with("The capital of France is Paris"));
+}
+
+#[test]
+#[ignore = "real model: run scripts/fetch-smollm2.sh, then --include-ignored"]
+fn wikitext2_perplexity_matches_llama_cpp() {
+    // Reference (issue 2): llama.cpp and transformers on the same file and settings give 312,144
+    // tokens and ppl 23.011 (20 chunks of 512, second-half scoring).
+    let (code, stdout, stderr) = shrink(&[
+        "eval",
+        "--model",
+        smollm2().to_str().expect("utf-8"),
+        "--data",
+        data("wikitext-2/test.txt").to_str().expect("utf-8"),
+        "--ctx",
+        "512",
+        "--chunks",
+        "20",
+        "--score",
+        "second-half",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let r: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    assert_eq!(r["tokens_in_file"], 312_144);
+    assert_eq!(r["tokens_scored"], 20 * 255);
+    let ppl = r["ppl"].as_f64().expect("ppl");
+    let rel = (ppl / 23.011 - 1.0).abs();
+    assert!(
+        rel < 0.005,
+        "ppl {ppl} is {:.3}% from llama.cpp's 23.011",
+        rel * 100.0
+    );
+    for k in ["seconds", "tokens_per_second"] {
+        assert!(r[k].as_f64().expect(k) > 0.0);
+    }
+    assert_eq!(r["device"], "cpu");
+}
+
+#[test]
+#[ignore = "real model: run scripts/fetch-smollm2.sh, then --include-ignored"]
+fn inspect_reports_the_real_shape() {
+    let (code, stdout, stderr) = shrink(&["inspect", smollm2().to_str().expect("utf-8"), "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let r: serde_json::Value = serde_json::from_str(stdout.trim()).expect("json");
+    // 30 layers × (4·576·576·… ) + tied 49152×576 embedding: transformers counts 134,515,008.
+    assert_eq!(r["params"], 134_515_008);
+    assert_eq!(r["layers"], 30);
+    assert_eq!(r["architecture"], "llama");
+    assert_eq!(r["bits_per_weight"], 32.0);
+}
+
+#[test]
+#[ignore = "real model: run scripts/fetch-smollm2.sh, then --include-ignored"]
+fn scoring_all_counts_every_prediction() {
+    let loaded = shrink_import::load(&smollm2()).expect("load");
+    let engine = Engine::new(&loaded.model, Device::Cpu).expect("engine");
+    let tokens: Vec<u32> = (0..130).map(|i| 1000 + (i * 7919 % 5000) as u32).collect();
+    let opts = |scoring| PerplexityOptions {
+        ctx: 64,
+        chunks: None,
+        scoring,
+    };
+    let all = engine
+        .perplexity(&tokens, opts(Scoring::All), &mut |_, _, _| {})
+        .expect("all");
+    let half = engine
+        .perplexity(&tokens, opts(Scoring::SecondHalf), &mut |_, _, _| {})
+        .expect("half");
+    assert_eq!((all.chunks, all.tokens_scored), (2, 2 * 63));
+    assert_eq!((half.chunks, half.tokens_scored), (2, 2 * 31));
+}
