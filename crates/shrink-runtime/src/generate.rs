@@ -101,10 +101,10 @@ pub fn generate<B: Backend>(
         if cache.len() + next_input.len() > model.max_positions() {
             break;
         }
-        let logits = model.forward(&[next_input.clone()], Some(&mut cache))?;
-        let [_, s, v] = logits.dims();
+        let s = next_input.len();
+        let logits = model.forward_rows(&[next_input.clone()], Some(&mut cache), Some(s - 1..s))?;
+        let v = logits.dims()[2];
         let last = logits
-            .narrow(1, s - 1, 1)
             .into_data()
             .to_vec::<f32>()
             .map_err(|e| RuntimeError::Input(format!("reading logits back: {e:?}")))?;

@@ -45,6 +45,9 @@ struct Step<B: Backend> {
     outputs: Vec<usize>,
     /// Slots whose last use is this step: freed after it runs.
     release: Vec<usize>,
+    /// A linear whose result only feeds outputs (the LM head): when the caller wants some
+    /// positions only, it runs on those rows.
+    feeds_output_only: bool,
 }
 
 enum Val<B: Backend> {
@@ -217,6 +220,14 @@ impl<B: Backend> Interpreter<B> {
                 inputs,
                 outputs,
                 release: Vec::new(),
+                feeds_output_only: matches!(node.op, Op::Linear { .. })
+                    && node.outputs.iter().all(|v| {
+                        let users = graph.users(*v);
+                        !users.is_empty()
+                            && users.iter().all(|u| {
+                                matches!(graph.node(*u).map(|n| &n.op), Some(Op::Output { .. }))
+                            })
+                    }),
             });
         }
         if rope.is_empty()
@@ -274,7 +285,18 @@ impl<B: Backend> Interpreter<B> {
     pub fn forward(
         &self,
         tokens: &[Vec<u32>],
+        cache: Option<&mut KvCache<B>>,
+    ) -> Result<Tensor<B, 3>> {
+        self.forward_rows(tokens, cache, None)
+    }
+
+    /// Like [`Interpreter::forward`], but returns only the logits of positions `rows` (of the
+    /// tokens given), `[b, rows.len(), vocab]`; the output head runs on those rows alone.
+    pub fn forward_rows(
+        &self,
+        tokens: &[Vec<u32>],
         mut cache: Option<&mut KvCache<B>>,
+        rows: Option<std::ops::Range<usize>>,
     ) -> Result<Tensor<B, 3>> {
         let b = tokens.len();
         let s = tokens.first().map_or(0, Vec::len);
@@ -282,6 +304,13 @@ impl<B: Backend> Interpreter<B> {
             return Err(RuntimeError::Input(
                 "forward needs a non-empty batch of equally long sequences".into(),
             ));
+        }
+        if let Some(r) = &rows {
+            if r.is_empty() || r.end > s {
+                return Err(RuntimeError::Input(format!(
+                    "rows {r:?} are not within the {s} positions given"
+                )));
+            }
         }
         let past = cache.as_ref().map_or(0, |c| c.len);
         if past + s > self.max_positions {
@@ -302,6 +331,17 @@ impl<B: Backend> Interpreter<B> {
         }
         let tokens_t: Tensor<B, 2, Int> =
             Tensor::from_data(BurnData::new(flat, [b, s]), &self.device);
+        // One causal mask for every attention layer: -inf where key j lies after query i.
+        let mask = (s > 1).then(|| {
+            let t = past + s;
+            let mut bias = vec![0.0f32; s * t];
+            for i in 0..s {
+                for j in (past + i + 1)..t {
+                    bias[i * t + j] = f32::NEG_INFINITY;
+                }
+            }
+            upload::<B, 2>(bias, [s, t], &self.device)
+        });
         let mut slots: Vec<Option<Val<B>>> = (0..self.n_slots).map(|_| None).collect();
         let mut out = None;
         for step in &self.steps {
@@ -344,7 +384,11 @@ impl<B: Backend> Interpreter<B> {
                     bias.as_ref(),
                 ))],
                 Kernel::Linear { weight_t, bias } => {
-                    vec![Val::Hidden(linear(hidden(0)?, weight_t, bias.as_ref()))]
+                    let x = match &rows {
+                        Some(r) if step.feeds_output_only => hidden(0)?.narrow(1, r.start, r.len()),
+                        _ => hidden(0)?,
+                    };
+                    vec![Val::Hidden(linear(x, weight_t, bias.as_ref()))]
                 }
                 Kernel::Split(sizes) => {
                     let x = hidden(0)?;
@@ -371,14 +415,18 @@ impl<B: Backend> Interpreter<B> {
                         rope,
                         past,
                         kv,
-                        &self.device,
+                        mask.as_ref(),
                     ))]
                 }
                 Kernel::Activation(a) => vec![Val::Hidden(activate(hidden(0)?, *a))],
                 Kernel::Add => vec![Val::Hidden(hidden(0)? + hidden(1)?)],
                 Kernel::Mul => vec![Val::Hidden(hidden(0)? * hidden(1)?)],
                 Kernel::Output => {
-                    out = Some(hidden(0)?);
+                    let y = hidden(0)?;
+                    out = Some(match &rows {
+                        Some(r) if y.dims()[1] == s => y.narrow(1, r.start, r.len()),
+                        _ => y,
+                    });
                     vec![]
                 }
             };
@@ -465,7 +513,8 @@ fn norm<B: Backend>(
 
 fn activate<B: Backend>(x: Tensor<B, 3>, a: Activation) -> Tensor<B, 3> {
     match a {
-        Activation::Silu => activation::silu(x),
+        // x·sigmoid(x) with one exp: burn's default sigmoid takes three transcendental passes.
+        Activation::Silu => x.clone() / (x.neg().exp() + 1.0),
         Activation::GeluTanh => activation::gelu_approximate(x),
         Activation::Gelu => activation::gelu(x),
         Activation::Relu => activation::relu(x),
@@ -478,7 +527,7 @@ fn apply_rope<B: Backend>(
     tables: &(Tensor<B, 2>, Tensor<B, 2>),
     past: usize,
 ) -> Tensor<B, 4> {
-    let [b, h, s, d] = x.dims();
+    let [_, _, s, d] = x.dims();
     let half = tables.0.dims()[1];
     let rot = 2 * half;
     let cos = tables.0.clone().narrow(0, past, s).unsqueeze::<4>();
@@ -490,14 +539,16 @@ fn apply_rope<B: Backend>(
     };
     let x1 = xr.clone().narrow(3, 0, half);
     let x2 = xr.narrow(3, half, half);
-    let cos = cos.expand([b, h, s, half]);
-    let sin = sin.expand([b, h, s, half]);
     let r1 = x1.clone() * cos.clone() - x2.clone() * sin.clone();
     let r2 = x2 * cos + x1 * sin;
     let mut parts = vec![r1, r2];
     parts.extend(pass);
     Tensor::cat(parts, 3)
 }
+
+/// Query rows per block of causal attention: each block scores only the keys it can see, which
+/// skips about 40% of the work at 512 positions.
+const QUERY_BLOCK: usize = 128;
 
 #[allow(clippy::too_many_arguments)]
 fn attention<B: Backend>(
@@ -508,7 +559,7 @@ fn attention<B: Backend>(
     rope: Option<&(Tensor<B, 2>, Tensor<B, 2>)>,
     past: usize,
     cache: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
-    device: &B::Device,
+    mask: Option<&Tensor<B, 2>>,
 ) -> Tensor<B, 3> {
     let [b, s, _] = q.dims();
     let (h, kvh, d) = (spec.heads, spec.kv_heads, spec.head_dim);
@@ -528,26 +579,38 @@ fn attention<B: Backend>(
         *slot = Some((k.clone(), v.clone()));
     }
     let t = k.dims()[2];
-    // Query heads of one KV group side by side: [b, kvh, g*s, d] against [b, kvh, t, d].
-    let q = q.reshape([b, kvh, g * s, d]);
     let scale = 1.0 / (d as f64).sqrt();
-    let scores = q.matmul(k.swap_dims(2, 3)) * scale;
-    let scores = if spec.causal && s > 1 {
-        let mut bias = vec![0.0f32; s * t];
-        for i in 0..s {
-            for j in (past + i + 1)..t {
-                bias[i * t + j] = f32::NEG_INFINITY;
-            }
-        }
-        let bias = upload::<B, 2>(bias, [s, t], device)
-            .unsqueeze::<5>()
-            .expand([b, kvh, g, s, t]);
-        (scores.reshape([b, kvh, g, s, t]) + bias).reshape([b, kvh, g * s, t])
-    } else {
-        scores
+    // Query heads of one KV group side by side: [b, kvh, g, s, d] against [b, kvh, t, d].
+    let q = q.reshape([b, kvh, g, s, d]);
+    let causal_mask = mask.filter(|_| spec.causal);
+    let blocks: Vec<(usize, usize)> = match causal_mask {
+        Some(_) => (0..s)
+            .step_by(QUERY_BLOCK)
+            .map(|i0| (i0, (i0 + QUERY_BLOCK).min(s)))
+            .collect(),
+        None => vec![(0, s)],
     };
-    let probs = activation::softmax(scores, 3);
-    let out = probs.matmul(v); // [b, kvh, g*s, d]
+    let mut outs = Vec::with_capacity(blocks.len());
+    for (i0, i1) in blocks {
+        let n = i1 - i0;
+        // Keys after the block's last query are masked for every row of it: skip them.
+        let tb = if causal_mask.is_some() { past + i1 } else { t };
+        let qb = q.clone().narrow(3, i0, n).reshape([b, kvh, g * n, d]);
+        let kb = k.clone().narrow(2, 0, tb);
+        let vb = v.clone().narrow(2, 0, tb);
+        let mut scores = qb.matmul(kb.swap_dims(2, 3)) * scale;
+        if let Some(m) = causal_mask {
+            let bias = m.clone().narrow(0, i0, n).narrow(1, 0, tb).unsqueeze::<5>();
+            scores = (scores.reshape([b, kvh, g, n, tb]) + bias).reshape([b, kvh, g * n, tb]);
+        }
+        let probs = activation::softmax(scores, 3);
+        outs.push(probs.matmul(vb).reshape([b, kvh, g, n, d]));
+    }
+    let out = if outs.len() == 1 {
+        outs.remove(0)
+    } else {
+        Tensor::cat(outs, 3)
+    };
     out.reshape([b, h, s, d])
         .swap_dims(1, 2)
         .reshape([b, s, h * d])
