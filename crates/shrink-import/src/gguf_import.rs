@@ -144,10 +144,9 @@ pub fn load_model(file: &GgufFile) -> Result<Model> {
                 want.shape
             )));
         }
-        let (rows, cols) = match want.shape.as_slice() {
-            [r, c] => (*r, *c),
-            [n] => (1, *n),
-            _ => (1, want.numel()),
+        let cols = match want.shape.as_slice() {
+            [_, c] => *c,
+            _ => want.numel(),
         };
         let permuted = if hf.ends_with("self_attn.q_proj.weight") {
             Some(cfg.num_heads)
@@ -185,7 +184,6 @@ pub fn load_model(file: &GgufFile) -> Result<Model> {
                         i / cols.max(1)
                     )));
                 }
-                let _ = rows;
                 TensorData::from_f32(DType::F32, want.shape.clone(), &v)
             }
         }
