@@ -6,6 +6,7 @@
 mod bad_input;
 mod common;
 mod ir_text;
+mod pipelines;
 mod smollm2;
 mod tiny_models;
 mod tokenizer;

@@ -146,3 +146,75 @@ fn scoring_all_counts_every_prediction() {
     assert_eq!((all.chunks, all.tokens_scored), (2, 2 * 63));
     assert_eq!((half.chunks, half.tokens_scored), (2, 2 * 31));
 }
+
+#[test]
+#[ignore = "real model: run scripts/fetch-smollm2.sh, then --include-ignored"]
+fn f16_pipeline_exports_load_back_with_the_f16_perplexity() {
+    let dir = crate::common::scratch("smollm2-f16");
+    let gguf = dir.join("smollm2-f16.gguf");
+    let model = smollm2();
+    let (code, stdout, stderr) = shrink(&[
+        "run",
+        "pipelines/smollm2-f16.ron",
+        "--model",
+        model.to_str().expect("utf-8"),
+        "--out",
+        gguf.to_str().expect("utf-8"),
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    let ppl_f16 = report["eval"]["ppl"].as_f64().expect("ppl");
+    // Within 0.1% of the float model (23.011: llama.cpp and transformers; shrink 23.0113).
+    assert!((ppl_f16 / 23.011 - 1.0).abs() < 0.001, "f16 ppl {ppl_f16}");
+    assert_eq!(report["passes"][0]["name"], "cast");
+    assert!(report["passes"][0]["bytes"].as_u64().expect("bytes") < 270_000_000);
+    // The exported file loads back to the same model: the same perplexity.
+    let (code, stdout, stderr) = shrink(&[
+        "eval",
+        "--model",
+        gguf.to_str().expect("utf-8"),
+        "--data",
+        data("wikitext-2/test.txt").to_str().expect("utf-8"),
+        "--ctx",
+        "512",
+        "--chunks",
+        "20",
+        "--score",
+        "second-half",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let r: serde_json::Value = serde_json::from_str(stdout.trim()).expect("json");
+    let ppl_back = r["ppl"].as_f64().expect("ppl");
+    assert!(
+        (ppl_back / ppl_f16 - 1.0).abs() < 1e-9,
+        "{ppl_back} vs {ppl_f16}"
+    );
+    // The Hugging Face export of the same pipeline (its evaluation skipped) gives the GGUF's
+    // logits exactly.
+    let registry = shrink_passes::Registry::builtin();
+    let mut p = shrink_pipeline::Pipeline::from_file(
+        &crate::common::repo().join("pipelines/smollm2-f16.ron"),
+        &registry,
+    )
+    .expect("pipeline");
+    p.eval = None;
+    let hf = dir.join("smollm2-f16-hf");
+    let opts = shrink_pipeline::RunOptions {
+        model: Some(model),
+        out: Some(hf.clone()),
+        device: Device::Cpu,
+    };
+    shrink_pipeline::run(&p, &opts, &mut [], &mut shrink_passes::NoProgress).expect("run");
+    let g = fixture("smollm2/golden.safetensors");
+    let ids = golden_ids(&g);
+    let logits = |m: &std::path::Path| {
+        let loaded = shrink_import::load(m).expect("load");
+        Engine::new(&loaded.model, Device::Cpu)
+            .expect("engine")
+            .logits(&ids)
+            .expect("logits")
+    };
+    assert_eq!(logits(&hf), logits(&gguf));
+}

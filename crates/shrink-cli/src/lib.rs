@@ -4,6 +4,7 @@
 
 mod commands;
 mod progress;
+mod run;
 
 use std::path::PathBuf;
 
@@ -30,6 +31,32 @@ enum ScoreArg {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run a pipeline: load, passes (verified after each), evaluation, export.
+    Run {
+        /// The pipeline file (RON).
+        pipeline: PathBuf,
+        /// Model to use instead of the pipeline's `model`.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Where the final export goes (`.gguf` file or a directory), instead of the pipeline's.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Write the IR before the first pass and after each pass into DIR (and a reproducer
+        /// when a pass fails).
+        #[arg(long)]
+        dump_ir: Option<PathBuf>,
+        /// Print the IR after every pass on stderr.
+        #[arg(long)]
+        print_ir_after_all: bool,
+        /// Check the pipeline and the files it names, print its canonical form, run nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print one JSON report on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Perplexity of a model on a text file.
     Eval {
         /// A GGUF file or a Hugging Face model directory.
@@ -94,6 +121,25 @@ pub fn main() -> i32 {
         }
     };
     let result = match cli.command {
+        Command::Run {
+            pipeline,
+            model,
+            out,
+            device,
+            dump_ir,
+            print_ir_after_all,
+            dry_run,
+            json,
+        } => run::run(run::RunArgs {
+            pipeline,
+            model,
+            out,
+            device,
+            dump_ir,
+            print_ir_after_all,
+            dry_run,
+            json,
+        }),
         Command::Eval {
             model,
             data,

@@ -384,3 +384,632 @@ pub fn gpt2_is_conv1d(name: &str) -> bool {
             || name.contains(".mlp.c_fc.")
             || name.contains(".mlp.c_proj."))
 }
+
+// ---- reading a config back from a graph (the exporters' side) ----
+
+/// Shape of a declared parameter, or an error naming it.
+fn param_shape<'g>(g: &'g Graph, name: &str) -> Result<&'g [usize], String> {
+    g.param(name)
+        .map(|p| p.shape.as_slice())
+        .ok_or_else(|| format!("parameter '{name}' is missing"))
+}
+
+/// Shape of a declared rank-2 parameter.
+fn param_2d(g: &Graph, name: &str) -> Result<(usize, usize), String> {
+    match param_shape(g, name)? {
+        [a, b] => Ok((*a, *b)),
+        s => Err(format!(
+            "parameter '{name}' has shape {s:?}, expected rank 2"
+        )),
+    }
+}
+
+/// Checks that a parameter has the shape the config implies, naming the layer and the size.
+fn expect_shape(g: &Graph, layer: usize, name: &str, want: &[usize]) -> Result<(), String> {
+    let got = param_shape(g, name)?;
+    if got != want {
+        return Err(format!(
+            "layer {layer}: parameter '{name}' has shape {got:?}, but the model's sizes imply {want:?}"
+        ));
+    }
+    Ok(())
+}
+
+/// Number of layers: the parameters under `prefix{i}.` must be numbered 0..n without gaps.
+fn count_layers(g: &Graph, prefix: &str) -> Result<usize, String> {
+    let mut seen = std::collections::BTreeSet::new();
+    for name in g.params().keys() {
+        if let Some(rest) = name.strip_prefix(prefix) {
+            let idx = rest.split('.').next().unwrap_or("");
+            let i: usize = idx
+                .parse()
+                .map_err(|_| format!("parameter '{name}' has a non-numeric layer index"))?;
+            seen.insert(i);
+        }
+    }
+    let n = seen.len();
+    if n == 0 {
+        return Err(format!("no layers (no parameters named '{prefix}<i>.*')"));
+    }
+    if let Some(gap) = (0..n).find(|i| !seen.contains(i)) {
+        return Err(format!(
+            "layers are not numbered 0..{n}: layer {gap} is missing"
+        ));
+    }
+    Ok(n)
+}
+
+/// The ops of the graph in its deterministic order.
+fn ops_in_order(g: &Graph) -> Result<Vec<&Op>, String> {
+    let order = g.order().map_err(|_| "the graph has a cycle".to_string())?;
+    Ok(order
+        .into_iter()
+        .filter_map(|id| g.node(id).map(|n| &n.op))
+        .collect())
+}
+
+/// The weight of the linear that produces the output `logits`.
+fn head_weight(g: &Graph) -> Result<String, String> {
+    let outs = g.outputs();
+    let (_, v) = match outs.as_slice() {
+        [one] => one.clone(),
+        _ => {
+            return Err(format!(
+                "expected one output 'logits', found {}",
+                outs.len()
+            ))
+        }
+    };
+    match g.producer(v).and_then(|p| g.node(p)).map(|n| &n.op) {
+        Some(Op::Linear { weight, bias: None }) => Ok(weight.clone()),
+        Some(op) => Err(format!(
+            "the output is computed by '{}', expected a linear head without bias",
+            op.name()
+        )),
+        None => Err("the output has no producer".into()),
+    }
+}
+
+/// Attention specs of the graph in layer order; all must agree with the first.
+fn attention_specs(ops: &[&Op], layers: usize) -> Result<AttentionSpec, String> {
+    let specs: Vec<&AttentionSpec> = ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::Attention(a) => Some(a),
+            _ => None,
+        })
+        .collect();
+    if specs.len() != layers {
+        return Err(format!("{} attention ops for {layers} layers", specs.len()));
+    }
+    let a0 = *specs[0];
+    for (i, a) in specs.iter().enumerate().skip(1) {
+        let diff = [
+            ("heads", a.heads, a0.heads),
+            ("kv_heads", a.kv_heads, a0.kv_heads),
+            ("head_dim", a.head_dim, a0.head_dim),
+        ];
+        for (k, got, want) in diff {
+            if got != want {
+                return Err(format!(
+                    "layer {i}: attention {k}={got} differs from layer 0's {k}={want}"
+                ));
+            }
+        }
+        if a.rope != a0.rope {
+            return Err(format!(
+                "layer {i}: attention rope {:?} differs from layer 0's {:?}",
+                a.rope, a0.rope
+            ));
+        }
+        if a.causal != a0.causal {
+            return Err(format!(
+                "layer {i}: attention causality differs from layer 0's"
+            ));
+        }
+    }
+    if !a0.causal {
+        return Err("attention is not causal".into());
+    }
+    Ok(a0)
+}
+
+/// The single epsilon of every norm op of `kind`.
+fn norm_eps(ops: &[&Op], kind: NormKind) -> Result<f32, String> {
+    let mut eps: Option<(f32, String)> = None;
+    for op in ops {
+        if let Op::Norm {
+            kind: k,
+            eps: e,
+            weight,
+            ..
+        } = op
+        {
+            if *k != kind {
+                return Err(format!(
+                    "norm '{weight}' is {}, expected {}",
+                    op.name(),
+                    if kind == NormKind::Rms {
+                        "rms_norm"
+                    } else {
+                        "layer_norm"
+                    }
+                ));
+            }
+            match &eps {
+                None => eps = Some((*e, weight.clone())),
+                Some((e0, w0)) if e0.to_bits() != e.to_bits() => {
+                    return Err(format!(
+                        "norm '{weight}' has eps={e}, but '{w0}' has eps={e0}"
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    eps.map(|(e, _)| e)
+        .ok_or_else(|| "the graph has no norm op".to_string())
+}
+
+fn meta_token(g: &Graph, key: &str) -> Result<Option<u32>, String> {
+    g.meta
+        .get(key)
+        .map(|v| {
+            v.parse::<u32>()
+                .map_err(|_| format!("meta '{key}' = '{v}' is not a token id"))
+        })
+        .transpose()
+}
+
+fn meta_usize(g: &Graph, key: &str) -> Result<Option<usize>, String> {
+    g.meta
+        .get(key)
+        .map(|v| {
+            v.parse::<usize>()
+                .map_err(|_| format!("meta '{key}' = '{v}' is not a non-negative integer"))
+        })
+        .transpose()
+}
+
+/// Checks that `g` computes what `built` (made by a config's `build()`) computes: the same
+/// parameters with the same shapes (dtypes may differ) and the same dataflow into every output,
+/// regardless of the order the nodes were added in.
+pub fn same_structure(g: &Graph, built: &Graph, arch: &str) -> Result<(), String> {
+    for (name, ty) in g.params() {
+        match built.param(name) {
+            None => {
+                return Err(format!(
+                    "parameter '{name}' is not part of the {arch} graph of these sizes"
+                ))
+            }
+            Some(b) if b.shape != ty.shape => {
+                return Err(format!(
+                    "parameter '{name}' has shape {:?}, the {arch} graph of these sizes has {:?}",
+                    ty.shape, b.shape
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some(name) = built.params().keys().find(|n| g.param(n).is_none()) {
+        return Err(format!("parameter '{name}' is missing"));
+    }
+    let mut interner = std::collections::HashMap::new();
+    let want = canonical(built, &mut interner)?;
+    let known = interner.len();
+    let got = canonical(g, &mut interner)?;
+    if got.0 == want.0 {
+        return Ok(());
+    }
+    // Name the first node (in the graph's order) that the built graph does not have.
+    let printer = shrink_ir::text::Printer::new(g);
+    let culprit = got
+        .1
+        .iter()
+        .find(|(_, c)| *c >= known)
+        .map(|(id, _)| printer.node_line(*id));
+    Err(match culprit {
+        Some(line) => {
+            format!("the graph is not the {arch} graph of these sizes: no counterpart for `{line}`")
+        }
+        None => format!("the graph is not the {arch} graph of these sizes (its outputs differ)"),
+    })
+}
+
+/// Canonical ids of a graph's nodes: equal ids mean equal op, attributes and (recursively)
+/// operands. Returns the sorted (output name, id) list and each node's id in order.
+#[allow(clippy::type_complexity)]
+fn canonical(
+    g: &Graph,
+    interner: &mut std::collections::HashMap<String, usize>,
+) -> Result<(Vec<(String, usize)>, Vec<(shrink_ir::NodeId, usize)>), String> {
+    let order = g.order().map_err(|_| "the graph has a cycle".to_string())?;
+    let mut value_ids: std::collections::HashMap<ValueId, (usize, usize)> =
+        std::collections::HashMap::new();
+    let mut outputs = Vec::new();
+    let mut nodes = Vec::new();
+    for id in order {
+        let Some(n) = g.node(id) else { continue };
+        let ins: Vec<(usize, usize)> = n
+            .inputs
+            .iter()
+            .map(|v| value_ids.get(v).copied().unwrap_or((usize::MAX, 0)))
+            .collect();
+        let key = format!("{:?}|{ins:?}", n.op);
+        let next = interner.len();
+        let c = *interner.entry(key).or_insert(next);
+        for (k, v) in n.outputs.iter().enumerate() {
+            value_ids.insert(*v, (c, k));
+        }
+        if let Op::Output { name } = &n.op {
+            outputs.push((name.clone(), c));
+        }
+        nodes.push((id, c));
+    }
+    outputs.sort();
+    Ok((outputs, nodes))
+}
+
+impl LlamaConfig {
+    /// Reads the config back from a graph of this family (the inverse of [`LlamaConfig::build`],
+    /// whatever the parameters' dtypes): sizes from the parameter shapes, heads, RoPE and norm
+    /// epsilon from the ops, whether the head is tied from the output linear's weight, and the
+    /// architecture, context length and BOS/EOS from `graph.meta`. Fails with the layer and size
+    /// at fault when the graph is not that shape (e.g. layers of different sizes).
+    pub fn from_graph(g: &Graph) -> Result<LlamaConfig, String> {
+        let arch = g
+            .meta
+            .get("architecture")
+            .ok_or("meta 'architecture' is missing")?
+            .clone();
+        if !matches!(arch.as_str(), "llama" | "mistral" | "qwen2") {
+            return Err(format!(
+                "architecture '{arch}' is not of the LLaMA family (llama, mistral, qwen2)"
+            ));
+        }
+        let embed = "model.embed_tokens.weight";
+        let (vocab, hidden) = param_2d(g, embed)?;
+        let layers = count_layers(g, "model.layers.")?;
+        let ops = ops_in_order(g)?;
+        let a = attention_specs(&ops, layers)?;
+        let rope = a.rope.ok_or("attention has no RoPE")?;
+        if rope.dim != a.head_dim {
+            return Err(format!(
+                "partial rotary (rope dim {} of head_dim {}) is not supported",
+                rope.dim, a.head_dim
+            ));
+        }
+        let eps = norm_eps(&ops, NormKind::Rms)?;
+        let (inter, _) = param_2d(g, "model.layers.0.mlp.gate_proj.weight")?;
+        let qkv_bias = g.param("model.layers.0.self_attn.q_proj.bias").is_some();
+        let (q, kv) = (a.heads * a.head_dim, a.kv_heads * a.head_dim);
+        for i in 0..layers {
+            let p = format!("model.layers.{i}");
+            let (li, _) = param_2d(g, &format!("{p}.mlp.gate_proj.weight"))?;
+            if li != inter {
+                return Err(format!(
+                    "layer {i}: intermediate_size {li} ({p}.mlp.gate_proj.weight) differs from layer 0's {inter}"
+                ));
+            }
+            let (lq, _) = param_2d(g, &format!("{p}.self_attn.q_proj.weight"))?;
+            if lq != q {
+                return Err(format!(
+                    "layer {i}: q_proj has {lq} rows, but heads*head_dim = {q}"
+                ));
+            }
+            let shapes: [(&str, Vec<usize>); 9] = [
+                ("input_layernorm.weight", vec![hidden]),
+                ("post_attention_layernorm.weight", vec![hidden]),
+                ("self_attn.q_proj.weight", vec![q, hidden]),
+                ("self_attn.k_proj.weight", vec![kv, hidden]),
+                ("self_attn.v_proj.weight", vec![kv, hidden]),
+                ("self_attn.o_proj.weight", vec![hidden, q]),
+                ("mlp.gate_proj.weight", vec![inter, hidden]),
+                ("mlp.up_proj.weight", vec![inter, hidden]),
+                ("mlp.down_proj.weight", vec![hidden, inter]),
+            ];
+            for (n, want) in shapes {
+                expect_shape(g, i, &format!("{p}.{n}"), &want)?;
+            }
+            for (proj, rows) in [("q_proj", q), ("k_proj", kv), ("v_proj", kv)] {
+                let name = format!("{p}.self_attn.{proj}.bias");
+                match (g.param(&name).is_some(), qkv_bias) {
+                    (true, true) => expect_shape(g, i, &name, &[rows])?,
+                    (false, false) => {}
+                    (has, _) => {
+                        return Err(format!(
+                            "layer {i}: {proj} {} a bias but layer 0's q_proj {}",
+                            if has { "has" } else { "lacks" },
+                            if qkv_bias { "has one" } else { "does not" }
+                        ))
+                    }
+                }
+            }
+        }
+        let head = head_weight(g)?;
+        let tied = head == embed;
+        if !tied && head != "lm_head.weight" {
+            return Err(format!(
+                "the output linear reads '{head}', expected '{embed}' (tied) or 'lm_head.weight'"
+            ));
+        }
+        let c = LlamaConfig {
+            arch: arch.clone(),
+            vocab_size: vocab,
+            hidden_size: hidden,
+            intermediate_size: inter,
+            num_layers: layers,
+            num_heads: a.heads,
+            num_kv_heads: a.kv_heads,
+            head_dim: a.head_dim,
+            rope_theta: rope.theta,
+            rms_norm_eps: eps,
+            max_position_embeddings: meta_usize(g, "context_length")?
+                .ok_or("meta 'context_length' is missing")?,
+            tie_word_embeddings: tied,
+            attention_qkv_bias: qkv_bias,
+            bos_token_id: meta_token(g, "bos_token_id")?,
+            eos_token_id: meta_token(g, "eos_token_id")?,
+        };
+        c.validate()?;
+        same_structure(g, &c.build(), &arch)?;
+        Ok(c)
+    }
+}
+
+impl Gpt2Config {
+    /// Reads the config back from a GPT-2 graph (the inverse of [`Gpt2Config::build`], whatever
+    /// the parameters' dtypes); see [`LlamaConfig::from_graph`].
+    pub fn from_graph(g: &Graph) -> Result<Gpt2Config, String> {
+        match g.meta.get("architecture").map(String::as_str) {
+            Some("gpt2") => {}
+            Some(other) => return Err(format!("architecture '{other}' is not gpt2")),
+            None => return Err("meta 'architecture' is missing".into()),
+        }
+        let ops = ops_in_order(g)?;
+        let wte = ops
+            .iter()
+            .find_map(|op| match op {
+                Op::Embedding { weight } => Some(weight.clone()),
+                _ => None,
+            })
+            .ok_or("the graph has no embedding op")?;
+        let prefix = wte
+            .strip_suffix("wte.weight")
+            .ok_or_else(|| format!("the token embedding '{wte}' is not named '…wte.weight'"))?
+            .to_string();
+        let (vocab, d) = param_2d(g, &wte)?;
+        let (positions, _) = param_2d(g, &format!("{prefix}wpe.weight"))?;
+        let layers = count_layers(g, &format!("{prefix}h."))?;
+        let a = attention_specs(&ops, layers)?;
+        if a.rope.is_some() {
+            return Err("GPT-2 attention has no RoPE, but this graph's has".into());
+        }
+        if a.kv_heads != a.heads || a.heads * a.head_dim != d {
+            return Err(format!(
+                "attention heads={} kv_heads={} head_dim={} do not fit GPT-2 with n_embd={d}",
+                a.heads, a.kv_heads, a.head_dim
+            ));
+        }
+        let eps = norm_eps(&ops, NormKind::Layer)?;
+        let acts: Vec<Activation> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Activation(a) => Some(*a),
+                _ => None,
+            })
+            .collect();
+        let activation = *acts.first().ok_or("the graph has no activation op")?;
+        if let Some(i) = acts.iter().position(|x| *x != activation) {
+            return Err(format!(
+                "layer {i}: activation {} differs from layer 0's {}",
+                acts[i].name(),
+                activation.name()
+            ));
+        }
+        let (inner, _) = param_2d(g, &format!("{prefix}h.0.mlp.c_fc.weight"))?;
+        for i in 0..layers {
+            let p = format!("{prefix}h.{i}");
+            let (li, _) = param_2d(g, &format!("{p}.mlp.c_fc.weight"))?;
+            if li != inner {
+                return Err(format!(
+                    "layer {i}: n_inner {li} ({p}.mlp.c_fc.weight) differs from layer 0's {inner}"
+                ));
+            }
+            let shapes: [(&str, Vec<usize>); 12] = [
+                ("ln_1.weight", vec![d]),
+                ("ln_1.bias", vec![d]),
+                ("attn.c_attn.weight", vec![3 * d, d]),
+                ("attn.c_attn.bias", vec![3 * d]),
+                ("attn.c_proj.weight", vec![d, d]),
+                ("attn.c_proj.bias", vec![d]),
+                ("ln_2.weight", vec![d]),
+                ("ln_2.bias", vec![d]),
+                ("mlp.c_fc.weight", vec![inner, d]),
+                ("mlp.c_fc.bias", vec![inner]),
+                ("mlp.c_proj.weight", vec![d, inner]),
+                ("mlp.c_proj.bias", vec![d]),
+            ];
+            for (n, want) in shapes {
+                expect_shape(g, i, &format!("{p}.{n}"), &want)?;
+            }
+        }
+        let head = head_weight(g)?;
+        let untied = head != wte;
+        if untied && head != "lm_head.weight" {
+            return Err(format!(
+                "the output linear reads '{head}', expected '{wte}' (tied) or 'lm_head.weight'"
+            ));
+        }
+        let c = Gpt2Config {
+            vocab_size: vocab,
+            n_embd: d,
+            n_layer: layers,
+            n_head: a.heads,
+            n_positions: positions,
+            n_inner: inner,
+            layer_norm_epsilon: eps,
+            activation,
+            prefix,
+            untied_head: untied,
+            bos_token_id: meta_token(g, "bos_token_id")?,
+            eos_token_id: meta_token(g, "eos_token_id")?,
+        };
+        c.validate()?;
+        same_structure(g, &c.build(), "gpt2")?;
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn llama(arch: &str, tied: bool, bias: bool) -> LlamaConfig {
+        LlamaConfig {
+            arch: arch.into(),
+            vocab_size: 50,
+            hidden_size: 32,
+            intermediate_size: 48,
+            num_layers: 3,
+            num_heads: 4,
+            num_kv_heads: 2,
+            head_dim: 8,
+            rope_theta: 500000.0,
+            rms_norm_eps: 1e-6,
+            max_position_embeddings: 64,
+            tie_word_embeddings: tied,
+            attention_qkv_bias: bias,
+            bos_token_id: Some(1),
+            eos_token_id: None,
+        }
+    }
+
+    fn gpt2(prefix: &str, untied: bool, activation: Activation) -> Gpt2Config {
+        Gpt2Config {
+            vocab_size: 50,
+            n_embd: 32,
+            n_layer: 2,
+            n_head: 4,
+            n_positions: 40,
+            n_inner: 72,
+            layer_norm_epsilon: 1e-5,
+            activation,
+            prefix: prefix.into(),
+            untied_head: untied,
+            bos_token_id: Some(0),
+            eos_token_id: Some(0),
+        }
+    }
+
+    #[test]
+    fn llama_config_round_trips_through_its_graph() {
+        for c in [
+            llama("llama", true, false),
+            llama("mistral", false, false),
+            llama("qwen2", false, true),
+        ] {
+            let mut g = c.build();
+            assert_eq!(LlamaConfig::from_graph(&g).unwrap(), c);
+            // Dtypes do not matter.
+            let p = g.param_mut("model.layers.1.mlp.up_proj.weight").unwrap();
+            p.dtype = DType::BF16;
+            assert_eq!(LlamaConfig::from_graph(&g).unwrap(), c);
+        }
+    }
+
+    #[test]
+    fn gpt2_config_round_trips_through_its_graph() {
+        for c in [
+            gpt2("transformer.", false, Activation::GeluTanh),
+            gpt2("", true, Activation::Gelu),
+        ] {
+            assert_eq!(Gpt2Config::from_graph(&c.build()).unwrap(), c);
+        }
+    }
+
+    #[test]
+    fn node_order_does_not_matter() {
+        // Rebuild layer 0's q projection as the newest node, as a rewriting pass would.
+        let c = llama("llama", true, false);
+        let mut g = c.build();
+        let id = g
+            .node_ids()
+            .into_iter()
+            .find(|&id| {
+                matches!(&g.node(id).unwrap().op,
+                    Op::Linear { weight, .. } if weight == "model.layers.0.self_attn.q_proj.weight")
+            })
+            .unwrap();
+        let node = g.node(id).unwrap().clone();
+        let new = g.add1(node.op.clone(), &node.inputs).unwrap();
+        g.replace_uses(node.outputs[0], new);
+        g.remove_node(id);
+        assert_ne!(
+            shrink_ir::text::print(&g),
+            shrink_ir::text::print(&c.build())
+        );
+        assert_eq!(LlamaConfig::from_graph(&g).unwrap(), c);
+    }
+
+    #[test]
+    fn from_graph_names_the_layer_and_size_at_fault() {
+        let c = llama("llama", true, false);
+        let mut g = c.build();
+        g.param_mut("model.layers.2.mlp.down_proj.weight")
+            .unwrap()
+            .shape = vec![32, 40];
+        let e = LlamaConfig::from_graph(&g).unwrap_err();
+        assert!(
+            e.contains("layer 2") && e.contains("down_proj") && e.contains("[32, 48]"),
+            "{e}"
+        );
+
+        let mut g = c.build();
+        let id = g
+            .node_ids()
+            .into_iter()
+            .filter(|&id| matches!(g.node(id).unwrap().op, Op::Attention(_)))
+            .nth(1)
+            .unwrap();
+        if let Op::Attention(a) = &mut g.node_mut(id).unwrap().op {
+            a.heads = 2;
+        }
+        let e = LlamaConfig::from_graph(&g).unwrap_err();
+        assert_eq!(
+            e,
+            "layer 1: attention heads=2 differs from layer 0's heads=4"
+        );
+
+        let mut g = c.build();
+        g.declare_param("extra.weight", ParamType::new(DType::F32, vec![3]));
+        let e = LlamaConfig::from_graph(&g).unwrap_err();
+        assert!(
+            e.contains("'extra.weight' is not part of the llama graph"),
+            "{e}"
+        );
+
+        let mut g = c.build();
+        for id in g.node_ids() {
+            if let Op::Activation(a) = &mut g.node_mut(id).unwrap().op {
+                *a = Activation::Gelu;
+            }
+        }
+        let e = LlamaConfig::from_graph(&g).unwrap_err();
+        assert!(
+            e.contains("no counterpart for") && e.contains("gelu("),
+            "{e}"
+        );
+
+        let g = gpt2("", false, Activation::GeluTanh).build();
+        let e = LlamaConfig::from_graph(&g).unwrap_err();
+        assert!(e.contains("'gpt2' is not of the LLaMA family"), "{e}");
+        let e = Gpt2Config::from_graph(&c.build()).unwrap_err();
+        assert!(e.contains("'llama' is not gpt2"), "{e}");
+
+        let mut g = c.build();
+        g.meta.remove("context_length");
+        let e = LlamaConfig::from_graph(&g).unwrap_err();
+        assert!(e.contains("context_length"), "{e}");
+    }
+}

@@ -61,6 +61,24 @@ pub fn unpermute_rows<T: Copy>(w: &[T], heads: usize, head_dim: usize, cols: usi
     out
 }
 
+/// The inverse of [`unpermute_rows`]: reorders the rows of a `[heads*head_dim, cols]` Q or K
+/// weight from Hugging Face's halves (row `t*head_dim/2 + j` of a head) into llama.cpp's
+/// interleaved pairs (row `2j + t`), as `convert_hf_to_gguf.py` does for the `llama` architecture.
+pub fn permute_rows<T: Copy>(w: &[T], heads: usize, head_dim: usize, cols: usize) -> Vec<T> {
+    let mut out = w.to_vec();
+    let half = head_dim / 2;
+    for h in 0..heads {
+        for j in 0..half {
+            for t in 0..2 {
+                let src = (h * head_dim + t * half + j) * cols;
+                let dst = (h * head_dim + 2 * j + t) * cols;
+                out[dst..dst + cols].copy_from_slice(&w[src..src + cols]);
+            }
+        }
+    }
+    out
+}
+
 fn config(file: &GgufFile) -> Result<LlamaConfig> {
     let arch = file.get_str("general.architecture")?;
     if arch != "llama" {
@@ -144,13 +162,15 @@ pub fn load_model(file: &GgufFile) -> Result<Model> {
                 want.shape
             )));
         }
+        // Elements per permuted row: a weight row, or one element of a bias.
         let cols = match want.shape.as_slice() {
             [_, c] => *c,
-            _ => want.numel(),
+            _ => 1,
         };
-        let permuted = if hf.ends_with("self_attn.q_proj.weight") {
+        // Biases of Q and K are permuted along with their rows.
+        let permuted = if hf.contains("self_attn.q_proj.") {
             Some(cfg.num_heads)
-        } else if hf.ends_with("self_attn.k_proj.weight") {
+        } else if hf.contains("self_attn.k_proj.") {
             Some(cfg.num_kv_heads)
         } else {
             None
@@ -206,4 +226,37 @@ pub fn load_model(file: &GgufFile) -> Result<Model> {
 /// Opens a GGUF file.
 pub fn open(path: &Path) -> Result<GgufFile> {
     Ok(GgufFile::open(path)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permute_inverts_unpermute() {
+        for (heads, head_dim, cols) in [(1, 4, 1), (4, 16, 3), (3, 64, 5), (2, 8, 1)] {
+            let w: Vec<u32> = (0..(heads * head_dim * cols) as u32).collect();
+            let p = permute_rows(&w, heads, head_dim, cols);
+            assert_ne!(p, w, "{heads}x{head_dim}: permutation is not the identity");
+            assert_eq!(unpermute_rows(&p, heads, head_dim, cols), w);
+            assert_eq!(
+                permute_rows(
+                    &unpermute_rows(&w, heads, head_dim, cols),
+                    heads,
+                    head_dim,
+                    cols
+                ),
+                w
+            );
+        }
+    }
+
+    #[test]
+    fn permute_matches_convert_hf_to_gguf() {
+        // LlamaModel.permute: w.reshape(heads, 2, hd/2, cols).swapaxes(1, 2).reshape(...):
+        // output row h*hd + 2j + t is input row h*hd + t*hd/2 + j.
+        let (heads, hd) = (2, 4);
+        let w: Vec<usize> = (0..heads * hd).collect();
+        assert_eq!(permute_rows(&w, heads, hd, 1), vec![0, 2, 1, 3, 4, 6, 5, 7]);
+    }
 }

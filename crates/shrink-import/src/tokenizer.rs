@@ -1,6 +1,7 @@
 //! Tokenizers: Hugging Face `tokenizer.json` through the `tokenizers` crate, or a byte-level BPE
 //! rebuilt from GGUF metadata that tokenizes exactly as llama.cpp does.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
@@ -12,7 +13,7 @@ use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::AddedToken;
 
 use crate::error::{ImportError, Result};
-use crate::gguf::GgufFile;
+use crate::gguf::{GgufFile, MetaValue};
 
 /// GGUF pre-tokenizer names this module reproduces.
 pub const SUPPORTED_GGUF_PRE: &str = "smollm, gpt2, default";
@@ -23,6 +24,9 @@ pub struct Tokenizer {
     bos_to_add: Option<u32>,
     /// Let the tokenizer's own post-processor add special tokens (tokenizer.json).
     post_process: bool,
+    /// The `tokenizer.*` metadata of the GGUF file it was rebuilt from (exporters write it back
+    /// unchanged); `None` for a `tokenizer.json`.
+    gguf_metadata: Option<BTreeMap<String, MetaValue>>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -45,6 +49,7 @@ impl Tokenizer {
             inner,
             bos_to_add: None,
             post_process: true,
+            gguf_metadata: None,
         })
     }
 
@@ -112,10 +117,17 @@ impl Tokenizer {
             .get_bool("tokenizer.ggml.add_bos_token")
             .unwrap_or(false);
         let bos = file.get_u32("tokenizer.ggml.bos_token_id").ok();
+        let gguf_metadata = file
+            .metadata
+            .iter()
+            .filter(|(k, _)| k.starts_with("tokenizer."))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         Ok(Tokenizer {
             inner,
             bos_to_add: if add_bos { bos } else { None },
             post_process: false,
+            gguf_metadata: Some(gguf_metadata),
         })
     }
 
@@ -153,5 +165,18 @@ impl Tokenizer {
     /// The underlying `tokenizers` value (exporters serialise it as `tokenizer.json`).
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner
+    }
+
+    /// The `tokenizer.*` key/values (`tokenizer.ggml.*`, and `tokenizer.chat_template` where
+    /// present) of the GGUF file this tokenizer was rebuilt from, exactly as read; `None` when it
+    /// came from a `tokenizer.json`.
+    pub fn gguf_metadata(&self) -> Option<&BTreeMap<String, MetaValue>> {
+        self.gguf_metadata.as_ref()
+    }
+
+    /// The id prepended to every encoded text outside the tokenizer's own post-processor (a GGUF
+    /// file's `add_bos_token`), if any.
+    pub fn bos_to_add(&self) -> Option<u32> {
+        self.bos_to_add
     }
 }

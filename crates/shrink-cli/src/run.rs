@@ -1,0 +1,189 @@
+//! `shrink run`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use indicatif::ProgressBar;
+use shrink_ir::Model;
+use shrink_passes::{Pass, ProgressSink, Registry};
+use shrink_pipeline::instrument::IrDump;
+use shrink_pipeline::{Instrumentation, PassRecord, Pipeline, RunOptions, RunReport};
+use shrink_runtime::Device;
+
+use crate::progress;
+
+pub struct RunArgs {
+    pub pipeline: PathBuf,
+    pub model: Option<PathBuf>,
+    pub out: Option<PathBuf>,
+    pub device: String,
+    pub dump_ir: Option<PathBuf>,
+    pub print_ir_after_all: bool,
+    pub dry_run: bool,
+    pub json: bool,
+}
+
+/// Progress of the run on stderr: a spinner for unsized work, a bar otherwise.
+#[derive(Default)]
+struct Bars {
+    bar: Option<ProgressBar>,
+}
+
+impl ProgressSink for Bars {
+    fn start(&mut self, what: &str, total: u64) {
+        self.finish();
+        self.bar = Some(if total == 0 {
+            progress::spinner(what)
+        } else {
+            progress::bar(total, what)
+        });
+    }
+    fn advance(&mut self, done: u64) {
+        if let Some(b) = &self.bar {
+            b.set_position(done);
+        }
+    }
+    fn finish(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
+}
+
+/// `--print-ir-after-all`.
+struct PrintIrAfterAll;
+
+impl Instrumentation for PrintIrAfterAll {
+    fn after_pass(
+        &mut self,
+        index: usize,
+        pass: &dyn Pass,
+        model: &Model,
+        _record: &PassRecord,
+    ) -> Result<(), String> {
+        eprintln!(
+            "; IR after pass {}: {} {}\n{}",
+            index + 1,
+            pass.name(),
+            pass.options(),
+            shrink_ir::text::print(&model.graph)
+        );
+        Ok(())
+    }
+}
+
+/// One table row per pass, printed as each finishes (to stderr with `--json`).
+struct Table {
+    to_stderr: bool,
+}
+
+impl Table {
+    fn line(&self, s: &str) {
+        if self.to_stderr {
+            eprintln!("{s}");
+        } else {
+            println!("{s}");
+        }
+    }
+}
+
+fn fmt_bytes(b: u64) -> String {
+    format!("{:.2} MB", b as f64 / 1e6)
+}
+
+impl Instrumentation for Table {
+    fn start(&mut self, model: &Model) -> Result<(), String> {
+        let s = model.size();
+        self.line(&format!(
+            "{:<3} {:<14} {:>9} {:>14} {:>12} {:>8}  stats",
+            "#", "pass", "seconds", "params", "bytes", "bits/w"
+        ));
+        self.line(&format!(
+            "{:<3} {:<14} {:>9} {:>14} {:>12} {:>8.3}",
+            "0",
+            "(input)",
+            "",
+            s.params,
+            fmt_bytes(s.bytes),
+            s.bits_per_weight()
+        ));
+        Ok(())
+    }
+
+    fn after_pass(
+        &mut self,
+        index: usize,
+        _pass: &dyn Pass,
+        _model: &Model,
+        r: &PassRecord,
+    ) -> Result<(), String> {
+        let stats: Vec<String> = r.stats.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        self.line(&format!(
+            "{:<3} {:<14} {:>9.2} {:>14} {:>12} {:>8.3}  {}",
+            index + 1,
+            r.name,
+            r.seconds,
+            r.params,
+            fmt_bytes(r.bytes),
+            r.bits_per_weight,
+            stats.join(" ")
+        ));
+        Ok(())
+    }
+}
+
+pub fn run(a: RunArgs) -> Result<()> {
+    let registry = Registry::builtin();
+    let pipeline = Pipeline::from_file(&a.pipeline, &registry)?;
+    let device: Device = a.device.parse().map_err(anyhow::Error::msg)?;
+    let opts = RunOptions {
+        model: a.model.clone(),
+        out: a.out.clone(),
+        device,
+    };
+    let model_path = shrink_pipeline::run::model_path(&pipeline, &opts);
+    pipeline.check_files(model_path.as_deref())?;
+    if a.dry_run {
+        print!("{}", pipeline.canonical());
+        return Ok(());
+    }
+    let mut table = Table { to_stderr: a.json };
+    let mut dump = match &a.dump_ir {
+        Some(dir) => {
+            let model = model_path.clone().unwrap_or_default();
+            let model = std::fs::canonicalize(&model).unwrap_or(model);
+            let lines = pipeline
+                .passes
+                .iter()
+                .map(|e| format!("(pass: {:?}, options: {})", e.pass.name(), e.pass.options()))
+                .collect();
+            Some(IrDump::new(dir, &model, lines).map_err(anyhow::Error::msg)?)
+        }
+        None => None,
+    };
+    let mut printer = PrintIrAfterAll;
+    let mut hooks: Vec<&mut dyn Instrumentation> = vec![&mut table];
+    if let Some(d) = dump.as_mut() {
+        hooks.push(d);
+    }
+    if a.print_ir_after_all {
+        hooks.push(&mut printer);
+    }
+    let mut bars = Bars::default();
+    let report: RunReport = shrink_pipeline::run(&pipeline, &opts, &mut hooks, &mut bars)
+        .with_context(|| format!("{}", a.pipeline.display()))?;
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        if let Some(e) = &report.eval {
+            println!(
+                "eval: ppl {:.4} over {} scored tokens in {:.1} s ({:.1} tokens/s on {})",
+                e.ppl, e.tokens_scored, e.seconds, e.tokens_per_second, e.device
+            );
+        }
+        for o in &report.outputs {
+            println!("wrote {o}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,386 @@
+//! Hugging Face directory export: `config.json`, `model.safetensors` (every parameter in its
+//! stored dtype under its IR name; GPT-2's `Conv1D` weights transposed back to `[in, out]`; no
+//! `lm_head.weight` when the head is tied), and, given a tokenizer, `tokenizer.json` and a
+//! minimal `tokenizer_config.json`. transformers loads the directory with
+//! `AutoModelForCausalLM.from_pretrained(dir)`, and so does `shrink_import::load`.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use safetensors::tensor::{Dtype, View};
+use serde_json::{json, Map, Value};
+use shrink_import::arch::{gpt2_is_conv1d, Gpt2Config, LlamaConfig};
+use shrink_import::Tokenizer;
+use shrink_ir::{Activation, DType, Model, TensorData, Verified};
+
+use crate::atomic::Staged;
+use crate::error::{ExportError, Result};
+
+/// Graph architectures this back end writes.
+pub const SUPPORTED: &str = "llama, mistral, qwen2, gpt2";
+
+/// One parameter as safetensors sees it.
+struct Tensor<'m> {
+    data: &'m TensorData,
+    dtype: Dtype,
+    /// Shape in the file (`[in, out]` for a transposed Conv1D weight).
+    shape: Vec<usize>,
+    /// Write the `[rows, cols]` IR matrix transposed.
+    transpose: bool,
+}
+
+impl View for &Tensor<'_> {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    fn data(&self) -> Cow<'_, [u8]> {
+        match (self.transpose, self.data.ty.shape.as_slice()) {
+            (true, [rows, cols]) => Cow::Owned(transpose_bytes(
+                self.data.bytes(),
+                *rows,
+                *cols,
+                self.data.ty.dtype.size(),
+            )),
+            _ => Cow::Borrowed(self.data.bytes()),
+        }
+    }
+
+    fn data_len(&self) -> usize {
+        self.data.nbytes()
+    }
+}
+
+/// Transposes a row-major `[rows, cols]` matrix of `elem`-byte elements.
+fn transpose_bytes(bytes: &[u8], rows: usize, cols: usize, elem: usize) -> Vec<u8> {
+    let mut out = vec![0u8; bytes.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            let src = (r * cols + c) * elem;
+            let dst = (c * rows + r) * elem;
+            out[dst..dst + elem].copy_from_slice(&bytes[src..src + elem]);
+        }
+    }
+    out
+}
+
+fn torch_dtype(d: DType) -> &'static str {
+    match d {
+        DType::F32 => "float32",
+        DType::F16 => "float16",
+        DType::BF16 => "bfloat16",
+        DType::I64 => "int64",
+    }
+}
+
+/// The dtype holding the most parameter elements (ties: the wider type).
+fn main_dtype(model: &Model) -> DType {
+    let mut count: HashMap<DType, usize> = HashMap::new();
+    for ty in model.graph.params().values() {
+        *count.entry(ty.dtype).or_default() += ty.numel();
+    }
+    [DType::F32, DType::BF16, DType::F16]
+        .into_iter()
+        .max_by_key(|d| count.get(d).copied().unwrap_or(0))
+        .unwrap_or(DType::F32)
+}
+
+/// An f32 as the JSON number with the same shortest decimal form (1e-5 stays 1e-05, not
+/// 9.999999747378752e-06), which reads back to the same f32.
+fn f32_json(x: f32) -> Value {
+    x.to_string()
+        .parse::<f64>()
+        .ok()
+        .and_then(serde_json::Number::from_f64)
+        .map_or(Value::Null, Value::Number)
+}
+
+fn token_json(t: Option<u32>) -> Value {
+    t.map_or(Value::Null, |t| json!(t))
+}
+
+fn llama_config(c: &LlamaConfig, dtype: DType, dir: &Path) -> Result<Value> {
+    let unsupported = |message: String| ExportError::Unsupported {
+        path: dir.to_path_buf(),
+        message,
+    };
+    let class = match (c.arch.as_str(), c.attention_qkv_bias) {
+        ("llama", false) => "LlamaForCausalLM",
+        ("mistral", false) => "MistralForCausalLM",
+        ("qwen2", true) => "Qwen2ForCausalLM",
+        ("qwen2", false) => {
+            return Err(unsupported(
+                "a qwen2 graph without q/k/v biases cannot be written as Qwen2ForCausalLM".into(),
+            ))
+        }
+        (a @ ("llama" | "mistral"), true) => {
+            return Err(unsupported(format!(
+            "a {a} graph with q/k/v biases (and none on o_proj) cannot be written for transformers"
+        )))
+        }
+        (other, _) => return Err(unsupported(format!("unknown architecture '{other}'"))),
+    };
+    let mut m = Map::new();
+    m.insert("architectures".into(), json!([class]));
+    m.insert("model_type".into(), json!(c.arch));
+    m.insert("vocab_size".into(), json!(c.vocab_size));
+    m.insert("hidden_size".into(), json!(c.hidden_size));
+    m.insert("intermediate_size".into(), json!(c.intermediate_size));
+    m.insert("num_hidden_layers".into(), json!(c.num_layers));
+    m.insert("num_attention_heads".into(), json!(c.num_heads));
+    m.insert("num_key_value_heads".into(), json!(c.num_kv_heads));
+    m.insert("head_dim".into(), json!(c.head_dim));
+    m.insert("hidden_act".into(), json!("silu"));
+    m.insert(
+        "max_position_embeddings".into(),
+        json!(c.max_position_embeddings),
+    );
+    m.insert("rms_norm_eps".into(), f32_json(c.rms_norm_eps));
+    m.insert("rope_theta".into(), f32_json(c.rope_theta));
+    m.insert("rope_scaling".into(), Value::Null);
+    match c.arch.as_str() {
+        "llama" => {
+            m.insert("attention_bias".into(), json!(false));
+            m.insert("mlp_bias".into(), json!(false));
+        }
+        "mistral" => {
+            m.insert("sliding_window".into(), Value::Null);
+        }
+        _ => {
+            m.insert("use_sliding_window".into(), json!(false));
+            m.insert("sliding_window".into(), Value::Null);
+            m.insert("max_window_layers".into(), json!(c.num_layers));
+        }
+    }
+    m.insert("tie_word_embeddings".into(), json!(c.tie_word_embeddings));
+    m.insert("bos_token_id".into(), token_json(c.bos_token_id));
+    m.insert("eos_token_id".into(), token_json(c.eos_token_id));
+    m.insert("torch_dtype".into(), json!(torch_dtype(dtype)));
+    m.insert("use_cache".into(), json!(true));
+    Ok(Value::Object(m))
+}
+
+fn gpt2_config(c: &Gpt2Config, dtype: DType, dir: &Path) -> Result<Value> {
+    let act = match c.activation {
+        Activation::GeluTanh => "gelu_new",
+        Activation::Gelu => "gelu",
+        Activation::Relu => "relu",
+        other => {
+            return Err(ExportError::Unsupported {
+                path: dir.to_path_buf(),
+                message: format!("GPT-2 with activation {} is not supported", other.name()),
+            })
+        }
+    };
+    let mut m = Map::new();
+    m.insert("architectures".into(), json!(["GPT2LMHeadModel"]));
+    m.insert("model_type".into(), json!("gpt2"));
+    m.insert("vocab_size".into(), json!(c.vocab_size));
+    m.insert("n_embd".into(), json!(c.n_embd));
+    m.insert("n_layer".into(), json!(c.n_layer));
+    m.insert("n_head".into(), json!(c.n_head));
+    m.insert("n_positions".into(), json!(c.n_positions));
+    m.insert("n_ctx".into(), json!(c.n_positions));
+    m.insert("n_inner".into(), json!(c.n_inner));
+    m.insert("activation_function".into(), json!(act));
+    m.insert("layer_norm_epsilon".into(), f32_json(c.layer_norm_epsilon));
+    m.insert("tie_word_embeddings".into(), json!(!c.untied_head));
+    m.insert("bos_token_id".into(), token_json(c.bos_token_id));
+    m.insert("eos_token_id".into(), token_json(c.eos_token_id));
+    m.insert("torch_dtype".into(), json!(torch_dtype(dtype)));
+    m.insert("use_cache".into(), json!(true));
+    Ok(Value::Object(m))
+}
+
+/// `tokenizer.json` and `tokenizer_config.json` contents.
+fn tokenizer_files(
+    tok: &Tokenizer,
+    bos: Option<u32>,
+    eos: Option<u32>,
+    context: usize,
+    dir: &Path,
+) -> Result<(String, String)> {
+    let err = |message: String| ExportError::Tokenizer {
+        path: dir.join("tokenizer.json"),
+        message,
+    };
+    let mut text = tok
+        .inner()
+        .to_string(false)
+        .map_err(|e| err(format!("cannot serialise: {e}")))?;
+    // A GGUF tokenizer that prepends BOS does it outside the `tokenizers` pipeline; in
+    // tokenizer.json that is a post-processor.
+    if let Some(id) = tok.bos_to_add() {
+        let mut j: Value =
+            serde_json::from_str(&text).map_err(|e| err(format!("cannot re-read: {e}")))?;
+        if !j.get("post_processor").is_none_or(Value::is_null) {
+            return Err(err(
+                "adds BOS both itself and through its post-processor".into()
+            ));
+        }
+        let name = tok
+            .inner()
+            .id_to_token(id)
+            .ok_or_else(|| err(format!("BOS id {id} is not in the vocabulary")))?;
+        let special = |type_id: u32| json!({"SpecialToken": {"id": name, "type_id": type_id}});
+        let seq = |id: &str, type_id: u32| json!({"Sequence": {"id": id, "type_id": type_id}});
+        j["post_processor"] = json!({
+            "type": "TemplateProcessing",
+            "single": [special(0), seq("A", 0)],
+            "pair": [special(0), seq("A", 0), special(1), seq("B", 1)],
+            "special_tokens": {name.clone(): {"id": name, "ids": [id], "tokens": [name]}},
+        });
+        text = serde_json::to_string(&j).map_err(|e| err(e.to_string()))?;
+    }
+    let token = |id: Option<u32>| {
+        id.and_then(|i| tok.inner().id_to_token(i))
+            .map_or(Value::Null, Value::String)
+    };
+    let config = json!({
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": token(bos),
+        "eos_token": token(eos),
+        "add_bos_token": tok.bos_to_add().is_some(),
+        "add_eos_token": false,
+        "clean_up_tokenization_spaces": false,
+        "model_max_length": context,
+    });
+    let config = serde_json::to_string_pretty(&config).map_err(|e| err(e.to_string()))?;
+    Ok((text, config))
+}
+
+/// Writes `model` (and its tokenizer, if given) as a Hugging Face directory `dir`, atomically:
+/// into a temporary directory beside it, renamed into place when complete (an existing `dir` is
+/// replaced only then). Returns the paths of the files written.
+pub fn write(
+    model: &Model,
+    _proof: &Verified,
+    tokenizer: Option<&Tokenizer>,
+    dir: &Path,
+) -> Result<Vec<PathBuf>> {
+    let g = &model.graph;
+    let arch = g
+        .meta
+        .get("architecture")
+        .cloned()
+        .ok_or_else(|| ExportError::Unsupported {
+            path: dir.to_path_buf(),
+            message: "the graph has no meta 'architecture'".into(),
+        })?;
+    let graph_err = |message: String| ExportError::Graph {
+        path: dir.to_path_buf(),
+        arch: arch.clone(),
+        message,
+    };
+    let dtype = main_dtype(model);
+    let (config, gpt2, bos, eos, context) = match arch.as_str() {
+        "llama" | "mistral" | "qwen2" => {
+            let c = LlamaConfig::from_graph(g).map_err(graph_err)?;
+            let j = llama_config(&c, dtype, dir)?;
+            (
+                j,
+                false,
+                c.bos_token_id,
+                c.eos_token_id,
+                c.max_position_embeddings,
+            )
+        }
+        "gpt2" => {
+            let c = Gpt2Config::from_graph(g).map_err(graph_err)?;
+            let j = gpt2_config(&c, dtype, dir)?;
+            (j, true, c.bos_token_id, c.eos_token_id, c.n_positions)
+        }
+        other => {
+            return Err(ExportError::Unsupported {
+                path: dir.to_path_buf(),
+                message: format!("architecture '{other}' cannot be exported ({SUPPORTED})"),
+            })
+        }
+    };
+
+    let st_path = dir.join("model.safetensors");
+    let mut tensors = Vec::new();
+    for (name, ty) in g.params() {
+        let terr = |message: String| ExportError::Tensor {
+            path: st_path.clone(),
+            tensor: name.clone(),
+            message,
+        };
+        let data = model
+            .weights
+            .get(name)
+            .ok_or_else(|| terr("has no data in the weight store".into()))?;
+        if data.ty != *ty {
+            return Err(terr(format!(
+                "is declared {ty} but its data is {}",
+                data.ty
+            )));
+        }
+        let dtype = match ty.dtype {
+            DType::F32 => Dtype::F32,
+            DType::F16 => Dtype::F16,
+            DType::BF16 => Dtype::BF16,
+            DType::I64 => return Err(terr("dtype i64 cannot be a weight".into())),
+        };
+        let transpose = gpt2 && gpt2_is_conv1d(name) && ty.shape.len() == 2;
+        let shape = if transpose {
+            ty.shape.iter().rev().copied().collect()
+        } else {
+            ty.shape.clone()
+        };
+        tensors.push((
+            name.clone(),
+            Tensor {
+                data,
+                dtype,
+                shape,
+                transpose,
+            },
+        ));
+    }
+    let config_text = serde_json::to_string_pretty(&config).map_err(|e| ExportError::Field {
+        path: dir.join("config.json"),
+        field: "config".into(),
+        message: e.to_string(),
+    })?;
+    let tok_files = tokenizer
+        .map(|t| tokenizer_files(t, bos, eos, context, dir))
+        .transpose()?;
+
+    let staged = Staged::dir(dir)?;
+    let tmp = staged.path().to_path_buf();
+    let io = |name: &str| {
+        let path = dir.join(name);
+        let what = format!("writing {}", tmp.join(name).display());
+        move |source| ExportError::Io { path, what, source }
+    };
+    let mut written = Vec::new();
+    std::fs::write(tmp.join("config.json"), config_text + "\n").map_err(io("config.json"))?;
+    written.push("config.json");
+    let st_meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::tensor::serialize_to_file(
+        tensors.iter().map(|(n, t)| (n.as_str(), t)),
+        Some(st_meta),
+        &tmp.join("model.safetensors"),
+    )
+    .map_err(|e| {
+        io("model.safetensors")(match e {
+            safetensors::SafeTensorError::IoError(e) => e,
+            other => std::io::Error::other(other.to_string()),
+        })
+    })?;
+    written.push("model.safetensors");
+    if let Some((tj, tc)) = tok_files {
+        std::fs::write(tmp.join("tokenizer.json"), tj).map_err(io("tokenizer.json"))?;
+        std::fs::write(tmp.join("tokenizer_config.json"), tc + "\n")
+            .map_err(io("tokenizer_config.json"))?;
+        written.extend(["tokenizer.json", "tokenizer_config.json"]);
+    }
+    staged.commit()?;
+    Ok(written.into_iter().map(|n| dir.join(n)).collect())
+}

@@ -1,0 +1,658 @@
+//! Round trips through the exporters on the tiny fixtures: export, load back with
+//! `shrink_import::load`, and compare IR text, logits (bit-identical), tokenization, and the
+//! bytes against the fixture files (the safetensors checkpoints, and `tiny-llama.gguf` as
+//! llama.cpp's `convert_hf_to_gguf.py` wrote it).
+//!
+//! IR text is compared with two `meta` lines left out where the source and the output format
+//! differ: `source_format` (set to "gguf" by the GGUF importer only) and `name` (GGUF's
+//! `general.name`; a Hugging Face directory has no such field). Everything else, every `meta`
+//! line included, must be equal.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use shrink_import::gguf::{GgufFile, MetaValue};
+use shrink_import::{load, Loaded, Tokenizer};
+use shrink_ir::text::print;
+use shrink_ir::Graph;
+use shrink_runtime::{Device, Engine};
+
+use crate::gguf::GgufWriter;
+use crate::{gguf, hf};
+
+/// `meta` keys that differ between formats (see the module doc).
+const FORMAT_META: [&str; 2] = ["source_format", "name"];
+
+/// A scratch directory, removed on drop.
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Scratch {
+        let p =
+            std::env::temp_dir().join(format!("shrink-export-test-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&p);
+        fs::create_dir_all(&p).expect("scratch dir");
+        Scratch(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .expect("read dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+fn load_fixture(rel: &str) -> Loaded {
+    load(&fixtures().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+/// `input_ids` of a golden file, as rows.
+fn golden_ids(dir: &str) -> Vec<Vec<u32>> {
+    let bytes = fs::read(fixtures().join(dir).join("golden.safetensors")).expect("golden");
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("golden safetensors");
+    let t = st.tensor("input_ids").expect("input_ids");
+    let cols = t.shape()[1];
+    let ids: Vec<u32> = t
+        .data()
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")) as u32)
+        .collect();
+    ids.chunks(cols).map(<[u32]>::to_vec).collect()
+}
+
+fn logits(l: &Loaded, golden: &str) -> Vec<f32> {
+    let engine = Engine::new(&l.model, Device::Cpu).expect("engine");
+    engine.logits(&golden_ids(golden)).expect("logits")
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// The IR text without the `meta` lines of `skip`.
+fn ir_without(g: &Graph, skip: &[&str]) -> String {
+    print(g)
+        .lines()
+        .filter(|l| !skip.iter().any(|k| l.starts_with(&format!("meta {k} = "))))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn texts() -> Vec<String> {
+    let j: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(fixtures().join("tiny-tokenizer-golden.json")).expect("golden"),
+    )
+    .expect("json");
+    j.as_array()
+        .expect("list")
+        .iter()
+        .map(|e| e["text"].as_str().expect("text").to_string())
+        .collect()
+}
+
+/// Both tokenizers give the same ids on every golden text, with and without special-token
+/// parsing.
+fn same_tokens(a: &mut Tokenizer, b: &mut Tokenizer) {
+    for t in texts() {
+        for special in [false, true] {
+            assert_eq!(
+                a.encode(&t, special).expect("encode a"),
+                b.encode(&t, special).expect("encode b"),
+                "{t:?} (parse_special={special})"
+            );
+        }
+    }
+}
+
+/// Each tensor of an exported safetensors file equals the same-named tensor of the fixture's
+/// checkpoint (one file or shards): dtype, shape and bytes.
+fn same_tensors_as_fixture(exported: &Path, fixture_dir: &str) {
+    let mut want: BTreeMap<String, (String, Vec<usize>, Vec<u8>)> = BTreeMap::new();
+    for e in fs::read_dir(fixtures().join(fixture_dir)).expect("fixture dir") {
+        let p = e.expect("entry").path();
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if !(name.starts_with("model") && name.ends_with(".safetensors")) {
+            continue;
+        }
+        let bytes = fs::read(&p).expect("read");
+        let st = safetensors::SafeTensors::deserialize(&bytes).expect("fixture safetensors");
+        for (n, v) in st.tensors() {
+            want.insert(
+                n,
+                (
+                    format!("{:?}", v.dtype()),
+                    v.shape().to_vec(),
+                    v.data().to_vec(),
+                ),
+            );
+        }
+    }
+    let bytes = fs::read(exported).expect("read export");
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("exported safetensors");
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).expect("header");
+    assert_eq!(
+        header.metadata().as_ref().and_then(|m| m.get("format")),
+        Some(&"pt".to_string())
+    );
+    let mut names = st.names();
+    names.sort();
+    assert_eq!(
+        names,
+        want.keys().map(String::as_str).collect::<Vec<_>>(),
+        "tensor names"
+    );
+    for (n, (dtype, shape, data)) in &want {
+        let t = st.tensor(n).expect("tensor");
+        assert_eq!(&format!("{:?}", t.dtype()), dtype, "{n}");
+        assert_eq!(t.shape(), shape.as_slice(), "{n}");
+        assert!(t.data() == data.as_slice(), "{n}: bytes differ");
+    }
+}
+
+fn read_json(p: &Path) -> serde_json::Value {
+    serde_json::from_str(&fs::read_to_string(p).expect("read")).expect("json")
+}
+
+/// Exports to an HF directory, loads it back and compares; returns the directory's scratch.
+fn hf_round_trip(rel: &str, golden: &str) -> (Scratch, PathBuf) {
+    let mut orig = load_fixture(rel);
+    let proof = orig.model.verify().expect("verified");
+    let s = Scratch::new(&format!("hf-{}", rel.replace('/', "-")));
+    let out = s.path().join("model");
+    let files = hf::write(&orig.model, &proof, orig.tokenizer.as_ref(), &out).expect("export");
+    let names: Vec<String> = files
+        .iter()
+        .map(|p| {
+            assert_eq!(p.parent(), Some(out.as_path()));
+            p.file_name().unwrap().to_string_lossy().into_owned()
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "config.json",
+            "model.safetensors",
+            "tokenizer.json",
+            "tokenizer_config.json"
+        ]
+    );
+    assert_eq!(entries(s.path()), ["model"], "temporaries left behind");
+    assert_eq!(entries(&out), names);
+
+    let mut back = load(&out).expect("load export");
+    assert_eq!(
+        ir_without(&orig.model.graph, &FORMAT_META),
+        ir_without(&back.model.graph, &FORMAT_META)
+    );
+    let (a, b) = (logits(&orig, golden), logits(&back, golden));
+    assert_eq!(max_abs_diff(&a, &b), 0.0, "{rel}: logits differ");
+    same_tokens(
+        orig.tokenizer.as_mut().expect("tokenizer"),
+        back.tokenizer.as_mut().expect("tokenizer"),
+    );
+    (s, out)
+}
+
+#[test]
+fn hf_round_trip_tiny_llama() {
+    let (_s, out) = hf_round_trip("tiny-llama", "tiny-llama");
+    same_tensors_as_fixture(&out.join("model.safetensors"), "tiny-llama");
+    let c = read_json(&out.join("config.json"));
+    assert_eq!(c["architectures"][0], "LlamaForCausalLM");
+    assert_eq!(c["model_type"], "llama");
+    assert_eq!(c["tie_word_embeddings"], true);
+    assert_eq!(c["rms_norm_eps"].as_f64(), Some(1e-5));
+    assert_eq!(c["rope_theta"].as_f64(), Some(10000.0));
+    assert_eq!(c["num_key_value_heads"], 2);
+    assert_eq!(c["head_dim"], 16);
+    assert_eq!(c["max_position_embeddings"], 256);
+    assert_eq!(c["torch_dtype"], "float32");
+    assert_eq!(c["bos_token_id"], 0);
+}
+
+#[test]
+fn hf_round_trip_tiny_llama_from_gguf() {
+    // Un-permuted GGUF weights written as HF: byte-identical to the original checkpoint.
+    let (_s, out) = hf_round_trip("tiny-llama/tiny-llama.gguf", "tiny-llama");
+    same_tensors_as_fixture(&out.join("model.safetensors"), "tiny-llama");
+}
+
+#[test]
+fn hf_round_trip_tiny_qwen2() {
+    let (_s, out) = hf_round_trip("tiny-qwen2", "tiny-qwen2");
+    same_tensors_as_fixture(&out.join("model.safetensors"), "tiny-qwen2");
+    let c = read_json(&out.join("config.json"));
+    assert_eq!(c["architectures"][0], "Qwen2ForCausalLM");
+    assert_eq!(c["tie_word_embeddings"], false);
+    assert_eq!(c["torch_dtype"], "bfloat16");
+    assert_eq!(c["rope_theta"].as_f64(), Some(1e6));
+    assert_eq!(c["rms_norm_eps"].as_f64(), Some(1e-6));
+}
+
+#[test]
+fn hf_round_trip_tiny_gpt2() {
+    // Conv1D weights go back to [in, out]: the comparison with the fixture checks it.
+    let (_s, out) = hf_round_trip("tiny-gpt2", "tiny-gpt2");
+    same_tensors_as_fixture(&out.join("model.safetensors"), "tiny-gpt2");
+    let c = read_json(&out.join("config.json"));
+    assert_eq!(c["architectures"][0], "GPT2LMHeadModel");
+    assert_eq!(c["activation_function"], "gelu_new");
+    assert_eq!(c["n_inner"], 256);
+    assert_eq!(c["n_positions"], 128);
+    assert_eq!(c["layer_norm_epsilon"].as_f64(), Some(1e-5));
+}
+
+/// Exports to GGUF, loads it back and compares; returns the file's scratch and path.
+fn gguf_round_trip(rel: &str) -> (Scratch, PathBuf) {
+    let mut orig = load_fixture(rel);
+    let proof = orig.model.verify().expect("verified");
+    let s = Scratch::new(&format!("gguf-{}", rel.replace('/', "-")));
+    let out = s.path().join("out.gguf");
+    gguf::write(
+        &orig.model,
+        &proof,
+        orig.tokenizer.as_ref().expect("tokenizer"),
+        &out,
+    )
+    .expect("export");
+    assert_eq!(entries(s.path()), ["out.gguf"], "temporaries left behind");
+    let mut back = load(&out).expect("load export");
+    let skip: &[&str] = if orig.model.graph.meta.contains_key("source_format") {
+        &[] // GGUF to GGUF: every line, name included, comes back
+    } else {
+        &FORMAT_META
+    };
+    assert_eq!(
+        ir_without(&orig.model.graph, skip),
+        ir_without(&back.model.graph, skip)
+    );
+    let (a, b) = (logits(&orig, "tiny-llama"), logits(&back, "tiny-llama"));
+    assert_eq!(max_abs_diff(&a, &b), 0.0, "{rel}: logits differ");
+    let (ta, tb) = (
+        orig.tokenizer.as_mut().expect("tokenizer"),
+        back.tokenizer.as_mut().expect("tokenizer"),
+    );
+    same_tokens(ta, tb);
+    let golden = read_json(&fixtures().join("tiny-tokenizer-golden.json"));
+    for e in golden.as_array().expect("list") {
+        let want: Vec<u32> = e["ids"]
+            .as_array()
+            .expect("ids")
+            .iter()
+            .map(|x| x.as_u64().expect("id") as u32)
+            .collect();
+        let text = e["text"].as_str().expect("text");
+        assert_eq!(tb.encode(text, true).expect("encode"), want, "{text:?}");
+    }
+    (s, out)
+}
+
+/// Tensors (names, dims, types, bytes) and the given metadata keys equal those of the fixture
+/// `tiny-llama.gguf` that llama.cpp's converter wrote.
+fn same_as_converter(out: &Path, keys: &[&str]) {
+    let ours = GgufFile::open(out).expect("open export");
+    let theirs = GgufFile::open(&fixtures().join("tiny-llama/tiny-llama.gguf")).expect("open");
+    let names = |f: &GgufFile| {
+        let mut v: Vec<String> = f.tensors.iter().map(|t| t.name.clone()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(&ours), names(&theirs));
+    for t in &theirs.tensors {
+        let o = ours.tensor(&t.name).expect("tensor");
+        assert_eq!(o.dims, t.dims, "{}", t.name);
+        assert_eq!(o.ggml_type, t.ggml_type, "{}", t.name);
+        assert!(
+            ours.tensor_data(o) == theirs.tensor_data(t),
+            "{}: bytes differ from convert_hf_to_gguf.py's",
+            t.name
+        );
+    }
+    for k in keys {
+        assert_eq!(ours.get(k), theirs.get(k), "metadata {k}");
+    }
+    assert_eq!(ours.get("general.file_type"), Some(&MetaValue::U32(0)));
+    assert_eq!(ours.alignment, 32);
+    assert_eq!(ours.version, 3);
+}
+
+const LLAMA_KEYS: [&str; 13] = [
+    "general.architecture",
+    "llama.block_count",
+    "llama.context_length",
+    "llama.embedding_length",
+    "llama.feed_forward_length",
+    "llama.attention.head_count",
+    "llama.attention.head_count_kv",
+    "llama.rope.freq_base",
+    "llama.attention.layer_norm_rms_epsilon",
+    "llama.rope.dimension_count",
+    "llama.vocab_size",
+    "llama.attention.key_length",
+    "llama.attention.value_length",
+];
+
+#[test]
+fn gguf_round_trip_tiny_llama_from_hf() {
+    let (_s, out) = gguf_round_trip("tiny-llama");
+    // The tokenizer metadata built from tokenizer.json is what the converter wrote.
+    let mut keys = LLAMA_KEYS.to_vec();
+    keys.extend([
+        "tokenizer.ggml.model",
+        "tokenizer.ggml.pre",
+        "tokenizer.ggml.tokens",
+        "tokenizer.ggml.token_type",
+        "tokenizer.ggml.merges",
+        "tokenizer.ggml.bos_token_id",
+        "tokenizer.ggml.eos_token_id",
+        "tokenizer.ggml.add_bos_token",
+    ]);
+    same_as_converter(&out, &keys);
+}
+
+#[test]
+fn gguf_round_trip_tiny_llama_from_gguf() {
+    let (_s, out) = gguf_round_trip("tiny-llama/tiny-llama.gguf");
+    same_as_converter(&out, &LLAMA_KEYS);
+    // The tokenizer metadata is written back exactly as it came.
+    let ours = GgufFile::open(&out).expect("open");
+    let theirs = GgufFile::open(&fixtures().join("tiny-llama/tiny-llama.gguf")).expect("open");
+    let tok = |f: &GgufFile| -> BTreeMap<String, MetaValue> {
+        f.metadata
+            .iter()
+            .filter(|(k, _)| k.starts_with("tokenizer."))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    };
+    assert!(tok(&theirs).contains_key("tokenizer.ggml.unknown_token_id"));
+    assert_eq!(tok(&ours), tok(&theirs));
+    assert_eq!(ours.get("general.name"), theirs.get("general.name"));
+}
+
+#[test]
+fn gguf_export_of_gpt2_and_qwen2_fails_clearly_and_leaves_the_output_alone() {
+    let s = Scratch::new("gguf-refused");
+    let out = s.path().join("out.gguf");
+    fs::write(&out, b"keep me").expect("write");
+    for (rel, arch) in [("tiny-gpt2", "gpt2"), ("tiny-qwen2", "qwen2")] {
+        let l = load_fixture(rel);
+        let proof = l.model.verify().expect("verified");
+        let e = gguf::write(&l.model, &proof, l.tokenizer.as_ref().expect("tok"), &out)
+            .expect_err("must fail");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("llama architecture only") && msg.contains(&format!("'{arch}'")),
+            "{msg}"
+        );
+        assert!(msg.starts_with(&out.display().to_string()), "{msg}");
+        assert!(!msg.contains('\n'), "{msg}");
+        assert_eq!(fs::read(&out).expect("read"), b"keep me");
+        assert_eq!(entries(s.path()), ["out.gguf"]);
+    }
+}
+
+#[test]
+fn export_into_a_missing_parent_fails_without_leaving_files() {
+    let s = Scratch::new("no-parent");
+    let l = load_fixture("tiny-llama");
+    let proof = l.model.verify().expect("verified");
+    let tok = l.tokenizer.as_ref().expect("tok");
+    let e = hf::write(&l.model, &proof, Some(tok), &s.path().join("no/such/model"))
+        .expect_err("must fail");
+    assert!(e.to_string().contains("parent directory"), "{e}");
+    let e =
+        gguf::write(&l.model, &proof, tok, &s.path().join("no/out.gguf")).expect_err("must fail");
+    assert!(e.to_string().contains("parent directory"), "{e}");
+    assert!(entries(s.path()).is_empty(), "{:?}", entries(s.path()));
+}
+
+#[test]
+fn failed_export_leaves_an_existing_output_untouched() {
+    let s = Scratch::new("untouched");
+    let mut l = load_fixture("tiny-llama");
+    let proof = l.model.verify().expect("verified");
+    let dir = s.path().join("model");
+    fs::create_dir(&dir).expect("mkdir");
+    fs::write(dir.join("config.json"), b"old").expect("write");
+    let gg = s.path().join("out.gguf");
+    fs::write(&gg, b"old").expect("write");
+    // Break the model after verification: a weight goes missing.
+    l.model.weights.remove("model.layers.1.mlp.up_proj.weight");
+    let tok = l.tokenizer.as_ref().expect("tok");
+    let e = hf::write(&l.model, &proof, Some(tok), &dir).expect_err("must fail");
+    assert!(
+        e.to_string()
+            .contains("tensor 'model.layers.1.mlp.up_proj.weight'"),
+        "{e}"
+    );
+    let e = gguf::write(&l.model, &proof, tok, &gg).expect_err("must fail");
+    assert!(
+        e.to_string()
+            .contains("tensor 'model.layers.1.mlp.up_proj.weight'"),
+        "{e}"
+    );
+    assert_eq!(entries(s.path()), ["model", "out.gguf"]);
+    assert_eq!(entries(&dir), ["config.json"]);
+    assert_eq!(fs::read(dir.join("config.json")).expect("read"), b"old");
+    assert_eq!(fs::read(&gg).expect("read"), b"old");
+}
+
+#[test]
+fn hf_export_replaces_an_existing_directory_even_its_own_source() {
+    // Copy the fixture, load from the copy (weights memory-mapped from it), export over it.
+    let s = Scratch::new("over-source");
+    let dir = s.path().join("tiny-llama");
+    fs::create_dir(&dir).expect("mkdir");
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        fs::copy(fixtures().join("tiny-llama").join(f), dir.join(f)).expect("copy");
+    }
+    fs::write(dir.join("stale.txt"), b"x").expect("write");
+    let l = load(&dir).expect("load");
+    let before = logits(&l, "tiny-llama");
+    let proof = l.model.verify().expect("verified");
+    hf::write(&l.model, &proof, l.tokenizer.as_ref(), &dir).expect("export over the source");
+    assert_eq!(entries(s.path()), ["tiny-llama"]);
+    assert!(!dir.join("stale.txt").exists());
+    // The source's maps still read the old bytes; the new directory reads the same numbers.
+    assert_eq!(max_abs_diff(&before, &logits(&l, "tiny-llama")), 0.0);
+    let back = load(&dir).expect("load export");
+    assert_eq!(max_abs_diff(&before, &logits(&back, "tiny-llama")), 0.0);
+}
+
+#[test]
+fn gguf_export_over_its_own_source_file() {
+    let s = Scratch::new("gguf-over-source");
+    let path = s.path().join("m.gguf");
+    fs::copy(fixtures().join("tiny-llama/tiny-llama.gguf"), &path).expect("copy");
+    let l = load(&path).expect("load");
+    let before = logits(&l, "tiny-llama");
+    let proof = l.model.verify().expect("verified");
+    gguf::write(&l.model, &proof, l.tokenizer.as_ref().expect("tok"), &path).expect("export");
+    assert_eq!(entries(s.path()), ["m.gguf"]);
+    assert_eq!(max_abs_diff(&before, &logits(&l, "tiny-llama")), 0.0);
+    let back = load(&path).expect("load export");
+    assert_eq!(max_abs_diff(&before, &logits(&back, "tiny-llama")), 0.0);
+}
+
+#[test]
+fn hf_export_without_a_tokenizer_writes_the_model_only() {
+    let s = Scratch::new("hf-no-tok");
+    let l = load_fixture("tiny-gpt2");
+    let proof = l.model.verify().expect("verified");
+    let out = s.path().join("m");
+    let files = hf::write(&l.model, &proof, None, &out).expect("export");
+    assert_eq!(
+        files,
+        [out.join("config.json"), out.join("model.safetensors")]
+    );
+    let back = load(&out).expect("load");
+    assert!(back.tokenizer.is_none());
+    assert_eq!(
+        max_abs_diff(&logits(&l, "tiny-gpt2"), &logits(&back, "tiny-gpt2")),
+        0.0
+    );
+}
+
+#[test]
+fn gguf_tokenizer_that_adds_bos_keeps_doing_so() {
+    // A copy of tiny-llama.gguf with add_bos_token = true, written with our own writer.
+    let s = Scratch::new("add-bos");
+    let src = GgufFile::open(&fixtures().join("tiny-llama/tiny-llama.gguf")).expect("open");
+    let mut w = GgufWriter::new();
+    for (k, v) in &src.metadata {
+        let v = if k == "tokenizer.ggml.add_bos_token" {
+            MetaValue::Bool(true)
+        } else {
+            v.clone()
+        };
+        w.add_metadata(k.clone(), v).expect("meta");
+    }
+    for t in &src.tensors {
+        w.add_tensor(
+            t.name.clone(),
+            t.ggml_type,
+            t.dims.clone(),
+            Cow::Borrowed(src.tensor_data(t)),
+        )
+        .expect("tensor");
+    }
+    let path = s.path().join("bos.gguf");
+    w.write_to(fs::File::create(&path).expect("create"))
+        .expect("write");
+    let mut l = load(&path).expect("load");
+    let text = "First Citizen:";
+    let mut want = l
+        .tokenizer
+        .as_mut()
+        .expect("tok")
+        .encode(text, false)
+        .expect("encode");
+    assert_eq!(want[0], 0, "BOS first");
+    let proof = l.model.verify().expect("verified");
+
+    let dir = s.path().join("hf");
+    hf::write(&l.model, &proof, l.tokenizer.as_ref(), &dir).expect("hf export");
+    let mut back = load(&dir).expect("load hf");
+    let tok = back.tokenizer.as_mut().expect("tok");
+    assert_eq!(tok.encode(text, false).expect("encode"), want);
+    let tc = read_json(&dir.join("tokenizer_config.json"));
+    assert_eq!(tc["add_bos_token"], true);
+    assert_eq!(tc["bos_token"], "<|endoftext|>");
+
+    // tokenizer.json → GGUF: the post-processor's BOS becomes add_bos_token again.
+    let gg = s.path().join("again.gguf");
+    gguf::write(
+        &back.model,
+        &proof,
+        back.tokenizer.as_ref().expect("tok"),
+        &gg,
+    )
+    .expect("gguf export");
+    let f = GgufFile::open(&gg).expect("open");
+    assert_eq!(
+        f.get("tokenizer.ggml.add_bos_token"),
+        Some(&MetaValue::Bool(true))
+    );
+    let mut again = load(&gg).expect("load gguf");
+    want = again
+        .tokenizer
+        .as_mut()
+        .expect("tok")
+        .encode(text, false)
+        .expect("encode");
+    assert_eq!(want[0], 0);
+    assert_eq!(
+        want,
+        back.tokenizer
+            .as_mut()
+            .expect("tok")
+            .encode(text, false)
+            .expect("encode")
+    );
+}
+
+#[test]
+fn a_graph_that_is_not_its_architecture_is_refused_with_the_layer() {
+    let s = Scratch::new("bad-graph");
+    let mut l = load_fixture("tiny-llama");
+    let proof = l.model.verify().expect("verified");
+    // Layer 1's gate projection cut to 128 rows (up_proj keeps 160: no longer verifiable, but
+    // the exporter must still refuse it by itself, naming the layer and the sizes).
+    let name = "model.layers.1.mlp.gate_proj.weight";
+    let values = l.model.weights.get(name).expect("w").to_f32();
+    let pruned =
+        shrink_ir::TensorData::from_f32(shrink_ir::DType::F32, vec![128, 64], &values[..128 * 64])
+            .expect("tensor");
+    *l.model.graph.param_mut(name).expect("param") = pruned.ty.clone();
+    l.model.weights.insert(name, pruned);
+    let out = s.path().join("model");
+    let e = hf::write(&l.model, &proof, None, &out)
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        e.contains("cannot read the llama config back")
+            && e.contains("layer 1: intermediate_size 128")
+            && e.contains("layer 0's 160"),
+        "{e}"
+    );
+    let tok = l.tokenizer.as_ref().expect("tok");
+    let e = gguf::write(&l.model, &proof, tok, &s.path().join("x.gguf"))
+        .expect_err("refused")
+        .to_string();
+    assert!(e.contains("layer 1: intermediate_size 128"), "{e}");
+    assert!(entries(s.path()).is_empty());
+}
+
+/// Writes the exports that `fixtures/export/check_exports.py` checks with transformers and
+/// llama.cpp, into `target/export-check/`.
+#[test]
+#[ignore = "writes target/export-check/ for fixtures/export/check_exports.py"]
+fn write_exports_for_the_check_script() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/export-check");
+    let _ = fs::remove_dir_all(&root);
+    fs::create_dir_all(root.join("gguf")).expect("mkdir");
+    for (rel, name) in [
+        ("tiny-llama", "tiny-llama"),
+        ("tiny-llama/tiny-llama.gguf", "tiny-llama-from-gguf"),
+        ("tiny-qwen2", "tiny-qwen2"),
+        ("tiny-gpt2", "tiny-gpt2"),
+    ] {
+        let l = load_fixture(rel);
+        let proof = l.model.verify().expect("verified");
+        hf::write(&l.model, &proof, l.tokenizer.as_ref(), &root.join(name)).expect("hf");
+        if name.starts_with("tiny-llama") {
+            let tok = l.tokenizer.as_ref().expect("tok");
+            gguf::write(
+                &l.model,
+                &proof,
+                tok,
+                &root.join(format!("gguf/{name}.gguf")),
+            )
+            .expect("gguf");
+        }
+    }
+    eprintln!("wrote {}", root.display());
+}

@@ -1,0 +1,178 @@
+//! A whole run: load the model, run the passes, evaluate, export.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+use shrink_passes::ProgressSink;
+use shrink_runtime::{Device, Engine, PerplexityOptions};
+
+use crate::file::Pipeline;
+use crate::manager::{run_passes, Instrumentation, ManagerError, PassRecord, RunContext};
+
+/// Command-line overrides and settings of a run.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    pub model: Option<PathBuf>,
+    pub out: Option<PathBuf>,
+    pub device: Device,
+}
+
+/// The evaluation part of a run report (the `eval --json` fields).
+#[derive(Clone, Debug, Serialize)]
+pub struct EvalRecord {
+    pub ppl: f64,
+    pub tokens_scored: u64,
+    pub tokens_in_file: u64,
+    pub seconds: f64,
+    pub tokens_per_second: f64,
+    pub device: String,
+}
+
+/// The `run --json` report.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunReport {
+    pub pipeline: String,
+    /// Size of the model as loaded, before any pass.
+    pub input: InputRecord,
+    pub passes: Vec<PassRecord>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval: Option<EvalRecord>,
+    pub outputs: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct InputRecord {
+    pub model: String,
+    pub params: u64,
+    pub bytes: u64,
+    pub bits_per_weight: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Pipeline(#[from] crate::file::PipelineError),
+    #[error(transparent)]
+    Import(#[from] shrink_import::ImportError),
+    #[error(transparent)]
+    Manager(#[from] ManagerError),
+    #[error("evaluation: {0}")]
+    Eval(String),
+    #[error(transparent)]
+    Export(#[from] shrink_export::ExportError),
+}
+
+/// The model a run uses: the command line's, else the pipeline's.
+pub fn model_path(p: &Pipeline, opts: &RunOptions) -> Option<PathBuf> {
+    opts.model.clone().or_else(|| p.model.clone())
+}
+
+/// Runs a checked pipeline. `hooks` see every pass; `progress` shows long work.
+pub fn run(
+    p: &Pipeline,
+    opts: &RunOptions,
+    hooks: &mut [&mut dyn Instrumentation],
+    progress: &mut dyn ProgressSink,
+) -> Result<RunReport, RunError> {
+    let model_path = model_path(p, opts);
+    p.check_files(model_path.as_deref())?;
+    let model_path = model_path.unwrap_or_default();
+    progress.start(&format!("loading {}", model_path.display()), 0);
+    let loaded = shrink_import::load(&model_path);
+    progress.finish();
+    let loaded = loaded?;
+    let original = loaded.model.clone();
+    let mut model = loaded.model;
+    let size = model.size();
+    let input = InputRecord {
+        model: model_path.display().to_string(),
+        params: size.params,
+        bytes: size.bytes,
+        bits_per_weight: size.bits_per_weight(),
+    };
+    let base = p.path.parent().unwrap_or(Path::new("")).to_path_buf();
+    let mut tokenizer = loaded.tokenizer;
+    let passes = {
+        let mut rc = RunContext {
+            device: opts.device,
+            original: &original,
+            tokenizer: tokenizer.as_ref(),
+            seed: p.seed,
+            base_dir: &base,
+            progress: &mut *progress,
+        };
+        run_passes(&p.passes, &mut model, &mut rc, hooks)?
+    };
+    drop(original);
+    let eval = match &p.eval {
+        None => None,
+        Some(e) => {
+            let text = std::fs::read_to_string(&e.data)
+                .map_err(|err| RunError::Eval(format!("{}: {err}", e.data.display())))?;
+            let tok = tokenizer
+                .as_mut()
+                .ok_or_else(|| RunError::Eval("the model has no tokenizer".into()))?;
+            let tokens = tok
+                .encode(&text, false)
+                .map_err(|m| RunError::Eval(format!("{}: {m}", e.data.display())))?;
+            let engine =
+                Engine::new(&model, opts.device).map_err(|e| RunError::Eval(e.to_string()))?;
+            let total = e
+                .chunks
+                .map_or(tokens.len() / e.ctx, |c| c.min(tokens.len() / e.ctx));
+            progress.start("perplexity", total as u64);
+            let start = Instant::now();
+            let r = engine.perplexity(
+                &tokens,
+                PerplexityOptions {
+                    ctx: e.ctx,
+                    chunks: e.chunks,
+                    scoring: e.scoring,
+                },
+                &mut |done, _, _| progress.advance(done as u64),
+            );
+            progress.finish();
+            let r = r.map_err(|err| RunError::Eval(format!("{}: {err}", e.data.display())))?;
+            let seconds = start.elapsed().as_secs_f64();
+            Some(EvalRecord {
+                ppl: r.ppl,
+                tokens_scored: r.tokens_scored,
+                tokens_in_file: tokens.len() as u64,
+                seconds,
+                tokens_per_second: (r.chunks * e.ctx) as f64 / seconds.max(1e-9),
+                device: opts.device.to_string(),
+            })
+        }
+    };
+    let mut outputs = Vec::new();
+    if let Some(out) = opts.out.clone().or_else(|| p.output.clone()) {
+        let proof = model.verify().map_err(|errors| ManagerError::Verify {
+            index: p.passes.len(),
+            pass: "(export)",
+            errors,
+        })?;
+        let is_gguf = out
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+        progress.start(&format!("writing {}", out.display()), 0);
+        let written = if is_gguf {
+            let tok = tokenizer.as_ref().ok_or_else(|| {
+                RunError::Eval(format!("{}: no tokenizer to export", model_path.display()))
+            })?;
+            shrink_export::gguf::write(&model, &proof, tok, &out).map(|_| vec![out.clone()])
+        } else {
+            shrink_export::hf::write(&model, &proof, tokenizer.as_ref(), &out)
+        };
+        progress.finish();
+        written?;
+        outputs.push(out.display().to_string());
+    }
+    Ok(RunReport {
+        pipeline: p.path.display().to_string(),
+        input,
+        passes,
+        eval,
+        outputs,
+    })
+}

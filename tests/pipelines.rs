@@ -1,0 +1,287 @@
+//! Pipelines: files, errors with positions, the pass manager's dumps and reproducers, exports.
+
+use std::path::{Path, PathBuf};
+
+use shrink_passes::{Pass, PassContext, PassError, PassInfo, PassReport, Registry};
+use shrink_pipeline::instrument::IrDump;
+use shrink_pipeline::{Instrumentation, Pipeline, RunOptions};
+use shrink_runtime::{Device, Engine};
+
+use crate::common::{fixture, repo, scratch, shrink};
+
+fn pipeline_files() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo().join("pipelines"))
+        .expect("pipelines/")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "ron"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn every_pipeline_round_trips_through_its_canonical_form() {
+    let registry = Registry::builtin();
+    let files = pipeline_files();
+    assert!(files.len() >= 2);
+    for f in files {
+        let p = Pipeline::from_file(&f, &registry).unwrap_or_else(|e| panic!("{e}"));
+        let canonical = p.canonical();
+        let again = Pipeline::parse(&f, &canonical, &registry).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(again.canonical(), canonical, "{}", f.display());
+        assert_eq!(again.passes.len(), p.passes.len());
+    }
+}
+
+/// Writes a pipeline into a scratch dir and runs `shrink run` on it; returns (code, stderr).
+fn run_bad(name: &str, text: &str) -> (i32, String, PathBuf) {
+    let dir = scratch(name);
+    let path = dir.join("p.ron");
+    std::fs::write(&path, text).expect("write");
+    let out = dir.join("out.gguf");
+    let (code, _, stderr) = shrink(&[
+        "run",
+        path.to_str().expect("utf-8"),
+        "--model",
+        fixture("tiny-llama").to_str().expect("utf-8"),
+        "--out",
+        out.to_str().expect("utf-8"),
+    ]);
+    assert!(!out.exists(), "nothing may be written");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    (code, stderr, path)
+}
+
+#[test]
+fn unknown_pass_fails_with_position_before_any_pass_runs() {
+    let text = "(\n    passes: [\n        (pass: \"cast\"),\n        (pass: \"quantise\", options: (bits: 4)),\n    ],\n)\n";
+    let (code, stderr, path) = run_bad("p-unknown-pass", text);
+    assert_eq!(code, 1);
+    assert_eq!(
+        stderr.trim(),
+        format!(
+            "error: {}:4:16: unknown pass 'quantise' (known: cast, dead-code)",
+            path.display()
+        )
+    );
+}
+
+#[test]
+fn misspelt_option_fails_with_position() {
+    let text = "(\n    passes: [\n        (pass: \"cast\", options: (to: f16, exclde: [\"*norm*\"])),\n    ],\n)\n";
+    let (code, stderr, path) = run_bad("p-misspelt", text);
+    assert_eq!(code, 1);
+    let want = format!(
+        "error: {}:3:49: pass 'cast': Unexpected field named `exclde`",
+        path.display()
+    );
+    assert!(stderr.starts_with(&want), "{stderr}");
+}
+
+#[test]
+fn mistyped_option_fails_with_position() {
+    let text =
+        "(\n    passes: [\n        (pass: \"cast\",\n         options: (to: f61)),\n    ],\n)\n";
+    let (code, stderr, path) = run_bad("p-mistyped", text);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.starts_with(&format!("error: {}:4:", path.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("f61"), "{stderr}");
+}
+
+#[test]
+fn missing_data_file_fails_with_position() {
+    let text =
+        "(\n    passes: [(pass: \"dead-code\")],\n    eval: (data: \"no-such.txt\", ctx: 64),\n)\n";
+    let (code, stderr, path) = run_bad("p-missing-file", text);
+    assert_eq!(code, 1);
+    let want = format!(
+        "error: {}:3:18: eval data file '{}' does not exist",
+        path.display(),
+        path.parent().expect("dir").join("no-such.txt").display()
+    );
+    assert_eq!(stderr.trim(), want);
+}
+
+#[test]
+fn missing_model_named_by_the_pipeline_fails_with_position() {
+    let dir = scratch("p-missing-model");
+    let path = dir.join("p.ron");
+    std::fs::write(&path, "(\n  model: \"nope.gguf\",\n  passes: [],\n)\n").expect("write");
+    let (code, _, stderr) = shrink(&["run", path.to_str().expect("utf-8")]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.starts_with(&format!("error: {}:2:10: model '", path.display())),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn syntax_error_fails_with_position() {
+    let (code, stderr, path) = run_bad(
+        "p-syntax",
+        "(\n    passes: [\n        (pass: \"cast\",\n    ],\n)\n",
+    );
+    assert_eq!(code, 1);
+    assert!(
+        stderr.starts_with(&format!("error: {}:4:", path.display())),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn ir_dumps_of_a_pipeline_run() {
+    let dir = scratch("dump-gpt2");
+    let dump = dir.join("ir");
+    let out = dir.join("out");
+    let (code, stdout, stderr) = shrink(&[
+        "run",
+        "pipelines/tiny-llama-f16.ron",
+        "--model",
+        "fixtures/tiny-gpt2",
+        "--out",
+        out.to_str().expect("utf-8"),
+        "--dump-ir",
+        dump.to_str().expect("utf-8"),
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    let names: Vec<&str> = report["passes"]
+        .as_array()
+        .expect("passes")
+        .iter()
+        .map(|p| p["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(names, ["cast", "dead-code"]);
+    assert_eq!(report["passes"][0]["stats"]["params_cast"], 10);
+    assert!(report["eval"]["ppl"].as_f64().expect("ppl") > 1.0);
+    let mut files: Vec<String> = std::fs::read_dir(&dump)
+        .expect("dump dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(files, ["00_input.ir", "01_cast.ir", "02_dead-code.ir"]);
+    for f in files {
+        let text = std::fs::read_to_string(dump.join(&f)).expect("dump");
+        // The first line names the input by absolute path: keep the snapshot machine-free.
+        let text = text
+            .lines()
+            .map(|l| {
+                if l.starts_with("; input model:") {
+                    "; input model: <path>"
+                } else {
+                    l
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        insta::assert_snapshot!(format!("dump_gpt2_{f}"), text);
+    }
+}
+
+/// A pass that always fails, registered by the test (the registry is a value, not a global).
+struct Breaks;
+
+impl Pass for Breaks {
+    fn name(&self) -> &'static str {
+        "breaks"
+    }
+    fn options(&self) -> String {
+        "()".into()
+    }
+    fn run(
+        &self,
+        _: &mut shrink_ir::Model,
+        _: &mut PassContext<'_>,
+    ) -> Result<PassReport, PassError> {
+        Err(PassError::Failed {
+            pass: "breaks",
+            message: "on purpose".into(),
+        })
+    }
+}
+
+#[test]
+fn a_failing_pass_leaves_a_reproducer() {
+    let mut registry = Registry::builtin();
+    registry.register(PassInfo {
+        name: "breaks",
+        summary: "Fails (tests only).",
+        build: |_| Ok(Box::new(Breaks)),
+    });
+    let dir = scratch("reproducer");
+    let path = dir.join("p.ron");
+    let text = "(passes: [(pass: \"cast\", options: (to: bf16)), (pass: \"breaks\")])";
+    std::fs::write(&path, text).expect("write");
+    let pipeline = Pipeline::from_file(&path, &registry).expect("pipeline");
+    let model = fixture("tiny-llama");
+    let lines = pipeline
+        .passes
+        .iter()
+        .map(|e| format!("(pass: {:?}, options: {})", e.pass.name(), e.pass.options()))
+        .collect();
+    let mut dump = IrDump::new(&dir.join("ir"), &model, lines).expect("dump");
+    let opts = RunOptions {
+        model: Some(model.clone()),
+        out: Some(dir.join("never.gguf")),
+        device: Device::Cpu,
+    };
+    let mut hooks: Vec<&mut dyn Instrumentation> = vec![&mut dump];
+    let err = shrink_pipeline::run(&pipeline, &opts, &mut hooks, &mut shrink_passes::NoProgress)
+        .expect_err("the run fails");
+    assert_eq!(
+        err.to_string(),
+        "pass 1 (breaks) failed: breaks: on purpose"
+    );
+    assert!(!dir.join("never.gguf").exists());
+    let before = std::fs::read_to_string(dir.join("ir/02_breaks.before.ir")).expect("before.ir");
+    assert!(before
+        .starts_with("; before pass 2: breaks ()\n; failed: breaks: on purpose\nshrink-ir 1\n"));
+    // The IR before the failing pass is the cast model's: bf16 matrices.
+    assert!(before.contains("param model.layers.0.mlp.up_proj.weight: bf16[160, 64]"));
+    let repro = std::fs::read_to_string(dir.join("ir/02_breaks.reproducer.ron")).expect("ron");
+    let again =
+        Pipeline::parse(&dir.join("ir/r.ron"), &repro, &registry).expect("reproducer parses");
+    let names: Vec<&str> = again.passes.iter().map(|e| e.pass.name()).collect();
+    assert_eq!(names, ["cast", "breaks"]);
+}
+
+fn logits(model: &Path, ids: &[Vec<u32>]) -> Vec<f32> {
+    let loaded = shrink_import::load(model).expect("load");
+    Engine::new(&loaded.model, Device::Cpu)
+        .expect("engine")
+        .logits(ids)
+        .expect("logits")
+}
+
+#[test]
+fn f16_exports_load_back_with_identical_logits() {
+    let dir = scratch("export-f16");
+    let ids = vec![vec![3, 17, 99, 200, 5, 42, 7, 300]];
+    let mut outs = Vec::new();
+    for out in [dir.join("m.gguf"), dir.join("m-hf")] {
+        let (code, _, stderr) = shrink(&[
+            "run",
+            "pipelines/tiny-llama-f16.ron",
+            "--out",
+            out.to_str().expect("utf-8"),
+        ]);
+        assert_eq!(code, 0, "{stderr}");
+        outs.push(logits(&out, &ids));
+    }
+    assert_eq!(
+        outs[0], outs[1],
+        "GGUF and HF exports of the same model differ"
+    );
+    // And the f16 model is close to the f32 original, but not equal (it was cast).
+    let orig = logits(&fixture("tiny-llama"), &ids);
+    let d = orig
+        .iter()
+        .zip(&outs[0])
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(d > 0.0 && d < 1e-2, "f16 vs f32 logits: {d}");
+}
