@@ -52,7 +52,45 @@ struct Builder {
     g: Graph,
 }
 
+/// Model-level facts every architecture records in the graph's metadata.
+struct Meta<'a> {
+    arch: &'a str,
+    context_length: usize,
+    tied: bool,
+    bos: Option<u32>,
+    eos: Option<u32>,
+}
+
 impl Builder {
+    /// The output head over the final hidden state `h`, the `logits` output, and the metadata.
+    fn finish(mut self, h: ValueId, head: String, meta: &Meta<'_>) -> Graph {
+        let logits = self.op(
+            Op::Linear {
+                weight: head,
+                bias: None,
+            },
+            &[h],
+        );
+        self.g.add_typed(
+            Op::Output {
+                name: "logits".into(),
+            },
+            &[logits],
+            vec![],
+        );
+        let m = &mut self.g.meta;
+        m.insert("architecture".into(), meta.arch.to_string());
+        m.insert("context_length".into(), meta.context_length.to_string());
+        m.insert("tie_word_embeddings".into(), meta.tied.to_string());
+        if let Some(t) = meta.bos {
+            m.insert("bos_token_id".into(), t.to_string());
+        }
+        if let Some(t) = meta.eos {
+            m.insert("eos_token_id".into(), t.to_string());
+        }
+        self.g
+    }
+
     fn param(&mut self, name: &str, shape: Vec<usize>) -> String {
         self.g
             .declare_param(name.to_string(), ParamType::new(DType::F32, shape));
@@ -224,37 +262,17 @@ impl LlamaConfig {
         } else {
             b.param("lm_head.weight", vec![c.vocab_size, d])
         };
-        let logits = b.op(
-            Op::Linear {
-                weight: head,
-                bias: None,
+        b.finish(
+            h,
+            head,
+            &Meta {
+                arch: &c.arch,
+                context_length: c.max_position_embeddings,
+                tied: c.tie_word_embeddings,
+                bos: c.bos_token_id,
+                eos: c.eos_token_id,
             },
-            &[h],
-        );
-        b.g.add_typed(
-            Op::Output {
-                name: "logits".into(),
-            },
-            &[logits],
-            vec![],
-        );
-        let m = &mut b.g.meta;
-        m.insert("architecture".into(), c.arch.clone());
-        m.insert(
-            "context_length".into(),
-            c.max_position_embeddings.to_string(),
-        );
-        m.insert(
-            "tie_word_embeddings".into(),
-            c.tie_word_embeddings.to_string(),
-        );
-        if let Some(t) = c.bos_token_id {
-            m.insert("bos_token_id".into(), t.to_string());
-        }
-        if let Some(t) = c.eos_token_id {
-            m.insert("eos_token_id".into(), t.to_string());
-        }
-        b.g
+        )
     }
 }
 
@@ -347,31 +365,17 @@ impl Gpt2Config {
         } else {
             wte
         };
-        let logits = b.op(
-            Op::Linear {
-                weight: head,
-                bias: None,
+        b.finish(
+            h,
+            head,
+            &Meta {
+                arch: "gpt2",
+                context_length: c.n_positions,
+                tied: !c.untied_head,
+                bos: c.bos_token_id,
+                eos: c.eos_token_id,
             },
-            &[h],
-        );
-        b.g.add_typed(
-            Op::Output {
-                name: "logits".into(),
-            },
-            &[logits],
-            vec![],
-        );
-        let m = &mut b.g.meta;
-        m.insert("architecture".into(), "gpt2".into());
-        m.insert("context_length".into(), c.n_positions.to_string());
-        m.insert("tie_word_embeddings".into(), (!c.untied_head).to_string());
-        if let Some(t) = c.bos_token_id {
-            m.insert("bos_token_id".into(), t.to_string());
-        }
-        if let Some(t) = c.eos_token_id {
-            m.insert("eos_token_id".into(), t.to_string());
-        }
-        b.g
+        )
     }
 }
 

@@ -99,16 +99,25 @@ impl ValueType {
     }
 }
 
+/// `dtype[d0, d1, …]`, the form of value and parameter types alike.
+fn write_typed<D: fmt::Display>(
+    f: &mut fmt::Formatter<'_>,
+    dtype: DType,
+    dims: &[D],
+) -> fmt::Result {
+    write!(f, "{dtype}[")?;
+    for (i, d) in dims.iter().enumerate() {
+        if i > 0 {
+            f.write_str(", ")?;
+        }
+        write!(f, "{d}")?;
+    }
+    f.write_str("]")
+}
+
 impl fmt::Display for ValueType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}[", self.dtype)?;
-        for (i, d) in self.shape.iter().enumerate() {
-            if i > 0 {
-                f.write_str(", ")?;
-            }
-            write!(f, "{d}")?;
-        }
-        f.write_str("]")
+        write_typed(f, self.dtype, &self.shape)
     }
 }
 
@@ -132,13 +141,6 @@ impl ParamType {
 
 impl fmt::Display for ParamType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}[", self.dtype)?;
-        for (i, d) in self.shape.iter().enumerate() {
-            if i > 0 {
-                f.write_str(", ")?;
-            }
-            write!(f, "{d}")?;
-        }
-        f.write_str("]")
+        write_typed(f, self.dtype, &self.shape)
     }
 }
