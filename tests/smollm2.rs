@@ -77,15 +77,13 @@ fn greedy_continuation_is_paris() {
     assert!(stdout.starts_with("The capital of France is Paris"));
 }
 
-#[test]
-#[ignore = "real model: run scripts/fetch-smollm2.sh, then --include-ignored"]
-fn wikitext2_perplexity_matches_llama_cpp() {
-    // Reference (issue 2): llama.cpp and transformers on the same file and settings give 312,144
-    // tokens and ppl 23.011 (20 chunks of 512, second-half scoring).
+/// `shrink eval --json` on WikiText-2 test, 20 chunks of 512, second-half scoring (issue 2's
+/// reference setting).
+fn eval_wikitext2(model: &std::path::Path) -> serde_json::Value {
     let (code, stdout, stderr) = shrink(&[
         "eval",
         "--model",
-        smollm2().to_str().expect("utf-8"),
+        model.to_str().expect("utf-8"),
         "--data",
         data("wikitext-2/test.txt").to_str().expect("utf-8"),
         "--ctx",
@@ -97,7 +95,15 @@ fn wikitext2_perplexity_matches_llama_cpp() {
         "--json",
     ]);
     assert_eq!(code, 0, "{stderr}");
-    let r: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    serde_json::from_str(stdout.trim()).expect("one JSON object")
+}
+
+#[test]
+#[ignore = "real model: run scripts/fetch-smollm2.sh, then --include-ignored"]
+fn wikitext2_perplexity_matches_llama_cpp() {
+    // Reference (issue 2): llama.cpp and transformers on the same file and settings give 312,144
+    // tokens and ppl 23.011 (20 chunks of 512, second-half scoring).
+    let r = eval_wikitext2(&smollm2());
     assert_eq!(r["tokens_in_file"], 312_144);
     assert_eq!(r["tokens_scored"], 20 * 255);
     let ppl = r["ppl"].as_f64().expect("ppl");
@@ -170,22 +176,7 @@ fn f16_pipeline_exports_load_back_with_the_f16_perplexity() {
     assert_eq!(report["passes"][0]["name"], "cast");
     assert!(report["passes"][0]["bytes"].as_u64().expect("bytes") < 270_000_000);
     // The exported file loads back to the same model: the same perplexity.
-    let (code, stdout, stderr) = shrink(&[
-        "eval",
-        "--model",
-        gguf.to_str().expect("utf-8"),
-        "--data",
-        data("wikitext-2/test.txt").to_str().expect("utf-8"),
-        "--ctx",
-        "512",
-        "--chunks",
-        "20",
-        "--score",
-        "second-half",
-        "--json",
-    ]);
-    assert_eq!(code, 0, "{stderr}");
-    let r: serde_json::Value = serde_json::from_str(stdout.trim()).expect("json");
+    let r = eval_wikitext2(&gguf);
     let ppl_back = r["ppl"].as_f64().expect("ppl");
     assert!(
         (ppl_back / ppl_f16 - 1.0).abs() < 1e-9,

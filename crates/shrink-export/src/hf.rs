@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use safetensors::tensor::{Dtype, View};
 use serde_json::{json, Map, Value};
 use shrink_import::arch::{gpt2_is_conv1d, Gpt2Config, LlamaConfig};
+use shrink_import::hf::transpose_bytes;
 use shrink_import::Tokenizer;
 use shrink_ir::{Activation, DType, Model, TensorData, Verified};
 
@@ -54,19 +55,6 @@ impl View for &Tensor<'_> {
     fn data_len(&self) -> usize {
         self.data.nbytes()
     }
-}
-
-/// Transposes a row-major `[rows, cols]` matrix of `elem`-byte elements.
-fn transpose_bytes(bytes: &[u8], rows: usize, cols: usize, elem: usize) -> Vec<u8> {
-    let mut out = vec![0u8; bytes.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            let src = (r * cols + c) * elem;
-            let dst = (c * rows + r) * elem;
-            out[dst..dst + elem].copy_from_slice(&bytes[src..src + elem]);
-        }
-    }
-    out
 }
 
 fn torch_dtype(d: DType) -> &'static str {

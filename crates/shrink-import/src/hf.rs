@@ -392,7 +392,7 @@ fn load_weights(graph: &mut Graph, shards: &[Shard], gpt2: bool) -> Result<Weigh
 }
 
 /// Transposes a row-major `[rows, cols]` matrix of `elem`-byte elements.
-pub(crate) fn transpose_bytes(bytes: &[u8], rows: usize, cols: usize, elem: usize) -> Vec<u8> {
+pub fn transpose_bytes(bytes: &[u8], rows: usize, cols: usize, elem: usize) -> Vec<u8> {
     let mut out = vec![0u8; bytes.len()];
     for r in 0..rows {
         for c in 0..cols {
