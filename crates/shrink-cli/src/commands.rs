@@ -2,7 +2,6 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -45,17 +44,6 @@ pub struct EvalArgs {
     pub json: bool,
 }
 
-/// The `eval --json` contract.
-#[derive(Serialize)]
-struct EvalReport {
-    ppl: f64,
-    tokens_scored: u64,
-    tokens_in_file: u64,
-    seconds: f64,
-    tokens_per_second: f64,
-    device: String,
-}
-
 pub fn eval(a: EvalArgs) -> Result<()> {
     if a.ctx < 2 {
         bail!("--ctx must be at least 2");
@@ -67,38 +55,20 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         .with_context(|| format!("{}: cannot read the data file", a.data.display()))?;
     let mut loaded = load(&a.model)?;
     let engine = engine(&loaded, &a.device)?;
-    let pb = progress::spinner(&format!("tokenizing {}", a.data.display()));
-    let tokens = tokenizer(&mut loaded)?
-        .encode(&text, false)
-        .map_err(anyhow::Error::msg)
-        .with_context(|| format!("{}: tokenizing", a.data.display()))?;
-    pb.finish_and_clear();
     let opts = PerplexityOptions {
         ctx: a.ctx,
         chunks: a.chunks,
         scoring: a.scoring,
     };
-    let total = a
-        .chunks
-        .map_or(tokens.len() / a.ctx, |c| c.min(tokens.len() / a.ctx));
-    let pb = progress::bar(total as u64, "perplexity");
-    let start = Instant::now();
-    let result = engine.perplexity(&tokens, opts, &mut |done, _, ppl| {
-        pb.set_position(done as u64);
-        pb.set_message(format!("perplexity {ppl:.4}"));
-    });
-    pb.finish_and_clear();
-    let result = result.with_context(|| format!("{}: evaluating", a.data.display()))?;
-    let seconds = start.elapsed().as_secs_f64();
-    let processed = (result.chunks * a.ctx) as f64;
-    let report = EvalReport {
-        ppl: result.ppl,
-        tokens_scored: result.tokens_scored,
-        tokens_in_file: tokens.len() as u64,
-        seconds,
-        tokens_per_second: processed / seconds.max(1e-9),
-        device: engine.device().to_string(),
-    };
+    let (report, chunks) = shrink_pipeline::evaluate(
+        &engine,
+        tokenizer(&mut loaded)?,
+        &a.data,
+        &text,
+        opts,
+        &mut progress::Bars::default(),
+    )
+    .map_err(anyhow::Error::msg)?;
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -106,7 +76,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
             "ppl {:.4} over {} scored tokens ({} chunks of {}, {} tokens in file) in {:.1} s, {:.1} tokens/s on {}",
             report.ppl,
             report.tokens_scored,
-            result.chunks,
+            chunks,
             a.ctx,
             report.tokens_in_file,
             report.seconds,

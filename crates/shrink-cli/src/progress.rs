@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
+use shrink_passes::ProgressSink;
 
 /// A spinner for work of unknown length.
 pub fn spinner(message: &str) -> ProgressBar {
@@ -26,4 +27,36 @@ pub fn bar(total: u64, message: &str) -> ProgressBar {
     );
     pb.set_message(message.to_string());
     pb
+}
+
+/// Progress of the run on stderr: a spinner for unsized work, a bar otherwise.
+#[derive(Default)]
+pub struct Bars {
+    bar: Option<ProgressBar>,
+}
+
+impl ProgressSink for Bars {
+    fn start(&mut self, what: &str, total: u64) {
+        self.finish();
+        self.bar = Some(if total == 0 {
+            spinner(what)
+        } else {
+            bar(total, what)
+        });
+    }
+    fn advance(&mut self, done: u64) {
+        if let Some(b) = &self.bar {
+            b.set_position(done);
+        }
+    }
+    fn note(&mut self, message: &str) {
+        if let Some(b) = &self.bar {
+            b.set_message(message.to_string());
+        }
+    }
+    fn finish(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
 }

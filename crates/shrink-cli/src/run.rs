@@ -3,14 +3,13 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use indicatif::ProgressBar;
 use shrink_ir::Model;
-use shrink_passes::{Pass, ProgressSink, Registry};
+use shrink_passes::{Pass, Registry};
 use shrink_pipeline::instrument::IrDump;
 use shrink_pipeline::{Instrumentation, PassRecord, Pipeline, RunOptions, RunReport};
 use shrink_runtime::Device;
 
-use crate::progress;
+use crate::progress::Bars;
 
 pub struct RunArgs {
     pub pipeline: PathBuf,
@@ -21,33 +20,6 @@ pub struct RunArgs {
     pub print_ir_after_all: bool,
     pub dry_run: bool,
     pub json: bool,
-}
-
-/// Progress of the run on stderr: a spinner for unsized work, a bar otherwise.
-#[derive(Default)]
-struct Bars {
-    bar: Option<ProgressBar>,
-}
-
-impl ProgressSink for Bars {
-    fn start(&mut self, what: &str, total: u64) {
-        self.finish();
-        self.bar = Some(if total == 0 {
-            progress::spinner(what)
-        } else {
-            progress::bar(total, what)
-        });
-    }
-    fn advance(&mut self, done: u64) {
-        if let Some(b) = &self.bar {
-            b.set_position(done);
-        }
-    }
-    fn finish(&mut self) {
-        if let Some(b) = self.bar.take() {
-            b.finish_and_clear();
-        }
-    }
 }
 
 /// `--print-ir-after-all`.
@@ -142,6 +114,7 @@ pub fn run(a: RunArgs) -> Result<()> {
         device,
     };
     let model_path = shrink_pipeline::run::model_path(&pipeline, &opts);
+    // Checked here too (cheap) so that nothing, not even the dump directory, is made first.
     pipeline.check_files(model_path.as_deref())?;
     if a.dry_run {
         print!("{}", pipeline.canonical());

@@ -44,6 +44,18 @@ pub fn gguf_name(hf: &str) -> Option<String> {
     Some(format!("blk.{layer}.{g}.{suffix}"))
 }
 
+/// For a parameter whose rows GGUF stores in llama.cpp's interleaved RoPE order (Q and K
+/// weights, and their biases), the number of heads its rows split into; `None` otherwise.
+pub fn rope_permuted_heads(hf_name: &str, cfg: &LlamaConfig) -> Option<usize> {
+    if hf_name.contains("self_attn.q_proj.") {
+        Some(cfg.num_heads)
+    } else if hf_name.contains("self_attn.k_proj.") {
+        Some(cfg.num_kv_heads)
+    } else {
+        None
+    }
+}
+
 /// Reorders the rows of a `[heads*head_dim, cols]` Q or K weight from llama.cpp's interleaved
 /// pairs (row `2j + t` of a head) to the halves of Hugging Face (row `t*head_dim/2 + j`).
 pub fn unpermute_rows<T: Copy>(w: &[T], heads: usize, head_dim: usize, cols: usize) -> Vec<T> {
@@ -167,14 +179,7 @@ pub fn load_model(file: &GgufFile) -> Result<Model> {
             [_, c] => *c,
             _ => 1,
         };
-        // Biases of Q and K are permuted along with their rows.
-        let permuted = if hf.contains("self_attn.q_proj.") {
-            Some(cfg.num_heads)
-        } else if hf.contains("self_attn.k_proj.") {
-            Some(cfg.num_kv_heads)
-        } else {
-            None
-        };
+        let permuted = rope_permuted_heads(&hf, &cfg);
         let data = match info.ggml_type {
             GgmlType::F16 | GgmlType::BF16 => {
                 let dtype = if info.ggml_type == GgmlType::F16 {

@@ -35,6 +35,8 @@ pub trait Pass {
 pub trait ProgressSink {
     fn start(&mut self, what: &str, total: u64);
     fn advance(&mut self, done: u64);
+    /// A short status beside the progress (e.g. the running perplexity).
+    fn note(&mut self, _message: &str) {}
     fn finish(&mut self);
 }
 

@@ -9,4 +9,4 @@ pub mod run;
 
 pub use file::{EvalSpec, PassEntry, Pipeline, PipelineError};
 pub use manager::{run_passes, Instrumentation, ManagerError, PassRecord, RunContext};
-pub use run::{run, RunError, RunOptions, RunReport};
+pub use run::{evaluate, run, EvalRecord, RunError, RunOptions, RunReport};

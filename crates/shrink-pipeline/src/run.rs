@@ -63,6 +63,45 @@ pub enum RunError {
     Export(#[from] shrink_export::ExportError),
 }
 
+/// Perplexity of `engine` on `text` (read from `data`, which names it in errors), timed, as
+/// the `eval --json` record; also the number of chunks scored. Shared by `shrink eval` and
+/// pipeline evaluations.
+pub fn evaluate(
+    engine: &Engine,
+    tokenizer: &mut shrink_import::Tokenizer,
+    data: &Path,
+    text: &str,
+    opts: PerplexityOptions,
+    progress: &mut dyn ProgressSink,
+) -> Result<(EvalRecord, usize), String> {
+    progress.start(&format!("tokenizing {}", data.display()), 0);
+    let tokens = tokenizer.encode(text, false);
+    progress.finish();
+    let tokens = tokens.map_err(|m| format!("{}: tokenizing: {m}", data.display()))?;
+    let total = opts.chunks.map_or(tokens.len() / opts.ctx.max(1), |c| {
+        c.min(tokens.len() / opts.ctx.max(1))
+    });
+    progress.start("perplexity", total as u64);
+    let start = Instant::now();
+    let r = engine.perplexity(&tokens, opts, &mut |done, _, ppl| {
+        progress.advance(done as u64);
+        progress.note(&format!("perplexity {ppl:.4}"));
+    });
+    progress.finish();
+    let r = r.map_err(|err| format!("{}: evaluating: {err}", data.display()))?;
+    let seconds = start.elapsed().as_secs_f64();
+    let record = EvalRecord {
+        ppl: r.ppl,
+        tokens_scored: r.tokens_scored,
+        tokens_in_file: tokens.len() as u64,
+        seconds,
+        // Every token run through the model, scored or not.
+        tokens_per_second: (r.chunks * opts.ctx) as f64 / seconds.max(1e-9),
+        device: engine.device().to_string(),
+    };
+    Ok((record, r.chunks))
+}
+
 /// The model a run uses: the command line's, else the pipeline's.
 pub fn model_path(p: &Pipeline, opts: &RunOptions) -> Option<PathBuf> {
     opts.model.clone().or_else(|| p.model.clone())
@@ -113,36 +152,16 @@ pub fn run(
             let tok = tokenizer
                 .as_mut()
                 .ok_or_else(|| RunError::Eval("the model has no tokenizer".into()))?;
-            let tokens = tok
-                .encode(&text, false)
-                .map_err(|m| RunError::Eval(format!("{}: {m}", e.data.display())))?;
             let engine =
                 Engine::new(&model, opts.device).map_err(|e| RunError::Eval(e.to_string()))?;
-            let total = e
-                .chunks
-                .map_or(tokens.len() / e.ctx, |c| c.min(tokens.len() / e.ctx));
-            progress.start("perplexity", total as u64);
-            let start = Instant::now();
-            let r = engine.perplexity(
-                &tokens,
-                PerplexityOptions {
-                    ctx: e.ctx,
-                    chunks: e.chunks,
-                    scoring: e.scoring,
-                },
-                &mut |done, _, _| progress.advance(done as u64),
-            );
-            progress.finish();
-            let r = r.map_err(|err| RunError::Eval(format!("{}: {err}", e.data.display())))?;
-            let seconds = start.elapsed().as_secs_f64();
-            Some(EvalRecord {
-                ppl: r.ppl,
-                tokens_scored: r.tokens_scored,
-                tokens_in_file: tokens.len() as u64,
-                seconds,
-                tokens_per_second: (r.chunks * e.ctx) as f64 / seconds.max(1e-9),
-                device: opts.device.to_string(),
-            })
+            let opts = PerplexityOptions {
+                ctx: e.ctx,
+                chunks: e.chunks,
+                scoring: e.scoring,
+            };
+            let (record, _) =
+                evaluate(&engine, tok, &e.data, &text, opts, progress).map_err(RunError::Eval)?;
+            Some(record)
         }
     };
     let mut outputs = Vec::new();

@@ -16,7 +16,7 @@ use std::path::Path;
 
 use shrink_import::arch::LlamaConfig;
 use shrink_import::gguf::{GgmlType, MetaValue};
-use shrink_import::gguf_import::{gguf_name, permute_rows};
+use shrink_import::gguf_import::{gguf_name, permute_rows, rope_permuted_heads};
 use shrink_import::Tokenizer;
 use shrink_ir::{DType, Model, Verified};
 
@@ -171,13 +171,8 @@ pub fn prepare<'m>(model: &'m Model, tokenizer: &Tokenizer, path: &Path) -> Resu
         let ty = ggml_type(data.ty.dtype)
             .ok_or_else(|| terr(format!("dtype {} cannot be written", data.ty.dtype)))?;
         let dims: Vec<u64> = data.ty.shape.iter().rev().map(|&d| d as u64).collect();
-        let heads = if hf.ends_with("self_attn.q_proj.weight") {
-            Some(cfg.num_heads)
-        } else if hf.ends_with("self_attn.k_proj.weight") {
-            Some(cfg.num_kv_heads)
-        } else {
-            None
-        };
+        // q/k biases were refused above, so only their weights match here.
+        let heads = rope_permuted_heads(hf, &cfg);
         let bytes = match (heads, data.ty.shape.as_slice()) {
             (Some(h), [rows, cols]) if *rows == h * cfg.head_dim => Cow::Owned(permute_rows(
                 data.bytes(),
