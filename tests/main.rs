@@ -7,6 +7,7 @@ mod bad_input;
 mod common;
 mod ir_text;
 mod pipelines;
+mod quant;
 mod smollm2;
 mod tiny_models;
 mod tokenizer;

@@ -1,8 +1,8 @@
 //! The tiny fixture models against transformers' logits (fixtures/make_tiny_models.py).
 
-use shrink_runtime::{Device, Engine, SampleOptions};
+use shrink_runtime::{Device, Engine, ExecOptions, QuantExec, SampleOptions};
 
-use crate::common::{fixture, golden, golden_ids, max_abs_diff};
+use crate::common::{fixture, golden, golden_ids, max_abs_diff, shrink};
 
 /// The issue asks for 1e-4; we see about 5e-7. This also catches GELU-erf in place of GELU-tanh
 /// (about 1.2e-4 on tiny GPT-2) and an approximate reciprocal in the norms (3e-4).
@@ -120,4 +120,218 @@ fn seeded_sampling_is_deterministic_and_seed_dependent() {
     };
     assert_eq!(run(1), run(1));
     assert_ne!(run(1), run(2));
+}
+
+/// Tiny LLaMA with every linear quantized (the schemes taken in turn) and its embedding (tied to
+/// the LM head) in `q8_0`; with it, the same model in f32 holding the dequantized values.
+fn quantized_tiny_llama() -> (shrink_ir::Model, shrink_ir::Model) {
+    use shrink_ir::{Op, ParamType, QuantScheme, TensorData};
+    let mut model = shrink_import::load(&fixture("tiny-llama"))
+        .expect("load")
+        .model;
+    let schemes: Vec<QuantScheme> = ["q4_0", "int4_g32_asym", "nf4_b32_dq"]
+        .iter()
+        .map(|s| s.parse().expect("scheme"))
+        .collect();
+    let mut targets: Vec<(String, QuantScheme)> = Vec::new();
+    for id in model.graph.order().expect("order") {
+        match model.graph.node(id).map(|n| &n.op) {
+            Some(Op::Embedding { weight }) => targets.push((weight.clone(), QuantScheme::Q8_0)),
+            Some(Op::Linear { weight, .. }) if !targets.iter().any(|t| &t.0 == weight) => {
+                let s = schemes[targets.len() % schemes.len()];
+                targets.push((weight.clone(), s));
+            }
+            _ => {}
+        }
+    }
+    assert!(targets.len() > 8, "{targets:?}");
+    let mut float = model.clone();
+    for (name, scheme) in targets {
+        let t = model.weights.get(&name).expect("weight");
+        let shape = t.ty.shape.clone();
+        let packed = scheme.quantize(&shape, &t.to_f32()).expect("quantize");
+        let q = TensorData::quantized(scheme, shape.clone(), packed).expect("packed");
+        let deq =
+            TensorData::from_f32(shrink_ir::DType::F32, shape.clone(), &q.to_f32()).expect("f32");
+        *model.graph.param_mut(&name).expect("param") = ParamType::quantized(scheme, shape);
+        model.weights.insert(name.clone(), q);
+        *float.graph.param_mut(&name).expect("param") = deq.ty.clone();
+        float.weights.insert(name, deq);
+    }
+    (model, float)
+}
+
+fn exec(quantized: QuantExec) -> ExecOptions {
+    ExecOptions { quantized }
+}
+
+#[test]
+fn streamed_quantized_weights_give_the_logits_of_their_dequantized_values() {
+    let (model, float) = quantized_tiny_llama();
+    let ids: Vec<Vec<u32>> = vec![
+        (0..19).map(|i| (i * 37 % 384) as u32).collect(),
+        (0..19).map(|i| (i * 11 % 384) as u32).collect(),
+    ];
+    let stream =
+        Engine::with_options(&model, Device::Cpu, exec(QuantExec::Stream)).expect("stream");
+    let dequant =
+        Engine::with_options(&model, Device::Cpu, exec(QuantExec::Dequantize)).expect("dequant");
+    let reference = Engine::new(&float, Device::Cpu).expect("float");
+    let want: Vec<f64> = reference
+        .logits(&ids)
+        .expect("float")
+        .iter()
+        .map(|&x| x as f64)
+        .collect();
+    let got_stream = stream.logits(&ids).expect("stream");
+    let got_dequant = dequant.logits(&ids).expect("dequant");
+    assert_eq!(got_stream.len(), 2 * 19 * 384);
+    let d = max_abs_diff(&got_stream, &want);
+    assert!(d < 1e-5, "stream vs f32 of the dequantized weights: {d:e}");
+    let d = max_abs_diff(&got_dequant, &want);
+    assert!(
+        d < 1e-5,
+        "dequantize vs f32 of the dequantized weights: {d:e}"
+    );
+    let got_dequant: Vec<f64> = got_dequant.iter().map(|&x| x as f64).collect();
+    let d = max_abs_diff(&got_stream, &got_dequant);
+    assert!(d < 1e-5, "stream vs dequantize: {d:e}");
+    // Quantization did change the model: the check above is not vacuous.
+    let original = Engine::new(
+        &shrink_import::load(&fixture("tiny-llama"))
+            .expect("load")
+            .model,
+        Device::Cpu,
+    )
+    .expect("original");
+    let d = max_abs_diff(&original.logits(&ids).expect("original"), &want);
+    assert!(d > 1e-3, "quantizing moved the logits by only {d:e}");
+
+    // Packed bytes are held once: the tied embedding / LM head is one copy.
+    #[allow(irrefutable_let_patterns)] // refutable with the `cuda` feature
+    let Engine::Cpu(interp) = &stream
+    else {
+        unreachable!()
+    };
+    let stored: usize = model
+        .weights
+        .iter()
+        .filter(|(_, t)| t.ty.quant.is_some())
+        .map(|(_, t)| t.nbytes())
+        .sum();
+    assert_eq!(interp.packed_bytes(), stored);
+}
+
+#[test]
+fn quantized_model_generates_in_both_modes() {
+    let (model, float) = quantized_tiny_llama();
+    let opts = SampleOptions {
+        max_tokens: 12,
+        ..SampleOptions::default()
+    };
+    let run = |m: &shrink_ir::Model, q| {
+        let engine = Engine::with_options(m, Device::Cpu, exec(q)).expect("engine");
+        let mut streamed = Vec::new();
+        let got = engine
+            .generate(&[5, 6, 7, 8], &opts, &mut |t| streamed.push(t))
+            .expect("generate");
+        assert_eq!(got, streamed);
+        got
+    };
+    let want = run(&float, QuantExec::Stream);
+    assert_eq!(want.len(), 12);
+    assert_eq!(run(&model, QuantExec::Stream), want);
+    assert_eq!(run(&model, QuantExec::Dequantize), want);
+}
+
+#[test]
+fn cli_runs_quantized_models_and_reports_memory_and_storage_types() {
+    let (model, _) = quantized_tiny_llama();
+    let dir = crate::common::scratch("quantized-tiny-llama");
+    let loaded = shrink_import::load(&fixture("tiny-llama")).expect("load");
+    let proof = model.verify().expect("verify");
+    shrink_export::hf::write(&model, &proof, loaded.tokenizer.as_ref(), &dir).expect("export");
+    let m = dir.to_str().expect("utf-8");
+
+    let (code, stdout, stderr) = shrink(&["inspect", m, "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let r: serde_json::Value = serde_json::from_str(stdout.trim()).expect("json");
+    let types = r["types"].as_object().expect("types");
+    let names: Vec<&str> = types.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        ["f32", "int4_g32_asym", "nf4_b32_dq", "q4_0", "q8_0"],
+        "{stdout}"
+    );
+    let sum = |k: &str| types.values().map(|t| t[k].as_u64().expect(k)).sum::<u64>();
+    assert_eq!(sum("params"), r["params"].as_u64().expect("params"));
+    assert_eq!(sum("bytes"), r["bytes"].as_u64().expect("bytes"));
+    let bpw = |t: &str| types[t]["bits_per_weight"].as_f64().expect("bpw");
+    assert_eq!(bpw("q8_0"), 8.5);
+    assert_eq!(bpw("q4_0"), 4.5);
+    assert_eq!(bpw("f32"), 32.0);
+    let (code, stdout, stderr) = shrink(&["inspect", m]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("nf4_b32_dq"), "{stdout}");
+
+    let eval = |mode: &str| -> serde_json::Value {
+        let data = crate::common::repo().join("data/wikitext-2/test.txt");
+        let (code, stdout, stderr) = shrink(&[
+            "eval",
+            "--model",
+            m,
+            "--data",
+            data.to_str().expect("utf-8"),
+            "--ctx",
+            "64",
+            "--chunks",
+            "2",
+            "--quantized-exec",
+            mode,
+            "--json",
+        ]);
+        assert_eq!(code, 0, "{stderr}");
+        serde_json::from_str(stdout.trim()).expect("json")
+    };
+    let (stream, dequant) = (eval("stream"), eval("dequantize"));
+    for r in [&stream, &dequant] {
+        for k in ["ppl", "seconds", "tokens_per_second"] {
+            assert!(r[k].as_f64().expect(k) > 0.0, "{k}: {r}");
+        }
+        for k in ["tokens_scored", "tokens_in_file", "peak_rss_bytes"] {
+            assert!(r[k].as_u64().expect(k) > 0, "{k}: {r}");
+        }
+        assert_eq!(r["device"], "cpu");
+    }
+    let (a, b) = (
+        stream["ppl"].as_f64().expect("ppl"),
+        dequant["ppl"].as_f64().expect("ppl"),
+    );
+    assert!((a / b - 1.0).abs() < 1e-5, "stream {a} vs dequantize {b}");
+
+    for mode in ["stream", "dequantize"] {
+        let (code, stdout, stderr) = shrink(&[
+            "generate",
+            "--model",
+            m,
+            "--prompt",
+            "Hello",
+            "--max-tokens",
+            "4",
+            "--quantized-exec",
+            mode,
+        ]);
+        assert_eq!(code, 0, "{stderr}");
+        assert!(stdout.starts_with("Hello"), "{stdout}");
+    }
+    let (code, _, stderr) = shrink(&[
+        "eval",
+        "--model",
+        m,
+        "--data",
+        "x",
+        "--quantized-exec",
+        "fast",
+    ]);
+    assert_eq!(code, 2, "{stderr}");
 }

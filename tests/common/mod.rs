@@ -26,6 +26,11 @@ pub fn golden(path: &Path, name: &str) -> (Vec<usize>, Vec<f64>) {
             .chunks_exact(8)
             .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")) as f64)
             .collect(),
+        safetensors::Dtype::U8 => data.iter().map(|&b| b as f64).collect(),
+        safetensors::Dtype::I32 => data
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
+            .collect(),
         other => panic!("unexpected golden dtype {other:?}"),
     };
     (t.shape().to_vec(), values)
@@ -68,6 +73,11 @@ pub fn scratch(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("scratch dir");
     dir
+}
+
+/// The path of a scratch directory, without clearing it.
+pub fn scratch_path(name: &str) -> PathBuf {
+    repo().join("target").join("test-scratch").join(name)
 }
 
 /// Real model path, fetched by scripts/fetch-smollm2.sh.

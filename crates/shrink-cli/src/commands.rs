@@ -1,13 +1,14 @@
 //! The subcommands.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use shrink_import::{Loaded, Tokenizer};
-use shrink_ir::Op;
-use shrink_runtime::{Device, Engine, PerplexityOptions, SampleOptions, Scoring};
+use shrink_ir::{Op, SizeStats};
+use shrink_runtime::{Device, Engine, ExecOptions, PerplexityOptions, SampleOptions, Scoring};
 
 use crate::progress;
 
@@ -26,10 +27,10 @@ fn tokenizer(loaded: &mut Loaded) -> Result<&mut Tokenizer> {
         .with_context(|| format!("{path}: the model has no tokenizer (tokenizer.json)"))
 }
 
-fn engine(loaded: &Loaded, device: &str) -> Result<Engine> {
+fn engine(loaded: &Loaded, device: &str, exec: ExecOptions) -> Result<Engine> {
     let device: Device = device.parse().map_err(anyhow::Error::msg)?;
     let pb = progress::spinner(&format!("preparing the model on {device}"));
-    let engine = Engine::new(&loaded.model, device);
+    let engine = Engine::with_options(&loaded.model, device, exec);
     pb.finish_and_clear();
     Ok(engine?)
 }
@@ -41,7 +42,17 @@ pub struct EvalArgs {
     pub chunks: Option<usize>,
     pub scoring: Scoring,
     pub device: String,
+    pub exec: ExecOptions,
     pub json: bool,
+}
+
+/// The `eval --json` contract: the evaluation record and the process's peak memory.
+#[derive(Serialize)]
+struct EvalReport<'a> {
+    #[serde(flatten)]
+    eval: &'a shrink_pipeline::EvalRecord,
+    /// Peak resident memory of the whole command (loading included); null where unknown.
+    peak_rss_bytes: Option<u64>,
 }
 
 pub fn eval(a: EvalArgs) -> Result<()> {
@@ -54,7 +65,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     let text = std::fs::read_to_string(&a.data)
         .with_context(|| format!("{}: cannot read the data file", a.data.display()))?;
     let mut loaded = load(&a.model)?;
-    let engine = engine(&loaded, &a.device)?;
+    let engine = engine(&loaded, &a.device, a.exec)?;
     let opts = PerplexityOptions {
         ctx: a.ctx,
         chunks: a.chunks,
@@ -69,7 +80,12 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         &mut progress::Bars::default(),
     )
     .map_err(anyhow::Error::msg)?;
+    let peak_rss_bytes = shrink_runtime::peak_rss_bytes();
     if a.json {
+        let report = EvalReport {
+            eval: &report,
+            peak_rss_bytes,
+        };
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
@@ -83,6 +99,12 @@ pub fn eval(a: EvalArgs) -> Result<()> {
             report.tokens_per_second,
             report.device
         );
+        if let Some(b) = peak_rss_bytes {
+            println!(
+                "peak memory {:.1} MiB (resident)",
+                b as f64 / (1024.0 * 1024.0)
+            );
+        }
     }
     Ok(())
 }
@@ -95,6 +117,7 @@ pub struct GenerateArgs {
     pub top_p: f32,
     pub seed: u64,
     pub device: String,
+    pub exec: ExecOptions,
 }
 
 pub fn generate(a: GenerateArgs) -> Result<()> {
@@ -105,7 +128,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         bail!("--top-p must be in (0, 1]");
     }
     let mut loaded = load(&a.model)?;
-    let engine = engine(&loaded, &a.device)?;
+    let engine = engine(&loaded, &a.device, a.exec)?;
     let eos: Vec<u32> = loaded
         .model
         .graph
@@ -155,6 +178,41 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
+/// Parameters and stored bytes per storage type: the scheme's name for quantized parameters
+/// (`q4_0`, `nf4_b64_dq`), else the dtype. A tied parameter counts once.
+fn storage_types(model: &shrink_ir::Model) -> BTreeMap<String, TypeSize> {
+    let mut types: BTreeMap<String, TypeSize> = BTreeMap::new();
+    for (name, ty) in model.graph.params() {
+        let key = match ty.quant {
+            Some(q) => q.to_string(),
+            None => ty.dtype.to_string(),
+        };
+        let bytes = model.weights.get(name).map_or_else(
+            || ty.storage_bytes().unwrap_or(0) as u64,
+            |t| t.nbytes() as u64,
+        );
+        let e = types.entry(key).or_default();
+        e.params += ty.numel() as u64;
+        e.bytes += bytes;
+    }
+    for t in types.values_mut() {
+        t.bits_per_weight = SizeStats {
+            params: t.params,
+            bytes: t.bytes,
+        }
+        .bits_per_weight();
+    }
+    types
+}
+
+/// Size of the parameters of one storage type.
+#[derive(Serialize, Default)]
+struct TypeSize {
+    params: u64,
+    bytes: u64,
+    bits_per_weight: f64,
+}
+
 /// The `inspect --json` contract.
 #[derive(Serialize)]
 struct InspectReport {
@@ -163,6 +221,8 @@ struct InspectReport {
     bits_per_weight: f64,
     layers: u64,
     architecture: String,
+    /// Per storage type (scheme name or dtype), in name order.
+    types: BTreeMap<String, TypeSize>,
 }
 
 pub fn inspect(path: &Path, ir: bool, json: bool) -> Result<()> {
@@ -190,6 +250,7 @@ pub fn inspect(path: &Path, ir: bool, json: bool) -> Result<()> {
             .get("architecture")
             .cloned()
             .unwrap_or_default(),
+        types: storage_types(model),
     };
     if json {
         println!("{}", serde_json::to_string(&report)?);
@@ -200,13 +261,22 @@ pub fn inspect(path: &Path, ir: bool, json: bool) -> Result<()> {
         println!("parameters    {}", report.params);
         println!("bytes         {}", report.bytes);
         println!("bits/weight   {:.3}", report.bits_per_weight);
-        let mut dtypes: std::collections::BTreeMap<String, u64> = Default::default();
-        for ty in model.graph.params().values() {
-            *dtypes.entry(ty.dtype.to_string()).or_default() += ty.numel() as u64;
+        let types = &report.types;
+        let width = types.keys().map(String::len).max().unwrap_or(0).max(5);
+        println!(
+            "  {:<width$} {:>12} {:>12} {:>11}",
+            "type", "parameters", "bytes", "bits/weight"
+        );
+        for (t, size) in types {
+            println!(
+                "  {t:<width$} {:>12} {:>12} {:>11.3}",
+                size.params, size.bytes, size.bits_per_weight
+            );
         }
-        for (d, n) in dtypes {
-            println!("  {d:<6} {n} parameters");
-        }
+        println!(
+            "  {:<width$} {:>12} {:>12} {:>11.3}",
+            "total", report.params, report.bytes, report.bits_per_weight
+        );
     }
     Ok(())
 }

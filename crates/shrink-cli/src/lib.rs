@@ -29,6 +29,25 @@ enum ScoreArg {
     SecondHalf,
 }
 
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum QuantExecArg {
+    /// Keep quantized weights packed and dequantize each matrix when it is used.
+    Stream,
+    /// Dequantize every weight to f32 at load.
+    Dequantize,
+}
+
+impl From<QuantExecArg> for shrink_runtime::ExecOptions {
+    fn from(a: QuantExecArg) -> Self {
+        shrink_runtime::ExecOptions {
+            quantized: match a {
+                QuantExecArg::Stream => shrink_runtime::QuantExec::Stream,
+                QuantExecArg::Dequantize => shrink_runtime::QuantExec::Dequantize,
+            },
+        }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a pipeline: load, passes (verified after each), evaluation, export.
@@ -76,6 +95,11 @@ enum Command {
         /// cpu, cuda or cuda:N.
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// How quantized weights run: `stream` keeps them packed and dequantizes each matrix
+        /// when it is used (memory near the packed size; over whole chunks the cost is small
+        /// beside the matmuls), `dequantize` turns them into f32 at load (float memory).
+        #[arg(long, value_enum, default_value_t = QuantExecArg::Stream)]
+        quantized_exec: QuantExecArg,
         /// Print one JSON object on stdout.
         #[arg(long)]
         json: bool,
@@ -97,6 +121,12 @@ enum Command {
         seed: u64,
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// How quantized weights run: `dequantize` (the default) turns them into f32 at load;
+        /// `stream` keeps them packed and dequantizes every matrix at each use, which saves
+        /// memory but, since generation runs the whole model once per token, costs the
+        /// dequantization of every weight per token.
+        #[arg(long, value_enum, default_value_t = QuantExecArg::Dequantize)]
+        quantized_exec: QuantExecArg,
     },
     /// Size and structure of a model.
     Inspect {
@@ -147,6 +177,7 @@ pub fn main() -> i32 {
             chunks,
             score,
             device,
+            quantized_exec,
             json,
         } => commands::eval(commands::EvalArgs {
             model,
@@ -158,6 +189,7 @@ pub fn main() -> i32 {
                 ScoreArg::SecondHalf => shrink_runtime::Scoring::SecondHalf,
             },
             device,
+            exec: quantized_exec.into(),
             json,
         }),
         Command::Generate {
@@ -168,6 +200,7 @@ pub fn main() -> i32 {
             top_p,
             seed,
             device,
+            quantized_exec,
         } => commands::generate(commands::GenerateArgs {
             model,
             prompt,
@@ -176,6 +209,7 @@ pub fn main() -> i32 {
             top_p,
             seed,
             device,
+            exec: quantized_exec.into(),
         }),
         Command::Inspect { model, ir, json } => commands::inspect(&model, ir, json),
     };

@@ -3,15 +3,28 @@
 //! `lm_head.weight` when the head is tied), and, given a tokenizer, `tokenizer.json` and a
 //! minimal `tokenizer_config.json`. transformers loads the directory with
 //! `AutoModelForCausalLM.from_pretrained(dir)`, and so does `shrink_import::load`.
+//!
+//! A model with quantized parameters is written in shrink's format, the same directory with:
+//! each quantized parameter a 1-D `U8` tensor of its packed bytes (`docs/quantization.md`; in
+//! the IR's `[out, in]` orientation, never transposed), listed in the safetensors `__metadata__`
+//! under `"shrink.quant"` as the JSON object `{name: {"scheme": "q4_0", "shape": [out, in]}}`;
+//! and `config.json`'s `"quantization_config": {"quant_method": "shrink", "format":
+//! "docs/quantization.md", "schemes": {name: scheme}}`. `shrink_import::load` reads it back
+//! bit for bit; transformers does not know the method.
+//!
+//! `model.safetensors` is written by [`write_safetensors`]: the layout of the `safetensors`
+//! crate (tensors by descending dtype then name, header padded with spaces to 8 bytes) with the
+//! `__metadata__` keys sorted, so the same model always gives the same bytes.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use safetensors::tensor::{Dtype, View};
+use safetensors::tensor::Dtype;
 use serde_json::{json, Map, Value};
 use shrink_import::arch::{gpt2_is_conv1d, Gpt2Config, LlamaConfig};
-use shrink_import::hf::transpose_bytes;
+use shrink_import::hf::{transpose_bytes, QUANT_METADATA_KEY, QUANT_METHOD};
 use shrink_import::Tokenizer;
 use shrink_ir::{Activation, DType, Model, TensorData, Verified};
 
@@ -22,22 +35,24 @@ use crate::error::{ExportError, Result};
 pub const SUPPORTED: &str = "llama, mistral, qwen2, gpt2";
 
 /// One parameter as safetensors sees it.
-struct Tensor<'m> {
+pub(crate) struct Tensor<'m> {
     data: &'m TensorData,
     dtype: Dtype,
-    /// Shape in the file (`[in, out]` for a transposed Conv1D weight).
+    /// Shape in the file (`[in, out]` for a transposed Conv1D weight, `[bytes]` when quantized).
     shape: Vec<usize>,
     /// Write the `[rows, cols]` IR matrix transposed.
     transpose: bool,
 }
 
-impl View for &Tensor<'_> {
-    fn dtype(&self) -> Dtype {
-        self.dtype
-    }
-
-    fn shape(&self) -> &[usize] {
-        &self.shape
+impl<'m> Tensor<'m> {
+    /// The stored bytes as they are, under `dtype` and `shape`.
+    pub(crate) fn new(data: &'m TensorData, dtype: Dtype, shape: Vec<usize>) -> Self {
+        Tensor {
+            data,
+            dtype,
+            shape,
+            transpose: false,
+        }
     }
 
     fn data(&self) -> Cow<'_, [u8]> {
@@ -51,10 +66,40 @@ impl View for &Tensor<'_> {
             _ => Cow::Borrowed(self.data.bytes()),
         }
     }
+}
 
-    fn data_len(&self) -> usize {
-        self.data.nbytes()
+/// Writes a safetensors file: the layout of `safetensors::serialize_to_file` (tensors sorted by
+/// descending dtype, then name; offsets in that order; the header JSON padded with spaces to a
+/// multiple of 8 bytes) with `metadata` as `__metadata__`, its keys in sorted order.
+pub(crate) fn write_safetensors(
+    path: &Path,
+    tensors: &[(String, Tensor<'_>)],
+    metadata: &BTreeMap<String, String>,
+) -> std::io::Result<()> {
+    let mut order: Vec<&(String, Tensor<'_>)> = tensors.iter().collect();
+    order.sort_by(|(ln, l), (rn, r)| r.dtype.cmp(&l.dtype).then(ln.cmp(rn)));
+    let mut header = Map::new();
+    if !metadata.is_empty() {
+        header.insert("__metadata__".into(), json!(metadata));
     }
+    let mut offset = 0usize;
+    for (name, t) in &order {
+        let end = offset + t.data.nbytes();
+        header.insert(
+            name.clone(),
+            json!({"dtype": t.dtype, "shape": t.shape, "data_offsets": [offset, end]}),
+        );
+        offset = end;
+    }
+    let mut head = serde_json::to_vec(&Value::Object(header)).map_err(std::io::Error::other)?;
+    head.resize(head.len().next_multiple_of(8), b' ');
+    let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
+    f.write_all(&(head.len() as u64).to_le_bytes())?;
+    f.write_all(&head)?;
+    for (_, t) in order {
+        f.write_all(&t.data())?;
+    }
+    f.flush()
 }
 
 fn torch_dtype(d: DType) -> &'static str {
@@ -66,10 +111,11 @@ fn torch_dtype(d: DType) -> &'static str {
     }
 }
 
-/// The dtype holding the most parameter elements (ties: the wider type).
+/// The dtype holding the most float parameter elements, quantized ones left out (ties: the
+/// wider type).
 fn main_dtype(model: &Model) -> DType {
     let mut count: HashMap<DType, usize> = HashMap::new();
-    for ty in model.graph.params().values() {
+    for ty in model.graph.params().values().filter(|t| t.quant.is_none()) {
         *count.entry(ty.dtype).or_default() += ty.numel();
     }
     [DType::F32, DType::BF16, DType::F16]
@@ -266,7 +312,7 @@ pub fn write(
         message,
     };
     let dtype = main_dtype(model);
-    let (config, gpt2, bos, eos, context) = match arch.as_str() {
+    let (mut config, gpt2, bos, eos, context) = match arch.as_str() {
         "llama" | "mistral" | "qwen2" => {
             let c = LlamaConfig::from_graph(g).map_err(graph_err)?;
             let j = llama_config(&c, dtype, dir)?;
@@ -293,6 +339,8 @@ pub fn write(
 
     let st_path = dir.join("model.safetensors");
     let mut tensors = Vec::new();
+    let mut quant = Map::new();
+    let mut schemes = Map::new();
     for (name, ty) in g.params() {
         let terr = |message: String| ExportError::Tensor {
             path: st_path.clone(),
@@ -308,6 +356,18 @@ pub fn write(
                 "is declared {ty} but its data is {}",
                 data.ty
             )));
+        }
+        if let Some(scheme) = ty.quant {
+            quant.insert(
+                name.clone(),
+                json!({"scheme": scheme.to_string(), "shape": ty.shape}),
+            );
+            schemes.insert(name.clone(), json!(scheme.to_string()));
+            tensors.push((
+                name.clone(),
+                Tensor::new(data, Dtype::U8, vec![data.nbytes()]),
+            ));
+            continue;
         }
         let dtype = match ty.dtype {
             DType::F32 => Dtype::F32,
@@ -331,6 +391,23 @@ pub fn write(
             },
         ));
     }
+    let mut st_meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
+    if !quant.is_empty() {
+        if let Value::Object(m) = &mut config {
+            m.insert(
+                "quantization_config".into(),
+                json!({
+                    "quant_method": QUANT_METHOD,
+                    "format": "docs/quantization.md",
+                    "schemes": schemes,
+                }),
+            );
+        }
+        st_meta.insert(
+            QUANT_METADATA_KEY.to_string(),
+            Value::Object(quant).to_string(),
+        );
+    }
     let config_text = serde_json::to_string_pretty(&config).map_err(|e| ExportError::Field {
         path: dir.join("config.json"),
         field: "config".into(),
@@ -350,18 +427,8 @@ pub fn write(
     let mut written = Vec::new();
     std::fs::write(tmp.join("config.json"), config_text + "\n").map_err(io("config.json"))?;
     written.push("config.json");
-    let st_meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-    safetensors::tensor::serialize_to_file(
-        tensors.iter().map(|(n, t)| (n.as_str(), t)),
-        Some(st_meta),
-        &tmp.join("model.safetensors"),
-    )
-    .map_err(|e| {
-        io("model.safetensors")(match e {
-            safetensors::SafeTensorError::IoError(e) => e,
-            other => std::io::Error::other(other.to_string()),
-        })
-    })?;
+    write_safetensors(&tmp.join("model.safetensors"), &tensors, &st_meta)
+        .map_err(io("model.safetensors"))?;
     written.push("model.safetensors");
     if let Some((tj, tc)) = tok_files {
         std::fs::write(tmp.join("tokenizer.json"), tj).map_err(io("tokenizer.json"))?;

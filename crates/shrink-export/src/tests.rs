@@ -13,10 +13,11 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use shrink_import::gguf::{GgufFile, MetaValue};
+use shrink_import::gguf::{GgmlType, GgufFile, MetaValue};
+use shrink_import::gguf_import::{gguf_name, permute_rows};
 use shrink_import::{load, Loaded, Tokenizer};
 use shrink_ir::text::print;
-use shrink_ir::Graph;
+use shrink_ir::{DType, Graph, Model, QuantScheme, TensorData};
 use shrink_runtime::{Device, Engine};
 
 use crate::gguf::GgufWriter;
@@ -626,6 +627,432 @@ fn a_graph_that_is_not_its_architecture_is_refused_with_the_layer() {
     assert!(entries(s.path()).is_empty());
 }
 
+/// Replaces every `*_proj.weight` of `model` (the linears of attention and MLP) by its
+/// round-to-nearest `scheme` quantization, declared so in the graph; returns how many.
+fn quantize_linears(model: &mut Model, scheme: QuantScheme) -> usize {
+    let names: Vec<String> = model
+        .graph
+        .params()
+        .keys()
+        .filter(|n| n.ends_with("_proj.weight"))
+        .cloned()
+        .collect();
+    for n in &names {
+        let t = model.weights.get(n).expect("weight");
+        let bytes = scheme
+            .quantize(&t.ty.shape, &t.to_f32())
+            .unwrap_or_else(|e| panic!("{n}: {e}"));
+        let q = TensorData::quantized(scheme, t.ty.shape.clone(), bytes).expect("packed size");
+        *model.graph.param_mut(n).expect("param") = q.ty.clone();
+        model.weights.insert(n.clone(), q);
+    }
+    names.len()
+}
+
+/// tiny-llama (from its HF directory) with its linears quantized as `scheme`, verified.
+fn quantized_tiny_llama(scheme: &str) -> (Loaded, QuantScheme) {
+    let scheme: QuantScheme = scheme.parse().expect("scheme");
+    let mut l = load_fixture("tiny-llama");
+    // 2 layers × q, k, v, o, gate, up, down.
+    assert_eq!(quantize_linears(&mut l.model, scheme), 14);
+    l.model.verify().expect("quantized model verifies");
+    (l, scheme)
+}
+
+/// `back` has the parameters of `orig`, each with the same type (scheme included) and the same
+/// stored bytes.
+fn same_params(orig: &Model, back: &Model) {
+    let names = |m: &Model| m.weights.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    assert_eq!(names(orig), names(back));
+    for (n, t) in orig.weights.iter() {
+        let b = back.weights.get(n).expect("param");
+        assert_eq!(b.ty, t.ty, "{n}");
+        assert!(b.bytes() == t.bytes(), "{n}: bytes differ");
+        assert_eq!(back.graph.param(n), Some(&t.ty), "{n}: declared type");
+    }
+}
+
+#[test]
+fn gguf_round_trip_keeps_ggml_quantized_weights_bit_for_bit() {
+    for (name, ggml, ftype) in [
+        ("q8_0", GgmlType::Q8_0, 7),
+        ("q4_0", GgmlType::Q4_0, 2),
+        ("q4_1", GgmlType::Q4_1, 3),
+    ] {
+        let (l, scheme) = quantized_tiny_llama(name);
+        let proof = l.model.verify().expect("verified");
+        let s = Scratch::new(&format!("gguf-{name}"));
+        let out = s.path().join("q.gguf");
+        gguf::write(&l.model, &proof, l.tokenizer.as_ref().expect("tok"), &out).expect("export");
+
+        let f = GgufFile::open(&out).expect("open");
+        assert_eq!(
+            f.get("general.file_type"),
+            Some(&MetaValue::U32(ftype)),
+            "{name}"
+        );
+        for (hf, ty) in l.model.graph.params() {
+            let t = f
+                .tensor(&gguf_name(hf).expect("gguf name"))
+                .expect("tensor");
+            let want = if ty.quant.is_some() {
+                ggml
+            } else {
+                GgmlType::F32
+            };
+            assert_eq!(t.ggml_type, want, "{name}: {hf}");
+        }
+        // Unpermuted tensors are the stored bytes; Q/K move whole packed rows.
+        let up = "model.layers.1.mlp.up_proj.weight";
+        let bytes = |n: &str| l.model.weights.get(n).expect("w").bytes();
+        assert!(f.tensor_data(f.tensor("blk.1.ffn_up.weight").expect("t")) == bytes(up));
+        let q = "model.layers.0.self_attn.q_proj.weight";
+        assert!(
+            f.tensor_data(f.tensor("blk.0.attn_q.weight").expect("t"))
+                == permute_rows(bytes(q), 4, 16, scheme.row_bytes(64)).as_slice()
+        );
+
+        let back = load(&out).expect("load");
+        assert_eq!(
+            ir_without(&l.model.graph, &FORMAT_META),
+            ir_without(&back.model.graph, &FORMAT_META)
+        );
+        assert!(print(&back.model.graph).contains(&format!(
+            "param model.layers.0.self_attn.k_proj.weight: {name}[32, 64]"
+        )));
+        same_params(&l.model, &back.model);
+        let (a, b) = (logits(&l, "tiny-llama"), logits(&back, "tiny-llama"));
+        assert_eq!(max_abs_diff(&a, &b), 0.0, "{name}: logits differ");
+        // Quantized tensors are mapped from the file, but for Q/K, whose rows were put back in
+        // order (a copy).
+        for (n, t) in back
+            .model
+            .weights
+            .iter()
+            .filter(|(_, t)| t.ty.quant.is_some())
+        {
+            let qk = n.contains("q_proj") || n.contains("k_proj");
+            assert_eq!(t.is_mapped(), !qk, "{name}: {n}");
+        }
+    }
+}
+
+#[test]
+fn file_type_is_the_type_holding_most_matrix_elements() {
+    let t = |ggml_type, dims: &[u64]| gguf::GgufTensor {
+        name: String::new(),
+        ggml_type,
+        dims: dims.to_vec(),
+        data: Cow::Owned(Vec::new()),
+    };
+    // SmolLM2's mix: a Q8_0 embedding, Q4_1 layers holding more elements, F32 norms.
+    let smol = [
+        t(GgmlType::Q8_0, &[576, 49152]),
+        t(GgmlType::Q4_1, &[576, 1536]),
+        t(GgmlType::Q4_1, &[1536, 576]),
+        t(GgmlType::Q4_1, &[576, 576]),
+        t(GgmlType::Q4_1, &[576, 576]),
+        t(GgmlType::F32, &[576]),
+    ];
+    assert_eq!(gguf::file_type(&smol[..1]), 7);
+    assert_eq!(gguf::file_type(&smol[1..]), 3);
+    // 28.3M Q8_0 elements against 2.4M Q4_1 here (the real file's 30 layers hold 106M)…
+    assert_eq!(gguf::file_type(&smol), 7);
+    // …F32 matrices never count, F16 and BF16 as before, ties to the wider type.
+    let f32_big = t(GgmlType::F32, &[4096, 4096]);
+    assert_eq!(
+        gguf::file_type(&[f32_big.clone(), t(GgmlType::Q4_0, &[32, 1])]),
+        2
+    );
+    assert_eq!(gguf::file_type(std::slice::from_ref(&f32_big)), 0);
+    assert_eq!(
+        gguf::file_type(&[t(GgmlType::F16, &[64, 2]), t(GgmlType::BF16, &[64, 2])]),
+        32
+    );
+    assert_eq!(
+        gguf::file_type(&[t(GgmlType::Q4_0, &[64, 2]), t(GgmlType::Q4_1, &[64, 2])]),
+        3
+    );
+}
+
+#[test]
+#[ignore = "real model: run scripts/fetch-smollm2.sh, then --include-ignored"]
+fn smollm2_gguf_export_writes_back_the_original_tensors() {
+    // Q4_1 layers and a Q8_0 embedding stay quantized through import and export: every tensor
+    // comes back with the original's type, dims and bytes (Q/K un-permuted and re-permuted).
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let l = load(&src).expect("run scripts/fetch-smollm2.sh");
+    let proof = l.model.verify().expect("verified");
+    let s = Scratch::new("smollm2-gguf");
+    let out = s.path().join("smollm2.gguf");
+    gguf::write(&l.model, &proof, l.tokenizer.as_ref().expect("tok"), &out).expect("export");
+    let (ours, theirs) = (
+        GgufFile::open(&out).expect("open"),
+        GgufFile::open(&src).expect("open"),
+    );
+    assert_eq!(ours.tensors.len(), theirs.tensors.len());
+    for t in &theirs.tensors {
+        let o = ours.tensor(&t.name).expect("tensor");
+        assert_eq!((o.ggml_type, &o.dims), (t.ggml_type, &t.dims), "{}", t.name);
+        assert!(
+            ours.tensor_data(o) == theirs.tensor_data(t),
+            "{}: bytes differ",
+            t.name
+        );
+    }
+    assert_eq!(ours.get("general.file_type"), Some(&MetaValue::U32(3)));
+    assert_eq!(
+        ours.get("general.file_type"),
+        theirs.get("general.file_type")
+    );
+}
+
+#[test]
+fn gguf_import_checks_dequantized_values_are_finite() {
+    let (l, _) = quantized_tiny_llama("q8_0");
+    let proof = l.model.verify().expect("verified");
+    let s = Scratch::new("gguf-nan");
+    let out = s.path().join("q.gguf");
+    gguf::write(&l.model, &proof, l.tokenizer.as_ref().expect("tok"), &out).expect("export");
+    let f = GgufFile::open(&out).expect("open");
+    let t = f.tensor("blk.1.ffn_up.weight").expect("tensor");
+    // Row 3 (68 bytes: two blocks of 34), second block: its f16 scale becomes NaN.
+    let at = (f.data_offset() + t.offset) as usize + 3 * 68 + 34;
+    drop(f);
+    let mut bytes = fs::read(&out).expect("read");
+    bytes[at..at + 2].copy_from_slice(&0x7e00u16.to_le_bytes());
+    fs::write(&out, &bytes).expect("write");
+    let e = load(&out).expect_err("NaN scale").to_string();
+    assert!(
+        e.contains("tensor 'blk.1.ffn_up.weight'")
+            && e.contains("non-finite")
+            && e.contains("row 3, column 32"),
+        "{e}"
+    );
+}
+
+#[test]
+fn gguf_export_refuses_schemes_without_a_ggml_type_before_writing() {
+    let (l, _) = quantized_tiny_llama("nf4_b32_dq");
+    let proof = l.model.verify().expect("verified");
+    let s = Scratch::new("gguf-nf4");
+    let out = s.path().join("nf4.gguf");
+    let tok = l.tokenizer.as_ref().expect("tok");
+    let e = gguf::write(&l.model, &proof, tok, &out)
+        .expect_err("refused")
+        .to_string();
+    assert!(e.starts_with(&out.display().to_string()), "{e}");
+    assert!(
+        e.contains("tensor 'model.layers.0.mlp.down_proj.weight'")
+            && e.contains("nf4_b32_dq")
+            && e.contains("GGUF has no tensor type")
+            && e.contains("write a directory"),
+        "{e}"
+    );
+    assert!(!out.exists());
+    assert!(entries(s.path()).is_empty(), "{:?}", entries(s.path()));
+    assert!(gguf::prepare(&l.model, tok, &out).is_err());
+}
+
+/// The `shrink.quant` entry of a safetensors file's `__metadata__`, parsed.
+fn quant_metadata(path: &Path) -> serde_json::Value {
+    let bytes = fs::read(path).expect("read");
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).expect("header");
+    let text = header
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("shrink.quant"))
+        .expect("shrink.quant")
+        .clone();
+    serde_json::from_str(&text).expect("json")
+}
+
+#[test]
+fn directory_round_trip_keeps_quantized_weights_bit_for_bit() {
+    for name in ["q4_0", "int4_g32_asym", "nf4_b32_dq", "int8"] {
+        let (l, scheme) = quantized_tiny_llama(name);
+        let proof = l.model.verify().expect("verified");
+        let s = Scratch::new(&format!("hf-{name}"));
+        let out = s.path().join("model");
+        hf::write(&l.model, &proof, l.tokenizer.as_ref(), &out).expect("export");
+
+        let c = read_json(&out.join("config.json"));
+        let qc = &c["quantization_config"];
+        assert_eq!(qc["quant_method"], "shrink");
+        assert_eq!(qc["format"], "docs/quantization.md");
+        let schemes = qc["schemes"].as_object().expect("schemes");
+        assert_eq!(schemes.len(), 14);
+        assert!(schemes.values().all(|v| v == name), "{schemes:?}");
+        assert_eq!(c["torch_dtype"], "float32");
+
+        let st_path = out.join("model.safetensors");
+        let meta = quant_metadata(&st_path);
+        let k = "model.layers.1.self_attn.k_proj.weight";
+        assert_eq!(
+            meta[k],
+            serde_json::json!({"scheme": name, "shape": [32, 64]})
+        );
+        assert_eq!(meta.as_object().expect("object").len(), 14);
+        let bytes = fs::read(&st_path).expect("read");
+        let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+        let t = st.tensor(k).expect("k");
+        assert_eq!(t.dtype(), safetensors::Dtype::U8);
+        assert_eq!(t.shape(), [scheme.packed_size(&[32, 64]).expect("size")]);
+        let norm = st.tensor("model.norm.weight").expect("norm");
+        assert_eq!(
+            (norm.dtype(), norm.shape()),
+            (safetensors::Dtype::F32, &[64][..])
+        );
+
+        let back = load(&out).expect("load");
+        assert_eq!(
+            ir_without(&l.model.graph, &FORMAT_META),
+            ir_without(&back.model.graph, &FORMAT_META)
+        );
+        same_params(&l.model, &back.model);
+        assert!(back.model.weights.iter().all(|(_, t)| t.is_mapped()));
+        let (a, b) = (logits(&l, "tiny-llama"), logits(&back, "tiny-llama"));
+        assert_eq!(max_abs_diff(&a, &b), 0.0, "{name}: logits differ");
+
+        // The same model gives the same bytes (metadata keys in a fixed order).
+        let again = s.path().join("again");
+        hf::write(&l.model, &proof, None, &again).expect("export again");
+        assert!(fs::read(again.join("model.safetensors")).expect("read") == bytes);
+    }
+}
+
+#[test]
+fn safetensors_of_float_models_are_those_of_the_safetensors_crate() {
+    for rel in ["tiny-llama", "tiny-qwen2", "tiny-gpt2"] {
+        let l = load_fixture(rel);
+        let proof = l.model.verify().expect("verified");
+        let s = Scratch::new(&format!("st-{rel}"));
+        let out = s.path().join("m");
+        hf::write(&l.model, &proof, None, &out).expect("export");
+        let ours = fs::read(out.join("model.safetensors")).expect("read");
+        let st = safetensors::SafeTensors::deserialize(&ours).expect("safetensors");
+        let theirs = safetensors::tensor::serialize(
+            st.tensors(),
+            Some(std::collections::HashMap::from([(
+                "format".to_string(),
+                "pt".to_string(),
+            )])),
+        )
+        .expect("serialize");
+        assert!(
+            ours == theirs,
+            "{rel}: bytes differ from safetensors::serialize"
+        );
+    }
+}
+
+/// Rewrites the `shrink.quant` metadata of a safetensors file with `edit` (tensor data kept).
+fn edit_quant_metadata(path: &Path, edit: impl FnOnce(&mut String)) {
+    let bytes = fs::read(path).expect("read");
+    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+    let mut header: serde_json::Value =
+        serde_json::from_slice(&bytes[8..8 + n]).expect("header json");
+    let slot = &mut header["__metadata__"]["shrink.quant"];
+    let mut text = slot.as_str().expect("string").to_string();
+    edit(&mut text);
+    *slot = serde_json::Value::String(text);
+    let mut head = serde_json::to_vec(&header).expect("json");
+    head.resize(head.len().next_multiple_of(8), b' ');
+    let mut out = (head.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&head);
+    out.extend_from_slice(&bytes[8 + n..]);
+    fs::write(path, out).expect("write");
+}
+
+#[test]
+fn malformed_quant_metadata_is_refused_naming_file_and_tensor() {
+    let (l, _) = quantized_tiny_llama("q4_0");
+    let proof = l.model.verify().expect("verified");
+    let s = Scratch::new("hf-bad-quant");
+    let k = "model.layers.1.self_attn.k_proj.weight";
+    let entry = format!(r#""{k}":{{"scheme":"q4_0","shape":[32,64]}}"#);
+    let cases: [(&str, String, &[&str]); 6] = [
+        (
+            "unknown scheme",
+            format!(r#""{k}":{{"scheme":"q9_9","shape":[32,64]}}"#),
+            &["unknown quantization scheme 'q9_9'"],
+        ),
+        (
+            "wrong byte length",
+            format!(r#""{k}":{{"scheme":"q4_0","shape":[64,64]}}"#),
+            &["holds 1152 bytes, but q4_0 of shape [64, 64] packs into 2304"],
+        ),
+        (
+            "no scheme",
+            format!(r#""{k}":{{"shape":[32,64]}}"#),
+            &["'scheme' is missing"],
+        ),
+        (
+            "bad shape",
+            format!(r#""{k}":{{"scheme":"q4_0","shape":[32,-64]}}"#),
+            &["'shape' is missing or not a list of sizes"],
+        ),
+        (
+            // Same byte count, but not the shape the config implies.
+            "transposed shape",
+            format!(r#""{k}":{{"scheme":"q4_0","shape":[64,32]}}"#),
+            &["quantized shape [64, 32] does not match the config"],
+        ),
+        (
+            "not a U8 tensor",
+            format!(r#""model.norm.weight":{{"scheme":"q4_0","shape":[2,32]}},{entry}"#),
+            &["1-D U8", "tensor 'model.norm.weight'"],
+        ),
+    ];
+    for (what, replacement, want) in cases {
+        let out = s.path().join("m");
+        hf::write(&l.model, &proof, None, &out).expect("export");
+        let st = out.join("model.safetensors");
+        edit_quant_metadata(&st, |t| {
+            assert!(t.contains(&entry));
+            *t = t.replace(&entry, &replacement);
+        });
+        let e = load(&out).expect_err(what).to_string();
+        let tensor = if what == "not a U8 tensor" {
+            "model.norm.weight"
+        } else {
+            k
+        };
+        assert!(
+            e.starts_with(&st.display().to_string())
+                && e.contains(&format!("tensor '{tensor}'"))
+                && want.iter().all(|w| e.contains(w)),
+            "{what}: {e}"
+        );
+        assert!(!e.contains('\n'), "{e}");
+    }
+    // Not JSON at all: the file and the key are named.
+    let out = s.path().join("m");
+    hf::write(&l.model, &proof, None, &out).expect("export");
+    let st = out.join("model.safetensors");
+    edit_quant_metadata(&st, |t| t.truncate(10));
+    let e = load(&out).expect_err("not JSON").to_string();
+    assert!(
+        e.starts_with(&st.display().to_string())
+            && e.contains("__metadata__ 'shrink.quant': invalid JSON"),
+        "{e}"
+    );
+    // Another quantization method in config.json is named as unsupported.
+    let cfg = out.join("config.json");
+    let text = fs::read_to_string(&cfg).expect("read");
+    fs::write(
+        &cfg,
+        text.replace(r#""quant_method": "shrink""#, r#""quant_method": "gptq""#),
+    )
+    .expect("write");
+    let e = load(&out).expect_err("gptq").to_string();
+    assert!(
+        e.contains("quantization_config.quant_method") && e.contains("'gptq' is not supported"),
+        "{e}"
+    );
+}
+
 /// Writes the exports that `fixtures/export/check_exports.py` checks with transformers and
 /// llama.cpp, into `target/export-check/`.
 #[test]
@@ -653,6 +1080,50 @@ fn write_exports_for_the_check_script() {
             )
             .expect("gguf");
         }
+    }
+    // The linears quantized as each ggml scheme: the GGUF, shrink's dequantized values of every
+    // tensor in IR order and orientation (`.f32.bin`, indexed by `.json`), and the same
+    // dequantized model written as F32 (`-dequantized.gguf`) for llama.cpp to compare against.
+    for scheme in ["q8_0", "q4_0", "q4_1"] {
+        let (l, _) = quantized_tiny_llama(scheme);
+        let proof = l.model.verify().expect("verified");
+        let tok = l.tokenizer.as_ref().expect("tok");
+        let base = root.join(format!("gguf/tiny-llama-{scheme}"));
+        gguf::write(&l.model, &proof, tok, &base.with_extension("gguf")).expect("gguf");
+        let mut values: Vec<u8> = Vec::new();
+        let mut index = Vec::new();
+        let mut deq = l.model.clone();
+        for (name, t) in l.model.weights.iter() {
+            let v = t.to_f32();
+            index.push(serde_json::json!({
+                "name": name,
+                "gguf_name": gguf_name(name).expect("gguf name"),
+                "type": t.ty.quant.map_or(t.ty.dtype.to_string(), |q| q.to_string()),
+                "shape": t.ty.shape,
+                "offset": values.len() / 4,
+                "count": v.len(),
+            }));
+            values.extend(v.iter().flat_map(|x| x.to_le_bytes()));
+            let f = TensorData::from_f32(DType::F32, t.ty.shape.clone(), &v).expect("f32");
+            *deq.graph.param_mut(name).expect("param") = f.ty.clone();
+            deq.weights.insert(name.clone(), f);
+        }
+        fs::write(base.with_extension("f32.bin"), values).expect("write values");
+        let index = serde_json::json!({
+            "scheme": scheme,
+            "heads": 4,
+            "kv_heads": 2,
+            "head_dim": 16,
+            "tensors": index,
+        });
+        fs::write(
+            base.with_extension("json"),
+            serde_json::to_string_pretty(&index).expect("json"),
+        )
+        .expect("write index");
+        let proof = deq.verify().expect("verified");
+        let path = root.join(format!("gguf/tiny-llama-{scheme}-dequantized.gguf"));
+        gguf::write(&deq, &proof, tok, &path).expect("gguf");
     }
     eprintln!("wrote {}", root.display());
 }

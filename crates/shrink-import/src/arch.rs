@@ -574,8 +574,8 @@ fn meta_usize(g: &Graph, key: &str) -> Result<Option<usize>, String> {
 }
 
 /// Checks that `g` computes what `built` (made by a config's `build()`) computes: the same
-/// parameters with the same shapes (dtypes may differ) and the same dataflow into every output,
-/// regardless of the order the nodes were added in.
+/// parameters with the same shapes (dtypes and quantization schemes may differ) and the same
+/// dataflow into every output, regardless of the order the nodes were added in.
 pub fn same_structure(g: &Graph, built: &Graph, arch: &str) -> Result<(), String> {
     for (name, ty) in g.params() {
         match built.param(name) {
@@ -655,10 +655,10 @@ fn canonical(
 
 impl LlamaConfig {
     /// Reads the config back from a graph of this family (the inverse of [`LlamaConfig::build`],
-    /// whatever the parameters' dtypes): sizes from the parameter shapes, heads, RoPE and norm
-    /// epsilon from the ops, whether the head is tied from the output linear's weight, and the
-    /// architecture, context length and BOS/EOS from `graph.meta`. Fails with the layer and size
-    /// at fault when the graph is not that shape (e.g. layers of different sizes).
+    /// whatever the parameters' dtypes or schemes): sizes from the parameter shapes, heads, RoPE
+    /// and norm epsilon from the ops, whether the head is tied from the output linear's weight,
+    /// and the architecture, context length and BOS/EOS from `graph.meta`. Fails with the layer
+    /// and size at fault when the graph is not that shape (e.g. layers of different sizes).
     pub fn from_graph(g: &Graph) -> Result<LlamaConfig, String> {
         let arch = g
             .meta
@@ -728,7 +728,7 @@ impl LlamaConfig {
 
 impl Gpt2Config {
     /// Reads the config back from a GPT-2 graph (the inverse of [`Gpt2Config::build`], whatever
-    /// the parameters' dtypes); see [`LlamaConfig::from_graph`].
+    /// the parameters' dtypes or schemes); see [`LlamaConfig::from_graph`].
     pub fn from_graph(g: &Graph) -> Result<Gpt2Config, String> {
         match g.meta.get("architecture").map(String::as_str) {
             Some("gpt2") => {}

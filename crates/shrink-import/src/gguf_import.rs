@@ -1,11 +1,13 @@
 //! GGUF files of the `llama` architecture into the IR: hyperparameters from `llama.*` metadata,
-//! tensor names mapped to Hugging Face names, every tensor dequantized to f32 (F16/BF16 kept),
-//! and the Q/K rows that GGUF conversion permutes for llama.cpp's interleaved RoPE put back in
-//! the "rotate half" order the IR uses.
+//! tensor names mapped to Hugging Face names, Q8_0/Q4_0/Q4_1 matrices kept quantized (their
+//! packed bytes are those of shrink's `q8_0`/`q4_0`/`q4_1` schemes), every other tensor
+//! dequantized to f32 (F16/BF16 kept), and the Q/K rows that GGUF conversion permutes for
+//! llama.cpp's interleaved RoPE put back in the "rotate half" order the IR uses (for a quantized
+//! tensor, whole packed rows). Every dequantized value is checked to be finite.
 
 use std::path::Path;
 
-use shrink_ir::{DType, Model, ParamType, TensorData, WeightStore};
+use shrink_ir::{DType, Model, ParamType, QuantScheme, TensorData, WeightStore};
 
 use crate::arch::LlamaConfig;
 use crate::error::{ImportError, Result};
@@ -146,7 +148,50 @@ fn config(file: &GgufFile) -> Result<LlamaConfig> {
     Ok(c)
 }
 
-/// Loads a GGUF file (its tokenizer is read separately).
+/// The scheme a GGUF tensor of this type keeps when it is a matrix: the ggml block types whose
+/// layout is a shrink scheme's (Q8_0, Q4_0, Q4_1). Others are dequantized on load.
+pub fn kept_scheme(t: GgmlType) -> Option<QuantScheme> {
+    match t {
+        GgmlType::Q8_0 => Some(QuantScheme::Q8_0),
+        GgmlType::Q4_0 => Some(QuantScheme::Q4_0),
+        GgmlType::Q4_1 => Some(QuantScheme::Q4_1),
+        _ => None,
+    }
+}
+
+/// Rows dequantized at a time by [`check_finite_rows`]: at most this many f32 values.
+const CHECK_CHUNK: usize = 1 << 20;
+
+/// Fails on the first non-finite dequantized value of a packed `[rows, cols]` tensor, a chunk of
+/// rows at a time (never the whole tensor in f32).
+fn check_finite_rows(
+    data: &TensorData,
+    scheme: QuantScheme,
+    rows: usize,
+    cols: usize,
+) -> std::result::Result<(), String> {
+    let shape = [rows, cols];
+    let step = (CHECK_CHUNK / cols.max(1)).max(1);
+    let mut buf = vec![0.0f32; step.min(rows) * cols];
+    for start in (0..rows).step_by(step) {
+        let end = (start + step).min(rows);
+        let out = &mut buf[..(end - start) * cols];
+        scheme.dequantize_rows(data.bytes(), &shape, start..end, out);
+        if let Some(i) = out.iter().position(|x| !x.is_finite()) {
+            let (r, c) = (start + i / cols, i % cols);
+            return Err(format!(
+                "holds a non-finite value at element {} (row {r}, column {c}) once dequantized \
+                 from {scheme}",
+                r * cols + c
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Loads a GGUF file (its tokenizer is read separately). Matrices of type Q8_0, Q4_0 and Q4_1
+/// stay quantized (memory-mapped, or an owned copy for the Q/K weights whose rows are put back
+/// in order); other types are dequantized to f32 (F16 and BF16 are kept).
 pub fn load_model(file: &GgufFile) -> Result<Model> {
     let cfg = config(file)?;
     let mut graph = cfg.build();
@@ -180,37 +225,61 @@ pub fn load_model(file: &GgufFile) -> Result<Model> {
             _ => 1,
         };
         let permuted = rope_permuted_heads(&hf, &cfg);
-        let data = match info.ggml_type {
-            GgmlType::F16 | GgmlType::BF16 => {
-                let dtype = if info.ggml_type == GgmlType::F16 {
-                    DType::F16
-                } else {
-                    DType::BF16
-                };
-                let raw: Vec<[u8; 2]> = file
-                    .tensor_data(info)
-                    .chunks_exact(2)
-                    .map(|c| [c[0], c[1]])
-                    .collect();
-                let raw = match permuted {
-                    Some(h) => unpermute_rows(&raw, h, cfg.head_dim, cols),
-                    None => raw,
-                };
-                TensorData::from_bytes(ParamType::new(dtype, want.shape.clone()), raw.concat())
-            }
-            _ => {
-                let mut v = file.dequantize(info)?;
-                if let Some(h) = permuted {
-                    v = unpermute_rows(&v, h, cfg.head_dim, cols);
+        let data = match (kept_scheme(info.ggml_type), want.shape.as_slice()) {
+            (Some(scheme), [rows, cols]) => {
+                let ty = ParamType::quantized(scheme, want.shape.clone());
+                let range = file
+                    .tensor_range(info)
+                    .ok_or_else(|| terr("its data lies outside the file".into()))?;
+                let data = match permuted {
+                    // Whole packed rows move: a row's blocks never mix with another row's.
+                    Some(h) => TensorData::from_bytes(
+                        ty,
+                        unpermute_rows(
+                            file.tensor_data(info),
+                            h,
+                            cfg.head_dim,
+                            scheme.row_bytes(*cols),
+                        ),
+                    ),
+                    None => TensorData::mapped(ty, file.map().clone(), range.start, range.len()),
                 }
-                if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-                    return Err(terr(format!(
-                        "holds a non-finite value at element {i} (row {})",
-                        i / cols.max(1)
-                    )));
-                }
-                TensorData::from_f32(DType::F32, want.shape.clone(), &v)
+                .map_err(terr)?;
+                check_finite_rows(&data, scheme, *rows, *cols).map_err(terr)?;
+                Ok(data)
             }
+            _ => match info.ggml_type {
+                GgmlType::F16 | GgmlType::BF16 => {
+                    let dtype = if info.ggml_type == GgmlType::F16 {
+                        DType::F16
+                    } else {
+                        DType::BF16
+                    };
+                    let raw: Vec<[u8; 2]> = file
+                        .tensor_data(info)
+                        .chunks_exact(2)
+                        .map(|c| [c[0], c[1]])
+                        .collect();
+                    let raw = match permuted {
+                        Some(h) => unpermute_rows(&raw, h, cfg.head_dim, cols),
+                        None => raw,
+                    };
+                    TensorData::from_bytes(ParamType::new(dtype, want.shape.clone()), raw.concat())
+                }
+                _ => {
+                    let mut v = file.dequantize(info)?;
+                    if let Some(h) = permuted {
+                        v = unpermute_rows(&v, h, cfg.head_dim, cols);
+                    }
+                    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                        return Err(terr(format!(
+                            "holds a non-finite value at element {i} (row {})",
+                            i / cols.max(1)
+                        )));
+                    }
+                    TensorData::from_f32(DType::F32, want.shape.clone(), &v)
+                }
+            },
         }
         .map_err(terr)?;
         if let Some(p) = graph.param_mut(&hf) {
@@ -253,6 +322,59 @@ mod tests {
                 ),
                 w
             );
+        }
+    }
+
+    #[test]
+    #[ignore = "real model: run scripts/fetch-smollm2.sh, then --include-ignored"]
+    fn smollm2_keeps_its_q4_1_and_q8_0_matrices_quantized() {
+        let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
+        let file = open(&path).expect("run scripts/fetch-smollm2.sh");
+        let model = load_model(&file).expect("load");
+        model.verify().expect("verifies");
+        let cfg = config(&file).expect("config");
+        let mut count = std::collections::BTreeMap::new();
+        for (name, t) in model.weights.iter() {
+            assert_eq!(model.graph.param(name), Some(&t.ty), "{name}");
+            let kind = t.ty.quant.map_or(t.ty.dtype.to_string(), |q| q.to_string());
+            *count.entry(kind).or_insert(0) += 1;
+            let qk = rope_permuted_heads(name, &cfg).is_some();
+            if t.ty.quant.is_some() {
+                assert_eq!(t.is_mapped(), !qk, "{name}: mapped unless un-permuted");
+            }
+        }
+        let want = [("f32", 61), ("q4_1", 210), ("q8_0", 1)];
+        let want: std::collections::BTreeMap<String, usize> =
+            want.iter().map(|(k, n)| (k.to_string(), *n)).collect();
+        assert_eq!(count, want);
+        let embed = model
+            .weights
+            .get("model.embed_tokens.weight")
+            .expect("embed");
+        assert_eq!(
+            embed.ty,
+            ParamType::quantized(QuantScheme::Q8_0, vec![49152, 576])
+        );
+        // Stored as in the file: about 5.8 bits per weight, not 32.
+        let bpw = model.size().bits_per_weight();
+        assert!((5.0..6.0).contains(&bpw), "{bpw}");
+        // Kept tensors dequantize to what the f32 path gives (Q/K rows put back in order).
+        for name in [
+            "model.layers.0.self_attn.q_proj.weight",
+            "model.layers.0.self_attn.k_proj.weight",
+            "model.layers.29.mlp.down_proj.weight",
+            "model.embed_tokens.weight",
+        ] {
+            let info = file
+                .tensor(&gguf_name(name).expect("name"))
+                .expect("tensor");
+            let t = model.weights.get(name).expect("param");
+            let mut want = file.dequantize(info).expect("dequantize");
+            if let Some(h) = rope_permuted_heads(name, &cfg) {
+                want = unpermute_rows(&want, h, cfg.head_dim, t.ty.shape[1]);
+            }
+            assert!(t.to_f32() == want, "{name}");
         }
     }
 

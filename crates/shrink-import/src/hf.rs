@@ -1,18 +1,30 @@
 //! Hugging Face model directories: `config.json`, `model.safetensors` or a sharded
 //! `model.safetensors.index.json`, and `tokenizer.json`.
+//!
+//! Also shrink's own format for quantized models: the same directory, each quantized parameter
+//! stored as a 1-D `U8` tensor of its packed bytes (`docs/quantization.md`), listed in the
+//! safetensors `__metadata__` under [`QUANT_METADATA_KEY`] as a JSON object
+//! `{name: {"scheme": "q4_0", "shape": [out, in]}}`. Such tensors are mapped as they are (never
+//! transposed: the shape is the IR's).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde_json::Value;
-use shrink_ir::{Activation, DType, Graph, Model, ParamType, TensorData, WeightStore};
+use shrink_ir::{Activation, DType, Graph, Model, ParamType, QuantScheme, TensorData, WeightStore};
 
 use crate::arch::{gpt2_is_conv1d, Gpt2Config, LlamaConfig};
 use crate::error::{ImportError, Result};
 
 /// Architectures this front end reads, by `config.json`'s `model_type`.
 pub const SUPPORTED: &str = "llama, mistral, qwen2, gpt2";
+
+/// The safetensors `__metadata__` key listing the quantized tensors of shrink's format.
+pub const QUANT_METADATA_KEY: &str = "shrink.quant";
+
+/// `quantization_config.quant_method` of shrink's format in `config.json`.
+pub const QUANT_METHOD: &str = "shrink";
 
 /// A `config.json` with typed, path-naming accessors.
 struct Config {
@@ -115,6 +127,24 @@ fn read_config(dir: &Path) -> Result<HfArch> {
         }
     };
     let c = Config { path, json };
+    match c.json.get("quantization_config") {
+        None | Some(Value::Null) => {}
+        Some(q) => match q.get("quant_method").and_then(Value::as_str) {
+            Some(QUANT_METHOD) => {}
+            Some(m) => {
+                return Err(c.err(
+                    "quantization_config.quant_method",
+                    format!("'{m}' is not supported (only shrink's own format, '{QUANT_METHOD}')"),
+                ))
+            }
+            None => {
+                return Err(c.err(
+                    "quantization_config.quant_method",
+                    "missing or not a string",
+                ))
+            }
+        },
+    }
     let model_type = c
         .opt_str("model_type")?
         .ok_or_else(|| c.err("model_type", "missing"))?
@@ -229,12 +259,83 @@ fn read_config(dir: &Path) -> Result<HfArch> {
     Ok(arch)
 }
 
+/// name → (dtype, shape, absolute start, length) of a shard's tensors.
+type TensorIndex = BTreeMap<String, (String, Vec<usize>, usize, usize)>;
+
 /// One safetensors file, mapped, with its header parsed.
 struct Shard {
     path: PathBuf,
     map: Arc<memmap2::Mmap>,
-    /// name → (dtype, shape, absolute byte range)
-    tensors: BTreeMap<String, (String, Vec<usize>, usize, usize)>,
+    tensors: TensorIndex,
+    /// Quantized tensors (shrink's format): name → (scheme, IR shape), checked against the bytes.
+    quant: BTreeMap<String, (QuantScheme, Vec<usize>)>,
+}
+
+/// Reads and checks the [`QUANT_METADATA_KEY`] entry of a shard's `__metadata__`: every listed
+/// tensor is a 1-D `U8` tensor of the file whose length is what its scheme packs its shape into.
+fn quant_entries(
+    path: &Path,
+    text: Option<&String>,
+    tensors: &TensorIndex,
+) -> Result<BTreeMap<String, (QuantScheme, Vec<usize>)>> {
+    let mut out = BTreeMap::new();
+    let Some(text) = text else {
+        return Ok(out);
+    };
+    let bad = |message: String| ImportError::Safetensors {
+        path: path.to_path_buf(),
+        message: format!("__metadata__ '{QUANT_METADATA_KEY}': {message}"),
+    };
+    let json: Value = serde_json::from_str(text).map_err(|e| bad(format!("invalid JSON: {e}")))?;
+    let Value::Object(entries) = json else {
+        return Err(bad(
+            "expected a JSON object of tensor name to {scheme, shape}".into(),
+        ));
+    };
+    for (name, entry) in entries {
+        let terr = |message: String| ImportError::Tensor {
+            path: path.to_path_buf(),
+            tensor: name.clone(),
+            message: format!("__metadata__ '{QUANT_METADATA_KEY}': {message}"),
+        };
+        let scheme: QuantScheme = entry
+            .get("scheme")
+            .and_then(Value::as_str)
+            .ok_or_else(|| terr(format!("'scheme' is missing or not a string in {entry}")))?
+            .parse()
+            .map_err(terr)?;
+        let shape: Vec<usize> = entry
+            .get("shape")
+            .and_then(Value::as_array)
+            .and_then(|a| {
+                a.iter()
+                    .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
+                    .collect()
+            })
+            .ok_or_else(|| {
+                terr(format!(
+                    "'shape' is missing or not a list of sizes in {entry}"
+                ))
+            })?;
+        let want = scheme
+            .packed_size(&shape)
+            .map_err(|m| terr(format!("shape {shape:?}: {m}")))?;
+        let (dtype, file_shape, _, len) = tensors
+            .get(&name)
+            .ok_or_else(|| terr("is listed but the file has no such tensor".into()))?;
+        if dtype != "U8" || file_shape.len() != 1 {
+            return Err(terr(format!(
+                "a quantized tensor is stored as 1-D U8 bytes, this one is {dtype} {file_shape:?}"
+            )));
+        }
+        if *len != want {
+            return Err(terr(format!(
+                "holds {len} bytes, but {scheme} of shape {shape:?} packs into {want}"
+            )));
+        }
+        out.insert(name, (scheme, shape));
+    }
+    Ok(out)
 }
 
 impl Shard {
@@ -266,10 +367,21 @@ impl Shard {
                 ),
             );
         }
+        let (_, header) =
+            safetensors::SafeTensors::read_metadata(&map).map_err(|e| bad(e.to_string()))?;
+        let quant = quant_entries(
+            path,
+            header
+                .metadata()
+                .as_ref()
+                .and_then(|m| m.get(QUANT_METADATA_KEY)),
+            &tensors,
+        )?;
         Ok(Shard {
             path: path.to_path_buf(),
             map: Arc::new(map),
             tensors,
+            quant,
         })
     }
 }
@@ -356,9 +468,26 @@ fn load_weights(graph: &mut Graph, shards: &[Shard], gpt2: bool) -> Result<Weigh
             tensor: name.clone(),
             message,
         };
+        if let Some((scheme, qshape)) = shard.quant.get(&name) {
+            if *qshape != want.shape {
+                return Err(terr(format!(
+                    "quantized shape {qshape:?} does not match the config, which implies {:?}",
+                    want.shape
+                )));
+            }
+            let ty = ParamType::quantized(*scheme, want.shape.clone());
+            let data =
+                TensorData::mapped(ty.clone(), shard.map.clone(), *start, *len).map_err(terr)?;
+            if let Some(p) = graph.param_mut(&name) {
+                *p = ty;
+            }
+            store.insert(name, data);
+            continue;
+        }
         let dtype = dtype_of(st_dtype).ok_or_else(|| {
             terr(format!(
-                "dtype {st_dtype} is not supported (F32, F16, BF16)"
+                "dtype {st_dtype} is not supported (F32, F16, BF16; quantized tensors need \
+                 their entry in __metadata__ '{QUANT_METADATA_KEY}')"
             ))
         })?;
         let transposed = gpt2 && gpt2_is_conv1d(&name);

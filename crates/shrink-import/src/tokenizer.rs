@@ -18,6 +18,7 @@ use crate::gguf::{GgufFile, MetaValue};
 /// GGUF pre-tokenizer names this module reproduces.
 pub const SUPPORTED_GGUF_PRE: &str = "smollm, gpt2, default";
 
+#[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     /// Prepend this id to every encoded text (GGUF's `add_bos_token`).

@@ -6,12 +6,14 @@
 //! - [`op`]: the ops and their type inference
 //! - [`graph`]: the graph (petgraph underneath, typed ids on top)
 //! - [`weights`]: the weight store
+//! - [`quant`]: quantized parameter formats (schemes, packing, dequantization)
 //! - [`text`]: printer and parser of the text form
 //! - [`verify`]: the verifier (its module doc lists the invariants)
 
 pub mod graph;
 pub mod model;
 pub mod op;
+pub mod quant;
 pub mod text;
 pub mod types;
 pub mod verify;
@@ -20,6 +22,7 @@ pub mod weights;
 pub use graph::{Graph, Node, NodeId, ValueId};
 pub use model::{Model, SizeStats};
 pub use op::{Activation, AttentionSpec, NormKind, Op, Rope};
+pub use quant::QuantScheme;
 pub use types::{DType, Dim, ParamType, ValueType};
 pub use verify::{verify_graph, verify_model, Verified, VerifyError, VerifyErrors};
 pub use weights::{TensorData, WeightStore};

@@ -44,7 +44,9 @@ impl Model {
             s.bytes += self
                 .weights
                 .get(name)
-                .map_or((ty.numel() * ty.dtype.size()) as u64, |t| t.nbytes() as u64);
+                .map_or(ty.storage_bytes().unwrap_or(0) as u64, |t| {
+                    t.nbytes() as u64
+                });
         }
         s
     }

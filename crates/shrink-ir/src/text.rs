@@ -18,6 +18,7 @@ use std::fmt::Write as _;
 
 use crate::graph::{Graph, NodeId, ValueId};
 use crate::op::{Activation, AttentionSpec, NormKind, Op, Rope};
+use crate::quant::QuantScheme;
 use crate::types::{DType, Dim, ParamType, ValueType};
 
 pub const HEADER: &str = "shrink-ir 1";
@@ -354,14 +355,35 @@ impl Lexer {
         }
     }
 
-    /// `dtype[d, d, …]`; dims as the closure reads them.
-    fn typed<D>(&mut self, dim: impl Fn(&str) -> Option<D>) -> Result<(DType, Vec<D>), ParseError> {
+    /// `dtype[d, d, …]`, or `scheme[d, …]` for a quantized parameter when `quant_ok`; dims as
+    /// the closure reads them.
+    fn typed<D>(
+        &mut self,
+        quant_ok: bool,
+        dim: impl Fn(&str) -> Option<D>,
+    ) -> Result<(DType, Option<QuantScheme>, Vec<D>), ParseError> {
         let w = self.word("a type such as f32[…]")?;
-        let dtype = DType::from_name(&w).ok_or_else(|| ParseError {
-            line: self.line,
-            col: self.col().saturating_sub(w.len()),
-            message: format!("unknown dtype '{w}'"),
-        })?;
+        let col = self.col().saturating_sub(w.len());
+        let (dtype, quant) = match DType::from_name(&w) {
+            Some(d) => (d, None),
+            None if quant_ok => match w.parse::<QuantScheme>() {
+                Ok(q) => (DType::F32, Some(q)),
+                Err(e) => {
+                    return Err(ParseError {
+                        line: self.line,
+                        col,
+                        message: format!("unknown dtype '{w}' and not a {e}"),
+                    })
+                }
+            },
+            None => {
+                return Err(ParseError {
+                    line: self.line,
+                    col,
+                    message: format!("unknown dtype '{w}'"),
+                })
+            }
+        };
         self.expect('[')?;
         let mut dims = Vec::new();
         if !self.eat(']') {
@@ -375,7 +397,7 @@ impl Lexer {
                 self.expect(',')?;
             }
         }
-        Ok((dtype, dims))
+        Ok((dtype, quant, dims))
     }
 }
 
@@ -496,7 +518,7 @@ pub fn parse(text: &str) -> Result<Graph, ParseError> {
                 lx.next();
                 let name = lx.name("a parameter name")?;
                 lx.expect(':')?;
-                let (dtype, shape) = lx.typed(|w| w.parse::<usize>().ok())?;
+                let (dtype, quant, shape) = lx.typed(true, |w| w.parse::<usize>().ok())?;
                 lx.done()?;
                 if graph.param(&name).is_some() {
                     return Err(ParseError {
@@ -505,7 +527,19 @@ pub fn parse(text: &str) -> Result<Graph, ParseError> {
                         message: format!("parameter '{name}' declared twice"),
                     });
                 }
-                graph.declare_param(name, ParamType::new(dtype, shape));
+                let ty = ParamType {
+                    dtype,
+                    shape,
+                    quant,
+                };
+                if let Some(q) = quant {
+                    q.check_shape(&ty.shape).map_err(|e| ParseError {
+                        line: line_no,
+                        col: 1,
+                        message: format!("parameter '{name}': {e}"),
+                    })?;
+                }
+                graph.declare_param(name, ty);
             }
             _ => parse_node(&mut lx, &mut graph, &mut names)?,
         }
@@ -534,7 +568,7 @@ fn parse_node(
                 return Err(lx.error("expected a result such as %3"));
             };
             lx.expect(':')?;
-            let (dtype, shape) = lx.typed(parse_dim)?;
+            let (dtype, _, shape) = lx.typed(false, parse_dim)?;
             results.push((name, ValueType { dtype, shape }, col));
             if lx.eat('=') {
                 break;

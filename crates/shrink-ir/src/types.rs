@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use crate::quant::QuantScheme;
+
 /// Element type of a value or a stored parameter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum DType {
@@ -100,9 +102,9 @@ impl ValueType {
 }
 
 /// `dtype[d0, d1, …]`, the form of value and parameter types alike.
-fn write_typed<D: fmt::Display>(
+fn write_typed<T: fmt::Display, D: fmt::Display>(
     f: &mut fmt::Formatter<'_>,
-    dtype: DType,
+    dtype: T,
     dims: &[D],
 ) -> fmt::Result {
     write!(f, "{dtype}[")?;
@@ -123,24 +125,49 @@ impl fmt::Display for ValueType {
 
 /// Declared type of a parameter (a weight): storage element type and fixed shape.
 /// The shape uses the IR's conventions: linear weights are `[out, in]`, embeddings `[vocab, dim]`.
+/// A quantized parameter has a `quant` scheme; its `dtype` is then f32, the type it computes in.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ParamType {
     pub dtype: DType,
     pub shape: Vec<usize>,
+    pub quant: Option<QuantScheme>,
 }
 
 impl ParamType {
     pub fn new(dtype: DType, shape: Vec<usize>) -> Self {
-        ParamType { dtype, shape }
+        ParamType {
+            dtype,
+            shape,
+            quant: None,
+        }
+    }
+
+    pub fn quantized(scheme: QuantScheme, shape: Vec<usize>) -> Self {
+        ParamType {
+            dtype: DType::F32,
+            shape,
+            quant: Some(scheme),
+        }
     }
 
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
+
+    /// Bytes of the stored data: packed size for quantized parameters.
+    pub fn storage_bytes(&self) -> Result<usize, String> {
+        match self.quant {
+            Some(q) => q.packed_size(&self.shape),
+            None => Ok(self.numel() * self.dtype.size()),
+        }
+    }
 }
 
 impl fmt::Display for ParamType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write_typed(f, self.dtype, &self.shape)
+        match self.quant {
+            Some(q) => write_typed(f, q, &self.shape),
+            None => write_typed(f, self.dtype, &self.shape),
+        }
     }
 }

@@ -97,9 +97,21 @@ impl TensorData {
         self.bytes().len()
     }
 
-    /// The values as f32 (exact for every float dtype).
+    /// Wraps a packed quantized tensor; fails when the length does not match the scheme.
+    pub fn quantized(
+        scheme: crate::QuantScheme,
+        shape: Vec<usize>,
+        bytes: Vec<u8>,
+    ) -> Result<Self, String> {
+        Self::from_bytes(ParamType::quantized(scheme, shape), bytes)
+    }
+
+    /// The values as f32 (exact for every float dtype; quantized data dequantized).
     pub fn to_f32(&self) -> Vec<f32> {
         let b = self.bytes();
+        if let Some(q) = self.ty.quant {
+            return q.dequantize(b, &self.ty.shape);
+        }
         match self.ty.dtype {
             DType::F32 => b
                 .chunks_exact(4)
@@ -124,7 +136,7 @@ impl TensorData {
 }
 
 fn check_len(ty: &ParamType, len: usize) -> Result<(), String> {
-    let want = ty.numel() * ty.dtype.size();
+    let want = ty.storage_bytes()?;
     if want != len {
         return Err(format!("{len} bytes do not hold {ty} ({want} bytes)"));
     }

@@ -3,12 +3,16 @@
 //! it did in a [`PassReport`]. The [`Registry`] is an explicit value mapping names to passes.
 //!
 //! Passes: [`cast`] (change the storage dtype of parameters), [`dead_code`] (drop what no
-//! output depends on).
+//! output depends on), [`quantize`] (rtn, GPTQ, AWQ). Shared machinery: [`calibration`]
+//! (calibration sequences from text), [`linalg`] (Cholesky factors).
 
+pub mod calibration;
 pub mod cast;
 pub mod dead_code;
+pub mod linalg;
 mod options;
 mod pattern;
+pub mod quantize;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -112,6 +116,7 @@ impl Registry {
         let mut r = Registry::new();
         r.register(cast::INFO);
         r.register(dead_code::INFO);
+        r.register(quantize::INFO);
         r
     }
 

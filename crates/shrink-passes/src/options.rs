@@ -11,7 +11,10 @@ pub fn parse_options<O: DeserializeOwned + Default>(
 ) -> Result<O, ron::error::SpannedError> {
     match raw {
         None => Ok(O::default()),
-        Some(r) => r.into_rust::<O>(),
+        // As the pipeline file: `Some(x)` may be written `x`.
+        Some(r) => ron::Options::default()
+            .with_default_extension(ron::extensions::Extensions::IMPLICIT_SOME)
+            .from_str(r.get_ron()),
     }
 }
 

@@ -1,19 +1,121 @@
 //! The interpreter: the IR compiled to a list of steps over burn tensors. Parameters are
 //! uploaded once, in the layout each step wants (linear weights transposed to `[in, out]`).
+//!
+//! Quantized weights of linears and embeddings either stay packed on the host and are
+//! dequantized at each use ([`QuantExec::Stream`]: memory stays near the packed size), or are
+//! dequantized once at load like any other parameter ([`QuantExec::Dequantize`]: fastest).
 
 use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::Arc;
 
 use burn::tensor::activation;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::embedding;
 use burn::tensor::{Int, Tensor, TensorData as BurnData};
-use shrink_ir::{Activation, AttentionSpec, Model, NodeId, NormKind, Op, ValueId};
+use shrink_ir::weights::TensorData;
+use shrink_ir::{Activation, AttentionSpec, Model, NodeId, NormKind, Op, QuantScheme, ValueId};
 
 use crate::error::{Result, RuntimeError};
+
+/// How quantized parameters run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum QuantExec {
+    /// Keep the packed bytes; at each forward, dequantize a linear's matrix (in blocks of rows
+    /// when it is large, each dropped after its matmul) and an embedding's rows of the tokens
+    /// asked for. Memory: the packed model plus one block.
+    #[default]
+    Stream,
+    /// Dequantize every parameter to f32 at load: fastest, but takes float memory.
+    Dequantize,
+}
+
+/// Options of an [`Interpreter`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExecOptions {
+    pub quantized: QuantExec,
+}
+
+/// A quantized `[rows, cols]` matrix kept packed on the host, shared by every step that reads
+/// it (a tied embedding and LM head hold one).
+struct Packed {
+    scheme: QuantScheme,
+    rows: usize,
+    cols: usize,
+    data: TensorData,
+}
+
+impl Packed {
+    fn new(name: &str, t: &TensorData, scheme: QuantScheme) -> Result<Self> {
+        let bad = |message: String| RuntimeError::Param {
+            name: name.into(),
+            message,
+        };
+        let want = scheme.packed_size(&t.ty.shape).map_err(bad)?;
+        if t.nbytes() != want {
+            return Err(bad(format!(
+                "{} bytes do not hold {} ({want} bytes)",
+                t.nbytes(),
+                t.ty
+            )));
+        }
+        Ok(Packed {
+            scheme,
+            rows: t.ty.shape[0],
+            cols: t.ty.shape[1],
+            // The one copy of the packed bytes (none when they are memory-mapped).
+            data: t.clone(),
+        })
+    }
+
+    fn shape(&self) -> [usize; 2] {
+        [self.rows, self.cols]
+    }
+
+    /// Rows `ids` (each `< rows`), one after the other: `[ids.len(), cols]`.
+    fn gather_rows(&self, ids: &[usize]) -> Vec<f32> {
+        let c = self.cols;
+        let mut out = vec![0.0; ids.len() * c];
+        for (dst, &r) in out.chunks_exact_mut(c).zip(ids) {
+            self.scheme
+                .dequantize_rows(self.data.bytes(), &self.shape(), r..r + 1, dst);
+        }
+        out
+    }
+
+    /// Rows `rows` of the matrix, `[rows.len(), cols]`.
+    fn dequantize(&self, rows: Range<usize>) -> Vec<f32> {
+        let mut out = vec![0.0f32; rows.len() * self.cols];
+        self.scheme
+            .dequantize_rows(self.data.bytes(), &self.shape(), rows, &mut out);
+        out
+    }
+
+    /// The matrix in slices of whole rows of at most `max_elems` values (at least one row),
+    /// each dequantized and uploaded when the iterator reaches it.
+    fn row_blocks<'a, B: Backend>(
+        &'a self,
+        max_elems: usize,
+        device: &'a B::Device,
+    ) -> impl Iterator<Item = Tensor<B, 2>> + 'a {
+        let step = (max_elems / self.cols.max(1)).max(1);
+        // An empty matrix still gives one (empty) block.
+        (0..self.rows.max(1)).step_by(step).map(move |r0| {
+            let n = step.min(self.rows - r0);
+            upload::<B, 2>(self.dequantize(r0..r0 + n), [n, self.cols], device)
+        })
+    }
+}
+
+/// Values of a streamed weight dequantized at once (16 MiB of f32): a larger matrix, such as
+/// an LM head, runs in slices of output rows, so its f32 form never exists whole.
+const STREAM_BLOCK: usize = 1 << 22;
 
 enum Kernel<B: Backend> {
     Input,
     Embedding(Tensor<B, 2>),
+    /// An embedding kept packed: only the rows of the tokens asked for are dequantized.
+    PackedEmbedding(Arc<Packed>),
     PositionEmbedding(Tensor<B, 2>),
     Norm {
         kind: NormKind,
@@ -24,6 +126,11 @@ enum Kernel<B: Backend> {
     Linear {
         /// `[in, out]`
         weight_t: Tensor<B, 2>,
+        bias: Option<Tensor<B, 1>>,
+    },
+    /// A linear whose `[out, in]` weight is kept packed and dequantized at each forward.
+    PackedLinear {
+        weight: Arc<Packed>,
         bias: Option<Tensor<B, 1>>,
     },
     Split(Vec<usize>),
@@ -84,7 +191,7 @@ pub struct Interpreter<B: Backend> {
     rope: HashMap<(u32, usize), (Tensor<B, 2>, Tensor<B, 2>)>,
 }
 
-fn upload<B: Backend, const D: usize>(
+pub(crate) fn upload<B: Backend, const D: usize>(
     values: Vec<f32>,
     shape: [usize; D],
     device: &B::Device,
@@ -92,7 +199,7 @@ fn upload<B: Backend, const D: usize>(
     Tensor::from_data(BurnData::new(values, shape), device)
 }
 
-fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+pub(crate) fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut out = vec![0.0; values.len()];
     // Blocked for cache locality: these are the largest copies at load time.
     const T: usize = 64;
@@ -109,8 +216,15 @@ fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 }
 
 impl<B: Backend> Interpreter<B> {
-    /// Verifies the model and uploads its parameters.
+    /// Verifies the model and uploads its parameters, with the default [`ExecOptions`]
+    /// (quantized weights streamed).
     pub fn new(model: &Model, device: &B::Device) -> Result<Self> {
+        Self::with_options(model, device, ExecOptions::default())
+    }
+
+    /// Verifies the model and uploads its parameters; quantized weights of linears and
+    /// embeddings stay packed unless `opts` asks to dequantize them.
+    pub fn with_options(model: &Model, device: &B::Device, opts: ExecOptions) -> Result<Self> {
         model.verify()?;
         let graph = &model.graph;
         let order = graph
@@ -142,6 +256,26 @@ impl<B: Backend> Interpreter<B> {
             let (v, s) = param(name)?;
             Ok(upload::<B, 1>(v, [s[0]], device))
         };
+        // Quantized matrices kept packed (Stream), one per parameter name.
+        let mut packed_cache: HashMap<String, Arc<Packed>> = HashMap::new();
+        let mut packed = |name: &str| -> Result<Option<Arc<Packed>>> {
+            if opts.quantized != QuantExec::Stream {
+                return Ok(None);
+            }
+            let t = model.weights.get(name).ok_or_else(|| RuntimeError::Param {
+                name: name.into(),
+                message: "no data".into(),
+            })?;
+            let Some(scheme) = t.ty.quant else {
+                return Ok(None);
+            };
+            if let Some(p) = packed_cache.get(name) {
+                return Ok(Some(p.clone()));
+            }
+            let p = Arc::new(Packed::new(name, t, scheme)?);
+            packed_cache.insert(name.to_string(), p.clone());
+            Ok(Some(p))
+        };
 
         let mut slot_of: HashMap<ValueId, usize> = HashMap::new();
         let mut steps = Vec::with_capacity(order.len());
@@ -157,11 +291,17 @@ impl<B: Backend> Interpreter<B> {
             let Some(node) = graph.node(id) else { continue };
             let kernel = match &node.op {
                 Op::Input { .. } => Kernel::Input,
-                Op::Embedding { weight } => {
-                    let w = matrix(weight, false)?;
-                    vocab = w.dims()[0];
-                    Kernel::Embedding(w)
-                }
+                Op::Embedding { weight } => match packed(weight)? {
+                    Some(p) => {
+                        vocab = p.rows;
+                        Kernel::PackedEmbedding(p)
+                    }
+                    None => {
+                        let w = matrix(weight, false)?;
+                        vocab = w.dims()[0];
+                        Kernel::Embedding(w)
+                    }
+                },
                 Op::PositionEmbedding { weight } => {
                     let w = matrix(weight, false)?;
                     max_positions = max_positions.min(w.dims()[0]);
@@ -178,10 +318,16 @@ impl<B: Backend> Interpreter<B> {
                     weight: vector(weight)?,
                     bias: bias.as_deref().map(vector).transpose()?,
                 },
-                Op::Linear { weight, bias } => Kernel::Linear {
-                    weight_t: matrix(weight, true)?,
-                    bias: bias.as_deref().map(vector).transpose()?,
-                },
+                Op::Linear { weight, bias } => {
+                    let bias = bias.as_deref().map(vector).transpose()?;
+                    match packed(weight)? {
+                        Some(weight) => Kernel::PackedLinear { weight, bias },
+                        None => Kernel::Linear {
+                            weight_t: matrix(weight, true)?,
+                            bias,
+                        },
+                    }
+                }
                 Op::Split { sizes } => Kernel::Split(sizes.clone()),
                 Op::Attention(spec) => {
                     if let Some(r) = spec.rope {
@@ -262,6 +408,24 @@ impl<B: Backend> Interpreter<B> {
 
     pub fn device(&self) -> &B::Device {
         &self.device
+    }
+
+    /// Bytes of the quantized weights held packed ([`QuantExec::Stream`]), each counted once
+    /// however many steps share it.
+    pub fn packed_bytes(&self) -> usize {
+        let mut seen: Vec<*const Packed> = Vec::new();
+        let mut total = 0;
+        for step in &self.steps {
+            let p = match &step.kernel {
+                Kernel::PackedEmbedding(p) | Kernel::PackedLinear { weight: p, .. } => p,
+                _ => continue,
+            };
+            if !seen.contains(&Arc::as_ptr(p)) {
+                seen.push(Arc::as_ptr(p));
+                total += p.data.nbytes();
+            }
+        }
+        total
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -366,6 +530,16 @@ impl<B: Backend> Interpreter<B> {
             let results: Vec<Val<B>> = match &step.kernel {
                 Kernel::Input => vec![Val::Tokens(tokens_t.clone())],
                 Kernel::Embedding(w) => vec![Val::Hidden(embedding(w.clone(), toks(0)?))],
+                Kernel::PackedEmbedding(p) => {
+                    // The ids were checked against the vocabulary above.
+                    let ids: Vec<usize> = tokens.iter().flatten().map(|&t| t as usize).collect();
+                    let rows = p.gather_rows(&ids);
+                    vec![Val::Hidden(upload::<B, 3>(
+                        rows,
+                        [b, s, p.cols],
+                        &self.device,
+                    ))]
+                }
                 Kernel::PositionEmbedding(w) => {
                     let d = w.dims()[1];
                     let rows = w.clone().narrow(0, past, s);
@@ -389,6 +563,14 @@ impl<B: Backend> Interpreter<B> {
                         _ => hidden(0)?,
                     };
                     vec![Val::Hidden(linear(x, weight_t, bias.as_ref()))]
+                }
+                Kernel::PackedLinear { weight, bias } => {
+                    let x = match &rows {
+                        Some(r) if step.feeds_output_only => hidden(0)?.narrow(1, r.start, r.len()),
+                        _ => hidden(0)?,
+                    };
+                    let blocks = weight.row_blocks::<B>(STREAM_BLOCK, &self.device);
+                    vec![Val::Hidden(linear_row_blocks(x, blocks, bias.as_ref()))]
                 }
                 Kernel::Split(sizes) => {
                     let x = hidden(0)?;
@@ -444,7 +626,7 @@ impl<B: Backend> Interpreter<B> {
     }
 }
 
-fn rope_tables<B: Backend>(
+pub(crate) fn rope_tables<B: Backend>(
     theta: f32,
     dim: usize,
     positions: usize,
@@ -468,7 +650,7 @@ fn rope_tables<B: Backend>(
     )
 }
 
-fn linear<B: Backend>(
+pub(crate) fn linear<B: Backend>(
     x: Tensor<B, 3>,
     weight_t: &Tensor<B, 2>,
     bias: Option<&Tensor<B, 1>>,
@@ -483,7 +665,34 @@ fn linear<B: Backend>(
     y.reshape([b, s, out])
 }
 
-fn norm<B: Backend>(
+/// `x · wᵀ` for a weight `[out, in]` given as it is stored, in blocks of rows taken one at a
+/// time (each dropped after use), computed as `(w · xᵀ)ᵀ`. burn-ndarray's matmul copies a
+/// transposed (strided) operand into row-major order first, so this copies the activations
+/// rather than the weight (measured on a 1536×576 matrix, 2 cores: 1.5 ms per token and 24 ms
+/// for 512 positions, against 3.7 and 47 ms with `wᵀ` as a view; dequantizing the weight
+/// transposed on the host took 4.0 and 49 ms).
+pub(crate) fn linear_row_blocks<B: Backend>(
+    x: Tensor<B, 3>,
+    blocks: impl Iterator<Item = Tensor<B, 2>>,
+    bias: Option<&Tensor<B, 1>>,
+) -> Tensor<B, 3> {
+    let [b, s, d] = x.dims();
+    let xt = x.reshape([b * s, d]).transpose();
+    let mut parts: Vec<Tensor<B, 2>> = blocks.map(|w| w.matmul(xt.clone())).collect();
+    let y = match parts.len() {
+        1 => parts.remove(0),
+        _ => Tensor::cat(parts, 0),
+    };
+    let out = y.dims()[0];
+    let y = y.transpose();
+    let y = match bias {
+        Some(bias) => y + bias.clone().unsqueeze::<2>(),
+        None => y,
+    };
+    y.reshape([b, s, out])
+}
+
+pub(crate) fn norm<B: Backend>(
     x: Tensor<B, 3>,
     kind: NormKind,
     eps: f32,
@@ -511,7 +720,7 @@ fn norm<B: Backend>(
     }
 }
 
-fn activate<B: Backend>(x: Tensor<B, 3>, a: Activation) -> Tensor<B, 3> {
+pub(crate) fn activate<B: Backend>(x: Tensor<B, 3>, a: Activation) -> Tensor<B, 3> {
     match a {
         // x·sigmoid(x) with one exp: burn's default sigmoid takes three transcendental passes.
         Activation::Silu => x.clone() / (x.neg().exp() + 1.0),
@@ -522,7 +731,7 @@ fn activate<B: Backend>(x: Tensor<B, 3>, a: Activation) -> Tensor<B, 3> {
 }
 
 /// Applies rotary embedding to `x [b, h, s, d]` for positions `past..past+s`.
-fn apply_rope<B: Backend>(
+pub(crate) fn apply_rope<B: Backend>(
     x: Tensor<B, 4>,
     tables: &(Tensor<B, 2>, Tensor<B, 2>),
     past: usize,
@@ -551,7 +760,7 @@ fn apply_rope<B: Backend>(
 const QUERY_BLOCK: usize = 128;
 
 #[allow(clippy::too_many_arguments)]
-fn attention<B: Backend>(
+pub(crate) fn attention<B: Backend>(
     q: Tensor<B, 3>,
     k: Tensor<B, 3>,
     v: Tensor<B, 3>,
@@ -614,4 +823,78 @@ fn attention<B: Backend>(
     out.reshape([b, h, s, d])
         .swap_dims(1, 2)
         .reshape([b, s, h * d])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Cpu;
+
+    fn packed(scheme: QuantScheme, rows: usize, cols: usize) -> (Packed, Vec<f32>) {
+        let values: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 7919 % 1013) as f32 / 1013.0 - 0.5) * 0.2)
+            .collect();
+        let bytes = scheme.quantize(&[rows, cols], &values).expect("quantize");
+        let t = TensorData::quantized(scheme, vec![rows, cols], bytes).expect("data");
+        let p = Packed::new("w", &t, scheme).expect("packed");
+        (p, t.to_f32())
+    }
+
+    #[test]
+    fn packed_rows_match_the_dequantized_matrix() {
+        for scheme in ["q4_0", "int4_g32_asym", "nf4_b32_dq", "q8_0"] {
+            let scheme: QuantScheme = scheme.parse().expect("scheme");
+            let (rows, cols) = (45, 96);
+            let (p, dense) = packed(scheme, rows, cols);
+            assert_eq!(p.dequantize(0..rows), dense);
+            let got = p.gather_rows(&[3, 44, 3, 0]);
+            let want: Vec<f32> = [3, 44, 3, 0]
+                .iter()
+                .flat_map(|&r| dense[r * cols..(r + 1) * cols].to_vec())
+                .collect();
+            assert_eq!(got, want, "{scheme}");
+        }
+    }
+
+    #[test]
+    fn streamed_linear_equals_linear_on_the_dequantized_weight() {
+        let device = Default::default();
+        let (out, inp) = (45, 64);
+        let (p, dense) = packed(QuantScheme::Q4_1, out, inp);
+        let bias: Vec<f32> = (0..out).map(|i| i as f32 * 0.01).collect();
+        let bias = upload::<Cpu, 1>(bias, [out], &device);
+        let wt = upload::<Cpu, 2>(transpose(&dense, out, inp), [inp, out], &device);
+        for s in [1, 7] {
+            let x: Vec<f32> = (0..2 * s * inp)
+                .map(|i| ((i * 13 % 29) as f32) / 29.0)
+                .collect();
+            let x = upload::<Cpu, 3>(x, [2, s, inp], &device);
+            let want = linear(x.clone(), &wt, Some(&bias))
+                .into_data()
+                .to_vec::<f32>()
+                .expect("want");
+            // Whole, and in blocks of 8 rows (the last one ragged).
+            for block in [STREAM_BLOCK, 8 * inp] {
+                let got = linear_row_blocks(x.clone(), p.row_blocks(block, &device), Some(&bias));
+                assert_eq!(got.dims(), [2, s, out]);
+                let got = got.into_data().to_vec::<f32>().expect("got");
+                let d = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0, f32::max);
+                assert!(d < 1e-5, "s={s}, block {block}: {d}");
+            }
+        }
+    }
+
+    #[test]
+    fn packed_size_mismatch_names_the_tensor() {
+        let t = TensorData::from_f32(shrink_ir::DType::F32, vec![2, 32], &[0.0; 64]).expect("t");
+        let e = Packed::new("model.w", &t, QuantScheme::Q4_0)
+            .err()
+            .expect("mismatch")
+            .to_string();
+        assert!(e.contains("model.w"), "{e}");
+    }
 }

@@ -4,6 +4,7 @@
 //! Backends are instantiated here and nowhere else: [`Engine`] holds an interpreter on the CPU
 //! (burn-ndarray) or, with the `cuda` feature, on an NVIDIA GPU (burn-cuda).
 
+pub mod calibrate;
 pub mod error;
 pub mod eval;
 pub mod generate;
@@ -15,7 +16,7 @@ use std::str::FromStr;
 pub use error::{Result, RuntimeError};
 pub use eval::{Perplexity, PerplexityOptions, Scoring};
 pub use generate::SampleOptions;
-pub use interp::{Interpreter, KvCache};
+pub use interp::{ExecOptions, Interpreter, KvCache, QuantExec};
 
 use shrink_ir::Model;
 
@@ -75,14 +76,22 @@ macro_rules! dispatch {
 }
 
 impl Engine {
-    /// Verifies the model and uploads it to the device.
+    /// Verifies the model and uploads it to the device, with the default [`ExecOptions`]
+    /// (quantized weights streamed).
     pub fn new(model: &Model, device: Device) -> Result<Engine> {
+        Self::with_options(model, device, ExecOptions::default())
+    }
+
+    /// Verifies the model and uploads it to the device, running quantized weights as `opts`
+    /// says.
+    pub fn with_options(model: &Model, device: Device, opts: ExecOptions) -> Result<Engine> {
         match device {
-            Device::Cpu => Ok(Engine::Cpu(Interpreter::new(
+            Device::Cpu => Ok(Engine::Cpu(Interpreter::with_options(
                 model,
                 &burn_ndarray::NdArrayDevice::Cpu,
+                opts,
             )?)),
-            Device::Cuda(i) => cuda_engine(model, i),
+            Device::Cuda(i) => cuda_engine(model, i, opts),
         }
     }
 
@@ -131,16 +140,32 @@ impl Engine {
 }
 
 #[cfg(not(feature = "cuda"))]
-fn cuda_engine(_model: &Model, _index: usize) -> Result<Engine> {
+fn cuda_engine(_model: &Model, _index: usize, _opts: ExecOptions) -> Result<Engine> {
     Err(RuntimeError::Device(
         "this shrink was built without CUDA support; rebuild with `--features cuda`".into(),
     ))
 }
 
 #[cfg(feature = "cuda")]
-fn cuda_engine(model: &Model, index: usize) -> Result<Engine> {
+fn cuda_engine(model: &Model, index: usize, opts: ExecOptions) -> Result<Engine> {
     let device = cuda_device(index)?;
-    Ok(Engine::Cuda(Interpreter::new(model, &device)?, index))
+    Ok(Engine::Cuda(
+        Interpreter::with_options(model, &device, opts)?,
+        index,
+    ))
+}
+
+/// Peak resident memory of this process so far (Linux: `VmHWM` of `/proc/self/status`); `None`
+/// where the system does not say.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    parse_vm_hwm(&status)
+}
+
+fn parse_vm_hwm(status: &str) -> Option<u64> {
+    let line = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?;
+    let kib: u64 = line.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    kib.checked_mul(1024)
 }
 
 /// Creates a CUDA device, turning burn's panic on a machine without a usable GPU into an error.
@@ -171,4 +196,20 @@ fn cuda_device(index: usize) -> Result<burn_cuda::CudaDevice> {
             .unwrap_or_else(|| "unknown error".into());
         RuntimeError::Device(format!("cannot use CUDA device {index}: {msg}"))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_high_water_mark() {
+        let status = "Name:\tshrink\nVmPeak:\t  900 kB\nVmHWM:\t   12345 kB\nVmRSS:\t 100 kB\n";
+        assert_eq!(parse_vm_hwm(status), Some(12345 * 1024));
+        assert_eq!(parse_vm_hwm("VmRSS:\t 100 kB\n"), None);
+        assert_eq!(parse_vm_hwm("VmHWM:\t lots kB\n"), None);
+        if cfg!(target_os = "linux") {
+            assert!(peak_rss_bytes().is_some_and(|b| b > 0));
+        }
+    }
 }

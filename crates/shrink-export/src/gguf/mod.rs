@@ -1,7 +1,10 @@
 //! GGUF v3 export of the `llama` architecture (LLaMA and Mistral graphs; llama.cpp runs both as
-//! `llama`): tensors in their stored float type (F32, F16, BF16), named as llama.cpp names them,
-//! dims fastest first, Q/K rows permuted back into llama.cpp's interleaved RoPE order; the
-//! `llama.*` hyperparameters; the tokenizer's `tokenizer.*` metadata.
+//! `llama`): tensors in their stored float type (F32, F16, BF16) or, quantized as `q8_0`, `q4_0`
+//! or `q4_1`, as the ggml type of the same layout (Q8_0, Q4_0, Q4_1) with their packed bytes;
+//! named as llama.cpp names them, dims fastest first, Q/K rows (whole packed rows when quantized)
+//! permuted back into llama.cpp's interleaved RoPE order; the `llama.*` hyperparameters,
+//! `general.file_type` from the dominant type; the tokenizer's `tokenizer.*` metadata. Other
+//! quantization schemes have no GGUF type: [`prepare`] refuses them, naming the tensor.
 //!
 //! [`prepare`] builds a [`GgufWriter`] without touching the disk, [`write`] writes it atomically.
 
@@ -18,7 +21,7 @@ use shrink_import::arch::LlamaConfig;
 use shrink_import::gguf::{GgmlType, MetaValue};
 use shrink_import::gguf_import::{gguf_name, permute_rows, rope_permuted_heads};
 use shrink_import::Tokenizer;
-use shrink_ir::{DType, Model, Verified};
+use shrink_ir::{DType, Model, ParamType, QuantScheme, Verified};
 
 pub use tokenizer::metadata as tokenizer_metadata;
 pub use writer::{GgufTensor, GgufWriter, ALIGNMENT};
@@ -29,34 +32,53 @@ use crate::error::{ExportError, Result};
 /// Graph architectures this back end writes (all as GGUF's `llama`).
 pub const SUPPORTED: &str = "llama, mistral";
 
+/// `general.file_type` values (llama.cpp's `llama_ftype`) of the types a tensor can be written
+/// in: `LLAMA_FTYPE_MOSTLY_F16` = 1, `MOSTLY_BF16` = 32, `MOSTLY_Q8_0` = 7, `MOSTLY_Q4_0` = 2,
+/// `MOSTLY_Q4_1` = 3. On a tie in [`file_type`], the later in this list wins.
+const FILE_TYPES: [(GgmlType, u32); 5] = [
+    (GgmlType::Q4_0, 2),
+    (GgmlType::Q4_1, 3),
+    (GgmlType::Q8_0, 7),
+    (GgmlType::F16, 1),
+    (GgmlType::BF16, 32),
+];
+
 /// llama.cpp's `general.file_type` (`llama_ftype`) for a file whose 2-D weights are mostly of
-/// one type: 0 all F32, 1 mostly F16, 32 mostly BF16 (quantized types come later).
+/// one type: 0 (`ALL_F32`) when every matrix is F32, otherwise the type of [`FILE_TYPES`]
+/// holding the most matrix elements (F32 matrices left out, as llama.cpp's quantizer labels a
+/// file by the type it quantized to; ties go to the wider type).
 pub fn file_type(tensors: &[GgufTensor<'_>]) -> u32 {
     let mut by_type: BTreeMap<u32, u64> = BTreeMap::new();
     for t in tensors.iter().filter(|t| t.dims.len() == 2) {
         *by_type.entry(t.ggml_type.id()).or_default() += t.dims.iter().product::<u64>();
     }
-    let f16 = by_type.get(&GgmlType::F16.id()).copied().unwrap_or(0);
-    let bf16 = by_type.get(&GgmlType::BF16.id()).copied().unwrap_or(0);
-    if bf16 == 0 && f16 == 0 {
-        0
-    } else if bf16 >= f16 {
-        32
-    } else {
-        1
+    FILE_TYPES
+        .iter()
+        .map(|&(t, ftype)| (by_type.get(&t.id()).copied().unwrap_or(0), ftype))
+        .filter(|&(n, _)| n > 0)
+        .max_by_key(|&(n, _)| n)
+        .map_or(0, |(_, ftype)| ftype)
+}
+
+/// The ggml type a parameter is written as: its float dtype, or the ggml block type whose layout
+/// its quantization scheme is; `Err` names what GGUF cannot hold.
+fn ggml_type(ty: &ParamType) -> std::result::Result<GgmlType, String> {
+    match (ty.quant, ty.dtype) {
+        (Some(QuantScheme::Q8_0), _) => Ok(GgmlType::Q8_0),
+        (Some(QuantScheme::Q4_0), _) => Ok(GgmlType::Q4_0),
+        (Some(QuantScheme::Q4_1), _) => Ok(GgmlType::Q4_1),
+        (Some(q), _) => Err(format!(
+            "is quantized as {q}, for which GGUF has no tensor type (only q8_0, q4_0 and q4_1 \
+             are ggml types); write a directory (shrink's format) instead"
+        )),
+        (None, DType::F32) => Ok(GgmlType::F32),
+        (None, DType::F16) => Ok(GgmlType::F16),
+        (None, DType::BF16) => Ok(GgmlType::BF16),
+        (None, DType::I64) => Err("dtype i64 cannot be written".into()),
     }
 }
 
-fn ggml_type(dtype: DType) -> Option<GgmlType> {
-    match dtype {
-        DType::F32 => Some(GgmlType::F32),
-        DType::F16 => Some(GgmlType::F16),
-        DType::BF16 => Some(GgmlType::BF16),
-        DType::I64 => None,
-    }
-}
-
-/// Everything [`write`] would write, checked, in a writer whose float tensors borrow from the
+/// Everything [`write`] would write, checked, in a writer whose tensors borrow from the
 /// model's store (Q/K weights are permuted copies).
 pub fn prepare<'m>(model: &'m Model, tokenizer: &Tokenizer, path: &Path) -> Result<GgufWriter<'m>> {
     let g = &model.graph;
@@ -84,6 +106,16 @@ pub fn prepare<'m>(model: &'m Model, tokenizer: &Tokenizer, path: &Path) -> Resu
              RoPE permutation too)"
                 .into(),
         ));
+    }
+
+    // Every parameter must have a GGUF type: checked before anything else is built.
+    for (hf, ty) in g.params() {
+        let ty = model.weights.get(hf).map_or(ty, |d| &d.ty);
+        ggml_type(ty).map_err(|message| ExportError::Tensor {
+            path: path.to_path_buf(),
+            tensor: hf.clone(),
+            message,
+        })?;
     }
 
     let mut w = GgufWriter::new();
@@ -168,18 +200,19 @@ pub fn prepare<'m>(model: &'m Model, tokenizer: &Tokenizer, path: &Path) -> Resu
             .ok_or_else(|| terr("has no data in the weight store".into()))?;
         let gname =
             gguf_name(hf).ok_or_else(|| terr("has no GGUF name in the llama layout".into()))?;
-        let ty = ggml_type(data.ty.dtype)
-            .ok_or_else(|| terr(format!("dtype {} cannot be written", data.ty.dtype)))?;
+        let ty = ggml_type(&data.ty).map_err(terr)?;
         let dims: Vec<u64> = data.ty.shape.iter().rev().map(|&d| d as u64).collect();
         // q/k biases were refused above, so only their weights match here.
         let heads = rope_permuted_heads(hf, &cfg);
         let bytes = match (heads, data.ty.shape.as_slice()) {
-            (Some(h), [rows, cols]) if *rows == h * cfg.head_dim => Cow::Owned(permute_rows(
-                data.bytes(),
-                h,
-                cfg.head_dim,
-                cols * data.ty.dtype.size(),
-            )),
+            (Some(h), [rows, cols]) if *rows == h * cfg.head_dim => {
+                // Bytes of one row: whole packed rows (their blocks) move for a quantized tensor.
+                let row_bytes = match data.ty.quant {
+                    Some(q) => q.row_bytes(*cols),
+                    None => cols * data.ty.dtype.size(),
+                };
+                Cow::Owned(permute_rows(data.bytes(), h, cfg.head_dim, row_bytes))
+            }
             (Some(h), s) => {
                 return Err(terr(format!(
                     "shape {s:?} is not [{h}*{}, _] (heads*head_dim rows)",

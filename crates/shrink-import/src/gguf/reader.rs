@@ -93,12 +93,23 @@ impl GgufFile {
 
     /// Raw bytes of a tensor; empty if `info` does not describe a range of this file.
     pub fn tensor_data(&self, info: &TensorInfo) -> &[u8] {
-        let range = self
-            .data_offset
-            .checked_add(info.offset)
-            .and_then(|s| Some((s, s.checked_add(info.n_bytes())?)))
-            .and_then(|(s, e)| Some(usize::try_from(s).ok()?..usize::try_from(e).ok()?));
-        range.and_then(|r| self.map.get(r)).unwrap_or(&[])
+        self.tensor_range(info)
+            .and_then(|r| self.map.get(r))
+            .unwrap_or(&[])
+    }
+
+    /// The byte range of a tensor's data in the file (and in [`GgufFile::map`]); `None` if
+    /// `info` does not describe a range of this file.
+    pub fn tensor_range(&self, info: &TensorInfo) -> Option<std::ops::Range<usize>> {
+        let start = self.data_offset.checked_add(info.offset)?;
+        let end = start.checked_add(info.n_bytes())?;
+        let r = usize::try_from(start).ok()?..usize::try_from(end).ok()?;
+        (r.end <= self.map.len()).then_some(r)
+    }
+
+    /// The memory map of the whole file, for tensors that keep referring to it.
+    pub fn map(&self) -> &Arc<Mmap> {
+        &self.map
     }
 
     /// All `n_elements` values of a tensor as f32, in ggml order.

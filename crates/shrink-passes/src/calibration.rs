@@ -1,0 +1,76 @@
+//! Calibration data: sequences of tokens drawn from a text file, shared by the passes that
+//! calibrate on activations (GPTQ, AWQ, Wanda, SparseGPT).
+
+use std::path::{Path, PathBuf};
+
+use rand::rngs::StdRng;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use shrink_import::Tokenizer;
+
+/// Where calibration sequences come from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CalibrationOptions {
+    /// A UTF-8 text file, relative to the pipeline file. Never the evaluation text.
+    pub data: Option<String>,
+    /// Number of sequences.
+    pub samples: usize,
+    /// Tokens per sequence.
+    pub seq_len: usize,
+}
+
+impl Default for CalibrationOptions {
+    fn default() -> Self {
+        CalibrationOptions {
+            data: None,
+            samples: 64,
+            seq_len: 512,
+        }
+    }
+}
+
+impl CalibrationOptions {
+    /// `samples` windows of `seq_len` tokens at seeded random offsets of the tokenized file
+    /// (as GPTQ draws from WikiText-2).
+    pub fn sequences(
+        &self,
+        base_dir: &Path,
+        tokenizer: Option<&Tokenizer>,
+        rng: &mut StdRng,
+    ) -> Result<Vec<Vec<u32>>, String> {
+        let data = self.data.as_deref().ok_or(
+            "calibration.data is not set: name a text file to draw calibration sequences from",
+        )?;
+        if self.samples == 0 || self.seq_len < 2 {
+            return Err(format!(
+                "calibration needs samples ≥ 1 and seq_len ≥ 2 (got {} and {})",
+                self.samples, self.seq_len
+            ));
+        }
+        let path: PathBuf = base_dir.join(data);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("calibration.data {}: {e}", path.display()))?;
+        let mut tok = tokenizer
+            .cloned()
+            .ok_or("calibration needs the model's tokenizer, and this model has none")?;
+        let ids = tok
+            .encode(&text, false)
+            .map_err(|e| format!("tokenizing {}: {e}", path.display()))?;
+        if ids.len() < self.seq_len {
+            return Err(format!(
+                "calibration.data {} has {} tokens, fewer than one sequence of seq_len {}",
+                path.display(),
+                ids.len(),
+                self.seq_len
+            ));
+        }
+        let last = ids.len() - self.seq_len;
+        Ok((0..self.samples)
+            .map(|_| {
+                let at = rng.random_range(0..=last);
+                ids[at..at + self.seq_len].to_vec()
+            })
+            .collect())
+    }
+}

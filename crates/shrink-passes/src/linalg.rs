@@ -1,0 +1,134 @@
+//! Dense symmetric linear algebra on the host, in f64: the Cholesky factorizations that GPTQ
+//! and SparseGPT need. Sizes are a layer's input width (at most a few thousand), so cubic
+//! loops over contiguous rows are fast enough and keep burn out of the numerics.
+
+/// Lower Cholesky factor `L` of a symmetric positive definite `a` (`n×n`, row-major):
+/// `a = L·Lᵀ`. `None` when `a` is not positive definite.
+pub fn cholesky(a: &[f64], n: usize) -> Option<Vec<f64>> {
+    let mut l = vec![0.0f64; n * n];
+    for i in 0..n {
+        for j in 0..=i {
+            let (ri, rj) = (&l[i * n..i * n + j], &l[j * n..j * n + j]);
+            let dot = dot(ri, rj);
+            let v = a[i * n + j] - dot;
+            if i == j {
+                if v <= 0.0 || !v.is_finite() {
+                    return None;
+                }
+                l[i * n + i] = v.sqrt();
+            } else {
+                l[i * n + j] = v / l[j * n + j];
+            }
+        }
+    }
+    Some(l)
+}
+
+/// Dot product with eight independent accumulators, so the compiler can vectorize it (a plain
+/// `sum()` must keep the sequential order of f64 additions).
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    let mut acc = [0.0f64; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for k in 0..8 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    let tail: f64 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f64>() + tail
+}
+
+/// Inverse of a lower triangular `l` (also lower triangular), row by row.
+pub fn lower_inverse(l: &[f64], n: usize) -> Vec<f64> {
+    let mut m = vec![0.0f64; n * n];
+    let mut acc = vec![0.0f64; n];
+    for i in 0..n {
+        acc[..i].iter_mut().for_each(|v| *v = 0.0);
+        // acc[j] = Σ_{k<i} l[i][k]·m[k][j]
+        for k in 0..i {
+            let lik = l[i * n + k];
+            if lik != 0.0 {
+                let row = &m[k * n..k * n + k + 1];
+                for (a, mk) in acc[..=k].iter_mut().zip(row) {
+                    *a += lik * mk;
+                }
+            }
+        }
+        let d = l[i * n + i];
+        for j in 0..i {
+            m[i * n + j] = -acc[j] / d;
+        }
+        m[i * n + i] = 1.0 / d;
+    }
+    m
+}
+
+/// Upper triangular `U` with `a⁻¹ = Uᵀ·U` (what `cholesky(cholesky_inverse(cholesky(a)),
+/// upper=True)` gives in torch), from one factorization: with `P` the order reversal and
+/// `P·a·P = L·Lᵀ`, `U = P·L⁻¹·P`.
+pub fn inverse_upper_cholesky(a: &[f64], n: usize) -> Option<Vec<f64>> {
+    let mut rev = vec![0.0f64; n * n];
+    for i in 0..n {
+        for j in 0..n {
+            rev[i * n + j] = a[(n - 1 - i) * n + (n - 1 - j)];
+        }
+    }
+    let l = cholesky(&rev, n)?;
+    let m = lower_inverse(&l, n);
+    let mut u = vec![0.0f64; n * n];
+    for i in 0..n {
+        for j in i..n {
+            u[i * n + j] = m[(n - 1 - i) * n + (n - 1 - j)];
+        }
+    }
+    Some(u)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spd(n: usize) -> Vec<f64> {
+        // a = b·bᵀ + n·I for a fixed pseudo-random b.
+        let b: Vec<f64> = (0..n * n)
+            .map(|i| ((i * 7919 % 97) as f64 / 97.0) - 0.5)
+            .collect();
+        let mut a = vec![0.0; n * n];
+        for i in 0..n {
+            for j in 0..n {
+                a[i * n + j] = (0..n).map(|k| b[i * n + k] * b[j * n + k]).sum::<f64>()
+                    + if i == j { n as f64 } else { 0.0 };
+            }
+        }
+        a
+    }
+
+    #[test]
+    fn upper_factor_of_the_inverse() {
+        let n = 13;
+        let a = spd(n);
+        let u = inverse_upper_cholesky(&a, n).unwrap();
+        // Uᵀ·U·a = I
+        for i in 0..n {
+            for j in 0..n {
+                let mut v = 0.0;
+                for k in 0..n {
+                    let utu: f64 = (0..n).map(|m| u[m * n + i] * u[m * n + k]).sum();
+                    v += utu * a[k * n + j];
+                }
+                let want = if i == j { 1.0 } else { 0.0 };
+                assert!((v - want).abs() < 1e-9, "({i},{j}) = {v}");
+            }
+            for j in 0..i {
+                assert_eq!(u[i * n + j], 0.0);
+            }
+            assert!(u[i * n + i] > 0.0);
+        }
+    }
+
+    #[test]
+    fn not_positive_definite() {
+        assert!(cholesky(&[1.0, 2.0, 2.0, 1.0], 2).is_none());
+    }
+}

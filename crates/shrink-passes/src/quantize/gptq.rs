@@ -1,0 +1,229 @@
+//! GPTQ (Frantar et al., 2022): quantize a linear column by column, pushing each column's
+//! rounding error onto the columns not yet quantized through the Cholesky factor of the inverse
+//! Hessian `H = 2/N·XᵀX` of its calibration inputs, in lazy batches of columns.
+
+use serde::{Deserialize, Serialize};
+use shrink_ir::quant::{GroupParams, Packer, QuantScheme};
+
+use crate::linalg::inverse_upper_cholesky;
+
+/// Options of GPTQ.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GptqOptions {
+    /// Quantize columns by decreasing Hessian diagonal ("act order"). Group parameters are
+    /// then fixed up front from the original weights ("static groups"), so groups stay
+    /// contiguous runs of input columns, as packed layouts need.
+    pub act_order: bool,
+    /// Columns per lazy batch.
+    pub block_size: usize,
+    /// Dampening added to the Hessian diagonal, as a fraction of its mean.
+    pub damp: f64,
+    /// Choose each group's scale by a search minimising its rounding error weighted by the
+    /// Hessian diagonal (GPTQ's `mse` quantizer option, importance-weighted), instead of the
+    /// scheme's round-to-nearest rule.
+    pub mse_scales: bool,
+}
+
+impl Default for GptqOptions {
+    fn default() -> Self {
+        GptqOptions {
+            act_order: true,
+            block_size: 128,
+            damp: 0.01,
+            mse_scales: true,
+        }
+    }
+}
+
+/// A quantized matrix.
+pub struct Quantized {
+    pub packed: Vec<u8>,
+    /// The values the packed form stands for, `[rows, cols]`.
+    pub dequant: Vec<f32>,
+    /// The dampening fraction that made `H` positive definite.
+    pub damp: f64,
+}
+
+/// `a [m, k] · b [k, n]`, wherever it is fastest.
+pub type Matmul<'a> = &'a dyn Fn(&[f32], &[f32], usize, usize, usize) -> Vec<f32>;
+
+#[allow(clippy::too_many_arguments)]
+/// Quantizes `w` (`[rows, cols]`) given the Gram matrix `Σxᵀx` of `tokens` calibration inputs.
+pub fn gptq(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    gram: &[f32],
+    tokens: usize,
+    scheme: QuantScheme,
+    opts: &GptqOptions,
+    matmul: Matmul<'_>,
+) -> Result<Quantized, String> {
+    scheme.check_shape(&[rows, cols])?;
+    let mut w = w.to_vec();
+    let n = cols;
+    let scale = 2.0 / tokens.max(1) as f64;
+    let mut h: Vec<f64> = gram.iter().map(|&v| v as f64 * scale).collect();
+    // Inputs that are always zero carry no information: their weights are zeroed.
+    for i in 0..n {
+        if h[i * n + i] == 0.0 {
+            h[i * n + i] = 1.0;
+            for r in 0..rows {
+                w[r * cols + i] = 0.0;
+            }
+        }
+    }
+    let g = scheme.group().unwrap_or(cols);
+    let diag: Vec<f32> = (0..n).map(|i| h[i * n + i] as f32).collect();
+    let fit = |xs: &[f32], c0: usize| -> GroupParams {
+        if opts.mse_scales {
+            scheme.fit_weighted(xs, &diag[c0..c0 + g])
+        } else {
+            scheme.stored(scheme.fit(xs))
+        }
+    };
+    let group_params = |w: &[f32], r: usize, c0: usize| -> GroupParams {
+        fit(&w[r * cols + c0..r * cols + c0 + g], c0)
+    };
+    // Static groups under act order, from the weights before any update.
+    let static_params: Option<Vec<GroupParams>> = opts.act_order.then(|| {
+        (0..rows)
+            .flat_map(|r| (0..cols / g).map(move |gi| (r, gi)))
+            .map(|(r, gi)| group_params(&w, r, gi * g))
+            .collect()
+    });
+    let perm: Vec<usize> = if opts.act_order {
+        let mut p: Vec<usize> = (0..n).collect();
+        p.sort_by(|&a, &b| h[b * n + b].total_cmp(&h[a * n + a]));
+        p
+    } else {
+        (0..n).collect()
+    };
+    // Work in the permuted column order.
+    let mut wp = vec![0.0f32; rows * n];
+    for r in 0..rows {
+        for (j, &c) in perm.iter().enumerate() {
+            wp[r * n + j] = w[r * cols + c];
+        }
+    }
+    let mut hp = vec![0.0f64; n * n];
+    for (i, &a) in perm.iter().enumerate() {
+        for (j, &b) in perm.iter().enumerate() {
+            hp[i * n + j] = h[a * n + b];
+        }
+    }
+    let mean_diag = (0..n).map(|i| hp[i * n + i]).sum::<f64>() / n as f64;
+    let mut damp = opts.damp;
+    let u = loop {
+        let mut hd = hp.clone();
+        for i in 0..n {
+            hd[i * n + i] += damp * mean_diag;
+        }
+        if let Some(u) = inverse_upper_cholesky(&hd, n) {
+            break u;
+        }
+        if damp >= 1.0 {
+            return Err("the Hessian is not positive definite even with dampening 1.0".into());
+        }
+        damp = (damp * 10.0).min(1.0);
+    };
+    let u32: Vec<f32> = u.iter().map(|&v| v as f32).collect();
+
+    let mut packer = Packer::new(scheme, rows, cols);
+    let mut params: Vec<GroupParams> = Vec::new();
+    if let Some(sp) = &static_params {
+        params = sp.clone();
+        for r in 0..rows {
+            for gi in 0..cols / g {
+                packer.set_params(r, gi, sp[r * (cols / g) + gi]);
+            }
+        }
+    }
+    let bs = opts.block_size.max(1);
+    let mut i1 = 0;
+    while i1 < n {
+        let i2 = (i1 + bs).min(n);
+        let count = i2 - i1;
+        let mut err = vec![0.0f32; rows * count];
+        for i in 0..count {
+            let col = i1 + i;
+            let orig = perm[col];
+            if static_params.is_none() && orig.is_multiple_of(g) {
+                // Group parameters from the current, error-updated weights of the group.
+                params = (0..rows)
+                    .map(|r| {
+                        let xs: Vec<f32> = (orig..orig + g).map(|c| wp[r * n + c]).collect();
+                        fit(&xs, orig)
+                    })
+                    .collect();
+                for (r, p) in params.iter().enumerate() {
+                    packer.set_params(r, orig / g, *p);
+                }
+            }
+            let d = u32[col * n + col];
+            for r in 0..rows {
+                let p = if static_params.is_some() {
+                    &params[r * (cols / g) + orig / g]
+                } else {
+                    &params[r]
+                };
+                let x = wp[r * n + col];
+                let q = scheme.code(x, p);
+                let v = scheme.value(q, p);
+                packer.set_code(r, orig, q);
+                let e = (x - v) / d;
+                err[r * count + i] = e;
+                // Push the error onto the rest of the block.
+                let urow = &u32[col * n + col + 1..col * n + i2];
+                let wrow = &mut wp[r * n + col + 1..r * n + i2];
+                for (wv, uv) in wrow.iter_mut().zip(urow) {
+                    *wv -= e * uv;
+                }
+            }
+        }
+        if i2 < n {
+            // …and onto the columns after it: W[:, i2:] -= Err · U[i1:i2, i2:].
+            let rest = n - i2;
+            let mut ub = vec![0.0f32; count * rest];
+            for i in 0..count {
+                ub[i * rest..(i + 1) * rest]
+                    .copy_from_slice(&u32[(i1 + i) * n + i2..(i1 + i) * n + n]);
+            }
+            let delta = matmul(&err, &ub, rows, count, rest);
+            for r in 0..rows {
+                for (wv, dv) in wp[r * n + i2..r * n + n]
+                    .iter_mut()
+                    .zip(&delta[r * rest..(r + 1) * rest])
+                {
+                    *wv -= dv;
+                }
+            }
+        }
+        i1 = i2;
+    }
+    let packed = packer.finish();
+    // From the packed form: NF4's double quantization rounds the absmax values at the end.
+    let dequant = scheme.dequantize(&packed, &[rows, cols]);
+    Ok(Quantized {
+        packed,
+        dequant,
+        damp,
+    })
+}
+
+/// Host matrix product, for tests and small matrices.
+pub fn host_matmul(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+    let mut c = vec![0.0f32; m * n];
+    for i in 0..m {
+        for p in 0..k {
+            let av = a[i * k + p];
+            if av != 0.0 {
+                for (cv, bv) in c[i * n..(i + 1) * n].iter_mut().zip(&b[p * n..(p + 1) * n]) {
+                    *cv += av * bv;
+                }
+            }
+        }
+    }
+    c
+}

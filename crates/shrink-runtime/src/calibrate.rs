@@ -1,0 +1,432 @@
+//! Layer-by-layer calibration: the model runs over a set of calibration sequences node by node
+//! (every sequence through one node before the next), reading each parameter from the model
+//! only when its node runs. A hook sees all inputs of a group of linears before they run and
+//! may rewrite weights (quantize, prune, rescale); the nodes after it then compute with the
+//! rewritten weights, so later layers are calibrated on what the compressed earlier layers
+//! produce (as GPTQ does). Memory stays at one layer's working set plus the activations in
+//! flight, never the whole model on the device.
+
+use std::collections::HashMap;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::module::embedding;
+use burn::tensor::{Int, Tensor, TensorData as BurnData};
+use shrink_ir::{Model, NodeId, Op, ValueId};
+
+use crate::error::{Result, RuntimeError};
+use crate::interp::{activate, attention, linear_row_blocks, norm, rope_tables, upload};
+use crate::{Cpu, Device};
+
+/// The inputs of a group of linears that read the same value, over all calibration tokens.
+pub trait Site {
+    /// Input features.
+    fn features(&self) -> usize;
+    /// Calibration tokens (rows of the input).
+    fn tokens(&self) -> usize;
+    /// `Σ xᵀx` over all tokens, `[features, features]` row-major.
+    fn gram(&self) -> Vec<f32>;
+    /// Mean of `|x|` per feature.
+    fn abs_mean(&self) -> Vec<f32>;
+    /// Rows `i·stride` of the input (every `stride`-th token), `[n, features]` row-major.
+    fn rows(&self, stride: usize) -> Vec<f32>;
+    /// `a [m, k] · b [k, n]` on the calibration device.
+    fn matmul(&self, a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32>;
+}
+
+/// A linear read at a site: its node and weight parameter.
+#[derive(Clone, Debug)]
+pub struct SiteLinear {
+    pub node: NodeId,
+    pub weight: String,
+}
+
+/// What a calibrating pass does at each site.
+pub trait CalibrationHook {
+    /// Whether the linear with this weight is calibrated.
+    fn wants(&self, weight: &str) -> bool;
+    /// Called once per value feeding wanted linears, before the first of them runs. It may
+    /// rewrite any weight of `model`, including those of nodes that already ran (a norm that
+    /// absorbs a scale); it then returns per-feature factors by which the value in flight is
+    /// multiplied, so that what follows sees what the rewritten model computes.
+    fn site(
+        &mut self,
+        model: &mut Model,
+        value: ValueId,
+        linears: &[SiteLinear],
+        site: &dyn Site,
+    ) -> Result<Option<Vec<f32>>>;
+}
+
+/// Sequences per forward batch: bounds attention's working set.
+const BATCH: usize = 8;
+
+/// Runs `sequences` (equally long) through `model` on `device`, calling `hook` at every site,
+/// and stops after the last wanted linear. `progress(done, total)` counts sites.
+pub fn run(
+    model: &mut Model,
+    sequences: &[Vec<u32>],
+    device: Device,
+    hook: &mut dyn CalibrationHook,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<()> {
+    match device {
+        Device::Cpu => run_on::<Cpu>(
+            model,
+            sequences,
+            &burn_ndarray::NdArrayDevice::Cpu,
+            hook,
+            progress,
+        ),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(i) => {
+            let d = crate::cuda_device(i)?;
+            run_on::<crate::Gpu>(model, sequences, &d, hook, progress)
+        }
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda(_) => Err(RuntimeError::Device(
+            "this shrink was built without CUDA support; rebuild with `--features cuda`".into(),
+        )),
+    }
+}
+
+enum Val<B: Backend> {
+    Tokens(Vec<Tensor<B, 2, Int>>),
+    Hidden(Vec<Tensor<B, 3>>),
+}
+
+struct DeviceSite<'a, B: Backend> {
+    device: &'a B::Device,
+    /// One `[b·s, features]` per batch.
+    parts: Vec<Tensor<B, 2>>,
+}
+
+impl<B: Backend> Site for DeviceSite<'_, B> {
+    fn features(&self) -> usize {
+        self.parts.first().map_or(0, |p| p.dims()[1])
+    }
+
+    fn tokens(&self) -> usize {
+        self.parts.iter().map(|p| p.dims()[0]).sum()
+    }
+
+    fn gram(&self) -> Vec<f32> {
+        let d = self.features();
+        let mut acc: Tensor<B, 2> = Tensor::zeros([d, d], self.device);
+        for p in &self.parts {
+            acc = acc + p.clone().transpose().matmul(p.clone());
+        }
+        to_vec(acc)
+    }
+
+    fn abs_mean(&self) -> Vec<f32> {
+        let d = self.features();
+        let mut acc: Tensor<B, 1> = Tensor::zeros([d], self.device);
+        for p in &self.parts {
+            acc = acc + p.clone().abs().sum_dim(0).reshape([d]);
+        }
+        let n = self.tokens().max(1) as f32;
+        to_vec(acc / n)
+    }
+
+    fn rows(&self, stride: usize) -> Vec<f32> {
+        let stride = stride.max(1);
+        let mut out = Vec::new();
+        let mut offset = 0usize;
+        for p in &self.parts {
+            let n = p.dims()[0];
+            let first = (stride - offset % stride) % stride;
+            let idx: Vec<i64> = (first..n).step_by(stride).map(|i| i as i64).collect();
+            offset += n;
+            if idx.is_empty() {
+                continue;
+            }
+            let len = idx.len();
+            let idx: Tensor<B, 1, Int> = Tensor::from_data(BurnData::new(idx, [len]), self.device);
+            out.extend(to_vec(p.clone().select(0, idx)));
+        }
+        out
+    }
+
+    fn matmul(&self, a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+        let a = upload::<B, 2>(a.to_vec(), [m, k], self.device);
+        let b = upload::<B, 2>(b.to_vec(), [k, n], self.device);
+        to_vec(a.matmul(b))
+    }
+}
+
+fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .unwrap_or_default()
+}
+
+fn run_on<B: Backend>(
+    model: &mut Model,
+    sequences: &[Vec<u32>],
+    device: &B::Device,
+    hook: &mut dyn CalibrationHook,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<()> {
+    model.verify()?;
+    let len = sequences.first().map_or(0, Vec::len);
+    if len == 0 || sequences.iter().any(|s| s.len() != len) {
+        return Err(RuntimeError::Input(
+            "calibration needs a non-empty set of equally long sequences".into(),
+        ));
+    }
+    let order = model
+        .graph
+        .order()
+        .map_err(|_| RuntimeError::Input("the graph has a cycle".into()))?;
+    // Stop after the last wanted linear; count the sites before it.
+    let wanted_weights: std::collections::HashSet<String> = order
+        .iter()
+        .filter_map(|id| match model.graph.node(*id).map(|n| &n.op) {
+            Some(Op::Linear { weight, .. }) if hook.wants(weight) => Some(weight.clone()),
+            _ => None,
+        })
+        .collect();
+    let wanted =
+        |op: &Op| matches!(op, Op::Linear { weight, .. } if wanted_weights.contains(weight));
+    let Some(last) = order
+        .iter()
+        .rposition(|id| model.graph.node(*id).is_some_and(|n| wanted(&n.op)))
+    else {
+        return Ok(());
+    };
+    let order = &order[..=last];
+    let mut site_values: Vec<ValueId> = Vec::new();
+    for id in order {
+        if let Some(n) = model.graph.node(*id) {
+            if wanted(&n.op) && !site_values.contains(&n.inputs[0]) {
+                site_values.push(n.inputs[0]);
+            }
+        }
+    }
+    // Last step (within `order`) reading each value, to free it after.
+    let mut last_use: HashMap<ValueId, usize> = HashMap::new();
+    for (i, id) in order.iter().enumerate() {
+        if let Some(n) = model.graph.node(*id) {
+            for v in &n.inputs {
+                last_use.insert(*v, i);
+            }
+        }
+    }
+    let vocab = model
+        .graph
+        .params()
+        .iter()
+        .find_map(|(name, ty)| {
+            order
+                .iter()
+                .find_map(|id| match model.graph.node(*id).map(|n| &n.op) {
+                    Some(Op::Embedding { weight }) if weight == name => Some(ty.shape[0]),
+                    _ => None,
+                })
+        })
+        .unwrap_or(usize::MAX);
+    let batches: Vec<&[Vec<u32>]> = sequences.chunks(BATCH).collect();
+    let mask = (len > 1).then(|| {
+        let mut bias = vec![0.0f32; len * len];
+        for i in 0..len {
+            for j in (i + 1)..len {
+                bias[i * len + j] = f32::NEG_INFINITY;
+            }
+        }
+        upload::<B, 2>(bias, [len, len], device)
+    });
+    let param = |model: &Model, name: &str| -> Result<(Vec<f32>, Vec<usize>)> {
+        let t = model.weights.get(name).ok_or_else(|| RuntimeError::Param {
+            name: name.into(),
+            message: "no data".into(),
+        })?;
+        Ok((t.to_f32(), t.ty.shape.clone()))
+    };
+    let vector = |model: &Model, name: &str| -> Result<Tensor<B, 1>> {
+        let (v, s) = param(model, name)?;
+        Ok(upload::<B, 1>(v, [s[0]], device))
+    };
+    let mut rope = HashMap::new();
+    let mut vals: HashMap<ValueId, Val<B>> = HashMap::new();
+    let mut sites_done = 0;
+    for (i, &id) in order.iter().enumerate() {
+        let node = model
+            .graph
+            .node(id)
+            .cloned()
+            .ok_or_else(|| RuntimeError::Input(format!("node {id} vanished")))?;
+        let hidden = |vals: &HashMap<ValueId, Val<B>>, k: usize| -> Result<Vec<Tensor<B, 3>>> {
+            match vals.get(&node.inputs[k]) {
+                Some(Val::Hidden(t)) => Ok(t.clone()),
+                _ => Err(RuntimeError::Node {
+                    node: id,
+                    message: format!("operand {k} is not a hidden state"),
+                }),
+            }
+        };
+        if wanted(&node.op) && site_values.first() == Some(&node.inputs[0]) {
+            let v = site_values.remove(0);
+            let linears: Vec<SiteLinear> = model
+                .graph
+                .users(v)
+                .into_iter()
+                .filter_map(|u| match model.graph.node(u).map(|n| &n.op) {
+                    Some(Op::Linear { weight, .. }) if wanted_weights.contains(weight) => {
+                        Some(SiteLinear {
+                            node: u,
+                            weight: weight.clone(),
+                        })
+                    }
+                    _ => None,
+                })
+                .collect();
+            let x = hidden(&vals, 0)?;
+            let site = DeviceSite::<B> {
+                device,
+                parts: x
+                    .iter()
+                    .map(|t| {
+                        let [b, s, d] = t.dims();
+                        t.clone().reshape([b * s, d])
+                    })
+                    .collect(),
+            };
+            let factors = hook.site(model, v, &linears, &site)?;
+            drop(site);
+            if let Some(f) = factors {
+                let d = f.len();
+                let f = upload::<B, 1>(f, [d], device).unsqueeze::<3>();
+                let scaled = x.into_iter().map(|t| t * f.clone()).collect();
+                vals.insert(v, Val::Hidden(scaled));
+            }
+            sites_done += 1;
+            progress(sites_done, sites_done + site_values.len());
+        }
+        let results: Vec<Val<B>> = match &node.op {
+            Op::Input { .. } => {
+                let mut parts = Vec::new();
+                for batch in &batches {
+                    let mut flat = Vec::with_capacity(batch.len() * len);
+                    for &t in batch.iter().flatten() {
+                        if t as usize >= vocab {
+                            return Err(RuntimeError::TokenOutOfRange { id: t, vocab });
+                        }
+                        flat.push(t as i64);
+                    }
+                    parts.push(Tensor::from_data(
+                        BurnData::new(flat, [batch.len(), len]),
+                        device,
+                    ));
+                }
+                vec![Val::Tokens(parts)]
+            }
+            Op::Embedding { weight } => {
+                let (w, s) = param(model, weight)?;
+                let w = upload::<B, 2>(w, [s[0], s[1]], device);
+                let Some(Val::Tokens(toks)) = vals.get(&node.inputs[0]) else {
+                    return Err(RuntimeError::Node {
+                        node: id,
+                        message: "operand 0 is not token ids".into(),
+                    });
+                };
+                vec![Val::Hidden(
+                    toks.iter()
+                        .map(|t| embedding(w.clone(), t.clone()))
+                        .collect(),
+                )]
+            }
+            Op::PositionEmbedding { weight } => {
+                let (w, s) = param(model, weight)?;
+                let w = upload::<B, 2>(w, [s[0], s[1]], device).narrow(0, 0, len);
+                vec![Val::Hidden(
+                    batches
+                        .iter()
+                        .map(|b| w.clone().unsqueeze::<3>().expand([b.len(), len, s[1]]))
+                        .collect(),
+                )]
+            }
+            Op::Norm {
+                kind,
+                eps,
+                weight,
+                bias,
+            } => {
+                let w = vector(model, weight)?;
+                let b = bias.as_deref().map(|b| vector(model, b)).transpose()?;
+                vec![Val::Hidden(
+                    hidden(&vals, 0)?
+                        .into_iter()
+                        .map(|x| norm(x, *kind, *eps, &w, b.as_ref()))
+                        .collect(),
+                )]
+            }
+            Op::Linear { weight, bias } => {
+                let (w, s) = param(model, weight)?;
+                let w = upload::<B, 2>(w, [s[0], s[1]], device);
+                let b = bias.as_deref().map(|b| vector(model, b)).transpose()?;
+                vec![Val::Hidden(
+                    hidden(&vals, 0)?
+                        .into_iter()
+                        .map(|x| linear_row_blocks(x, std::iter::once(w.clone()), b.as_ref()))
+                        .collect(),
+                )]
+            }
+            Op::Split { sizes } => {
+                let x = hidden(&vals, 0)?;
+                let mut start = 0;
+                sizes
+                    .iter()
+                    .map(|&n| {
+                        let parts = x.iter().map(|t| t.clone().narrow(2, start, n)).collect();
+                        start += n;
+                        Val::Hidden(parts)
+                    })
+                    .collect()
+            }
+            Op::Attention(spec) => {
+                let tables = spec.rope.map(|r| {
+                    rope.entry((r.theta.to_bits(), r.dim))
+                        .or_insert_with(|| rope_tables::<B>(r.theta, r.dim, len, device))
+                        .clone()
+                });
+                let (q, k, v) = (hidden(&vals, 0)?, hidden(&vals, 1)?, hidden(&vals, 2)?);
+                vec![Val::Hidden(
+                    q.into_iter()
+                        .zip(k)
+                        .zip(v)
+                        .map(|((q, k), v)| {
+                            attention(q, k, v, spec, tables.as_ref(), 0, None, mask.as_ref())
+                        })
+                        .collect(),
+                )]
+            }
+            Op::Activation(a) => vec![Val::Hidden(
+                hidden(&vals, 0)?
+                    .into_iter()
+                    .map(|x| activate(x, *a))
+                    .collect(),
+            )],
+            Op::Add | Op::Mul => {
+                let (a, b) = (hidden(&vals, 0)?, hidden(&vals, 1)?);
+                let add = matches!(node.op, Op::Add);
+                vec![Val::Hidden(
+                    a.into_iter()
+                        .zip(b)
+                        .map(|(a, b)| if add { a + b } else { a * b })
+                        .collect(),
+                )]
+            }
+            Op::Output { .. } => vec![],
+        };
+        for (v, r) in node.outputs.iter().zip(results) {
+            vals.insert(*v, r);
+        }
+        for v in &node.inputs {
+            if last_use.get(v) == Some(&i) {
+                vals.remove(v);
+            }
+        }
+    }
+    Ok(())
+}

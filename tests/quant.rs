@@ -1,0 +1,455 @@
+//! Quantization against independent references (`fixtures/quant/make_quant_golden.py`):
+//! ggml's block formats from gguf-py, NF4 and double quantization from bitsandbytes, GPTQ and
+//! AWQ from torch implementations of the papers.
+
+use shrink::ir::quant::QuantScheme;
+use shrink::passes::quantize::{awq, gptq};
+
+use crate::common::{fixture, golden};
+
+fn g(name: &str) -> (Vec<usize>, Vec<f64>) {
+    golden(&fixture("quant/golden.safetensors"), name)
+}
+
+fn f32s(name: &str) -> Vec<f32> {
+    g(name).1.into_iter().map(|v| v as f32).collect()
+}
+
+fn bytes(name: &str) -> Vec<u8> {
+    g(name).1.into_iter().map(|v| v as u8).collect()
+}
+
+fn scheme(s: &str) -> QuantScheme {
+    s.parse().expect("scheme")
+}
+
+#[test]
+fn ggml_blocks_are_bit_exact_with_gguf_py() {
+    let w = f32s("w");
+    for s in ["q8_0", "q4_0", "q4_1"] {
+        let packed = scheme(s).quantize(&[8, 256], &w).expect("quantize");
+        assert_eq!(packed, bytes(s), "{s}: bytes differ from gguf-py");
+    }
+}
+
+#[test]
+fn integer_schemes_match_the_reference() {
+    let w = f32s("w");
+    for s in ["int4_g64", "int4_g64_asym", "int8"] {
+        let q = scheme(s);
+        let packed = q.quantize(&[8, 256], &w).expect("quantize");
+        let deq = q.dequantize(&packed, &[8, 256]);
+        assert_eq!(
+            deq,
+            f32s(&format!("{s}.dequant")),
+            "{s}: dequantized values"
+        );
+        // Codes unpacked from the packed rows (b = 4: low nibble first; b = 8: bytes).
+        let codes = bytes(&format!("{s}.codes"));
+        let ours: Vec<u8> = match q.bits() {
+            4 => packed[..8 * 128]
+                .iter()
+                .flat_map(|b| [b & 15, b >> 4])
+                .collect(),
+            _ => packed[..8 * 256].to_vec(),
+        };
+        assert_eq!(ours, codes, "{s}: codes");
+    }
+}
+
+#[test]
+fn nf4_matches_bitsandbytes() {
+    let w = f32s("w");
+    let q = scheme("nf4_b64");
+    let packed = q.quantize(&[8, 256], &w).expect("quantize");
+    assert_eq!(
+        &packed[..1024],
+        &bytes("nf4_b64.packed")[..],
+        "packed codes"
+    );
+    let absmax: Vec<f32> = packed[1024..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    assert_eq!(absmax, f32s("nf4_b64.absmax"));
+    assert_eq!(q.dequantize(&packed, &[8, 256]), f32s("nf4_b64.dequant"));
+    assert_eq!(
+        shrink::ir::quant::NF4_CODEBOOK.to_vec(),
+        f32s("nf4.codebook"),
+        "codebook"
+    );
+    // torch.linspace's vectorized kernel rounds a few mantissas differently: a few ulp at most.
+    for (a, b) in shrink::ir::quant::dynamic_map()
+        .iter()
+        .zip(f32s("dynamic_map"))
+    {
+        assert!((a - b).abs() <= 4e-7 * b.abs(), "dynamic map: {a} vs {b}");
+    }
+
+    let q = scheme("nf4_b64_dq");
+    let packed = q.quantize(&[8, 256], &w).expect("quantize");
+    assert_eq!(
+        &packed[..1024],
+        &bytes("nf4_b64.packed")[..],
+        "dq: 4-bit codes"
+    );
+    assert_eq!(&packed[1024..1056], &bytes("nf4_b64_dq.absmax_codes")[..]);
+    let f = |at: usize| {
+        f32::from_le_bytes([packed[at], packed[at + 1], packed[at + 2], packed[at + 3]])
+    };
+    assert_eq!(f(1056), f32s("nf4_b64_dq.absmax2")[0], "absmax2");
+    // bitsandbytes takes torch's f32 mean of the absmax values; shrink sums in f64 (1 ulp).
+    let offset = f32s("nf4_b64_dq.offset")[0];
+    assert!(
+        (f(1060) - offset).abs() <= 1e-8,
+        "offset {} vs {offset}",
+        f(1060)
+    );
+    let want = f32s("nf4_b64_dq.dequant");
+    let got = q.dequantize(&packed, &[8, 256]);
+    let err = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(err <= 1e-8, "dq dequant differs by {err}");
+}
+
+fn output_err(w: &[f32], q: &[f32], x: &[f32], rows: usize, cols: usize, n: usize) -> f64 {
+    let d: Vec<f32> = w.iter().zip(q).map(|(a, b)| a - b).collect();
+    // ||X·Δᵀ||² / N
+    let mut e = 0.0f64;
+    for t in 0..n {
+        for r in 0..rows {
+            let dot: f64 = (0..cols)
+                .map(|c| x[t * cols + c] as f64 * d[r * cols + c] as f64)
+                .sum();
+            e += dot * dot;
+        }
+    }
+    e / n as f64
+}
+
+#[test]
+fn gptq_matches_the_reference() {
+    let w = f32s("gptq.w");
+    let (xs, x) = g("gptq.x");
+    let x: Vec<f32> = x.into_iter().map(|v| v as f32).collect();
+    let (n, cols) = (xs[0], xs[1]);
+    let rows = w.len() / cols;
+    let gram = gptq::host_matmul(&transpose(&x, n, cols), &x, cols, n, cols);
+    for (case, s, act_order, block) in [
+        ("gptq.int4_g32", "int4_g32", false, 32),
+        ("gptq.int4_g32_asym_actorder", "int4_g32_asym", true, 32),
+        ("gptq.q4_0", "q4_0", false, 32),
+        ("gptq.q4_0_actorder", "q4_0", true, 128),
+    ] {
+        let opts = gptq::GptqOptions {
+            act_order,
+            block_size: block,
+            damp: 0.01,
+            mse_scales: false,
+        };
+        let q = gptq::gptq(
+            &w,
+            rows,
+            cols,
+            &gram,
+            n,
+            scheme(s),
+            &opts,
+            &gptq::host_matmul,
+        )
+        .expect("gptq");
+        let want = f32s(&format!("{case}.dequant"));
+        let differ = q
+            .dequant
+            .iter()
+            .zip(&want)
+            .filter(|(a, b)| (*a - *b).abs() > 1e-6)
+            .count();
+        let err = output_err(&w, &q.dequant, &x, rows, cols, n);
+        let ref_err = f32s(&format!("{case}.gptq_err"))[0] as f64;
+        let rtn_err = f32s(&format!("{case}.rtn_err"))[0] as f64;
+        // The reference is stable to 1e-5 input noise, so the codes must agree exactly.
+        assert_eq!(
+            differ,
+            0,
+            "{case}: {differ} of {} values differ",
+            want.len()
+        );
+        assert!(
+            (err - ref_err).abs() <= 1e-3 * ref_err,
+            "{case}: error {err} vs {ref_err}"
+        );
+        assert!(err < 0.5 * rtn_err, "{case}: GPTQ {err} vs RTN {rtn_err}");
+    }
+}
+
+fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0.0; a.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = a[r * cols + c];
+        }
+    }
+    t
+}
+
+#[test]
+fn awq_matches_the_reference() {
+    let w = f32s("awq.w");
+    let (xs, x) = g("awq.x");
+    let x: Vec<f32> = x.into_iter().map(|v| v as f32).collect();
+    let (n, cols) = (xs[0], xs[1]);
+    let rows = w.len() / cols;
+    let s = scheme("int4_g32_asym");
+    let gram = gptq::host_matmul(&transpose(&x, n, cols), &x, cols, n, cols);
+    let abs_mean: Vec<f32> = (0..cols)
+        .map(|c| (0..n).map(|t| x[t * cols + c].abs() as f64).sum::<f64>() as f32 / n as f32)
+        .collect();
+    let found = awq::search_scales(
+        &[(&w, rows)],
+        cols,
+        &gram,
+        n,
+        &abs_mean,
+        s,
+        20,
+        &gptq::host_matmul,
+    );
+    let want_ratio = f32s("awq.best_ratio")[0];
+    assert!(
+        (found.ratio - want_ratio).abs() < 1e-6,
+        "ratio {} vs {want_ratio}",
+        found.ratio
+    );
+    // The reference's loss is a mean over outputs too: same curve up to the factor `rows`.
+    let ref_losses = f32s("awq.losses");
+    for (a, b) in found.losses.iter().zip(&ref_losses) {
+        let a = a / rows as f64;
+        assert!((a - *b as f64).abs() <= 1e-3 * *b as f64, "loss {a} vs {b}");
+    }
+    let scales = f32s("awq.scales");
+    let rel = found
+        .scales
+        .iter()
+        .zip(&scales)
+        .map(|(a, b)| ((a - b) / b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(rel < 1e-5, "scales differ by {rel}");
+    let gram_s: Vec<f32> = gram
+        .iter()
+        .enumerate()
+        .map(|(i, v)| v / (found.scales[i / cols] * found.scales[i % cols]))
+        .collect();
+    let scaled: Vec<f32> = w
+        .iter()
+        .enumerate()
+        .map(|(i, v)| v * found.scales[i % cols])
+        .collect();
+    let clipped = awq::clip(s, &scaled, rows, cols, &gram_s, 20, 0.5);
+    let q = awq::fake_quantize(s, &clipped, rows, cols);
+    let eff: Vec<f32> = q
+        .iter()
+        .enumerate()
+        .map(|(i, v)| v / found.scales[i % cols])
+        .collect();
+    let want = f32s("awq.dequant");
+    let rel = eff
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(rel < 1e-5, "AWQ weights differ by {rel}");
+    let err = output_err(&w, &eff, &x, rows, cols, n);
+    let rtn = output_err(
+        &w,
+        &awq::fake_quantize(s, &w, rows, cols),
+        &x,
+        rows,
+        cols,
+        n,
+    );
+    assert!(err < 0.5 * rtn, "AWQ {err} vs RTN {rtn}");
+}
+
+/// Runs a quantize pipeline on the tiny LLaMA (hidden 64, intermediate 160) and returns the
+/// JSON report, the IR dumped after the pass and the output path.
+fn run_tiny(
+    name: &str,
+    options: &str,
+    out_name: &str,
+) -> (serde_json::Value, String, std::path::PathBuf) {
+    let dir = crate::common::scratch(name);
+    let data = crate::common::repo().join("data/tinyshakespeare/input.txt");
+    let text = format!(
+        "(\n    model: {model:?},\n    passes: [(pass: \"quantize\", options: ({options})), (pass: \"dead-code\")],\n    eval: (data: {data:?}, ctx: 64, chunks: 4),\n)\n",
+        model = fixture("tiny-llama").to_string_lossy(),
+        options = options.replace("DATA", &format!("{:?}", data.to_string_lossy())),
+        data = data.to_string_lossy(),
+    );
+    let path = dir.join("p.ron");
+    std::fs::write(&path, text).expect("write pipeline");
+    let out = dir.join(out_name);
+    let dump = dir.join("dump");
+    let (code, stdout, stderr) = crate::common::shrink(&[
+        "run",
+        path.to_str().expect("utf-8"),
+        "--out",
+        out.to_str().expect("utf-8"),
+        "--json",
+        "--dump-ir",
+        dump.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("json report");
+    let ir = std::fs::read_to_string(dump.join("01_quantize.ir")).unwrap_or_default();
+    (report, ir, out)
+}
+
+#[test]
+fn quantize_pass_on_the_tiny_model() {
+    let calib = "calibration: (data: DATA, samples: 16, seq_len: 64)";
+    let mut ppl = std::collections::BTreeMap::new();
+    for method in ["rtn", "gptq", "awq"] {
+        let (report, ir, out) = run_tiny(
+            &format!("quant-tiny-{method}"),
+            &format!("method: {method}, scheme: \"q4_0\", embedding: \"q8_0\", {calib}"),
+            "out.gguf",
+        );
+        // Every decoder linear and the tied embedding are quantized; the norms are not.
+        assert_eq!(ir.matches(": q4_0[").count(), 14, "{method}:\n{ir}");
+        assert_eq!(ir.matches(": q8_0[").count(), 1, "{method}");
+        assert!(ir.contains("param model.norm.weight: f32[64]"), "{method}");
+        let stats = &report["passes"][0]["stats"];
+        assert_eq!(stats["params_quantized"]["q4_0"], 14, "{method}: {stats}");
+        if method != "rtn" {
+            assert_eq!(stats["calibration_tokens"], 16 * 64, "{method}");
+            let rel = stats["output_error_vs_rtn"].as_f64().expect("error ratio");
+            assert!(
+                rel < 0.9,
+                "{method}: output error {rel} of round-to-nearest's"
+            );
+        }
+        // The GGUF export loads back with the same quantized bytes.
+        let back = shrink::import::load(&out).expect("load export");
+        let t = back
+            .model
+            .weights
+            .get("model.layers.1.mlp.down_proj.weight")
+            .expect("down_proj");
+        assert_eq!(t.ty.quant, Some(scheme("q4_0")), "{method}");
+        ppl.insert(method, report["eval"]["ppl"].as_f64().expect("ppl"));
+    }
+    let float = {
+        let (report, _, _) = run_tiny(
+            "quant-tiny-none",
+            "include: [], embedding: None",
+            "out.gguf",
+        );
+        report["eval"]["ppl"].as_f64().expect("ppl")
+    };
+    // The tiny model's random weights make its perplexity a poor judge (4-bit rounding can even
+    // lower it); the output error above is the test. Here: GPTQ stays near the float model.
+    assert!(
+        (ppl["gptq"] / float - 1.0).abs() < 0.05,
+        "{ppl:?} float {float}"
+    );
+}
+
+#[test]
+fn awq_folds_scales_into_norms_and_up_proj() {
+    let (_, ir, _) = run_tiny(
+        "quant-tiny-awq-fold",
+        "method: awq, scheme: \"int4_g32_asym\", calibration: (data: DATA, samples: 8, seq_len: 64)",
+        "out",
+    );
+    assert_eq!(ir.matches(": int4_g32_asym[").count(), 14, "{ir}");
+    let loaded =
+        shrink::import::load(&crate::common::scratch_path("quant-tiny-awq-fold").join("out"))
+            .expect("shrink format loads back");
+    let orig = shrink::import::load(&fixture("tiny-llama")).expect("fixture");
+    // The attention norm absorbed 1/s: its weight changed; the final norm did not.
+    let w = |m: &shrink::ir::Model, n: &str| m.weights.get(n).expect(n).to_f32();
+    let n0 = "model.layers.0.input_layernorm.weight";
+    assert_ne!(w(&loaded.model, n0), w(&orig.model, n0));
+    let nf = "model.norm.weight";
+    assert_eq!(w(&loaded.model, nf), w(&orig.model, nf));
+}
+
+#[test]
+fn quantize_refuses_bad_input_before_writing() {
+    let data = crate::common::repo().join("data/tinyshakespeare/input.txt");
+    let cases: Vec<(&str, String, &str)> = vec![
+        // hidden 64 is not a multiple of 128
+        (
+            "q-bad-group",
+            "scheme: \"int4_g128\"".into(),
+            "model.layers.0.mlp.down_proj.weight",
+        ),
+        (
+            "q-unknown-scheme",
+            "scheme: \"q5_k\"".into(),
+            "unknown quantization scheme 'q5_k'",
+        ),
+        (
+            "q-no-calibration",
+            "method: gptq".into(),
+            "calibration.data is not set",
+        ),
+        (
+            "q-short-calibration",
+            format!(
+                "method: gptq, calibration: (data: {:?}, seq_len: 100000000)",
+                data.to_string_lossy()
+            ),
+            "fewer than one sequence",
+        ),
+    ];
+    for (name, options, want) in cases {
+        let dir = crate::common::scratch(name);
+        let path = dir.join("p.ron");
+        std::fs::write(
+            &path,
+            format!(
+                "(\n    model: {:?},\n    passes: [(pass: \"quantize\", options: ({options}))],\n)\n",
+                fixture("tiny-llama").to_string_lossy()
+            ),
+        )
+        .expect("write");
+        let out = dir.join("out.gguf");
+        let (code, _, stderr) = crate::common::shrink(&[
+            "run",
+            path.to_str().expect("utf-8"),
+            "--out",
+            out.to_str().expect("utf-8"),
+        ]);
+        assert_ne!(code, 0, "{name}");
+        assert!(stderr.contains(want), "{name}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{name}: {stderr}");
+        assert!(!out.exists(), "{name}: nothing may be written");
+    }
+    // An empty calibration file.
+    let dir = crate::common::scratch("q-empty-calibration");
+    std::fs::write(dir.join("empty.txt"), "").expect("write");
+    let path = dir.join("p.ron");
+    std::fs::write(
+        &path,
+        format!(
+            "(\n    model: {:?},\n    passes: [(pass: \"quantize\", options: (method: awq, calibration: (data: \"empty.txt\")))],\n)\n",
+            fixture("tiny-llama").to_string_lossy()
+        ),
+    )
+    .expect("write");
+    let out = dir.join("out.gguf");
+    let (code, _, stderr) = crate::common::shrink(&[
+        "run",
+        path.to_str().expect("utf-8"),
+        "--out",
+        out.to_str().expect("utf-8"),
+    ]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("has 0 tokens"), "{stderr}");
+    assert!(!out.exists());
+}
