@@ -453,3 +453,101 @@ fn quantize_refuses_bad_input_before_writing() {
     assert!(stderr.contains("has 0 tokens"), "{stderr}");
     assert!(!out.exists());
 }
+
+/// Runs a pipeline file on SmolLM2 with `--json`; returns the report.
+fn run_smollm2(
+    name: &str,
+    pipeline: &str,
+    out_name: &str,
+) -> (serde_json::Value, std::path::PathBuf) {
+    let dir = crate::common::scratch(name);
+    let path = dir.join("p.ron");
+    let data = crate::common::repo().join("data/wikitext-2");
+    std::fs::write(&path, pipeline.replace("DATA", &data.to_string_lossy())).expect("write");
+    let out = dir.join(out_name);
+    let (code, stdout, stderr) = crate::common::shrink(&[
+        "run",
+        path.to_str().expect("utf-8"),
+        "--model",
+        crate::common::smollm2().to_str().expect("utf-8"),
+        "--out",
+        out.to_str().expect("utf-8"),
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    (serde_json::from_str(&stdout).expect("json report"), out)
+}
+
+#[test]
+#[ignore = "real model: run scripts/fetch-smollm2.sh, then --include-ignored"]
+fn smollm2_q8_0_rtn_export_is_llama_cpps_q8_0_byte_for_byte() {
+    use sha2::Digest;
+    let (_, out) = run_smollm2(
+        "quant-smollm2-q8_0",
+        "(passes: [(pass: \"quantize\", options: (method: rtn, scheme: \"q8_0\", embedding: \"q8_0\"))])",
+        "q8_0.gguf",
+    );
+    let want: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("smollm2/llamacpp-q8_0-tensors.json")).expect("hashes"),
+    )
+    .expect("json");
+    let file = shrink::import::gguf::GgufFile::open(&out).expect("export opens");
+    assert_eq!(file.tensors.len(), want.as_object().expect("object").len());
+    for t in &file.tensors {
+        let hash = format!("{:x}", sha2::Sha256::digest(file.tensor_data(t)));
+        assert_eq!(
+            want[&t.name]["sha256"].as_str(),
+            Some(hash.as_str()),
+            "{} ({:?}) differs from llama-quantize's Q8_0",
+            t.name,
+            t.ggml_type
+        );
+    }
+}
+
+#[test]
+#[ignore = "real model: run scripts/fetch-smollm2.sh, then --include-ignored"]
+fn smollm2_gptq_beats_round_to_nearest() {
+    // A short calibration (16 × 256 tokens) and 8 evaluation chunks keep this to about 2 minutes.
+    let pipeline = |method: &str| {
+        format!(
+            "(passes: [(pass: \"quantize\", options: (method: {method}, scheme: \"int4_g64\", \
+             calibration: (data: \"DATA/valid.txt\", samples: 16, seq_len: 256)))], \
+             eval: (data: \"DATA/test.txt\", ctx: 512, chunks: 8, score: \"second-half\"))"
+        )
+    };
+    let (rtn, _) = run_smollm2("quant-smollm2-rtn", &pipeline("rtn"), "rtn");
+    let (gptq, out) = run_smollm2("quant-smollm2-gptq", &pipeline("gptq"), "gptq");
+    let ppl = |r: &serde_json::Value| r["eval"]["ppl"].as_f64().expect("ppl");
+    let rel = gptq["passes"][0]["stats"]["output_error_vs_rtn"]
+        .as_f64()
+        .expect("error ratio");
+    assert!(rel < 0.5, "GPTQ output error {rel} of round-to-nearest's");
+    assert!(
+        ppl(&gptq) < ppl(&rtn),
+        "gptq {} vs rtn {}",
+        ppl(&gptq),
+        ppl(&rtn)
+    );
+    // shrink's format loads back to the same perplexity.
+    let (code, stdout, stderr) = crate::common::shrink(&[
+        "eval",
+        "--model",
+        out.to_str().expect("utf-8"),
+        "--data",
+        crate::common::repo()
+            .join("data/wikitext-2/test.txt")
+            .to_str()
+            .expect("utf-8"),
+        "--ctx",
+        "512",
+        "--chunks",
+        "8",
+        "--score",
+        "second-half",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let back: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(back["ppl"].as_f64(), Some(ppl(&gptq)));
+}

@@ -233,8 +233,8 @@ impl QuantScheme {
         };
         let mut scaled = vec![0.0f32; xs.len()];
         for &flip in flips {
-            for k in 0..=20 {
-                let f = flip * (1.0 - k as f32 * 0.025);
+            for k in 0..=10 {
+                let f = flip * (1.0 - k as f32 * 0.05);
                 scaled.iter_mut().zip(xs).for_each(|(s, x)| *s = x * f);
                 let p = self.stored(self.fit(&scaled));
                 let e = err(&p);

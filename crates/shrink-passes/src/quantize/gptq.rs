@@ -75,6 +75,7 @@ pub fn gptq(
         }
     }
     let g = scheme.group().unwrap_or(cols);
+    let groups = cols / g;
     let diag: Vec<f32> = (0..n).map(|i| h[i * n + i] as f32).collect();
     let fit = |xs: &[f32], c0: usize| -> GroupParams {
         if opts.mse_scales {
@@ -83,16 +84,6 @@ pub fn gptq(
             scheme.stored(scheme.fit(xs))
         }
     };
-    let group_params = |w: &[f32], r: usize, c0: usize| -> GroupParams {
-        fit(&w[r * cols + c0..r * cols + c0 + g], c0)
-    };
-    // Static groups under act order, from the weights before any update.
-    let static_params: Option<Vec<GroupParams>> = opts.act_order.then(|| {
-        (0..rows)
-            .flat_map(|r| (0..cols / g).map(move |gi| (r, gi)))
-            .map(|(r, gi)| group_params(&w, r, gi * g))
-            .collect()
-    });
     let perm: Vec<usize> = if opts.act_order {
         let mut p: Vec<usize> = (0..n).collect();
         p.sort_by(|&a, &b| h[b * n + b].total_cmp(&h[a * n + a]));
@@ -100,13 +91,6 @@ pub fn gptq(
     } else {
         (0..n).collect()
     };
-    // Work in the permuted column order.
-    let mut wp = vec![0.0f32; rows * n];
-    for r in 0..rows {
-        for (j, &c) in perm.iter().enumerate() {
-            wp[r * n + j] = w[r * cols + c];
-        }
-    }
     let mut hp = vec![0.0f64; n * n];
     for (i, &a) in perm.iter().enumerate() {
         for (j, &b) in perm.iter().enumerate() {
@@ -128,16 +112,51 @@ pub fn gptq(
         }
         damp = (damp * 10.0).min(1.0);
     };
-    let u32: Vec<f32> = u.iter().map(|&v| v as f32).collect();
+    let u: Vec<f32> = u.iter().map(|&v| v as f32).collect();
 
-    let mut packer = Packer::new(scheme, rows, cols);
-    let mut params: Vec<GroupParams> = Vec::new();
-    if let Some(sp) = &static_params {
-        params = sp.clone();
-        for r in 0..rows {
-            for gi in 0..cols / g {
-                packer.set_params(r, gi, sp[r * (cols / g) + gi]);
+    // Rows are independent given U: each thread takes a run of rows through every block; only
+    // the update of the columns after a block (one matrix product) joins them.
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |t| t.get())
+        .min(rows.max(1));
+    let per = rows.div_ceil(threads);
+    let mut states: Vec<Rows> = (0..rows)
+        .step_by(per)
+        .map(|r0| {
+            let r1 = (r0 + per).min(rows);
+            let mut wp = vec![0.0f32; (r1 - r0) * n];
+            for r in r0..r1 {
+                for (j, &c) in perm.iter().enumerate() {
+                    wp[(r - r0) * n + j] = w[r * cols + c];
+                }
             }
+            Rows {
+                r0,
+                wp,
+                codes: vec![0; (r1 - r0) * cols],
+                params: Vec::new(),
+                err: Vec::new(),
+            }
+        })
+        .collect();
+    // Static groups under act order, from the weights before any update.
+    if opts.act_order {
+        std::thread::scope(|sc| {
+            for st in states.iter_mut() {
+                let fit = &fit;
+                let w = &w;
+                sc.spawn(move || {
+                    let nr = st.codes.len() / cols;
+                    st.params = (st.r0..st.r0 + nr)
+                        .flat_map(|r| (0..groups).map(move |gi| (r, gi)))
+                        .map(|(r, gi)| fit(&w[r * cols + gi * g..r * cols + gi * g + g], gi * g))
+                        .collect();
+                });
+            }
+        });
+    } else {
+        for st in states.iter_mut() {
+            st.params = vec![scheme.stored(scheme.fit(&[0.0])); st.codes.len() / cols * groups];
         }
     }
     let bs = opts.block_size.max(1);
@@ -145,62 +164,49 @@ pub fn gptq(
     while i1 < n {
         let i2 = (i1 + bs).min(n);
         let count = i2 - i1;
-        let mut err = vec![0.0f32; rows * count];
-        for i in 0..count {
-            let col = i1 + i;
-            let orig = perm[col];
-            if static_params.is_none() && orig.is_multiple_of(g) {
-                // Group parameters from the current, error-updated weights of the group.
-                params = (0..rows)
-                    .map(|r| {
-                        let xs: Vec<f32> = (orig..orig + g).map(|c| wp[r * n + c]).collect();
-                        fit(&xs, orig)
-                    })
-                    .collect();
-                for (r, p) in params.iter().enumerate() {
-                    packer.set_params(r, orig / g, *p);
-                }
+        std::thread::scope(|sc| {
+            for st in states.iter_mut() {
+                let (fit, u, perm) = (&fit, &u, &perm);
+                sc.spawn(move || {
+                    st.block(scheme, opts.act_order, g, n, cols, i1, i2, perm, u, fit)
+                });
             }
-            let d = u32[col * n + col];
-            for r in 0..rows {
-                let p = if static_params.is_some() {
-                    &params[r * (cols / g) + orig / g]
-                } else {
-                    &params[r]
-                };
-                let x = wp[r * n + col];
-                let q = scheme.code(x, p);
-                let v = scheme.value(q, p);
-                packer.set_code(r, orig, q);
-                let e = (x - v) / d;
-                err[r * count + i] = e;
-                // Push the error onto the rest of the block.
-                let urow = &u32[col * n + col + 1..col * n + i2];
-                let wrow = &mut wp[r * n + col + 1..r * n + i2];
-                for (wv, uv) in wrow.iter_mut().zip(urow) {
-                    *wv -= e * uv;
-                }
-            }
-        }
+        });
         if i2 < n {
             // …and onto the columns after it: W[:, i2:] -= Err · U[i1:i2, i2:].
             let rest = n - i2;
             let mut ub = vec![0.0f32; count * rest];
             for i in 0..count {
                 ub[i * rest..(i + 1) * rest]
-                    .copy_from_slice(&u32[(i1 + i) * n + i2..(i1 + i) * n + n]);
+                    .copy_from_slice(&u[(i1 + i) * n + i2..(i1 + i) * n + n]);
             }
+            let err: Vec<f32> = states
+                .iter()
+                .flat_map(|st| st.err.iter().copied())
+                .collect();
             let delta = matmul(&err, &ub, rows, count, rest);
-            for r in 0..rows {
-                for (wv, dv) in wp[r * n + i2..r * n + n]
-                    .iter_mut()
-                    .zip(&delta[r * rest..(r + 1) * rest])
-                {
-                    *wv -= dv;
+            for st in states.iter_mut() {
+                for (k, row) in st.wp.chunks_exact_mut(n).enumerate() {
+                    let r = st.r0 + k;
+                    for (wv, dv) in row[i2..].iter_mut().zip(&delta[r * rest..(r + 1) * rest]) {
+                        *wv -= dv;
+                    }
                 }
             }
         }
         i1 = i2;
+    }
+    let mut packer = Packer::new(scheme, rows, cols);
+    for st in &states {
+        for (k, codes) in st.codes.chunks_exact(cols).enumerate() {
+            let r = st.r0 + k;
+            for gi in 0..groups {
+                packer.set_params(r, gi, st.params[k * groups + gi]);
+            }
+            for (c, q) in codes.iter().enumerate() {
+                packer.set_code(r, c, *q);
+            }
+        }
     }
     let packed = packer.finish();
     // From the packed form: NF4's double quantization rounds the absmax values at the end.
@@ -210,6 +216,65 @@ pub fn gptq(
         dequant,
         damp,
     })
+}
+
+/// One thread's run of rows: weights in permuted column order, codes and group parameters in
+/// the original order, and the scaled errors of the current block.
+struct Rows {
+    r0: usize,
+    wp: Vec<f32>,
+    codes: Vec<u8>,
+    params: Vec<GroupParams>,
+    err: Vec<f32>,
+}
+
+impl Rows {
+    /// Quantizes columns `i1..i2` (permuted order) of these rows, pushing each column's error
+    /// onto the rest of the block.
+    #[allow(clippy::too_many_arguments)]
+    fn block(
+        &mut self,
+        scheme: QuantScheme,
+        static_groups: bool,
+        g: usize,
+        n: usize,
+        cols: usize,
+        i1: usize,
+        i2: usize,
+        perm: &[usize],
+        u: &[f32],
+        fit: &(dyn Fn(&[f32], usize) -> GroupParams + Sync),
+    ) {
+        let count = i2 - i1;
+        let nr = self.codes.len() / cols;
+        let groups = cols / g;
+        self.err = vec![0.0f32; nr * count];
+        for i in 0..count {
+            let col = i1 + i;
+            let orig = perm[col];
+            if !static_groups && orig.is_multiple_of(g) {
+                // Group parameters from the current, error-updated weights of the group.
+                for k in 0..nr {
+                    let xs = &self.wp[k * n + orig..k * n + orig + g];
+                    self.params[k * groups + orig / g] = fit(xs, orig);
+                }
+            }
+            let d = u[col * n + col];
+            let urow = &u[col * n + col + 1..col * n + i2];
+            for k in 0..nr {
+                let p = &self.params[k * groups + orig / g];
+                let x = self.wp[k * n + col];
+                let q = scheme.code(x, p);
+                let v = scheme.value(q, p);
+                self.codes[k * cols + orig] = q;
+                let e = (x - v) / d;
+                self.err[k * count + i] = e;
+                for (wv, uv) in self.wp[k * n + col + 1..k * n + i2].iter_mut().zip(urow) {
+                    *wv -= e * uv;
+                }
+            }
+        }
+    }
 }
 
 /// Host matrix product, for tests and small matrices.
