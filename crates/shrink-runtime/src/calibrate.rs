@@ -27,8 +27,6 @@ pub trait Site {
     fn gram(&self) -> Vec<f32>;
     /// Mean of `|x|` per feature.
     fn abs_mean(&self) -> Vec<f32>;
-    /// Rows `i·stride` of the input (every `stride`-th token), `[n, features]` row-major.
-    fn rows(&self, stride: usize) -> Vec<f32>;
     /// `a [m, k] · b [k, n]` on the calibration device.
     fn matmul(&self, a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32>;
 }
@@ -126,25 +124,6 @@ impl<B: Backend> Site for DeviceSite<'_, B> {
         }
         let n = self.tokens().max(1) as f32;
         to_vec(acc / n)
-    }
-
-    fn rows(&self, stride: usize) -> Vec<f32> {
-        let stride = stride.max(1);
-        let mut out = Vec::new();
-        let mut offset = 0usize;
-        for p in &self.parts {
-            let n = p.dims()[0];
-            let first = (stride - offset % stride) % stride;
-            let idx: Vec<i64> = (first..n).step_by(stride).map(|i| i as i64).collect();
-            offset += n;
-            if idx.is_empty() {
-                continue;
-            }
-            let len = idx.len();
-            let idx: Tensor<B, 1, Int> = Tensor::from_data(BurnData::new(idx, [len]), self.device);
-            out.extend(to_vec(p.clone().select(0, idx)));
-        }
-        out
     }
 
     fn matmul(&self, a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
