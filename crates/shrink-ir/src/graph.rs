@@ -249,6 +249,19 @@ impl Graph {
     }
 
     /// All nodes in id (insertion) order.
+    /// Whether every result of `id` is read, and only by `output` nodes (the LM head).
+    pub fn feeds_only_outputs(&self, id: NodeId) -> bool {
+        self.node(id).is_some_and(|n| {
+            n.outputs.iter().all(|v| {
+                let users = self.users(*v);
+                !users.is_empty()
+                    && users
+                        .iter()
+                        .all(|u| matches!(self.node(*u).map(|n| &n.op), Some(Op::Output { .. })))
+            })
+        })
+    }
+
     pub fn node_ids(&self) -> Vec<NodeId> {
         let mut ids: Vec<NodeId> = self
             .nodes

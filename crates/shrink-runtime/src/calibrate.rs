@@ -192,17 +192,11 @@ fn run_on<B: Backend>(
             }
         }
     }
-    let vocab = model
-        .graph
-        .params()
+    let vocab = order
         .iter()
-        .find_map(|(name, ty)| {
-            order
-                .iter()
-                .find_map(|id| match model.graph.node(*id).map(|n| &n.op) {
-                    Some(Op::Embedding { weight }) if weight == name => Some(ty.shape[0]),
-                    _ => None,
-                })
+        .find_map(|id| match model.graph.node(*id).map(|n| &n.op) {
+            Some(Op::Embedding { weight }) => model.graph.param(weight).map(|p| p.shape[0]),
+            _ => None,
         })
         .unwrap_or(usize::MAX);
     let batches: Vec<&[Vec<u32>]> = sequences.chunks(BATCH).collect();

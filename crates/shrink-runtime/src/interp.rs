@@ -367,13 +367,7 @@ impl<B: Backend> Interpreter<B> {
                 outputs,
                 release: Vec::new(),
                 feeds_output_only: matches!(node.op, Op::Linear { .. })
-                    && node.outputs.iter().all(|v| {
-                        let users = graph.users(*v);
-                        !users.is_empty()
-                            && users.iter().all(|u| {
-                                matches!(graph.node(*u).map(|n| &n.op), Some(Op::Output { .. }))
-                            })
-                    }),
+                    && graph.feeds_only_outputs(id),
             });
         }
         if rope.is_empty()

@@ -48,6 +48,26 @@ pub fn fake_quantize(scheme: QuantScheme, w: &[f32], rows: usize, cols: usize) -
     out
 }
 
+/// `w` with input column `j` multiplied by `s[j]` (`s`: one factor per column).
+pub fn scale_columns(w: &[f32], s: &[f32]) -> Vec<f32> {
+    let cols = s.len();
+    w.iter().enumerate().map(|(i, v)| v * s[i % cols]).collect()
+}
+
+/// The weight change `Δ = w − q/s` of quantized, column-scaled weights `q` (`s`: `None` for no
+/// scaling).
+pub fn weight_change(w: &[f32], q: &[f32], s: Option<&[f32]>) -> Vec<f32> {
+    match s {
+        Some(s) => w
+            .iter()
+            .zip(q)
+            .enumerate()
+            .map(|(i, (a, b))| a - b / s[i % s.len()])
+            .collect(),
+        None => w.iter().zip(q).map(|(a, b)| a - b).collect(),
+    }
+}
+
 /// `tr(Δ·G·Δᵀ)`: the summed squared output error of a weight change `Δ` (`[rows, cols]`).
 pub fn output_error(delta: &[f32], rows: usize, cols: usize, gram: &[f32], mm: Matmul<'_>) -> f64 {
     let dg = mm(delta, gram, rows, cols, cols);
@@ -91,14 +111,8 @@ pub fn search_scales(
         s.iter_mut().for_each(|v| *v /= norm);
         let mut loss = 0.0;
         for (w, rows) in ws {
-            let scaled: Vec<f32> = w.iter().enumerate().map(|(i, v)| v * s[i % cols]).collect();
-            let q = fake_quantize(scheme, &scaled, *rows, cols);
-            let delta: Vec<f32> = w
-                .iter()
-                .zip(&q)
-                .enumerate()
-                .map(|(i, (v, qv))| v - qv / s[i % cols])
-                .collect();
+            let q = fake_quantize(scheme, &scale_columns(w, &s), *rows, cols);
+            let delta = weight_change(w, &q, Some(&s));
             loss += output_error(&delta, *rows, cols, gram, mm);
         }
         let loss = loss / tokens.max(1) as f64;

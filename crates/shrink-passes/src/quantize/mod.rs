@@ -179,14 +179,7 @@ impl QuantizeOptions {
             match &n.op {
                 Op::Embedding { weight } => embeddings.push(weight.clone()),
                 Op::Linear { weight, .. } => {
-                    let is_head = n.outputs.iter().all(|v| {
-                        let users = g.users(*v);
-                        !users.is_empty()
-                            && users.iter().all(|u| {
-                                matches!(g.node(*u).map(|n| &n.op), Some(Op::Output { .. }))
-                            })
-                    });
-                    if is_head {
+                    if g.feeds_only_outputs(id) {
                         heads.push(weight.clone());
                     } else {
                         linears.push(weight.clone());
@@ -281,10 +274,11 @@ impl Pass for Quantize {
                     seqs.len(),
                     o.calibration.seq_len
                 );
-                let sites = count_sites(model, &plan.linears);
-                cx.progress.start(&what, sites as u64);
                 let progress = &mut *cx.progress;
-                calibrate::run(model, &seqs, cx.device, &mut hook, &mut |done, _| {
+                calibrate::run(model, &seqs, cx.device, &mut hook, &mut |done, total| {
+                    if done == 1 {
+                        progress.start(&what, total as u64);
+                    }
                     progress.advance(done as u64)
                 })
                 .map_err(|source| PassError::Runtime {
@@ -367,21 +361,6 @@ fn rtn(model: &mut Model, name: &str, scheme: QuantScheme) -> Result<(), PassErr
     store(model, name, scheme, packed)
 }
 
-/// Values feeding planned linears (one calibration site each).
-fn count_sites(model: &Model, plan: &BTreeMap<String, QuantScheme>) -> usize {
-    let mut values: Vec<ValueId> = Vec::new();
-    for id in model.graph.node_ids() {
-        if let Some(n) = model.graph.node(id) {
-            if matches!(&n.op, Op::Linear { weight, .. } if plan.contains_key(weight))
-                && !values.contains(&n.inputs[0])
-            {
-                values.push(n.inputs[0]);
-            }
-        }
-    }
-    values.len()
-}
-
 #[derive(Default)]
 struct Stats {
     max_damp: f64,
@@ -425,8 +404,8 @@ impl CalibrationHook for Hook<'_> {
                         .map_err(|m| err(fail(format!("'{}': {m}", l.weight))))?;
                     self.stats.max_damp = self.stats.max_damp.max(q.damp);
                     let rtn_q = awq::fake_quantize(scheme, &w, rows, cols);
-                    let d_rtn: Vec<f32> = w.iter().zip(&rtn_q).map(|(a, b)| a - b).collect();
-                    let d_q: Vec<f32> = w.iter().zip(&q.dequant).map(|(a, b)| a - b).collect();
+                    let d_rtn = awq::weight_change(&w, &rtn_q, None);
+                    let d_q = awq::weight_change(&w, &q.dequant, None);
                     self.stats.err_rtn += awq::output_error(&d_rtn, rows, cols, &gram, &mm);
                     self.stats.err_method += awq::output_error(&d_q, rows, cols, &gram, &mm);
                     store(model, &l.weight, scheme, q.packed).map_err(err)?;
@@ -489,11 +468,7 @@ impl Hook<'_> {
             .collect();
         for (l, (w, rows, _)) in linears.iter().zip(&ws) {
             let scheme = self.plan[&l.weight];
-            let scaled: Vec<f32> = w
-                .iter()
-                .enumerate()
-                .map(|(i, v)| v * scales[i % cols])
-                .collect();
+            let scaled = awq::scale_columns(w, &scales);
             let clipped = if self.awq.clip {
                 awq::clip(
                     scheme,
@@ -509,14 +484,9 @@ impl Hook<'_> {
             };
             // Error bookkeeping in the original input space.
             let q = awq::fake_quantize(scheme, &clipped, *rows, cols);
-            let d_q: Vec<f32> = w
-                .iter()
-                .zip(&q)
-                .enumerate()
-                .map(|(i, (a, b))| a - b / scales[i % cols])
-                .collect();
+            let d_q = awq::weight_change(w, &q, Some(&scales));
             let rtn_q = awq::fake_quantize(scheme, w, *rows, cols);
-            let d_rtn: Vec<f32> = w.iter().zip(&rtn_q).map(|(a, b)| a - b).collect();
+            let d_rtn = awq::weight_change(w, &rtn_q, None);
             self.stats.err_rtn += awq::output_error(&d_rtn, *rows, cols, gram, &mm);
             self.stats.err_method += awq::output_error(&d_q, *rows, cols, gram, &mm);
             write_f32(model, &l.weight, clipped).map_err(err)?;
