@@ -123,6 +123,30 @@ fn tensor_with_the_wrong_shape() {
 }
 
 #[test]
+fn per_layer_size_list_of_the_wrong_length() {
+    // Per-layer sizes (structurally pruned models) are lists of num_hidden_layers entries.
+    let dir = tiny_copy("cfg-layer-list");
+    let p = dir.join("config.json");
+    let text = std::fs::read_to_string(&p).expect("read");
+    std::fs::write(
+        &p,
+        text.replace(
+            "\"intermediate_size\": 160",
+            "\"intermediate_size\": [160, 160, 160]",
+        ),
+    )
+    .expect("write");
+    inspect_fails(
+        &dir,
+        &[
+            "config.json",
+            "field 'intermediate_size'",
+            "a list of 3 sizes, but num_hidden_layers is 2",
+        ],
+    );
+}
+
+#[test]
 fn missing_shard() {
     let dir = scratch("missing-shard");
     for f in [

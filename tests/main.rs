@@ -7,6 +7,8 @@ mod bad_input;
 mod common;
 mod ir_text;
 mod pipelines;
+mod prune;
+mod prune_structured;
 mod quant;
 mod smollm2;
 mod tiny_models;

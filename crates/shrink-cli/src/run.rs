@@ -38,7 +38,7 @@ impl Instrumentation for PrintIrAfterAll {
             index + 1,
             pass.name(),
             pass.options(),
-            shrink_ir::text::print(&model.graph)
+            shrink_ir::text::print_model(model)
         );
         Ok(())
     }
@@ -89,7 +89,22 @@ impl Instrumentation for Table {
         _model: &Model,
         r: &PassRecord,
     ) -> Result<(), String> {
-        let stats: Vec<String> = r.stats.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        // A per-tensor map (prune's sparsity) or per-layer list would swamp the row: its size
+        // only; --json has it.
+        let stats: Vec<String> = r
+            .stats
+            .iter()
+            .map(|(k, v)| {
+                let n = v
+                    .as_object()
+                    .map(|m| m.len())
+                    .or_else(|| v.as_array().map(Vec::len));
+                match n {
+                    Some(n) if n > 8 => format!("{k}=<{n} entries>"),
+                    _ => format!("{k}={v}"),
+                }
+            })
+            .collect();
         self.line(&format!(
             "{:<3} {:<14} {:>9.2} {:>14} {:>12} {:>8.3}  {}",
             index + 1,

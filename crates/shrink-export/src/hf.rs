@@ -12,6 +12,12 @@
 //! "docs/quantization.md", "schemes": {name: scheme}}`. `shrink_import::load` reads it back
 //! bit for bit; transformers does not know the method.
 //!
+//! A LLaMA-family model whose layers differ in size (structured pruning) writes
+//! `intermediate_size`, `num_attention_heads` and `num_key_value_heads` as lists, one entry per
+//! layer, beside the explicit `head_dim`. Stock transformers' `LlamaForCausalLM` needs uniform
+//! sizes and cannot load such a directory; `shrink_import::load` can, and [`crate::gguf::write`]
+//! (llama.cpp's `deci` architecture) is the way to llama.cpp.
+//!
 //! `model.safetensors` is written by [`write_safetensors`]: the layout of the `safetensors`
 //! crate (tensors by descending dtype then name, header padded with spaces to 8 bytes) with the
 //! `__metadata__` keys sorted, so the same model always gives the same bytes.
@@ -23,7 +29,7 @@ use std::path::{Path, PathBuf};
 
 use safetensors::tensor::Dtype;
 use serde_json::{json, Map, Value};
-use shrink_import::arch::{gpt2_is_conv1d, Gpt2Config, LlamaConfig};
+use shrink_import::arch::{gpt2_is_conv1d, Gpt2Config, LlamaConfig, LlamaLayer};
 use shrink_import::hf::{transpose_bytes, QUANT_METADATA_KEY, QUANT_METHOD};
 use shrink_import::Tokenizer;
 use shrink_ir::{Activation, DType, Model, TensorData, Verified};
@@ -164,10 +170,18 @@ fn llama_config(c: &LlamaConfig, dtype: DType, dir: &Path) -> Result<Value> {
     m.insert("model_type".into(), json!(c.arch));
     m.insert("vocab_size".into(), json!(c.vocab_size));
     m.insert("hidden_size".into(), json!(c.hidden_size));
-    m.insert("intermediate_size".into(), json!(c.intermediate_size));
-    m.insert("num_hidden_layers".into(), json!(c.num_layers));
-    m.insert("num_attention_heads".into(), json!(c.num_heads));
-    m.insert("num_key_value_heads".into(), json!(c.num_kv_heads));
+    // Uniform layers write integers, as transformers expects; otherwise one entry per layer.
+    let per_layer = |f: fn(&LlamaLayer) -> usize| match c.layers.first() {
+        Some(l0) if c.is_uniform() => json!(f(l0)),
+        _ => json!(c.layers.iter().map(f).collect::<Vec<_>>()),
+    };
+    m.insert(
+        "intermediate_size".into(),
+        per_layer(|l| l.intermediate_size),
+    );
+    m.insert("num_hidden_layers".into(), json!(c.num_layers()));
+    m.insert("num_attention_heads".into(), per_layer(|l| l.num_heads));
+    m.insert("num_key_value_heads".into(), per_layer(|l| l.num_kv_heads));
     m.insert("head_dim".into(), json!(c.head_dim));
     m.insert("hidden_act".into(), json!("silu"));
     m.insert(
@@ -188,7 +202,7 @@ fn llama_config(c: &LlamaConfig, dtype: DType, dir: &Path) -> Result<Value> {
         _ => {
             m.insert("use_sliding_window".into(), json!(false));
             m.insert("sliding_window".into(), Value::Null);
-            m.insert("max_window_layers".into(), json!(c.num_layers));
+            m.insert("max_window_layers".into(), json!(c.num_layers()));
         }
     }
     m.insert("tie_word_embeddings".into(), json!(c.tie_word_embeddings));

@@ -2,9 +2,9 @@
 //!
 //! - [`hf::write`]: a Hugging Face directory (`config.json`, `model.safetensors`,
 //!   `tokenizer.json`, `tokenizer_config.json`) that transformers and `shrink_import::load` read
-//! - [`gguf::write`]: a GGUF v3 file of the `llama` architecture that llama.cpp and
-//!   `shrink_import::load` read; [`gguf::GgufWriter`] is the format writer underneath, taking
-//!   tensors as `(name, ggml type, dims, bytes)`
+//! - [`gguf::write`]: a GGUF v3 file of the `llama` architecture (`deci` when layers differ in
+//!   size) that llama.cpp and `shrink_import::load` read; [`gguf::GgufWriter`] is the format
+//!   writer underneath, taking tensors as `(name, ggml type, dims, bytes)`
 //!
 //! Sizes are read back from the graph by `LlamaConfig::from_graph` / `Gpt2Config::from_graph`
 //! (in `shrink_import::arch`, beside `build`), so a graph that is not the shape its architecture

@@ -13,11 +13,12 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use shrink_import::arch::LlamaConfig;
 use shrink_import::gguf::{GgmlType, GgufFile, MetaValue};
 use shrink_import::gguf_import::{gguf_name, permute_rows};
 use shrink_import::{load, Loaded, Tokenizer};
 use shrink_ir::text::print;
-use shrink_ir::{DType, Graph, Model, QuantScheme, TensorData};
+use shrink_ir::{DType, Graph, Model, QuantScheme, TensorData, WeightStore};
 use shrink_runtime::{Device, Engine};
 
 use crate::gguf::GgufWriter;
@@ -609,22 +610,280 @@ fn a_graph_that_is_not_its_architecture_is_refused_with_the_layer() {
             .expect("tensor");
     *l.model.graph.param_mut(name).expect("param") = pruned.ty.clone();
     l.model.weights.insert(name, pruned);
+    // Layers may differ in width (structured pruning), but a layer must agree with itself.
+    let want = "layer 1: parameter 'model.layers.1.mlp.up_proj.weight' has shape [160, 64], but \
+                intermediate_size 128 (from 'model.layers.1.mlp.gate_proj.weight') implies \
+                [128, 64]";
     let out = s.path().join("model");
     let e = hf::write(&l.model, &proof, None, &out)
         .expect_err("refused")
         .to_string();
     assert!(
-        e.contains("cannot read the llama config back")
-            && e.contains("layer 1: intermediate_size 128")
-            && e.contains("layer 0's 160"),
+        e.contains("cannot read the llama config back") && e.contains(want),
         "{e}"
     );
     let tok = l.tokenizer.as_ref().expect("tok");
     let e = gguf::write(&l.model, &proof, tok, &s.path().join("x.gguf"))
         .expect_err("refused")
         .to_string();
-    assert!(e.contains("layer 1: intermediate_size 128"), "{e}");
+    assert!(e.contains(want), "{e}");
     assert!(entries(s.path()).is_empty());
+}
+
+/// tiny-llama cut by hand into layers of different sizes, as structured pruning would: layer 0
+/// keeps 96 of its 160 MLP channels (those `c` with `c % 5 < 3`: gate/up rows, down columns),
+/// layer 1 keeps its second KV group (query heads 2 and 3 of 4, KV head 1 of 2: q/k/v rows,
+/// o_proj columns). The graph is rebuilt from the changed config; verified.
+fn non_uniform_tiny_llama() -> Loaded {
+    let mut l = load_fixture("tiny-llama");
+    let mut cfg = LlamaConfig::from_graph(&l.model.graph).expect("config");
+    cfg.layers[0].intermediate_size = 96;
+    cfg.layers[1].num_heads = 2;
+    cfg.layers[1].num_kv_heads = 1;
+    assert!(!cfg.is_uniform());
+    let graph = cfg.build();
+    let hd = cfg.head_dim;
+    let channels: Vec<usize> = (0..160).filter(|c| c % 5 < 3).collect();
+    let mut weights = WeightStore::new();
+    for (name, ty) in graph.params() {
+        let t = l.model.weights.get(name).expect("weight");
+        let (rows, cols) = match t.ty.shape.as_slice() {
+            [r, c] => (*r, *c),
+            [n] => (1, *n),
+            s => panic!("{name}: shape {s:?}"),
+        };
+        let all = |n: usize| (0..n).collect::<Vec<_>>();
+        let (keep_rows, keep_cols) = match name.as_str() {
+            "model.layers.0.mlp.gate_proj.weight" | "model.layers.0.mlp.up_proj.weight" => {
+                (channels.clone(), all(cols))
+            }
+            "model.layers.0.mlp.down_proj.weight" => (all(rows), channels.clone()),
+            "model.layers.1.self_attn.q_proj.weight" => ((2 * hd..4 * hd).collect(), all(cols)),
+            "model.layers.1.self_attn.k_proj.weight" | "model.layers.1.self_attn.v_proj.weight" => {
+                ((hd..2 * hd).collect(), all(cols))
+            }
+            "model.layers.1.self_attn.o_proj.weight" => (all(rows), (2 * hd..4 * hd).collect()),
+            _ => (all(rows), all(cols)),
+        };
+        let v = t.to_f32();
+        let v = &v;
+        let cut: Vec<f32> = keep_rows
+            .iter()
+            .flat_map(|r| keep_cols.iter().map(move |c| v[r * cols + c]))
+            .collect();
+        let d = TensorData::from_f32(DType::F32, ty.shape.clone(), &cut).expect(name);
+        weights.insert(name.clone(), d);
+    }
+    l.model = Model { graph, weights };
+    l.model.verify().expect("the non-uniform model verifies");
+    l
+}
+
+#[test]
+fn non_uniform_llama_hf_round_trip() {
+    let mut orig = non_uniform_tiny_llama();
+    let proof = orig.model.verify().expect("verified");
+    let s = Scratch::new("hf-non-uniform");
+    let out = s.path().join("model");
+    hf::write(&orig.model, &proof, orig.tokenizer.as_ref(), &out).expect("export");
+    let c = read_json(&out.join("config.json"));
+    assert_eq!(c["intermediate_size"], serde_json::json!([96, 160]));
+    assert_eq!(c["num_attention_heads"], serde_json::json!([4, 2]));
+    assert_eq!(c["num_key_value_heads"], serde_json::json!([2, 1]));
+    assert_eq!(c["num_hidden_layers"], 2);
+    assert_eq!(c["head_dim"], 16);
+
+    let mut back = load(&out).expect("load export");
+    assert_eq!(
+        ir_without(&orig.model.graph, &FORMAT_META),
+        ir_without(&back.model.graph, &FORMAT_META)
+    );
+    same_params(&orig.model, &back.model);
+    let (a, b) = (logits(&orig, "tiny-llama"), logits(&back, "tiny-llama"));
+    assert_eq!(max_abs_diff(&a, &b), 0.0, "logits differ");
+    same_tokens(
+        orig.tokenizer.as_mut().expect("tokenizer"),
+        back.tokenizer.as_mut().expect("tokenizer"),
+    );
+
+    // A list whose length is not num_hidden_layers is refused, naming the field.
+    let mut bad = c.clone();
+    bad["num_key_value_heads"] = serde_json::json!([2, 1, 1]);
+    fs::write(out.join("config.json"), bad.to_string()).expect("write");
+    let e = load(&out).expect_err("wrong length").to_string();
+    assert!(
+        e.contains("config.json")
+            && e.contains("field 'num_key_value_heads'")
+            && e.contains("a list of 3 sizes, but num_hidden_layers is 2"),
+        "{e}"
+    );
+}
+
+#[test]
+fn non_uniform_llama_gguf_round_trip_as_deci() {
+    let mut orig = non_uniform_tiny_llama();
+    let proof = orig.model.verify().expect("verified");
+    let s = Scratch::new("gguf-non-uniform");
+    let out = s.path().join("pruned.gguf");
+    let tok = orig.tokenizer.as_ref().expect("tokenizer");
+    gguf::write(&orig.model, &proof, tok, &out).expect("export");
+
+    let f = GgufFile::open(&out).expect("open");
+    let u32s = |v: &[u32]| MetaValue::Array(v.iter().map(|&x| MetaValue::U32(x)).collect());
+    let want = [
+        ("general.architecture", MetaValue::String("deci".into())),
+        ("deci.block_count", MetaValue::U32(2)),
+        ("deci.context_length", MetaValue::U32(256)),
+        ("deci.embedding_length", MetaValue::U32(64)),
+        ("deci.feed_forward_length", u32s(&[96, 160])),
+        ("deci.attention.head_count", u32s(&[4, 2])),
+        ("deci.attention.head_count_kv", u32s(&[2, 1])),
+        ("deci.attention.key_length", MetaValue::U32(16)),
+        ("deci.attention.value_length", MetaValue::U32(16)),
+        ("deci.rope.dimension_count", MetaValue::U32(16)),
+        ("deci.rope.freq_base", MetaValue::F32(10000.0)),
+        (
+            "deci.attention.layer_norm_rms_epsilon",
+            MetaValue::F32(1e-5),
+        ),
+        ("deci.vocab_size", MetaValue::U32(384)),
+    ];
+    for (k, v) in &want {
+        assert_eq!(f.get(k), Some(v), "{k}");
+    }
+    assert!(!f.metadata.keys().any(|k| k.starts_with("llama.")));
+    // Each layer's Q/K rows are permuted by its own head counts.
+    let bytes = |n: &str| orig.model.weights.get(n).expect("w").bytes();
+    for (hf_name, gg, heads) in [
+        (
+            "model.layers.0.self_attn.q_proj.weight",
+            "blk.0.attn_q.weight",
+            4,
+        ),
+        (
+            "model.layers.1.self_attn.q_proj.weight",
+            "blk.1.attn_q.weight",
+            2,
+        ),
+        (
+            "model.layers.1.self_attn.k_proj.weight",
+            "blk.1.attn_k.weight",
+            1,
+        ),
+    ] {
+        let t = f.tensor(gg).expect("tensor");
+        assert_eq!(t.dims, [64, heads as u64 * 16], "{gg}");
+        assert!(
+            f.tensor_data(t) == permute_rows(bytes(hf_name), heads, 16, 64 * 4).as_slice(),
+            "{gg}"
+        );
+    }
+    assert_eq!(f.tensor("blk.0.ffn_down.weight").expect("t").dims, [96, 64]);
+    drop(f);
+
+    let mut back = load(&out).expect("load export");
+    assert_eq!(
+        back.model
+            .graph
+            .meta
+            .get("architecture")
+            .map(String::as_str),
+        Some("llama")
+    );
+    assert_eq!(
+        ir_without(&orig.model.graph, &FORMAT_META),
+        ir_without(&back.model.graph, &FORMAT_META)
+    );
+    same_params(&orig.model, &back.model);
+    let (a, b) = (logits(&orig, "tiny-llama"), logits(&back, "tiny-llama"));
+    assert_eq!(max_abs_diff(&a, &b), 0.0, "logits differ");
+    same_tokens(
+        orig.tokenizer.as_mut().expect("tokenizer"),
+        back.tokenizer.as_mut().expect("tokenizer"),
+    );
+
+    // An array whose length is not block_count is refused, naming the key.
+    let src = GgufFile::open(&out).expect("open");
+    let bad = s.path().join("bad.gguf");
+    copy_gguf(&src, &bad, |k, v| match k {
+        "deci.attention.head_count" => Some((k.into(), u32s(&[4, 2, 2]))),
+        _ => Some((k.into(), v.clone())),
+    });
+    let e = load(&bad).expect_err("wrong length").to_string();
+    assert!(
+        e.contains("bad.gguf")
+            && e.contains("field 'deci.attention.head_count'")
+            && e.contains("an array of 3 sizes, but block_count is 2"),
+        "{e}"
+    );
+}
+
+/// Writes a copy of a GGUF file with each metadata key/value replaced by what `edit` returns
+/// for it (`None` drops it), tensors unchanged.
+fn copy_gguf(
+    src: &GgufFile,
+    path: &Path,
+    edit: impl Fn(&str, &MetaValue) -> Option<(String, MetaValue)>,
+) {
+    let mut w = GgufWriter::new();
+    for (k, v) in &src.metadata {
+        if let Some((k, v)) = edit(k, v) {
+            w.add_metadata(k, v).expect("meta");
+        }
+    }
+    for t in &src.tensors {
+        w.add_tensor(
+            t.name.clone(),
+            t.ggml_type,
+            t.dims.clone(),
+            Cow::Borrowed(src.tensor_data(t)),
+        )
+        .expect("tensor");
+    }
+    w.write_to(fs::File::create(path).expect("create"))
+        .expect("write");
+}
+
+#[test]
+fn gguf_import_reads_deci_files_with_scalar_or_i32_array_sizes() {
+    // tiny-llama.gguf with every `llama.*` key renamed `deci.*`: scalars (llama.cpp's
+    // get_key_or_arr repeats them), then head counts as i32 arrays (what gguf-py writes for
+    // lists). Either is the same LLaMA graph with the same logits.
+    let s = Scratch::new("deci-scalars");
+    let fixture = fixtures().join("tiny-llama/tiny-llama.gguf");
+    let src = GgufFile::open(&fixture).expect("open");
+    let want = load(&fixture).expect("load");
+    for arrays in [false, true] {
+        let path = s.path().join(format!("deci-{arrays}.gguf"));
+        copy_gguf(&src, &path, |k, v| {
+            if k == "general.architecture" {
+                return Some((k.into(), MetaValue::String("deci".into())));
+            }
+            let Some(rest) = k.strip_prefix("llama.") else {
+                return Some((k.into(), v.clone()));
+            };
+            let v = match (arrays, v.as_int()) {
+                (true, Some(n)) if rest.starts_with("attention.head_count") => {
+                    MetaValue::Array(vec![MetaValue::I32(n as i32); 2])
+                }
+                _ => v.clone(),
+            };
+            Some((format!("deci.{rest}"), v))
+        });
+        let f = GgufFile::open(&path).expect("open copy");
+        assert!(f.get("llama.block_count").is_none() && f.get("deci.block_count").is_some());
+        drop(f);
+        let back = load(&path).expect("load deci");
+        assert_eq!(
+            print(&want.model.graph),
+            print(&back.model.graph),
+            "arrays={arrays}"
+        );
+        assert_eq!(
+            max_abs_diff(&logits(&want, "tiny-llama"), &logits(&back, "tiny-llama")),
+            0.0
+        );
+    }
 }
 
 /// Replaces every `*_proj.weight` of `model` (the linears of attention and MLP) by its
@@ -1125,5 +1384,45 @@ fn write_exports_for_the_check_script() {
         let path = root.join(format!("gguf/tiny-llama-{scheme}-dequantized.gguf"));
         gguf::write(&deq, &proof, tok, &path).expect("gguf");
     }
+    // Layers of different sizes (llama.cpp's `deci`), with shrink's perplexity as llama.cpp's
+    // perplexity tool computes it (`-c 128 --chunks 4` on tiny Shakespeare), for the original
+    // model too.
+    let text = fs::read_to_string(fixtures().join("../data/tinyshakespeare/input.txt"))
+        .expect("data/tinyshakespeare/input.txt");
+    let ppl = |l: &mut Loaded| {
+        let tokens = l
+            .tokenizer
+            .as_mut()
+            .expect("tok")
+            .encode(&text, false)
+            .expect("encode");
+        let opts = shrink_runtime::PerplexityOptions {
+            ctx: 128,
+            chunks: Some(4),
+            scoring: shrink_runtime::Scoring::SecondHalf,
+        };
+        let engine = Engine::new(&l.model, Device::Cpu).expect("engine");
+        engine
+            .perplexity(&tokens, opts, &mut |_, _, _| {})
+            .expect("ppl")
+            .ppl
+    };
+    let mut l = non_uniform_tiny_llama();
+    let proof = l.model.verify().expect("verified");
+    let base = root.join("gguf/tiny-llama-non-uniform");
+    let tok = l.tokenizer.as_ref().expect("tok");
+    gguf::write(&l.model, &proof, tok, &base.with_extension("gguf")).expect("gguf");
+    let index = serde_json::json!({
+        "feed_forward_length": [96, 160],
+        "head_count": [4, 2],
+        "head_count_kv": [2, 1],
+        "shrink_ppl": ppl(&mut l),
+        "shrink_ppl_original": ppl(&mut load_fixture("tiny-llama")),
+    });
+    fs::write(
+        base.with_extension("json"),
+        serde_json::to_string_pretty(&index).expect("json"),
+    )
+    .expect("write");
     eprintln!("wrote {}", root.display());
 }

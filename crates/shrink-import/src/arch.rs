@@ -5,17 +5,16 @@
 use shrink_ir::{Activation, AttentionSpec, DType, Graph, NormKind, Op, ParamType, Rope, ValueId};
 
 /// The LLaMA family (Llama, SmolLM, Mistral, Qwen2): RMSNorm, RoPE, grouped-query attention,
-/// SwiGLU MLP.
+/// SwiGLU MLP. Layers may differ in MLP width and head counts (structured pruning makes such
+/// models); `head_dim` is shared.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LlamaConfig {
     /// `llama`, `mistral` or `qwen2`: kept so exports write the same architecture back.
     pub arch: String,
     pub vocab_size: usize,
     pub hidden_size: usize,
-    pub intermediate_size: usize,
-    pub num_layers: usize,
-    pub num_heads: usize,
-    pub num_kv_heads: usize,
+    /// One entry per decoder layer, in order: their number is `num_hidden_layers`.
+    pub layers: Vec<LlamaLayer>,
     pub head_dim: usize,
     pub rope_theta: f32,
     pub rms_norm_eps: f32,
@@ -25,6 +24,16 @@ pub struct LlamaConfig {
     pub attention_qkv_bias: bool,
     pub bos_token_id: Option<u32>,
     pub eos_token_id: Option<u32>,
+}
+
+/// The sizes of one LLaMA decoder layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LlamaLayer {
+    /// Rows of `gate_proj`/`up_proj`, columns of `down_proj`.
+    pub intermediate_size: usize,
+    /// Query heads; a multiple of `num_kv_heads`.
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
 }
 
 /// GPT-2: LayerNorm, learned positions, fused `c_attn`, GELU-tanh.
@@ -114,15 +123,23 @@ impl Builder {
 }
 
 impl LlamaConfig {
+    /// `num_hidden_layers`.
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Whether every layer has layer 0's sizes (what stock transformers and llama.cpp's `llama`
+    /// architecture can hold).
+    pub fn is_uniform(&self) -> bool {
+        self.layers.windows(2).all(|w| w[0] == w[1])
+    }
+
     /// Checks the config's numbers before a graph is built from them.
     pub fn validate(&self) -> Result<(), String> {
         let positive = [
             ("vocab_size", self.vocab_size),
             ("hidden_size", self.hidden_size),
-            ("intermediate_size", self.intermediate_size),
-            ("num_hidden_layers", self.num_layers),
-            ("num_attention_heads", self.num_heads),
-            ("num_key_value_heads", self.num_kv_heads),
+            ("num_hidden_layers", self.num_layers()),
             ("head_dim", self.head_dim),
         ];
         for (k, v) in positive {
@@ -130,11 +147,32 @@ impl LlamaConfig {
                 return Err(format!("{k} must be positive"));
             }
         }
-        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
-            return Err(format!(
-                "num_attention_heads ({}) is not a multiple of num_key_value_heads ({})",
-                self.num_heads, self.num_kv_heads
-            ));
+        // A uniform config's errors read as they always did, without a layer.
+        let uniform = self.is_uniform();
+        for (i, l) in self.layers.iter().enumerate() {
+            let at = if uniform {
+                String::new()
+            } else {
+                format!("layer {i}: ")
+            };
+            for (k, v) in [
+                ("intermediate_size", l.intermediate_size),
+                ("num_attention_heads", l.num_heads),
+                ("num_key_value_heads", l.num_kv_heads),
+            ] {
+                if v == 0 {
+                    return Err(format!("{at}{k} must be positive"));
+                }
+            }
+            if !l.num_heads.is_multiple_of(l.num_kv_heads) {
+                return Err(format!(
+                    "{at}num_attention_heads ({}) is not a multiple of num_key_value_heads ({})",
+                    l.num_heads, l.num_kv_heads
+                ));
+            }
+            if uniform {
+                break;
+            }
         }
         if !self.head_dim.is_multiple_of(2) {
             return Err(format!(
@@ -165,17 +203,17 @@ impl LlamaConfig {
             },
             &[tokens],
         );
-        let attn = AttentionSpec {
-            heads: c.num_heads,
-            kv_heads: c.num_kv_heads,
-            head_dim: hd,
-            rope: Some(Rope {
-                theta: c.rope_theta,
-                dim: hd,
-            }),
-            causal: true,
-        };
-        for i in 0..c.num_layers {
+        for (i, l) in c.layers.iter().enumerate() {
+            let attn = AttentionSpec {
+                heads: l.num_heads,
+                kv_heads: l.num_kv_heads,
+                head_dim: hd,
+                rope: Some(Rope {
+                    theta: c.rope_theta,
+                    dim: hd,
+                }),
+                causal: true,
+            };
             let p = format!("model.layers.{i}");
             let norm = |b: &mut Builder, x, name: &str| {
                 let weight = b.param(&format!("{p}.{name}.weight"), vec![d]);
@@ -194,21 +232,21 @@ impl LlamaConfig {
             let q = b.linear(
                 x,
                 &format!("{p}.self_attn.q_proj"),
-                c.num_heads * hd,
+                l.num_heads * hd,
                 d,
                 qkv,
             );
             let k = b.linear(
                 x,
                 &format!("{p}.self_attn.k_proj"),
-                c.num_kv_heads * hd,
+                l.num_kv_heads * hd,
                 d,
                 qkv,
             );
             let v = b.linear(
                 x,
                 &format!("{p}.self_attn.v_proj"),
-                c.num_kv_heads * hd,
+                l.num_kv_heads * hd,
                 d,
                 qkv,
             );
@@ -217,7 +255,7 @@ impl LlamaConfig {
                 a,
                 &format!("{p}.self_attn.o_proj"),
                 d,
-                c.num_heads * hd,
+                l.num_heads * hd,
                 false,
             );
             h = b.op(Op::Add, &[h, o]);
@@ -225,14 +263,14 @@ impl LlamaConfig {
             let gate = b.linear(
                 x,
                 &format!("{p}.mlp.gate_proj"),
-                c.intermediate_size,
+                l.intermediate_size,
                 d,
                 false,
             );
             let up = b.linear(
                 x,
                 &format!("{p}.mlp.up_proj"),
-                c.intermediate_size,
+                l.intermediate_size,
                 d,
                 false,
             );
@@ -242,7 +280,7 @@ impl LlamaConfig {
                 m,
                 &format!("{p}.mlp.down_proj"),
                 d,
-                c.intermediate_size,
+                l.intermediate_size,
                 false,
             );
             h = b.op(Op::Add, &[h, down]);
@@ -472,31 +510,26 @@ fn head_weight(g: &Graph) -> Result<String, String> {
     }
 }
 
-/// Attention specs of the graph in layer order; all must agree with the first.
-fn attention_specs(ops: &[&Op], layers: usize) -> Result<AttentionSpec, String> {
-    let specs: Vec<&AttentionSpec> = ops
+/// Attention specs of the graph, one per layer in layer order (the residual stream orders them);
+/// head_dim, RoPE and causality must agree with layer 0's, head counts may differ.
+fn layer_attention_specs(ops: &[&Op], layers: usize) -> Result<Vec<AttentionSpec>, String> {
+    let specs: Vec<AttentionSpec> = ops
         .iter()
         .filter_map(|op| match op {
-            Op::Attention(a) => Some(a),
+            Op::Attention(a) => Some(*a),
             _ => None,
         })
         .collect();
     if specs.len() != layers {
         return Err(format!("{} attention ops for {layers} layers", specs.len()));
     }
-    let a0 = *specs[0];
+    let a0 = specs[0];
     for (i, a) in specs.iter().enumerate().skip(1) {
-        let diff = [
-            ("heads", a.heads, a0.heads),
-            ("kv_heads", a.kv_heads, a0.kv_heads),
-            ("head_dim", a.head_dim, a0.head_dim),
-        ];
-        for (k, got, want) in diff {
-            if got != want {
-                return Err(format!(
-                    "layer {i}: attention {k}={got} differs from layer 0's {k}={want}"
-                ));
-            }
+        if a.head_dim != a0.head_dim {
+            return Err(format!(
+                "layer {i}: attention head_dim={} differs from layer 0's head_dim={}",
+                a.head_dim, a0.head_dim
+            ));
         }
         if a.rope != a0.rope {
             return Err(format!(
@@ -513,7 +546,63 @@ fn attention_specs(ops: &[&Op], layers: usize) -> Result<AttentionSpec, String> 
     if !a0.causal {
         return Err("attention is not causal".into());
     }
+    Ok(specs)
+}
+
+/// The attention spec every layer shares (GPT-2 has no per-layer head counts).
+fn uniform_attention_spec(ops: &[&Op], layers: usize) -> Result<AttentionSpec, String> {
+    let specs = layer_attention_specs(ops, layers)?;
+    let a0 = specs[0];
+    for (i, a) in specs.iter().enumerate().skip(1) {
+        for (k, got, want) in [
+            ("heads", a.heads, a0.heads),
+            ("kv_heads", a.kv_heads, a0.kv_heads),
+        ] {
+            if got != want {
+                return Err(format!(
+                    "layer {i}: attention {k}={got} differs from layer 0's {k}={want}"
+                ));
+            }
+        }
+    }
     Ok(a0)
+}
+
+/// Checks that a layer's projections have the sizes its attention op and MLP width imply, so a
+/// mismatch is reported against the tensor rather than as a structural difference.
+fn check_llama_layer(g: &Graph, i: usize, l: &LlamaLayer, hd: usize) -> Result<(), String> {
+    let p = format!("model.layers.{i}");
+    let (q, kv) = (l.num_heads * hd, l.num_kv_heads * hd);
+    let attn = format!(
+        "attention heads={} kv_heads={} head_dim={hd}",
+        l.num_heads, l.num_kv_heads
+    );
+    let inter = format!(
+        "intermediate_size {} (from '{p}.mlp.gate_proj.weight')",
+        l.intermediate_size
+    );
+    let m = l.intermediate_size;
+    // (tensor, which dimension, its implied size, what implies it)
+    let checks = [
+        ("self_attn.q_proj.weight", 0, q, &attn),
+        ("self_attn.k_proj.weight", 0, kv, &attn),
+        ("self_attn.v_proj.weight", 0, kv, &attn),
+        ("self_attn.o_proj.weight", 1, q, &attn),
+        ("mlp.up_proj.weight", 0, m, &inter),
+        ("mlp.down_proj.weight", 1, m, &inter),
+    ];
+    for (name, dim, want, why) in checks {
+        let name = format!("{p}.{name}");
+        let (rows, cols) = param_2d(g, &name)?;
+        let got = if dim == 0 { rows } else { cols };
+        if got != want {
+            let implied = if dim == 0 { [want, cols] } else { [rows, want] };
+            return Err(format!(
+                "layer {i}: parameter '{name}' has shape [{rows}, {cols}], but {why} implies {implied:?}"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The single epsilon of every norm op of `kind`.
@@ -657,8 +746,9 @@ impl LlamaConfig {
     /// Reads the config back from a graph of this family (the inverse of [`LlamaConfig::build`],
     /// whatever the parameters' dtypes or schemes): sizes from the parameter shapes, heads, RoPE
     /// and norm epsilon from the ops, whether the head is tied from the output linear's weight,
-    /// and the architecture, context length and BOS/EOS from `graph.meta`. Fails with the layer
-    /// and size at fault when the graph is not that shape (e.g. layers of different sizes).
+    /// and the architecture, context length and BOS/EOS from `graph.meta`. Layers may differ in
+    /// MLP width and head counts (each read from its own layer). Fails with the layer and tensor
+    /// at fault when the graph is not that shape.
     pub fn from_graph(g: &Graph) -> Result<LlamaConfig, String> {
         let arch = g
             .meta
@@ -674,26 +764,29 @@ impl LlamaConfig {
         let (vocab, hidden) = param_2d(g, embed)?;
         let layers = count_layers(g, "model.layers.")?;
         let ops = ops_in_order(g)?;
-        let a = attention_specs(&ops, layers)?;
-        let rope = a.rope.ok_or("attention has no RoPE")?;
-        if rope.dim != a.head_dim {
+        let specs = layer_attention_specs(&ops, layers)?;
+        let (rope, head_dim) = (specs[0].rope, specs[0].head_dim);
+        let rope = rope.ok_or("attention has no RoPE")?;
+        if rope.dim != head_dim {
             return Err(format!(
-                "partial rotary (rope dim {} of head_dim {}) is not supported",
-                rope.dim, a.head_dim
+                "partial rotary (rope dim {} of head_dim {head_dim}) is not supported",
+                rope.dim
             ));
         }
         let eps = norm_eps(&ops, NormKind::Rms)?;
-        let (inter, _) = param_2d(g, "model.layers.0.mlp.gate_proj.weight")?;
         let qkv_bias = g.param("model.layers.0.self_attn.q_proj.bias").is_some();
-        // Per-layer sizes must agree; every other shape is checked against `build()` below.
-        for i in 0..layers {
-            let p = format!("model.layers.{i}");
-            let (li, _) = param_2d(g, &format!("{p}.mlp.gate_proj.weight"))?;
-            if li != inter {
-                return Err(format!(
-                    "layer {i}: intermediate_size {li} ({p}.mlp.gate_proj.weight) differs from layer 0's {inter}"
-                ));
-            }
+        // Each layer's sizes: MLP width from its gate projection, heads from its attention op;
+        // every other shape must agree with them (here, then against `build()` below).
+        let mut sizes = Vec::with_capacity(layers);
+        for (i, a) in specs.iter().enumerate() {
+            let (inter, _) = param_2d(g, &format!("model.layers.{i}.mlp.gate_proj.weight"))?;
+            let l = LlamaLayer {
+                intermediate_size: inter,
+                num_heads: a.heads,
+                num_kv_heads: a.kv_heads,
+            };
+            check_llama_layer(g, i, &l, head_dim)?;
+            sizes.push(l);
         }
         let head = head_weight(g)?;
         let tied = head == embed;
@@ -706,11 +799,8 @@ impl LlamaConfig {
             arch: arch.clone(),
             vocab_size: vocab,
             hidden_size: hidden,
-            intermediate_size: inter,
-            num_layers: layers,
-            num_heads: a.heads,
-            num_kv_heads: a.kv_heads,
-            head_dim: a.head_dim,
+            layers: sizes,
+            head_dim,
             rope_theta: rope.theta,
             rms_norm_eps: eps,
             max_position_embeddings: meta_usize(g, "context_length")?
@@ -750,7 +840,7 @@ impl Gpt2Config {
         let (vocab, d) = param_2d(g, &wte)?;
         let (positions, _) = param_2d(g, &format!("{prefix}wpe.weight"))?;
         let layers = count_layers(g, &format!("{prefix}h."))?;
-        let a = attention_specs(&ops, layers)?;
+        let a = uniform_attention_spec(&ops, layers)?;
         if a.rope.is_some() {
             return Err("GPT-2 attention has no RoPE, but this graph's has".into());
         }
@@ -823,10 +913,14 @@ mod tests {
             arch: arch.into(),
             vocab_size: 50,
             hidden_size: 32,
-            intermediate_size: 48,
-            num_layers: 3,
-            num_heads: 4,
-            num_kv_heads: 2,
+            layers: vec![
+                LlamaLayer {
+                    intermediate_size: 48,
+                    num_heads: 4,
+                    num_kv_heads: 2,
+                };
+                3
+            ],
             head_dim: 8,
             rope_theta: 500000.0,
             rms_norm_eps: 1e-6,
@@ -869,6 +963,111 @@ mod tests {
             p.dtype = DType::BF16;
             assert_eq!(LlamaConfig::from_graph(&g).unwrap(), c);
         }
+    }
+
+    /// `llama("llama", …)` with layer 0's MLP narrowed and layer 1 down to one KV group.
+    fn pruned_llama(tied: bool) -> LlamaConfig {
+        let mut c = llama("llama", tied, false);
+        c.layers[0].intermediate_size = 24;
+        c.layers[1].num_heads = 2;
+        c.layers[1].num_kv_heads = 1;
+        c
+    }
+
+    #[test]
+    fn layers_of_different_sizes_round_trip_through_their_graph() {
+        for c in [pruned_llama(true), pruned_llama(false)] {
+            assert!(!c.is_uniform());
+            c.validate().unwrap();
+            let g = c.build();
+            let shape = |n: &str| g.param(n).unwrap().shape.clone();
+            assert_eq!(shape("model.layers.0.mlp.down_proj.weight"), [32, 24]);
+            assert_eq!(shape("model.layers.1.self_attn.q_proj.weight"), [16, 32]);
+            assert_eq!(shape("model.layers.1.self_attn.k_proj.weight"), [8, 32]);
+            assert_eq!(shape("model.layers.1.self_attn.o_proj.weight"), [32, 16]);
+            assert_eq!(shape("model.layers.2.self_attn.q_proj.weight"), [32, 32]);
+            let heads: Vec<(usize, usize)> = ops_in_order(&g)
+                .unwrap()
+                .into_iter()
+                .filter_map(|op| match op {
+                    Op::Attention(a) => Some((a.heads, a.kv_heads)),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(heads, [(4, 2), (2, 1), (4, 2)]);
+            assert_eq!(LlamaConfig::from_graph(&g).unwrap(), c);
+        }
+        assert!(llama("llama", true, false).is_uniform());
+    }
+
+    #[test]
+    fn validate_names_the_layer_of_a_non_uniform_config() {
+        let mut c = pruned_llama(true);
+        c.layers[2].num_heads = 3;
+        assert_eq!(
+            c.validate().unwrap_err(),
+            "layer 2: num_attention_heads (3) is not a multiple of num_key_value_heads (2)"
+        );
+        c.layers[2].num_heads = 4;
+        c.layers[0].intermediate_size = 0;
+        assert_eq!(
+            c.validate().unwrap_err(),
+            "layer 0: intermediate_size must be positive"
+        );
+        // A uniform config's errors name no layer, as before.
+        let mut c = llama("llama", true, false);
+        for l in &mut c.layers {
+            l.num_kv_heads = 3;
+        }
+        assert_eq!(
+            c.validate().unwrap_err(),
+            "num_attention_heads (4) is not a multiple of num_key_value_heads (3)"
+        );
+        c.layers.clear();
+        assert_eq!(
+            c.validate().unwrap_err(),
+            "num_hidden_layers must be positive"
+        );
+    }
+
+    #[test]
+    fn from_graph_checks_each_layers_projections_against_its_sizes() {
+        let c = pruned_llama(true);
+        // Layer 0's up projection keeps the unpruned width.
+        let mut g = c.build();
+        g.param_mut("model.layers.0.mlp.up_proj.weight")
+            .unwrap()
+            .shape = vec![48, 32];
+        assert_eq!(
+            LlamaConfig::from_graph(&g).unwrap_err(),
+            "layer 0: parameter 'model.layers.0.mlp.up_proj.weight' has shape [48, 32], but \
+             intermediate_size 24 (from 'model.layers.0.mlp.gate_proj.weight') implies [24, 32]"
+        );
+        // Layer 1's k projection still holds two KV heads.
+        let mut g = c.build();
+        g.param_mut("model.layers.1.self_attn.k_proj.weight")
+            .unwrap()
+            .shape = vec![16, 32];
+        assert_eq!(
+            LlamaConfig::from_graph(&g).unwrap_err(),
+            "layer 1: parameter 'model.layers.1.self_attn.k_proj.weight' has shape [16, 32], \
+             but attention heads=2 kv_heads=1 head_dim=8 implies [8, 32]"
+        );
+        // head_dim is shared by every layer.
+        let mut g = c.build();
+        let id = g
+            .node_ids()
+            .into_iter()
+            .filter(|&id| matches!(g.node(id).unwrap().op, Op::Attention(_)))
+            .nth(2)
+            .unwrap();
+        if let Op::Attention(a) = &mut g.node_mut(id).unwrap().op {
+            a.head_dim = 4;
+        }
+        assert_eq!(
+            LlamaConfig::from_graph(&g).unwrap_err(),
+            "layer 2: attention head_dim=4 differs from layer 0's head_dim=8"
+        );
     }
 
     #[test]
@@ -928,10 +1127,12 @@ mod tests {
         if let Op::Attention(a) = &mut g.node_mut(id).unwrap().op {
             a.heads = 2;
         }
+        // Layer 1's attention now claims 2 heads, but its projections still hold 4.
         let e = LlamaConfig::from_graph(&g).unwrap_err();
         assert_eq!(
             e,
-            "layer 1: attention heads=2 differs from layer 0's heads=4"
+            "layer 1: parameter 'model.layers.1.self_attn.q_proj.weight' has shape [32, 32], \
+             but attention heads=2 kv_heads=2 head_dim=8 implies [16, 32]"
         );
 
         let mut g = c.build();

@@ -4,17 +4,22 @@
 //! dequantized to f32 (F16/BF16 kept), and the Q/K rows that GGUF conversion permutes for
 //! llama.cpp's interleaved RoPE put back in the "rotate half" order the IR uses (for a quantized
 //! tensor, whole packed rows). Every dequantized value is checked to be finite.
+//!
+//! Files of llama.cpp's `deci` architecture (DeciLM/Nemotron-NAS; what shrink writes for layers
+//! of different sizes) are read the same way from `deci.*`, into a `llama` graph: their
+//! `feed_forward_length`, `attention.head_count` and `attention.head_count_kv` may be scalars or
+//! per-layer arrays, as llama.cpp's `get_key_or_arr` reads them.
 
 use std::path::Path;
 
 use shrink_ir::{DType, Model, ParamType, QuantScheme, TensorData, WeightStore};
 
-use crate::arch::LlamaConfig;
+use crate::arch::{LlamaConfig, LlamaLayer};
 use crate::error::{ImportError, Result};
-use crate::gguf::{GgmlType, GgufFile};
+use crate::gguf::{GgmlType, GgufFile, MetaValue};
 
 /// Architectures this front end reads, by `general.architecture`.
-pub const SUPPORTED: &str = "llama";
+pub const SUPPORTED: &str = "llama, deci";
 
 /// The GGUF name of a Hugging Face LLaMA parameter (the map is one-to-one).
 pub fn gguf_name(hf: &str) -> Option<String> {
@@ -48,11 +53,15 @@ pub fn gguf_name(hf: &str) -> Option<String> {
 
 /// For a parameter whose rows GGUF stores in llama.cpp's interleaved RoPE order (Q and K
 /// weights, and their biases), the number of heads its rows split into; `None` otherwise.
+/// Each layer's own head counts apply.
 pub fn rope_permuted_heads(hf_name: &str, cfg: &LlamaConfig) -> Option<usize> {
-    if hf_name.contains("self_attn.q_proj.") {
-        Some(cfg.num_heads)
-    } else if hf_name.contains("self_attn.k_proj.") {
-        Some(cfg.num_kv_heads)
+    let rest = hf_name.strip_prefix("model.layers.")?;
+    let (i, rest) = rest.split_once('.')?;
+    let layer = cfg.layers.get(i.parse::<usize>().ok()?)?;
+    if rest.starts_with("self_attn.q_proj.") {
+        Some(layer.num_heads)
+    } else if rest.starts_with("self_attn.k_proj.") {
+        Some(layer.num_kv_heads)
     } else {
         None
     }
@@ -93,22 +102,88 @@ pub fn permute_rows<T: Copy>(w: &[T], heads: usize, head_dim: usize, cols: usize
     out
 }
 
+/// A per-layer size of a `deci` (or `llama`) file: a scalar for every layer, or an array of
+/// `layers` integers, as llama.cpp's `get_key_or_arr` reads it. `None` when absent.
+fn per_layer(file: &GgufFile, key: &str, layers: usize) -> Result<Option<Vec<usize>>> {
+    let bad = |message: String| ImportError::Config {
+        path: file.path.clone(),
+        field: key.to_string(),
+        message,
+    };
+    match file.get(key) {
+        None => Ok(None),
+        Some(MetaValue::Array(items)) => {
+            if items.len() != layers {
+                return Err(bad(format!(
+                    "an array of {} sizes, but block_count is {layers} (one size per layer)",
+                    items.len()
+                )));
+            }
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    v.as_int()
+                        .and_then(|n| u32::try_from(n).ok())
+                        .map(|n| n as usize)
+                        .ok_or_else(|| {
+                            let got = v
+                                .as_int()
+                                .map_or(v.type_name().to_string(), |n| n.to_string());
+                            bad(format!(
+                                "element {i} ({got}) is not an integer that fits a u32"
+                            ))
+                        })
+                })
+                .collect::<Result<Vec<_>>>()
+                .map(Some)
+        }
+        Some(_) => Ok(Some(vec![file.get_u32(key)? as usize; layers])),
+    }
+}
+
 fn config(file: &GgufFile) -> Result<LlamaConfig> {
     let arch = file.get_str("general.architecture")?;
-    if arch != "llama" {
+    if !matches!(arch, "llama" | "deci") {
         return Err(ImportError::UnsupportedArch {
             path: file.path.clone(),
             arch: arch.to_string(),
             supported: SUPPORTED,
         });
     }
-    let u = |k: &str| file.get_u32(&format!("llama.{k}")).map(|v| v as usize);
+    let key = |k: &str| format!("{arch}.{k}");
+    let u = |k: &str| file.get_u32(&key(k)).map(|v| v as usize);
     let hidden = u("embedding_length")?;
-    let heads = u("attention.head_count")?;
-    let head_dim = match file.get_u32("llama.attention.key_length") {
-        Ok(v) => v as usize,
-        Err(_) if heads > 0 => hidden / heads,
-        Err(_) => 0,
+    let n_layers = u("block_count")?;
+    // Every layer has at least its norms in the file: a larger count is not to be believed (and
+    // is not allocated for).
+    if n_layers > file.tensors.len() {
+        return Err(ImportError::Config {
+            path: file.path.clone(),
+            field: key("block_count"),
+            message: format!(
+                "{n_layers} layers, but the file holds {} tensors",
+                file.tensors.len()
+            ),
+        });
+    }
+    let missing = |k: &str| {
+        ImportError::from(crate::gguf::GgufError::MissingKey {
+            path: file.path.clone(),
+            key: key(k),
+        })
+    };
+    let ff = per_layer(file, &key("feed_forward_length"), n_layers)?
+        .ok_or_else(|| missing("feed_forward_length"))?;
+    let heads = per_layer(file, &key("attention.head_count"), n_layers)?
+        .ok_or_else(|| missing("attention.head_count"))?;
+    let kv_heads = per_layer(file, &key("attention.head_count_kv"), n_layers)?
+        .unwrap_or_else(|| heads.clone());
+    // llama.cpp's default key_length divides by layer 0's head count.
+    let head_dim = match (file.get_u32(&key("attention.key_length")), heads.first()) {
+        (Ok(v), _) => v as usize,
+        (Err(_), Some(&h)) if h > 0 => hidden / h,
+        (Err(_), _) => 0,
     };
     let vocab = match u("vocab_size") {
         Ok(v) => v,
@@ -118,22 +193,27 @@ fn config(file: &GgufFile) -> Result<LlamaConfig> {
         if rot != head_dim {
             return Err(ImportError::Config {
                 path: file.path.clone(),
-                field: "llama.rope.dimension_count".into(),
+                field: key("rope.dimension_count"),
                 message: format!("partial rotary ({rot} of {head_dim}) is not supported"),
             });
         }
     }
+    let layers = (0..n_layers)
+        .map(|i| LlamaLayer {
+            intermediate_size: ff[i],
+            num_heads: heads[i],
+            num_kv_heads: kv_heads[i],
+        })
+        .collect();
     let c = LlamaConfig {
+        // A `deci` file is a LLaMA graph with per-layer sizes.
         arch: "llama".into(),
         vocab_size: vocab,
         hidden_size: hidden,
-        intermediate_size: u("feed_forward_length")?,
-        num_layers: u("block_count")?,
-        num_heads: heads,
-        num_kv_heads: u("attention.head_count_kv").unwrap_or(heads),
+        layers,
         head_dim,
-        rope_theta: file.get_f32("llama.rope.freq_base").unwrap_or(10000.0),
-        rms_norm_eps: file.get_f32("llama.attention.layer_norm_rms_epsilon")?,
+        rope_theta: file.get_f32(&key("rope.freq_base")).unwrap_or(10000.0),
+        rms_norm_eps: file.get_f32(&key("attention.layer_norm_rms_epsilon"))?,
         max_position_embeddings: u("context_length").unwrap_or(2048),
         tie_word_embeddings: file.tensor("output.weight").is_none(),
         attention_qkv_bias: file.tensor("blk.0.attn_q.bias").is_some(),
@@ -142,7 +222,7 @@ fn config(file: &GgufFile) -> Result<LlamaConfig> {
     };
     c.validate().map_err(|m| ImportError::Config {
         path: file.path.clone(),
-        field: "llama.*".into(),
+        field: key("*"),
         message: m,
     })?;
     Ok(c)

@@ -1,6 +1,10 @@
 //! Hugging Face model directories: `config.json`, `model.safetensors` or a sharded
 //! `model.safetensors.index.json`, and `tokenizer.json`.
 //!
+//! LLaMA-family configs may give `intermediate_size`, `num_attention_heads` and
+//! `num_key_value_heads` as lists, one entry per layer (shrink writes them so for structurally
+//! pruned models, with an explicit `head_dim`); stock transformers cannot load those.
+//!
 //! Also shrink's own format for quantized models: the same directory, each quantized parameter
 //! stored as a 1-D `U8` tensor of its packed bytes (`docs/quantization.md`), listed in the
 //! safetensors `__metadata__` under [`QUANT_METADATA_KEY`] as a JSON object
@@ -14,7 +18,7 @@ use std::sync::Arc;
 use serde_json::Value;
 use shrink_ir::{Activation, DType, Graph, Model, ParamType, QuantScheme, TensorData, WeightStore};
 
-use crate::arch::{gpt2_is_conv1d, Gpt2Config, LlamaConfig};
+use crate::arch::{gpt2_is_conv1d, Gpt2Config, LlamaConfig, LlamaLayer};
 use crate::error::{ImportError, Result};
 
 /// Architectures this front end reads, by `config.json`'s `model_type`.
@@ -85,6 +89,39 @@ impl Config {
         }
     }
 
+    /// A per-layer size: one integer for every layer, or a list of `layers` integers (configs
+    /// of structurally pruned models). `None` when absent.
+    fn opt_per_layer(&self, field: &str, layers: usize) -> Result<Option<Vec<usize>>> {
+        match self.json.get(field) {
+            Some(Value::Array(items)) => {
+                if items.len() != layers {
+                    return Err(self.err(
+                        field,
+                        format!(
+                            "a list of {} sizes, but num_hidden_layers is {layers} (one size per \
+                             layer)",
+                            items.len()
+                        ),
+                    ));
+                }
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| {
+                        v.as_u64().map(|n| n as usize).ok_or_else(|| {
+                            self.err(
+                                field,
+                                format!("element {i}: expected a non-negative integer, got {v}"),
+                            )
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()
+                    .map(Some)
+            }
+            _ => Ok(self.opt_usize(field)?.map(|n| vec![n; layers])),
+        }
+    }
+
     /// A token id that may be given as a list (several EOS ids): the first is taken.
     fn opt_token(&self, field: &str) -> Result<Option<u32>> {
         match self.json.get(field) {
@@ -152,12 +189,35 @@ fn read_config(dir: &Path) -> Result<HfArch> {
     let arch = match model_type.as_str() {
         "llama" | "mistral" | "qwen2" => {
             let hidden = c.usize("hidden_size")?;
-            let heads = c.usize("num_attention_heads")?;
-            let head_dim = match c.opt_usize("head_dim")? {
-                Some(h) => h,
-                None if heads > 0 => hidden / heads,
-                None => 0,
+            let n_layers = c.usize("num_hidden_layers")?;
+            let inter = c
+                .opt_per_layer("intermediate_size", n_layers)?
+                .ok_or_else(|| c.err("intermediate_size", "missing"))?;
+            let heads = c
+                .opt_per_layer("num_attention_heads", n_layers)?
+                .ok_or_else(|| c.err("num_attention_heads", "missing"))?;
+            let kv_heads = c
+                .opt_per_layer("num_key_value_heads", n_layers)?
+                .unwrap_or_else(|| heads.clone());
+            let head_dim = match (c.opt_usize("head_dim")?, heads.first()) {
+                (Some(h), _) => h,
+                // transformers' default; per-layer heads give no single quotient.
+                (None, _) if heads.windows(2).any(|w| w[0] != w[1]) => {
+                    return Err(c.err(
+                        "head_dim",
+                        "missing; required when num_attention_heads differs between layers",
+                    ));
+                }
+                (None, Some(&h)) if h > 0 => hidden / h,
+                (None, _) => 0,
             };
+            let layers = (0..n_layers)
+                .map(|i| LlamaLayer {
+                    intermediate_size: inter[i],
+                    num_heads: heads[i],
+                    num_kv_heads: kv_heads[i],
+                })
+                .collect();
             if c.opt_f32("partial_rotary_factor")?
                 .is_some_and(|f| f != 1.0)
             {
@@ -203,10 +263,7 @@ fn read_config(dir: &Path) -> Result<HfArch> {
                 arch: model_type.clone(),
                 vocab_size: c.usize("vocab_size")?,
                 hidden_size: hidden,
-                intermediate_size: c.usize("intermediate_size")?,
-                num_layers: c.usize("num_hidden_layers")?,
-                num_heads: heads,
-                num_kv_heads: c.opt_usize("num_key_value_heads")?.unwrap_or(heads),
+                layers,
                 head_dim,
                 rope_theta: rope_theta.unwrap_or(10000.0),
                 rms_norm_eps: c.opt_f32("rms_norm_eps")?.unwrap_or(1e-6),

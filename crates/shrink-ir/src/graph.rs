@@ -185,6 +185,39 @@ impl Graph {
         }
     }
 
+    /// Re-infers every node's result types from its operands and the parameter declarations,
+    /// in topological order: after a pass changed parameter shapes or op attributes (structured
+    /// pruning), the values downstream take their new widths. Fails naming the first node whose
+    /// operands no longer fit (the nodes before it already have their new types).
+    pub fn retype(&mut self) -> Result<(), String> {
+        let order = self
+            .order()
+            .map_err(|_| "the graph has a cycle".to_string())?;
+        for id in order {
+            let Some(node) = self.node(id) else { continue };
+            let tys: Vec<ValueType> = node
+                .inputs
+                .iter()
+                .map(|v| {
+                    self.value_type(*v)
+                        .cloned()
+                        .ok_or_else(|| format!("node {id}: operand {v} does not exist"))
+                })
+                .collect::<Result<_, _>>()?;
+            let params = &self.params;
+            let out = node
+                .op
+                .infer(&tys, &|n| params.get(n).cloned())
+                .map_err(|m| format!("node {id} ({}): {m}", node.op.name()))?;
+            for (v, ty) in node.outputs.clone().into_iter().zip(out) {
+                if let Some(d) = self.values.get_mut(v.0 as usize) {
+                    d.ty = ty;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Sets the operands of a node (its result types are not re-inferred; verify afterwards).
     pub fn set_inputs(&mut self, id: NodeId, inputs: Vec<ValueId>) {
         if let Some(n) = self.nodes.node_weight_mut(id.index()) {

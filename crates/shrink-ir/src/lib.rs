@@ -5,7 +5,7 @@
 //! - [`types`]: dtypes, dims, value and parameter types
 //! - [`op`]: the ops and their type inference
 //! - [`graph`]: the graph (petgraph underneath, typed ids on top)
-//! - [`weights`]: the weight store
+//! - [`weights`]: the weight store (and the sparsity masks of pruned parameters)
 //! - [`quant`]: quantized parameter formats (schemes, packing, dequantization)
 //! - [`text`]: printer and parser of the text form
 //! - [`verify`]: the verifier (its module doc lists the invariants)
@@ -25,4 +25,4 @@ pub use op::{Activation, AttentionSpec, NormKind, Op, Rope};
 pub use quant::QuantScheme;
 pub use types::{DType, Dim, ParamType, ValueType};
 pub use verify::{verify_graph, verify_model, Verified, VerifyError, VerifyErrors};
-pub use weights::{TensorData, WeightStore};
+pub use weights::{SparsityMask, TensorData, WeightStore};

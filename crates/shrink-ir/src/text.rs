@@ -28,6 +28,8 @@ pub struct Printer<'g> {
     graph: &'g Graph,
     numbers: HashMap<ValueId, usize>,
     order: Vec<NodeId>,
+    /// Sparsity of parameters that have a mask (`print_model`), printed on their lines.
+    sparsity: BTreeMap<String, f64>,
 }
 
 impl<'g> Printer<'g> {
@@ -47,6 +49,7 @@ impl<'g> Printer<'g> {
             graph,
             numbers,
             order,
+            sparsity: BTreeMap::new(),
         }
     }
 
@@ -95,7 +98,11 @@ impl<'g> Printer<'g> {
             let _ = writeln!(s, "meta {} = {}", word(k), quote(v));
         }
         for (name, ty) in self.graph.params() {
-            let _ = writeln!(s, "param {}: {ty}", word(name));
+            let _ = write!(s, "param {}: {ty}", word(name));
+            if let Some(f) = self.sparsity.get(name) {
+                let _ = write!(s, " sparsity={f:.4}");
+            }
+            s.push('\n');
         }
         for id in &self.order {
             let _ = writeln!(s, "{}", self.node_line(*id));
@@ -107,6 +114,19 @@ impl<'g> Printer<'g> {
 /// Prints a graph in the text form.
 pub fn print(graph: &Graph) -> String {
     Printer::new(graph).print()
+}
+
+/// Prints a model's graph, with the fraction of pruned entries on the line of every parameter
+/// that has a sparsity mask (`param w: f32[64, 160] sparsity=0.5000`). The parser reads the
+/// annotation and drops it: masks live in the weight store, not in the graph.
+pub fn print_model(model: &crate::Model) -> String {
+    let mut p = Printer::new(&model.graph);
+    p.sparsity = model
+        .weights
+        .masks()
+        .map(|(name, m)| (name.clone(), m.sparsity()))
+        .collect();
+    p.print()
 }
 
 fn attrs(op: &Op) -> Vec<(&'static str, String)> {
@@ -519,6 +539,20 @@ pub fn parse(text: &str) -> Result<Graph, ParseError> {
                 let name = lx.name("a parameter name")?;
                 lx.expect(':')?;
                 let (dtype, quant, shape) = lx.typed(true, |w| w.parse::<usize>().ok())?;
+                // `print_model`'s annotation of a pruned parameter: checked, then dropped.
+                if lx.peek() == Some(&Tok::Word("sparsity".into())) {
+                    lx.next();
+                    lx.expect('=')?;
+                    let col = lx.col();
+                    let f = lx.word("a fraction")?;
+                    if !f.parse::<f64>().is_ok_and(|v| (0.0..=1.0).contains(&v)) {
+                        return Err(ParseError {
+                            line: line_no,
+                            col,
+                            message: format!("sparsity '{f}' is not a fraction in [0, 1]"),
+                        });
+                    }
+                }
                 lx.done()?;
                 if graph.param(&name).is_some() {
                     return Err(ParseError {

@@ -143,10 +143,92 @@ fn check_len(ty: &ParamType, len: usize) -> Result<(), String> {
     Ok(())
 }
 
-/// Parameter data by name.
+/// Which entries of a `[rows, cols]` parameter were pruned (set bits), one bit per entry,
+/// row-major. Kept beside the data so later passes (and reports) know the sparsity pattern even
+/// once the values are rewritten (requantized, fine-tuned).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SparsityMask {
+    rows: usize,
+    cols: usize,
+    bits: Vec<u64>,
+}
+
+impl SparsityMask {
+    /// A mask with nothing pruned.
+    pub fn new(rows: usize, cols: usize) -> Self {
+        SparsityMask {
+            rows,
+            cols,
+            bits: vec![0; (rows * cols).div_ceil(64)],
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    pub fn shape(&self) -> [usize; 2] {
+        [self.rows, self.cols]
+    }
+
+    /// Whether entry `(r, c)` is pruned (false outside the shape).
+    pub fn get(&self, r: usize, c: usize) -> bool {
+        r < self.rows && c < self.cols && self.bit(r * self.cols + c)
+    }
+
+    /// Marks entry `(r, c)` pruned or not; entries outside the shape are ignored.
+    pub fn set(&mut self, r: usize, c: usize, pruned: bool) {
+        if r < self.rows && c < self.cols {
+            let i = r * self.cols + c;
+            if pruned {
+                self.bits[i / 64] |= 1 << (i % 64);
+            } else {
+                self.bits[i / 64] &= !(1 << (i % 64));
+            }
+        }
+    }
+
+    /// Whether the entry at row-major index `i` is pruned.
+    pub fn bit(&self, i: usize) -> bool {
+        self.bits
+            .get(i / 64)
+            .is_some_and(|w| w >> (i % 64) & 1 == 1)
+    }
+
+    /// Pruned entries.
+    pub fn count(&self) -> usize {
+        self.bits.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
+    /// Pruned entries as a fraction of all (0 for an empty shape).
+    pub fn sparsity(&self) -> f64 {
+        let n = self.rows * self.cols;
+        if n == 0 {
+            0.0
+        } else {
+            self.count() as f64 / n as f64
+        }
+    }
+
+    /// Zeroes the pruned entries of row-major `values` (`[rows, cols]`).
+    pub fn apply(&self, values: &mut [f32]) {
+        for (i, v) in values.iter_mut().enumerate() {
+            if self.bit(i) {
+                *v = 0.0;
+            }
+        }
+    }
+}
+
+/// Parameter data by name, and the sparsity masks of pruned parameters.
 #[derive(Clone, Debug, Default)]
 pub struct WeightStore {
     tensors: BTreeMap<String, TensorData>,
+    masks: BTreeMap<String, SparsityMask>,
 }
 
 impl WeightStore {
@@ -154,15 +236,27 @@ impl WeightStore {
         Self::default()
     }
 
+    /// Stores `data` under `name`. A mask of the name survives only when the shape stays the
+    /// same (new values of a pruned matrix keep its pattern; a resized one loses it).
     pub fn insert(&mut self, name: impl Into<String>, data: TensorData) {
-        self.tensors.insert(name.into(), data);
+        let name = name.into();
+        if self
+            .masks
+            .get(&name)
+            .is_some_and(|m| data.ty.shape[..] != m.shape()[..])
+        {
+            self.masks.remove(&name);
+        }
+        self.tensors.insert(name, data);
     }
 
     pub fn get(&self, name: &str) -> Option<&TensorData> {
         self.tensors.get(name)
     }
 
+    /// Removes a parameter's data and its mask.
     pub fn remove(&mut self, name: &str) -> Option<TensorData> {
+        self.masks.remove(name);
         self.tensors.remove(name)
     }
 
@@ -176,5 +270,80 @@ impl WeightStore {
 
     pub fn is_empty(&self) -> bool {
         self.tensors.is_empty()
+    }
+
+    /// Records which entries of the stored matrix `name` were pruned; fails when there is no
+    /// such matrix or the mask's shape differs from it.
+    pub fn set_mask(&mut self, name: &str, mask: SparsityMask) -> Result<(), String> {
+        let t = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| format!("'{name}' has no data to attach a sparsity mask to"))?;
+        if t.ty.shape[..] != mask.shape()[..] {
+            return Err(format!(
+                "'{name}' is {}, its sparsity mask [{}, {}]",
+                t.ty, mask.rows, mask.cols
+            ));
+        }
+        self.masks.insert(name.to_string(), mask);
+        Ok(())
+    }
+
+    pub fn mask(&self, name: &str) -> Option<&SparsityMask> {
+        self.masks.get(name)
+    }
+
+    pub fn remove_mask(&mut self, name: &str) -> Option<SparsityMask> {
+        self.masks.remove(name)
+    }
+
+    /// Masks by parameter name, in name order.
+    pub fn masks(&self) -> impl Iterator<Item = (&String, &SparsityMask)> {
+        self.masks.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_follow_their_parameter() {
+        let mut m = SparsityMask::new(3, 70);
+        m.set(0, 0, true);
+        m.set(2, 69, true);
+        m.set(1, 5, true);
+        m.set(1, 5, false);
+        m.set(3, 0, true); // outside: ignored
+        assert_eq!(m.count(), 2);
+        assert!(m.get(2, 69) && !m.get(1, 5) && !m.get(3, 0));
+        assert!((m.sparsity() - 2.0 / 210.0).abs() < 1e-12);
+        let mut v = vec![1.0f32; 210];
+        m.apply(&mut v);
+        assert_eq!(v.iter().filter(|x| **x == 0.0).count(), 2);
+        assert_eq!((v[0], v[209]), (0.0, 0.0));
+
+        let mut s = WeightStore::new();
+        let data = |shape: Vec<usize>| {
+            let n = shape.iter().product();
+            TensorData::from_f32(DType::F32, shape, &vec![0.0; n]).unwrap()
+        };
+        assert!(s.set_mask("w", m.clone()).is_err(), "no data yet");
+        s.insert("w", data(vec![3, 70]));
+        assert!(
+            s.set_mask("w", SparsityMask::new(70, 3)).is_err(),
+            "wrong shape"
+        );
+        s.set_mask("w", m.clone()).unwrap();
+        // A clone keeps it; new values of the same shape keep it; a new shape drops it.
+        assert_eq!(s.clone().mask("w"), Some(&m));
+        s.insert("w", data(vec![3, 70]));
+        assert_eq!(s.mask("w"), Some(&m));
+        s.insert("w", data(vec![3, 64]));
+        assert_eq!(s.mask("w"), None);
+        s.insert("w", data(vec![3, 70]));
+        s.set_mask("w", m).unwrap();
+        s.remove("w");
+        assert_eq!(s.masks().count(), 0);
     }
 }

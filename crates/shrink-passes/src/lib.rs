@@ -3,8 +3,9 @@
 //! it did in a [`PassReport`]. The [`Registry`] is an explicit value mapping names to passes.
 //!
 //! Passes: [`cast`] (change the storage dtype of parameters), [`dead_code`] (drop what no
-//! output depends on), [`quantize`] (rtn, GPTQ, AWQ). Shared machinery: [`calibration`]
-//! (calibration sequences from text), [`linalg`] (Cholesky factors).
+//! output depends on), [`prune`] (unstructured and N:M sparsity by magnitude, Wanda or
+//! SparseGPT), [`quantize`] (rtn, GPTQ, AWQ). Shared machinery: [`calibration`] (calibration
+//! sequences from text), [`linalg`] (Cholesky factors and the steps GPTQ and SparseGPT share).
 
 pub mod calibration;
 pub mod cast;
@@ -12,6 +13,8 @@ pub mod dead_code;
 pub mod linalg;
 mod options;
 mod pattern;
+pub mod prune;
+pub mod prune_structured;
 pub mod quantize;
 
 use std::collections::BTreeMap;
@@ -89,6 +92,11 @@ pub enum PassError {
     },
 }
 
+/// A float as JSON (`null` when it is not finite), for report figures.
+pub(crate) fn json_f64(v: f64) -> serde_json::Value {
+    serde_json::Number::from_f64(v).map_or(serde_json::Value::Null, serde_json::Value::Number)
+}
+
 /// Builds a pass from its RON options (`None`: every option at its default).
 pub type PassBuilder = fn(Option<&RawValue>) -> Result<Box<dyn Pass>, ron::error::SpannedError>;
 
@@ -116,6 +124,8 @@ impl Registry {
         let mut r = Registry::new();
         r.register(cast::INFO);
         r.register(dead_code::INFO);
+        r.register(prune::INFO);
+        r.register(prune_structured::INFO);
         r.register(quantize::INFO);
         r
     }

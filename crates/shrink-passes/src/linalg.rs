@@ -1,6 +1,85 @@
 //! Dense symmetric linear algebra on the host, in f64: the Cholesky factorizations that GPTQ
-//! and SparseGPT need. Sizes are a layer's input width (at most a few thousand), so cubic
-//! loops over contiguous rows are fast enough and keep burn out of the numerics.
+//! and SparseGPT need, and the steps they share around them (the Hessian of a linear's
+//! calibration inputs, its dampened inverse factor, the lazy update of later columns). Sizes
+//! are a layer's input width (at most a few thousand), so cubic loops over contiguous rows are
+//! fast enough and keep burn out of the numerics.
+
+/// `a [m, k] · b [k, n]`, wherever it is fastest (the calibration device in passes).
+pub type Matmul<'a> = &'a dyn Fn(&[f32], &[f32], usize, usize, usize) -> Vec<f32>;
+
+/// Host matrix product, for tests and small matrices.
+pub fn host_matmul(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+    let mut c = vec![0.0f32; m * n];
+    for i in 0..m {
+        for p in 0..k {
+            let av = a[i * k + p];
+            if av != 0.0 {
+                for (cv, bv) in c[i * n..(i + 1) * n].iter_mut().zip(&b[p * n..(p + 1) * n]) {
+                    *cv += av * bv;
+                }
+            }
+        }
+    }
+    c
+}
+
+/// The Hessian `H = 2/N·XᵀX` of a linear's layer-wise squared error, from the Gram matrix
+/// `Σxᵀx` (`n×n`) of `tokens` inputs, in f64. Inputs that are always zero (`H_ii = 0`) carry
+/// no information: their diagonal becomes 1 so `H` can be factored, and their indices are
+/// returned so the caller zeroes those weight columns (as GPTQ's and SparseGPT's reference code
+/// do).
+pub fn hessian(gram: &[f32], tokens: usize, n: usize) -> (Vec<f64>, Vec<usize>) {
+    let scale = 2.0 / tokens.max(1) as f64;
+    let mut h: Vec<f64> = gram.iter().map(|&v| v as f64 * scale).collect();
+    let mut dead = Vec::new();
+    for i in 0..n {
+        if h[i * n + i] == 0.0 {
+            h[i * n + i] = 1.0;
+            dead.push(i);
+        }
+    }
+    (h, dead)
+}
+
+/// `U` with `(H + λ·mean(diag H)·I)⁻¹ = UᵀU`, starting at `λ = damp` and raising it tenfold
+/// (up to 1.0) until the dampened `H` is positive definite. Returns `U` and the `λ` used.
+pub fn damped_inverse_factor(h: &[f64], n: usize, damp: f64) -> Result<(Vec<f64>, f64), String> {
+    let mean_diag = (0..n).map(|i| h[i * n + i]).sum::<f64>() / n.max(1) as f64;
+    let mut damp = damp;
+    loop {
+        let mut hd = h.to_vec();
+        for i in 0..n {
+            hd[i * n + i] += damp * mean_diag;
+        }
+        if let Some(u) = inverse_upper_cholesky(&hd, n) {
+            return Ok((u, damp));
+        }
+        if damp >= 1.0 {
+            return Err("the Hessian is not positive definite even with dampening 1.0".into());
+        }
+        damp = (damp * 10.0).min(1.0);
+    }
+}
+
+/// The lazy batch update of GPTQ and SparseGPT: once columns `i1..i2` are final, their scaled
+/// errors `err` (`[rows, i2-i1]`) move the columns after them by `err · U[i1:i2, i2:]`,
+/// returned as `[rows, n-i2]` (subtract it).
+pub fn trailing_update(
+    u: &[f32],
+    n: usize,
+    i1: usize,
+    i2: usize,
+    err: &[f32],
+    rows: usize,
+    matmul: Matmul<'_>,
+) -> Vec<f32> {
+    let (count, rest) = (i2 - i1, n - i2);
+    let mut ub = vec![0.0f32; count * rest];
+    for i in 0..count {
+        ub[i * rest..(i + 1) * rest].copy_from_slice(&u[(i1 + i) * n + i2..(i1 + i) * n + n]);
+    }
+    matmul(err, &ub, rows, count, rest)
+}
 
 /// Lower Cholesky factor `L` of a symmetric positive definite `a` (`n×n`, row-major):
 /// `a = L·Lᵀ`. `None` when `a` is not positive definite.

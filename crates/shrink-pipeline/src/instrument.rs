@@ -70,7 +70,7 @@ impl Instrumentation for IrDump {
             record.params,
             record.bytes,
             record.bits_per_weight,
-            shrink_ir::text::print(&model.graph)
+            shrink_ir::text::print_model(model)
         );
         self.write(&dump_name(index, pass.name()), &text)
     }

@@ -27,8 +27,12 @@ pub trait Site {
     fn gram(&self) -> Vec<f32>;
     /// Mean of `|x|` per feature.
     fn abs_mean(&self) -> Vec<f32>;
+    /// `Σ x²` per feature over all tokens (the diagonal of `gram`, without the rest of it).
+    fn sq_sum(&self) -> Vec<f32>;
     /// `a [m, k] · b [k, n]` on the calibration device.
     fn matmul(&self, a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32>;
+    /// Every token's features, `[tokens, features]` row-major (sequences in order).
+    fn rows(&self) -> Vec<f32>;
 }
 
 /// A linear read at a site: its node and weight parameter.
@@ -53,6 +57,14 @@ pub trait CalibrationHook {
         linears: &[SiteLinear],
         site: &dyn Site,
     ) -> Result<Option<Vec<f32>>>;
+    /// Values (besides sites) the hook wants to see, e.g. the residual stream between layers.
+    fn watches(&self) -> Vec<ValueId> {
+        Vec::new()
+    }
+    /// Called once per watched value, right after its node ran.
+    fn watched(&mut self, _value: ValueId, _x: &dyn Site) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Sequences per forward batch: bounds attention's working set.
@@ -126,11 +138,35 @@ impl<B: Backend> Site for DeviceSite<'_, B> {
         to_vec(acc / n)
     }
 
+    fn sq_sum(&self) -> Vec<f32> {
+        let d = self.features();
+        let mut acc: Tensor<B, 1> = Tensor::zeros([d], self.device);
+        for p in &self.parts {
+            acc = acc + (p.clone() * p.clone()).sum_dim(0).reshape([d]);
+        }
+        to_vec(acc)
+    }
+
     fn matmul(&self, a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
         let a = upload::<B, 2>(a.to_vec(), [m, k], self.device);
         let b = upload::<B, 2>(b.to_vec(), [k, n], self.device);
         to_vec(a.matmul(b))
     }
+
+    fn rows(&self) -> Vec<f32> {
+        self.parts.iter().flat_map(|p| to_vec(p.clone())).collect()
+    }
+}
+
+/// `[b, s, d]` batches as `[b·s, d]` token rows.
+fn token_rows<B: Backend>(parts: &[Tensor<B, 3>]) -> Vec<Tensor<B, 2>> {
+    parts
+        .iter()
+        .map(|t| {
+            let [b, s, d] = t.dims();
+            t.clone().reshape([b * s, d])
+        })
+        .collect()
 }
 
 fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
@@ -168,10 +204,13 @@ fn run_on<B: Backend>(
         .collect();
     let wanted =
         |op: &Op| matches!(op, Op::Linear { weight, .. } if wanted_weights.contains(weight));
-    let Some(last) = order
-        .iter()
-        .rposition(|id| model.graph.node(*id).is_some_and(|n| wanted(&n.op)))
-    else {
+    let watches = hook.watches();
+    let Some(last) = order.iter().rposition(|id| {
+        model
+            .graph
+            .node(*id)
+            .is_some_and(|n| wanted(&n.op) || n.outputs.iter().any(|v| watches.contains(v)))
+    }) else {
         return Ok(());
     };
     let order = &order[..=last];
@@ -257,13 +296,7 @@ fn run_on<B: Backend>(
             let x = hidden(&vals, 0)?;
             let site = DeviceSite::<B> {
                 device,
-                parts: x
-                    .iter()
-                    .map(|t| {
-                        let [b, s, d] = t.dims();
-                        t.clone().reshape([b * s, d])
-                    })
-                    .collect(),
+                parts: token_rows(&x),
             };
             let factors = hook.site(model, v, &linears, &site)?;
             drop(site);
@@ -393,6 +426,13 @@ fn run_on<B: Backend>(
             Op::Output { .. } => vec![],
         };
         for (v, r) in node.outputs.iter().zip(results) {
+            if let (true, Val::Hidden(parts)) = (watches.contains(v), &r) {
+                let site = DeviceSite::<B> {
+                    device,
+                    parts: token_rows(parts),
+                };
+                hook.watched(*v, &site)?;
+            }
             vals.insert(*v, r);
         }
         for v in &node.inputs {

@@ -2,9 +2,16 @@
 //! `llama`): tensors in their stored float type (F32, F16, BF16) or, quantized as `q8_0`, `q4_0`
 //! or `q4_1`, as the ggml type of the same layout (Q8_0, Q4_0, Q4_1) with their packed bytes;
 //! named as llama.cpp names them, dims fastest first, Q/K rows (whole packed rows when quantized)
-//! permuted back into llama.cpp's interleaved RoPE order; the `llama.*` hyperparameters,
-//! `general.file_type` from the dominant type; the tokenizer's `tokenizer.*` metadata. Other
-//! quantization schemes have no GGUF type: [`prepare`] refuses them, naming the tensor.
+//! permuted back into llama.cpp's interleaved RoPE order (each layer by its own head counts); the
+//! `llama.*` hyperparameters, `general.file_type` from the dominant type; the tokenizer's
+//! `tokenizer.*` metadata. Other quantization schemes have no GGUF type: [`prepare`] refuses them,
+//! naming the tensor.
+//!
+//! A graph whose layers differ in MLP width or head counts (structured pruning) is written as
+//! llama.cpp's `deci` architecture (DeciLM/Nemotron-NAS) instead: the same tensors, names and RoPE
+//! permutation, the same keys under `deci.`, with `feed_forward_length`, `attention.head_count`
+//! and `attention.head_count_kv` as per-layer u32 arrays. `attention.key_length` is always
+//! written, since llama.cpp would otherwise derive it from layer 0's head count.
 //!
 //! [`prepare`] builds a [`GgufWriter`] without touching the disk, [`write`] writes it atomically.
 
@@ -17,7 +24,7 @@ use std::fs::OpenOptions;
 use std::io::BufWriter;
 use std::path::Path;
 
-use shrink_import::arch::LlamaConfig;
+use shrink_import::arch::{LlamaConfig, LlamaLayer};
 use shrink_import::gguf::{GgmlType, MetaValue};
 use shrink_import::gguf_import::{gguf_name, permute_rows, rope_permuted_heads};
 use shrink_import::Tokenizer;
@@ -29,7 +36,7 @@ pub use writer::{GgufTensor, GgufWriter, ALIGNMENT};
 use crate::atomic::Staged;
 use crate::error::{ExportError, Result};
 
-/// Graph architectures this back end writes (all as GGUF's `llama`).
+/// Graph architectures this back end writes (as GGUF's `llama`, or `deci` for per-layer sizes).
 pub const SUPPORTED: &str = "llama, mistral";
 
 /// `general.file_type` values (llama.cpp's `llama_ftype`) of the types a tensor can be written
@@ -130,44 +137,59 @@ pub fn prepare<'m>(model: &'m Model, tokenizer: &Tokenizer, path: &Path) -> Resu
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "model".into())
     });
+    // Layers of different sizes need llama.cpp's `deci` architecture: the same graph, tensor
+    // names and RoPE permutation as `llama`, with per-layer arrays for these three sizes.
+    let gguf_arch = if cfg.is_uniform() { "llama" } else { "deci" };
     meta.push((
         "general.architecture".into(),
-        MetaValue::String("llama".into()),
+        MetaValue::String(gguf_arch.into()),
     ));
     meta.push(("general.name".into(), MetaValue::String(name)));
-    let sizes = [
-        ("llama.block_count", cfg.num_layers),
-        ("llama.context_length", cfg.max_position_embeddings),
-        ("llama.embedding_length", cfg.hidden_size),
-        ("llama.feed_forward_length", cfg.intermediate_size),
-        ("llama.attention.head_count", cfg.num_heads),
-        ("llama.attention.head_count_kv", cfg.num_kv_heads),
-    ];
+    let key = |k: &str| format!("{gguf_arch}.{k}");
     let u32_of = |key: &str, v: usize| {
         u32::try_from(v).map_err(|_| field(key, format!("{v} does not fit a u32")))
     };
-    for (k, v) in sizes {
-        meta.push((k.into(), MetaValue::U32(u32_of(k, v)?)));
-    }
+    let scalar = |k: &str, v: usize| -> Result<(String, MetaValue)> {
+        let k = key(k);
+        let v = MetaValue::U32(u32_of(&k, v)?);
+        Ok((k, v))
+    };
+    // A scalar when uniform (as today); otherwise a u32 array, one per layer (llama.cpp's
+    // `get_key_or_arr` takes u32 or i32 elements).
+    let per_layer = |k: &str, f: fn(&LlamaLayer) -> usize| -> Result<(String, MetaValue)> {
+        match cfg.layers.first() {
+            Some(l0) if cfg.is_uniform() => scalar(k, f(l0)),
+            _ => {
+                let k = key(k);
+                let items = cfg
+                    .layers
+                    .iter()
+                    .map(|l| u32_of(&k, f(l)).map(MetaValue::U32))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok((k, MetaValue::Array(items)))
+            }
+        }
+    };
+    meta.push(scalar("block_count", cfg.num_layers())?);
+    meta.push(scalar("context_length", cfg.max_position_embeddings)?);
+    meta.push(scalar("embedding_length", cfg.hidden_size)?);
+    meta.push(per_layer("feed_forward_length", |l| l.intermediate_size)?);
+    meta.push(per_layer("attention.head_count", |l| l.num_heads)?);
+    meta.push(per_layer("attention.head_count_kv", |l| l.num_kv_heads)?);
+    meta.push((key("rope.freq_base"), MetaValue::F32(cfg.rope_theta)));
     meta.push((
-        "llama.rope.freq_base".into(),
-        MetaValue::F32(cfg.rope_theta),
-    ));
-    meta.push((
-        "llama.attention.layer_norm_rms_epsilon".into(),
+        key("attention.layer_norm_rms_epsilon"),
         MetaValue::F32(cfg.rms_norm_eps),
     ));
+    // Written explicitly: llama.cpp would otherwise take embedding_length / layer 0's heads.
     for k in [
-        "llama.attention.key_length",
-        "llama.attention.value_length",
-        "llama.rope.dimension_count",
+        "attention.key_length",
+        "attention.value_length",
+        "rope.dimension_count",
     ] {
-        meta.push((k.into(), MetaValue::U32(u32_of(k, cfg.head_dim)?)));
+        meta.push(scalar(k, cfg.head_dim)?);
     }
-    meta.push((
-        "llama.vocab_size".into(),
-        MetaValue::U32(u32_of("llama.vocab_size", cfg.vocab_size)?),
-    ));
+    meta.push(scalar("vocab_size", cfg.vocab_size)?);
 
     // Tensors in the order the graph first reads them (embedding, layer by layer, head).
     let order = g

@@ -5,7 +5,8 @@
 use serde::{Deserialize, Serialize};
 use shrink_ir::quant::{GroupParams, Packer, QuantScheme};
 
-use crate::linalg::inverse_upper_cholesky;
+use crate::linalg::{damped_inverse_factor, hessian, trailing_update};
+pub use crate::linalg::{host_matmul, Matmul};
 
 /// Options of GPTQ.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -45,9 +46,6 @@ pub struct Quantized {
     pub damp: f64,
 }
 
-/// `a [m, k] · b [k, n]`, wherever it is fastest.
-pub type Matmul<'a> = &'a dyn Fn(&[f32], &[f32], usize, usize, usize) -> Vec<f32>;
-
 #[allow(clippy::too_many_arguments)]
 /// Quantizes `w` (`[rows, cols]`) given the Gram matrix `Σxᵀx` of `tokens` calibration inputs.
 pub fn gptq(
@@ -63,15 +61,10 @@ pub fn gptq(
     scheme.check_shape(&[rows, cols])?;
     let mut w = w.to_vec();
     let n = cols;
-    let scale = 2.0 / tokens.max(1) as f64;
-    let mut h: Vec<f64> = gram.iter().map(|&v| v as f64 * scale).collect();
-    // Inputs that are always zero carry no information: their weights are zeroed.
-    for i in 0..n {
-        if h[i * n + i] == 0.0 {
-            h[i * n + i] = 1.0;
-            for r in 0..rows {
-                w[r * cols + i] = 0.0;
-            }
+    let (h, dead) = hessian(gram, tokens, n);
+    for &i in &dead {
+        for r in 0..rows {
+            w[r * cols + i] = 0.0;
         }
     }
     let g = scheme.group().unwrap_or(cols);
@@ -97,21 +90,7 @@ pub fn gptq(
             hp[i * n + j] = h[a * n + b];
         }
     }
-    let mean_diag = (0..n).map(|i| hp[i * n + i]).sum::<f64>() / n as f64;
-    let mut damp = opts.damp;
-    let u = loop {
-        let mut hd = hp.clone();
-        for i in 0..n {
-            hd[i * n + i] += damp * mean_diag;
-        }
-        if let Some(u) = inverse_upper_cholesky(&hd, n) {
-            break u;
-        }
-        if damp >= 1.0 {
-            return Err("the Hessian is not positive definite even with dampening 1.0".into());
-        }
-        damp = (damp * 10.0).min(1.0);
-    };
+    let (u, damp) = damped_inverse_factor(&hp, n, opts.damp)?;
     let u: Vec<f32> = u.iter().map(|&v| v as f32).collect();
 
     // Rows are independent given U: each thread takes a run of rows through every block; only
@@ -163,7 +142,6 @@ pub fn gptq(
     let mut i1 = 0;
     while i1 < n {
         let i2 = (i1 + bs).min(n);
-        let count = i2 - i1;
         std::thread::scope(|sc| {
             for st in states.iter_mut() {
                 let (fit, u, perm) = (&fit, &u, &perm);
@@ -175,16 +153,11 @@ pub fn gptq(
         if i2 < n {
             // …and onto the columns after it: W[:, i2:] -= Err · U[i1:i2, i2:].
             let rest = n - i2;
-            let mut ub = vec![0.0f32; count * rest];
-            for i in 0..count {
-                ub[i * rest..(i + 1) * rest]
-                    .copy_from_slice(&u[(i1 + i) * n + i2..(i1 + i) * n + n]);
-            }
             let err: Vec<f32> = states
                 .iter()
                 .flat_map(|st| st.err.iter().copied())
                 .collect();
-            let delta = matmul(&err, &ub, rows, count, rest);
+            let delta = trailing_update(&u, n, i1, i2, &err, rows, matmul);
             for st in states.iter_mut() {
                 for (k, row) in st.wp.chunks_exact_mut(n).enumerate() {
                     let r = st.r0 + k;
@@ -275,20 +248,4 @@ impl Rows {
             }
         }
     }
-}
-
-/// Host matrix product, for tests and small matrices.
-pub fn host_matmul(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
-    let mut c = vec![0.0f32; m * n];
-    for i in 0..m {
-        for p in 0..k {
-            let av = a[i * k + p];
-            if av != 0.0 {
-                for (cv, bv) in c[i * n..(i + 1) * n].iter_mut().zip(&b[p * n..(p + 1) * n]) {
-                    *cv += av * bv;
-                }
-            }
-        }
-    }
-    c
 }

@@ -15,7 +15,9 @@ use shrink_ir::{Model, Op, ParamType, QuantScheme, TensorData, ValueId};
 use shrink_runtime::calibrate::{self, CalibrationHook, Site, SiteLinear};
 
 use crate::calibration::CalibrationOptions;
-use crate::{canonical_ron, parse_options, Pass, PassContext, PassError, PassInfo, PassReport};
+use crate::{
+    canonical_ron, json_f64, parse_options, Pass, PassContext, PassError, PassInfo, PassReport,
+};
 use awq::AwqOptions;
 use gptq::GptqOptions;
 
@@ -347,10 +349,6 @@ impl Pass for Quantize {
         );
         Ok(report)
     }
-}
-
-fn json_f64(v: f64) -> serde_json::Value {
-    serde_json::Number::from_f64(v).map_or(serde_json::Value::Null, serde_json::Value::Number)
 }
 
 fn rtn(model: &mut Model, name: &str, scheme: QuantScheme) -> Result<(), PassError> {
