@@ -16,6 +16,7 @@ mod pattern;
 pub mod prune;
 pub mod prune_structured;
 pub mod quantize;
+mod tensors;
 
 use std::collections::BTreeMap;
 use std::path::Path;

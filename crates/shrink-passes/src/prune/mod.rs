@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use shrink_ir::{DType, Model, Op, SparsityMask, TensorData, ValueId};
+use shrink_ir::{Model, Op, SparsityMask, TensorData, ValueId};
 use shrink_runtime::calibrate::{self, CalibrationHook, Site, SiteLinear};
 
 use crate::calibration::CalibrationOptions;
@@ -237,44 +237,19 @@ pub fn wanda_mask(
 
 /// A selected matrix as f32, checked finite.
 fn matrix(model: &Model, name: &str) -> Result<(Vec<f32>, usize, usize), PassError> {
-    let t = model
-        .weights
-        .get(name)
-        .ok_or_else(|| fail(format!("'{name}' has no data")))?;
-    let [rows, cols] = t.ty.shape[..] else {
-        return Err(fail(format!("'{name}' is not a matrix ({})", t.ty)));
-    };
-    let v = t.to_f32();
-    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-        return Err(fail(format!(
-            "'{name}' holds {} at row {}, column {}: pruning needs finite weights",
-            v[i],
-            i / cols,
-            i % cols
-        )));
-    }
-    Ok((v, rows, cols))
+    crate::tensors::finite_matrix(model, name)
+        .map_err(|m| fail(format!("{m}: pruning needs finite weights")))
 }
 
 /// Stores the pruned values of `name` (a float dtype stays; dequantized input becomes f32)
 /// and its mask.
 fn store(model: &mut Model, name: &str, v: Vec<f32>, mask: SparsityMask) -> Result<(), PassError> {
-    let ty = model
+    let shape = model
         .graph
         .param(name)
-        .cloned()
+        .map(|p| p.shape.clone())
         .ok_or_else(|| fail(format!("'{name}' is not declared")))?;
-    let dtype = if ty.quant.is_some() {
-        DType::F32
-    } else {
-        ty.dtype
-    };
-    let data = TensorData::from_f32(dtype, ty.shape.clone(), &v)
-        .map_err(|m| fail(format!("'{name}': {m}")))?;
-    if let Some(p) = model.graph.param_mut(name) {
-        *p = data.ty.clone();
-    }
-    model.weights.insert(name.to_string(), data);
+    crate::tensors::store_f32(model, name, shape, &v).map_err(fail)?;
     model
         .weights
         .set_mask(name, mask)

@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use shrink_ir::{AttentionSpec, Graph, Model, NodeId, Op, TensorData, ValueId};
+use shrink_ir::{AttentionSpec, Graph, Model, NodeId, Op, ValueId};
 
 /// A linear's parameters, sliced together.
 #[derive(Clone, Debug, PartialEq)]
@@ -399,27 +399,6 @@ fn matrix(model: &Model, name: &str) -> Result<(Vec<f32>, usize, usize), String>
     }
 }
 
-/// Stores `values` of `shape` for `name`: in its float dtype, or f32 if it was quantized
-/// (pruned slices no longer fill the scheme's blocks the same way; quantize after pruning).
-fn store(model: &mut Model, name: &str, shape: Vec<usize>, values: &[f32]) -> Result<(), String> {
-    let ty = model
-        .graph
-        .param(name)
-        .cloned()
-        .ok_or_else(|| format!("'{name}' is not declared"))?;
-    let dtype = if ty.quant.is_some() {
-        shrink_ir::DType::F32
-    } else {
-        ty.dtype
-    };
-    let data = TensorData::from_f32(dtype, shape, values).map_err(|m| format!("'{name}': {m}"))?;
-    if let Some(p) = model.graph.param_mut(name) {
-        *p = data.ty.clone();
-    }
-    model.weights.insert(name.to_string(), data);
-    Ok(())
-}
-
 /// Keeps rows `keep` (sorted) of a matrix or entries of a vector.
 pub fn keep_rows(model: &mut Model, name: &str, keep: &[usize]) -> Result<(), String> {
     let (v, rows, cols) = matrix(model, name)?;
@@ -436,7 +415,7 @@ pub fn keep_rows(model: &mut Model, name: &str, keep: &[usize]) -> Result<(), St
     } else {
         vec![keep.len(), cols]
     };
-    store(model, name, shape, &out)
+    crate::tensors::store_f32(model, name, shape, &out)
 }
 
 /// Keeps columns `keep` (sorted) of a matrix.
@@ -449,7 +428,7 @@ pub fn keep_cols(model: &mut Model, name: &str, keep: &[usize]) -> Result<(), St
     for r in 0..rows {
         out.extend(keep.iter().map(|&c| v[r * cols + c]));
     }
-    store(model, name, vec![rows, keep.len()], &out)
+    crate::tensors::store_f32(model, name, vec![rows, keep.len()], &out)
 }
 
 impl ChannelGroup {

@@ -139,23 +139,7 @@ fn store(
 }
 
 fn weights_of(model: &Model, name: &str) -> Result<(Vec<f32>, usize, usize), PassError> {
-    let t = model
-        .weights
-        .get(name)
-        .ok_or_else(|| fail(format!("'{name}' has no data")))?;
-    let [rows, cols] = t.ty.shape[..] else {
-        return Err(fail(format!("'{name}' is not a matrix ({})", t.ty)));
-    };
-    let v = t.to_f32();
-    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-        return Err(fail(format!(
-            "'{name}' holds {} at row {}, column {}",
-            v[i],
-            i / cols,
-            i % cols
-        )));
-    }
-    Ok((v, rows, cols))
+    crate::tensors::finite_matrix(model, name).map_err(fail)
 }
 
 /// Which weights get which scheme.
@@ -543,25 +527,15 @@ impl Fold {
     }
 }
 
-/// Writes float values back in the parameter's dtype (a quantized parameter becomes f32).
+/// Writes float values back in the parameter's shape and float dtype (a quantized parameter
+/// becomes f32).
 fn write_f32(model: &mut Model, name: &str, v: Vec<f32>) -> Result<(), PassError> {
-    let ty = model
+    let shape = model
         .graph
         .param(name)
-        .cloned()
+        .map(|p| p.shape.clone())
         .ok_or_else(|| fail(format!("'{name}' is not declared")))?;
-    let dtype = if ty.quant.is_some() {
-        shrink_ir::DType::F32
-    } else {
-        ty.dtype
-    };
-    let data = TensorData::from_f32(dtype, ty.shape.clone(), &v)
-        .map_err(|m| fail(format!("'{name}': {m}")))?;
-    if let Some(p) = model.graph.param_mut(name) {
-        *p = data.ty.clone();
-    }
-    model.weights.insert(name.to_string(), data);
-    Ok(())
+    crate::tensors::store_f32(model, name, shape, &v).map_err(fail)
 }
 
 /// The node that can absorb `1/s` for the site at `value`: only when the site's linears are
