@@ -507,17 +507,7 @@ fn prune_pipeline_dumps_masks_and_exports() {
     .expect("write");
     let out = dir.join("out.gguf");
     let dump = dir.join("dump");
-    let (code, stdout, stderr) = crate::common::shrink(&[
-        "run",
-        path.to_str().expect("utf-8"),
-        "--out",
-        out.to_str().expect("utf-8"),
-        "--json",
-        "--dump-ir",
-        dump.to_str().expect("utf-8"),
-    ]);
-    assert_eq!(code, 0, "{stderr}");
-    let report: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+    let report = crate::common::run_with_dump(&path, &out, &dump);
     let stats = &report["passes"][0]["stats"];
     assert_eq!(stats["sparsity_overall"].as_f64(), Some(0.5), "{stats}");
     let ir = std::fs::read_to_string(dump.join("01_prune.ir")).expect("dump");

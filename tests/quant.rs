@@ -293,17 +293,7 @@ fn run_tiny(
     std::fs::write(&path, text).expect("write pipeline");
     let out = dir.join(out_name);
     let dump = dir.join("dump");
-    let (code, stdout, stderr) = crate::common::shrink(&[
-        "run",
-        path.to_str().expect("utf-8"),
-        "--out",
-        out.to_str().expect("utf-8"),
-        "--json",
-        "--dump-ir",
-        dump.to_str().expect("utf-8"),
-    ]);
-    assert_eq!(code, 0, "{stderr}");
-    let report: serde_json::Value = serde_json::from_str(&stdout).expect("json report");
+    let report = crate::common::run_with_dump(&path, &out, &dump);
     let ir = std::fs::read_to_string(dump.join("01_quantize.ir")).unwrap_or_default();
     (report, ir, out)
 }

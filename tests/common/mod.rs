@@ -67,6 +67,22 @@ pub fn shrink(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// `shrink run PIPELINE --out OUT --json --dump-ir DUMP`, which must succeed; returns the JSON
+/// report.
+pub fn run_with_dump(pipeline: &Path, out: &Path, dump: &Path) -> serde_json::Value {
+    let (code, stdout, stderr) = shrink(&[
+        "run",
+        pipeline.to_str().expect("utf-8"),
+        "--out",
+        out.to_str().expect("utf-8"),
+        "--json",
+        "--dump-ir",
+        dump.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    serde_json::from_str(&stdout).expect("json report")
+}
+
 /// A fresh scratch directory under the target dir.
 pub fn scratch(name: &str) -> PathBuf {
     let dir = repo().join("target").join("test-scratch").join(name);
