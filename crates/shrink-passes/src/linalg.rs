@@ -164,6 +164,16 @@ pub fn inverse_upper_cholesky(a: &[f64], n: usize) -> Option<Vec<f64>> {
     Some(u)
 }
 
+/// `tr(Δ·G·Δᵀ)`: the summed squared output error of a weight change `Δ` (`[rows, cols]`).
+pub fn output_error(delta: &[f32], rows: usize, cols: usize, gram: &[f32], mm: Matmul<'_>) -> f64 {
+    let dg = mm(delta, gram, rows, cols, cols);
+    delta
+        .iter()
+        .zip(&dg)
+        .map(|(a, b)| *a as f64 * *b as f64)
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,7 +16,7 @@ use shrink_ir::{Model, Op, SparsityMask, TensorData, ValueId};
 use shrink_runtime::calibrate::{self, CalibrationHook, Site, SiteLinear};
 
 use crate::calibration::CalibrationOptions;
-use crate::linalg::Matmul;
+use crate::linalg::output_error;
 use crate::pattern::glob;
 use crate::{
     canonical_ron, json_f64, parse_options, Pass, PassContext, PassError, PassInfo, PassReport,
@@ -595,14 +595,18 @@ impl Hook<'_> {
                     self.stats.max_damp = self.stats.max_damp.max(p.damp);
                     // The layer's output error against the two simpler criteria at the same
                     // amount, on the same inputs: below 1 is what reconstruction bought.
-                    let err = |mask: &SparsityMask| {
+                    let err = |q: &[f32]| {
+                        let delta: Vec<f32> = w.iter().zip(q).map(|(a, b)| a - b).collect();
+                        output_error(&delta, rows, cols, &gram, &mm)
+                    };
+                    let masked = |mask: SparsityMask| {
                         let mut q = w.clone();
                         mask.apply(&mut q);
-                        delta_error(&w, &q, rows, cols, &gram, &mm)
+                        err(&q)
                     };
-                    self.stats.err_magnitude += err(&magnitude_mask(&w, rows, cols, amount));
-                    self.stats.err_wanda += err(&wanda_mask(&w, rows, cols, &sq, amount));
-                    self.stats.err_method += delta_error(&w, &p.weights, rows, cols, &gram, &mm);
+                    self.stats.err_magnitude += masked(magnitude_mask(&w, rows, cols, amount));
+                    self.stats.err_wanda += masked(wanda_mask(&w, rows, cols, &sq, amount));
+                    self.stats.err_method += err(&p.weights);
                     store(model, &l.weight, p.weights, p.mask)?;
                 }
             }
@@ -622,20 +626,6 @@ impl Hook<'_> {
         }
         Ok(())
     }
-}
-
-/// `‖X·(W − Q)ᵀ‖²` summed over tokens: `tr(Δ·G·Δᵀ)` with `G` the Gram matrix.
-fn delta_error(
-    w: &[f32],
-    q: &[f32],
-    rows: usize,
-    cols: usize,
-    gram: &[f32],
-    mm: Matmul<'_>,
-) -> f64 {
-    let d: Vec<f32> = w.iter().zip(q).map(|(a, b)| a - b).collect();
-    let dg = mm(&d, gram, rows, cols, cols);
-    d.iter().zip(&dg).map(|(a, b)| *a as f64 * *b as f64).sum()
 }
 
 impl Pass for Prune {

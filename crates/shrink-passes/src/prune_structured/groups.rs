@@ -90,12 +90,6 @@ impl Layer {
     pub fn output(&self) -> ValueId {
         self.blocks[self.blocks.len() - 1].output
     }
-
-    pub fn contains(&self, node: NodeId) -> bool {
-        self.blocks
-            .iter()
-            .any(|b| b.nodes.contains(&node) || b.add == node)
-    }
 }
 
 /// Everything structured pruning can remove, in graph order.
@@ -106,13 +100,6 @@ pub struct Groups {
     pub layers: Vec<Layer>,
     /// Linears or attention ops whose widths are not prunable, with the reason.
     pub blocked: BTreeMap<String, String>,
-}
-
-impl Groups {
-    /// Index of the layer holding `node`.
-    pub fn layer_of(&self, node: NodeId) -> Option<usize> {
-        self.layers.iter().position(|l| l.contains(node))
-    }
 }
 
 fn linear_params(g: &Graph, node: NodeId) -> Option<LinearParams> {
@@ -502,9 +489,13 @@ impl HeadGroup {
 /// blocks' nodes and the parameters only they read go, and the remaining layers with a name
 /// prefix are renumbered so indices stay contiguous (`model.layers.0..`).
 pub fn remove_layers(model: &mut Model, layers: &[Layer], remove: &[usize]) -> Result<(), String> {
+    // Later layers first: a removed layer's input may be the output of one removed before it.
+    let mut descending = remove.to_vec();
+    descending.sort_unstable_by(|a, b| b.cmp(a));
+    descending.dedup();
     let g = &mut model.graph;
     let mut dropped_params = BTreeSet::new();
-    for &i in remove {
+    for &i in &descending {
         let l = layers
             .get(i)
             .ok_or_else(|| format!("layer {i} does not exist"))?;

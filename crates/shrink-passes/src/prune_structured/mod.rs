@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use shrink_ir::{Model, TensorData, ValueId};
+use shrink_ir::{Model, ValueId};
 use shrink_runtime::calibrate::{self, CalibrationHook, Site, SiteLinear};
 use shrink_runtime::{Engine, ExecOptions, QuantExec};
 
@@ -331,9 +331,7 @@ impl PruneStructured {
                 "layer {l}'s parameters share no numbered name prefix, so the layers after it cannot be renumbered"
             )));
         }
-        let mut descending = remove.clone();
-        descending.reverse();
-        groups::remove_layers(model, &groups.layers, &descending).map_err(fail)?;
+        groups::remove_layers(model, &groups.layers, &remove).map_err(fail)?;
         report.stats.insert(
             "layers_removed".into(),
             serde_json::Value::Array(remove.iter().map(|i| (*i).into()).collect()),
@@ -740,7 +738,7 @@ fn probe_logits(
 /// zeroing the consumer columns of its least important units (which removes exactly their
 /// contribution) with every other layer intact.
 fn sensitivity(
-    model: &mut Model,
+    model: &Model,
     probe: &[Vec<u32>],
     cx: &mut PassContext<'_>,
     instances: &[Instance<'_>],
@@ -748,6 +746,25 @@ fn sensitivity(
     o: &PruneStructuredOptions,
     step: usize,
 ) -> Result<Vec<Vec<(usize, f64)>>, PassError> {
+    // One float copy for every probe: no probe dequantizes the model again, and zeroed columns
+    // are put back as they were without touching the pass's model.
+    let mut probe_model = model.clone();
+    let quantized: Vec<(String, Vec<usize>)> = probe_model
+        .graph
+        .params()
+        .iter()
+        .filter(|(_, t)| t.quant.is_some())
+        .map(|(n, t)| (n.clone(), t.shape.clone()))
+        .collect();
+    for (name, shape) in quantized {
+        let v = probe_model
+            .weights
+            .get(&name)
+            .ok_or_else(|| fail(format!("'{name}' has no data")))?
+            .to_f32();
+        crate::tensors::store_f32(&mut probe_model, &name, shape, &v).map_err(fail)?;
+    }
+    let model = &mut probe_model;
     let base = probe_logits(model, cx, probe)?;
     let vocab = base.len() / (probe.len() * probe[0].len()).max(1);
     let base_logp: Vec<f32> = base.chunks_exact(vocab).flat_map(log_softmax).collect();
@@ -773,7 +790,6 @@ fn sensitivity(
                     .get(&c.weight)
                     .cloned()
                     .ok_or_else(|| fail(format!("'{}' has no data", c.weight)))?;
-                let ty = model.graph.param(&c.weight).cloned();
                 let (rows, width) = (t.ty.shape[0], t.ty.shape[1]);
                 let mut v = t.to_f32();
                 for row in 0..rows {
@@ -781,19 +797,11 @@ fn sensitivity(
                         v[row * width + col] = 0.0;
                     }
                 }
-                let zeroed = TensorData::from_f32(shrink_ir::DType::F32, vec![rows, width], &v)
-                    .map_err(fail)?;
-                if let Some(p) = model.graph.param_mut(&c.weight) {
-                    *p = zeroed.ty.clone();
-                }
-                model.weights.insert(c.weight.clone(), zeroed);
-                saved.push((c.weight.clone(), t, ty));
+                crate::tensors::store_f32(model, &c.weight, vec![rows, width], &v).map_err(fail)?;
+                saved.push((c.weight.clone(), t));
             }
             let logits = probe_logits(model, cx, probe);
-            for (name, t, ty) in saved {
-                if let (Some(p), Some(ty)) = (model.graph.param_mut(&name), ty) {
-                    *p = ty;
-                }
+            for (name, t) in saved {
                 model.weights.insert(name, t);
             }
             let kl = mean_kl(&base_logp, &logits?, vocab);

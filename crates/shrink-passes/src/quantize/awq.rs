@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use shrink_ir::quant::QuantScheme;
 
 use super::gptq::Matmul;
+use crate::linalg::output_error;
 
 /// Options of AWQ.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -66,16 +67,6 @@ pub fn weight_change(w: &[f32], q: &[f32], s: Option<&[f32]>) -> Vec<f32> {
             .collect(),
         None => w.iter().zip(q).map(|(a, b)| a - b).collect(),
     }
-}
-
-/// `tr(Δ·G·Δᵀ)`: the summed squared output error of a weight change `Δ` (`[rows, cols]`).
-pub fn output_error(delta: &[f32], rows: usize, cols: usize, gram: &[f32], mm: Matmul<'_>) -> f64 {
-    let dg = mm(delta, gram, rows, cols, cols);
-    delta
-        .iter()
-        .zip(&dg)
-        .map(|(a, b)| *a as f64 * *b as f64)
-        .sum()
 }
 
 /// The result of the scale search.

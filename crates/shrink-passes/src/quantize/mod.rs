@@ -388,8 +388,10 @@ impl CalibrationHook for Hook<'_> {
                     let rtn_q = awq::fake_quantize(scheme, &w, rows, cols);
                     let d_rtn = awq::weight_change(&w, &rtn_q, None);
                     let d_q = awq::weight_change(&w, &q.dequant, None);
-                    self.stats.err_rtn += awq::output_error(&d_rtn, rows, cols, &gram, &mm);
-                    self.stats.err_method += awq::output_error(&d_q, rows, cols, &gram, &mm);
+                    self.stats.err_rtn +=
+                        crate::linalg::output_error(&d_rtn, rows, cols, &gram, &mm);
+                    self.stats.err_method +=
+                        crate::linalg::output_error(&d_q, rows, cols, &gram, &mm);
                     store(model, &l.weight, scheme, q.packed).map_err(err)?;
                 }
                 Ok(None)
@@ -469,8 +471,8 @@ impl Hook<'_> {
             let d_q = awq::weight_change(w, &q, Some(&scales));
             let rtn_q = awq::fake_quantize(scheme, w, *rows, cols);
             let d_rtn = awq::weight_change(w, &rtn_q, None);
-            self.stats.err_rtn += awq::output_error(&d_rtn, *rows, cols, gram, &mm);
-            self.stats.err_method += awq::output_error(&d_q, *rows, cols, gram, &mm);
+            self.stats.err_rtn += crate::linalg::output_error(&d_rtn, *rows, cols, gram, &mm);
+            self.stats.err_method += crate::linalg::output_error(&d_q, *rows, cols, gram, &mm);
             write_f32(model, &l.weight, clipped).map_err(err)?;
         }
         let Some(fold) = fold else { return Ok(None) };
