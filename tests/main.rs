@@ -5,6 +5,7 @@
 
 mod bad_input;
 mod common;
+mod distill;
 mod ir_text;
 mod pipelines;
 mod prune;

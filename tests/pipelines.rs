@@ -60,7 +60,7 @@ fn unknown_pass_fails_with_position_before_any_pass_runs() {
     assert_eq!(
         stderr.trim(),
         format!(
-            "error: {}:4:16: unknown pass 'quantise' (known: cast, dead-code, prune, prune-structured, quantize)",
+            "error: {}:4:16: unknown pass 'quantise' (known: cast, dead-code, distill, finetune, prune, prune-structured, quantize)",
             path.display()
         )
     );
@@ -228,6 +228,7 @@ fn a_failing_pass_leaves_a_reproducer() {
         model: Some(model.clone()),
         out: Some(dir.join("never.gguf")),
         device: Device::Cpu,
+        resume: None,
     };
     let mut hooks: Vec<&mut dyn Instrumentation> = vec![&mut dump];
     let err = shrink_pipeline::run(&pipeline, &opts, &mut hooks, &mut shrink_passes::NoProgress)

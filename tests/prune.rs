@@ -169,6 +169,7 @@ fn run_tiny(passes: &str) -> Result<(Model, Model, Vec<PassRecord>), String> {
         tokenizer: loaded.tokenizer.as_ref(),
         seed: 0,
         base_dir: &repo(),
+        resume: None,
         progress: &mut progress,
     };
     let records = run_passes(&p.passes, &mut model, &mut rc, &mut []).map_err(|e| e.to_string())?;
@@ -479,6 +480,7 @@ fn prune_refuses_non_finite_weights() {
         tokenizer: loaded.tokenizer.as_ref(),
         seed: 0,
         base_dir: &repo(),
+        resume: None,
         progress: &mut progress,
     };
     let err = run_passes(&p.passes, &mut loaded.model, &mut rc, &mut [])

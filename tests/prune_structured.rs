@@ -38,6 +38,9 @@ fn run(
     let mut cx = PassContext {
         device: Device::Cpu,
         original: &original,
+        before: &Default::default(),
+        index: 0,
+        resume: None,
         tokenizer: loaded.tokenizer.as_ref(),
         rng: rand::rngs::StdRng::seed_from_u64(7),
         base_dir: std::path::Path::new("."),

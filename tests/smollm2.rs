@@ -199,6 +199,7 @@ fn f16_pipeline_exports_load_back_with_the_f16_perplexity() {
         model: Some(model),
         out: Some(hf.clone()),
         device: Device::Cpu,
+        resume: None,
     };
     shrink_pipeline::run(&p, &opts, &mut [], &mut shrink_passes::NoProgress).expect("run");
     let g = fixture("smollm2/golden.safetensors");

@@ -162,7 +162,10 @@ fn quantized_tiny_llama() -> (shrink_ir::Model, shrink_ir::Model) {
 }
 
 fn exec(quantized: QuantExec) -> ExecOptions {
-    ExecOptions { quantized }
+    ExecOptions {
+        quantized,
+        ..ExecOptions::default()
+    }
 }
 
 #[test]

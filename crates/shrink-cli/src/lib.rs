@@ -44,6 +44,7 @@ impl From<QuantExecArg> for shrink_runtime::ExecOptions {
                 QuantExecArg::Stream => shrink_runtime::QuantExec::Stream,
                 QuantExecArg::Dequantize => shrink_runtime::QuantExec::Dequantize,
             },
+            ..shrink_runtime::ExecOptions::default()
         }
     }
 }
@@ -75,6 +76,10 @@ enum Command {
         /// Print one JSON report on stdout.
         #[arg(long)]
         json: bool,
+        /// Continue a training pass from one of its checkpoints (`train.checkpoint` writes
+        /// them); the passes before it run again, deterministically.
+        #[arg(long)]
+        resume: Option<PathBuf>,
     },
     /// Perplexity of a model on a text file.
     Eval {
@@ -160,6 +165,7 @@ pub fn main() -> i32 {
             print_ir_after_all,
             dry_run,
             json,
+            resume,
         } => run::run(run::RunArgs {
             pipeline,
             model,
@@ -169,6 +175,7 @@ pub fn main() -> i32 {
             print_ir_after_all,
             dry_run,
             json,
+            resume,
         }),
         Command::Eval {
             model,

@@ -20,6 +20,7 @@ pub struct RunArgs {
     pub print_ir_after_all: bool,
     pub dry_run: bool,
     pub json: bool,
+    pub resume: Option<PathBuf>,
 }
 
 /// `--print-ir-after-all`.
@@ -127,6 +128,7 @@ pub fn run(a: RunArgs) -> Result<()> {
         model: a.model.clone(),
         out: a.out.clone(),
         device,
+        resume: a.resume.clone(),
     };
     let model_path = shrink_pipeline::run::model_path(&pipeline, &opts);
     // Checked here too (cheap) so that nothing, not even the dump directory, is made first.

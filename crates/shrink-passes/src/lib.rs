@@ -4,12 +4,16 @@
 //!
 //! Passes: [`cast`] (change the storage dtype of parameters), [`dead_code`] (drop what no
 //! output depends on), [`prune`] (unstructured and N:M sparsity by magnitude, Wanda or
-//! SparseGPT), [`quantize`] (rtn, GPTQ, AWQ). Shared machinery: [`calibration`] (calibration
-//! sequences from text), [`linalg`] (Cholesky factors and the steps GPTQ and SparseGPT share).
+//! SparseGPT), [`prune_structured`] (MLP channels, heads, layers), [`quantize`] (rtn, GPTQ,
+//! AWQ), [`distill`] and [`finetune`] (training). Shared machinery: [`calibration`]
+//! (calibration sequences from text), [`linalg`] (Cholesky factors and the steps GPTQ and
+//! SparseGPT share), [`training`] (the options and reports of the training loop).
 
 pub mod calibration;
 pub mod cast;
 pub mod dead_code;
+pub mod distill;
+pub mod finetune;
 pub mod linalg;
 mod options;
 mod pattern;
@@ -17,6 +21,7 @@ pub mod prune;
 pub mod prune_structured;
 pub mod quantize;
 mod tensors;
+pub mod training;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -37,6 +42,22 @@ pub trait Pass {
     /// `(exclude: [], include: ["*"], to: f16, vectors: false)`.
     fn options(&self) -> String;
     fn run(&self, model: &mut Model, cx: &mut PassContext<'_>) -> Result<PassReport, PassError>;
+    /// The name of an earlier pass whose input model this pass reads (a distillation
+    /// teacher): the pass manager keeps that model, and refuses a pipeline without the pass.
+    fn model_before(&self) -> Option<&str> {
+        None
+    }
+    /// Checks of the options that need no model, run when the pipeline is read (so a bad
+    /// value fails before earlier passes spend their time).
+    fn check(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// What a training checkpoint of pass `index` must carry to resume it: the pass and its
+/// canonical options.
+pub fn checkpoint_fingerprint(index: usize, pass: &dyn Pass) -> String {
+    format!("pass {index} {} {}", pass.name(), pass.options())
 }
 
 /// Progress of long work inside a pass.
@@ -63,6 +84,14 @@ pub struct PassContext<'a> {
     pub device: Device,
     /// The model as it was before the pipeline's first pass (the teacher for distillation).
     pub original: &'a Model,
+    /// Models as they were before earlier passes that a later pass asked for
+    /// ([`Pass::model_before`]), by pass name.
+    pub before: &'a BTreeMap<String, Model>,
+    /// This pass's position in the pipeline (0-based).
+    pub index: usize,
+    /// A training checkpoint to continue from (`shrink run --resume`); the training pass that
+    /// wrote it resumes, the others ignore it.
+    pub resume: Option<&'a Path>,
     /// The model's tokenizer, for calibration and training text.
     pub tokenizer: Option<&'a Tokenizer>,
     /// Seeded from the pipeline's seed and the pass's position, so runs repeat.
@@ -125,6 +154,8 @@ impl Registry {
         let mut r = Registry::new();
         r.register(cast::INFO);
         r.register(dead_code::INFO);
+        r.register(distill::INFO);
+        r.register(finetune::INFO);
         r.register(prune::INFO);
         r.register(prune_structured::INFO);
         r.register(quantize::INFO);

@@ -236,6 +236,23 @@ impl Pipeline {
                 };
                 err(Some(pos), format!("pass '{}': {}", entry.pass, e.code))
             })?;
+            pass.check().map_err(|m| {
+                err(
+                    Some(line_col(text, name_at)),
+                    format!("pass '{}': {m}", entry.pass),
+                )
+            })?;
+            if let Some(wanted) = pass.model_before() {
+                if !passes.iter().any(|p: &PassEntry| p.pass.name() == wanted) {
+                    return Err(err(
+                        Some(line_col(text, name_at)),
+                        format!(
+                            "pass '{}' reads the model before pass '{wanted}', and no pass '{wanted}' comes before it",
+                            entry.pass
+                        ),
+                    ));
+                }
+            }
             passes.push(PassEntry {
                 pass,
                 position: line_col(text, at),

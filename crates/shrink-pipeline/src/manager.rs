@@ -77,6 +77,8 @@ pub struct RunContext<'a> {
     pub tokenizer: Option<&'a shrink_import::Tokenizer>,
     pub seed: u64,
     pub base_dir: &'a std::path::Path,
+    /// A training checkpoint to continue from (`--resume`).
+    pub resume: Option<&'a std::path::Path>,
     pub progress: &'a mut dyn ProgressSink,
 }
 
@@ -96,12 +98,24 @@ pub fn run_passes(
             })?;
     }
     let mut records = Vec::with_capacity(passes.len());
+    // Models before passes that a later pass reads (distillation teachers), by pass name.
+    let wanted: Vec<&str> = passes
+        .iter()
+        .filter_map(|e| e.pass.model_before())
+        .collect();
+    let mut kept: BTreeMap<String, Model> = BTreeMap::new();
     for (index, entry) in passes.iter().enumerate() {
         let pass = entry.pass.as_ref();
+        if wanted.contains(&pass.name()) {
+            kept.insert(pass.name().to_string(), model.clone());
+        }
         let before = model.graph.clone();
         let mut cx = PassContext {
             device: rc.device,
             original: rc.original,
+            before: &kept,
+            index,
+            resume: rc.resume,
             tokenizer: rc.tokenizer,
             // Each pass its own stream, so adding a pass does not change the others' draws.
             rng: rand::rngs::StdRng::seed_from_u64(

@@ -16,6 +16,8 @@ pub struct RunOptions {
     pub model: Option<PathBuf>,
     pub out: Option<PathBuf>,
     pub device: Device,
+    /// A training checkpoint to continue from.
+    pub resume: Option<PathBuf>,
 }
 
 /// The evaluation part of a run report (the `eval --json` fields).
@@ -61,6 +63,31 @@ pub enum RunError {
     Eval(String),
     #[error(transparent)]
     Export(#[from] shrink_export::ExportError),
+    #[error("--resume {path}: {message}")]
+    Resume { path: String, message: String },
+}
+
+/// Checks that a checkpoint given to `--resume` was written by one of the pipeline's passes
+/// as it is now (same position, pass and options), before anything runs.
+pub fn check_resume(p: &Pipeline, checkpoint: &Path) -> Result<(), RunError> {
+    let bad = |message: String| RunError::Resume {
+        path: checkpoint.display().to_string(),
+        message,
+    };
+    let written = shrink_runtime::train::checkpoint_fingerprint(checkpoint)
+        .map_err(|e| bad(e.to_string()))?;
+    let ours = p
+        .passes
+        .iter()
+        .enumerate()
+        .any(|(i, e)| shrink_passes::checkpoint_fingerprint(i, e.pass.as_ref()) == written);
+    if ours {
+        Ok(())
+    } else {
+        Err(bad(format!(
+            "it was written by `{written}`, which is no pass of this pipeline as it stands"
+        )))
+    }
 }
 
 /// Perplexity of `engine` on `text` (read from `data`, which names it in errors), timed, as
@@ -116,6 +143,9 @@ pub fn run(
 ) -> Result<RunReport, RunError> {
     let model_path = model_path(p, opts);
     p.check_files(model_path.as_deref())?;
+    if let Some(c) = &opts.resume {
+        check_resume(p, c)?;
+    }
     let model_path = model_path.unwrap_or_default();
     progress.start(&format!("loading {}", model_path.display()), 0);
     let loaded = shrink_import::load(&model_path);
@@ -139,6 +169,7 @@ pub fn run(
             tokenizer: tokenizer.as_ref(),
             seed: p.seed,
             base_dir: &base,
+            resume: opts.resume.as_deref(),
             progress: &mut *progress,
         };
         run_passes(&p.passes, &mut model, &mut rc, hooks)?

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use burn::tensor::activation;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::embedding;
-use burn::tensor::{Int, Tensor, TensorData as BurnData};
+use burn::tensor::{Element, Int, Tensor, TensorCreationOptions, TensorData as BurnData};
 use shrink_ir::weights::TensorData;
 use shrink_ir::{Activation, AttentionSpec, Model, NodeId, NormKind, Op, QuantScheme, ValueId};
 
@@ -34,6 +34,10 @@ pub enum QuantExec {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ExecOptions {
     pub quantized: QuantExec,
+    /// One tensor per parameter, in its stored layout (a tied embedding and LM head share it),
+    /// quantized ones dequantized: what training needs, so that every use of a parameter
+    /// meets in one gradient. Inference keeps a transposed copy for linears instead.
+    pub trainable: bool,
 }
 
 /// A quantized `[rows, cols]` matrix kept packed on the host, shared by every step that reads
@@ -111,27 +115,70 @@ impl Packed {
 /// an LM head, runs in slices of output rows, so its f32 form never exists whole.
 const STREAM_BLOCK: usize = 1 << 22;
 
-enum Kernel<B: Backend> {
+/// A float parameter as the kernels read it.
+#[derive(Clone)]
+pub(crate) enum ParamTensor<B: Backend> {
+    Vector(Tensor<B, 1>),
+    Matrix(Tensor<B, 2>),
+}
+
+impl<B: Backend> ParamTensor<B> {
+    fn vector(&self) -> Tensor<B, 1> {
+        match self {
+            ParamTensor::Vector(t) => t.clone(),
+            ParamTensor::Matrix(t) => t.clone().flatten(0, 1),
+        }
+    }
+
+    fn matrix(&self) -> Tensor<B, 2> {
+        match self {
+            ParamTensor::Matrix(t) => t.clone(),
+            ParamTensor::Vector(t) => t.clone().unsqueeze(),
+        }
+    }
+
+    pub(crate) fn shape(&self) -> Vec<usize> {
+        match self {
+            ParamTensor::Vector(t) => t.dims().to_vec(),
+            ParamTensor::Matrix(t) => t.dims().to_vec(),
+        }
+    }
+
+    /// The values as one vector (a view where the backend allows).
+    pub(crate) fn flat(&self) -> Tensor<B, 1> {
+        self.vector()
+    }
+}
+
+/// One float parameter of the interpreter.
+pub(crate) struct ParamEntry<B: Backend> {
+    pub(crate) name: String,
+    pub(crate) tensor: ParamTensor<B>,
+    /// A linear weight uploaded as `[in, out]` (inference), rather than as stored.
+    transposed: bool,
+}
+
+enum Kernel {
     Input,
-    Embedding(Tensor<B, 2>),
+    /// Index into the interpreter's parameters, as are the other `usize` operands here.
+    Embedding(usize),
     /// An embedding kept packed: only the rows of the tokens asked for are dequantized.
     PackedEmbedding(Arc<Packed>),
-    PositionEmbedding(Tensor<B, 2>),
+    PositionEmbedding(usize),
     Norm {
         kind: NormKind,
         eps: f32,
-        weight: Tensor<B, 1>,
-        bias: Option<Tensor<B, 1>>,
+        weight: usize,
+        bias: Option<usize>,
     },
     Linear {
-        /// `[in, out]`
-        weight_t: Tensor<B, 2>,
-        bias: Option<Tensor<B, 1>>,
+        weight: usize,
+        bias: Option<usize>,
     },
     /// A linear whose `[out, in]` weight is kept packed and dequantized at each forward.
     PackedLinear {
         weight: Arc<Packed>,
-        bias: Option<Tensor<B, 1>>,
+        bias: Option<usize>,
     },
     Split(Vec<usize>),
     Attention {
@@ -145,9 +192,9 @@ enum Kernel<B: Backend> {
     Output,
 }
 
-struct Step<B: Backend> {
+struct Step {
     node: NodeId,
-    kernel: Kernel<B>,
+    kernel: Kernel,
     inputs: Vec<usize>,
     outputs: Vec<usize>,
     /// Slots whose last use is this step: freed after it runs.
@@ -182,7 +229,11 @@ impl<B: Backend> KvCache<B> {
 /// A model ready to run on one backend.
 pub struct Interpreter<B: Backend> {
     device: B::Device,
-    steps: Vec<Step<B>>,
+    steps: Vec<Step>,
+    /// Float parameters the steps read, by index.
+    pub(crate) params: Vec<ParamEntry<B>>,
+    /// The slot holding each value while it lives.
+    slot_of: HashMap<ValueId, usize>,
     n_slots: usize,
     attention_layers: usize,
     vocab: usize,
@@ -196,7 +247,10 @@ pub(crate) fn upload<B: Backend, const D: usize>(
     shape: [usize; D],
     device: &B::Device,
 ) -> Tensor<B, D> {
-    Tensor::from_data(BurnData::new(values, shape), device)
+    // In the backend's own float type: burn otherwise uses the device's default, which one
+    // backend sets for every backend sharing the device (f32 on the CPU).
+    let opts = TensorCreationOptions::new(device.clone()).with_dtype(B::FloatElem::dtype());
+    Tensor::from_data(BurnData::new(values, shape), opts)
 }
 
 pub(crate) fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
@@ -237,29 +291,43 @@ impl<B: Backend> Interpreter<B> {
             })?;
             Ok((t.to_f32(), t.ty.shape.clone()))
         };
-        let mut cache2: HashMap<(String, bool), Tensor<B, 2>> = HashMap::new();
-        let mut matrix = |name: &str, transposed: bool| -> Result<Tensor<B, 2>> {
-            if let Some(t) = cache2.get(&(name.to_string(), transposed)) {
-                return Ok(t.clone());
+        // Float parameters, one entry per (name, layout).
+        let mut params: Vec<ParamEntry<B>> = Vec::new();
+        let mut index_of: HashMap<(String, bool), usize> = HashMap::new();
+        let mut entry = |name: &str, transposed: bool, vector: bool| -> Result<usize> {
+            // Training reads every parameter as stored.
+            let transposed = transposed && !opts.trainable;
+            if let Some(&i) = index_of.get(&(name.to_string(), transposed)) {
+                return Ok(i);
             }
             let (v, s) = param(name)?;
-            let (r, c) = (s[0], s[1]);
-            let t = if transposed {
-                upload::<B, 2>(transpose(&v, r, c), [c, r], device)
-            } else {
-                upload::<B, 2>(v, [r, c], device)
+            let tensor = match (vector, s.as_slice()) {
+                (true, &[n]) => ParamTensor::Vector(upload::<B, 1>(v, [n], device)),
+                (false, &[r, c]) if transposed => {
+                    ParamTensor::Matrix(upload::<B, 2>(transpose(&v, r, c), [c, r], device))
+                }
+                (false, &[r, c]) => ParamTensor::Matrix(upload::<B, 2>(v, [r, c], device)),
+                _ => {
+                    return Err(RuntimeError::Param {
+                        name: name.into(),
+                        message: format!("unexpected shape {s:?}"),
+                    })
+                }
             };
-            cache2.insert((name.to_string(), transposed), t.clone());
-            Ok(t)
+            params.push(ParamEntry {
+                name: name.to_string(),
+                tensor,
+                transposed,
+            });
+            index_of.insert((name.to_string(), transposed), params.len() - 1);
+            Ok(params.len() - 1)
         };
-        let vector = |name: &str| -> Result<Tensor<B, 1>> {
-            let (v, s) = param(name)?;
-            Ok(upload::<B, 1>(v, [s[0]], device))
-        };
+        // Rows of a parameter already read by `entry`.
+        let rows_of = |name: &str| model.weights.get(name).map_or(0, |t| t.ty.shape[0]);
         // Quantized matrices kept packed (Stream), one per parameter name.
         let mut packed_cache: HashMap<String, Arc<Packed>> = HashMap::new();
         let mut packed = |name: &str| -> Result<Option<Arc<Packed>>> {
-            if opts.quantized != QuantExec::Stream {
+            if opts.quantized != QuantExec::Stream || opts.trainable {
                 return Ok(None);
             }
             let t = model.weights.get(name).ok_or_else(|| RuntimeError::Param {
@@ -297,14 +365,14 @@ impl<B: Backend> Interpreter<B> {
                         Kernel::PackedEmbedding(p)
                     }
                     None => {
-                        let w = matrix(weight, false)?;
-                        vocab = w.dims()[0];
+                        let w = entry(weight, false, false)?;
+                        vocab = rows_of(weight);
                         Kernel::Embedding(w)
                     }
                 },
                 Op::PositionEmbedding { weight } => {
-                    let w = matrix(weight, false)?;
-                    max_positions = max_positions.min(w.dims()[0]);
+                    let w = entry(weight, false, false)?;
+                    max_positions = max_positions.min(rows_of(weight));
                     Kernel::PositionEmbedding(w)
                 }
                 Op::Norm {
@@ -315,15 +383,15 @@ impl<B: Backend> Interpreter<B> {
                 } => Kernel::Norm {
                     kind: *kind,
                     eps: *eps,
-                    weight: vector(weight)?,
-                    bias: bias.as_deref().map(vector).transpose()?,
+                    weight: entry(weight, false, true)?,
+                    bias: bias.as_deref().map(|b| entry(b, false, true)).transpose()?,
                 },
                 Op::Linear { weight, bias } => {
-                    let bias = bias.as_deref().map(vector).transpose()?;
+                    let bias = bias.as_deref().map(|b| entry(b, false, true)).transpose()?;
                     match packed(weight)? {
                         Some(weight) => Kernel::PackedLinear { weight, bias },
                         None => Kernel::Linear {
-                            weight_t: matrix(weight, true)?,
+                            weight: entry(weight, true, false)?,
                             bias,
                         },
                     }
@@ -391,7 +459,9 @@ impl<B: Backend> Interpreter<B> {
         }
         Ok(Interpreter {
             device: device.clone(),
+            params,
             n_slots: slot_of.len(),
+            slot_of,
             steps,
             attention_layers,
             vocab,
@@ -402,6 +472,14 @@ impl<B: Backend> Interpreter<B> {
 
     pub fn device(&self) -> &B::Device {
         &self.device
+    }
+
+    fn matrix(&self, index: usize) -> Tensor<B, 2> {
+        self.params[index].tensor.matrix()
+    }
+
+    fn vector(&self, index: usize) -> Tensor<B, 1> {
+        self.params[index].tensor.vector()
     }
 
     /// Bytes of the quantized weights held packed ([`QuantExec::Stream`]), each counted once
@@ -453,9 +531,38 @@ impl<B: Backend> Interpreter<B> {
     pub fn forward_rows(
         &self,
         tokens: &[Vec<u32>],
-        mut cache: Option<&mut KvCache<B>>,
+        cache: Option<&mut KvCache<B>>,
         rows: Option<std::ops::Range<usize>>,
     ) -> Result<Tensor<B, 3>> {
+        self.run(tokens, cache, rows, &[]).map(|(logits, _)| logits)
+    }
+
+    /// Logits and the values `watch` (hidden states `[b, s, width]`, in that order), for
+    /// losses on intermediate layers.
+    pub fn forward_watching(
+        &self,
+        tokens: &[Vec<u32>],
+        watch: &[ValueId],
+    ) -> Result<(Tensor<B, 3>, Vec<Tensor<B, 3>>)> {
+        self.run(tokens, None, None, watch)
+    }
+
+    fn run(
+        &self,
+        tokens: &[Vec<u32>],
+        mut cache: Option<&mut KvCache<B>>,
+        rows: Option<std::ops::Range<usize>>,
+        watch: &[ValueId],
+    ) -> Result<(Tensor<B, 3>, Vec<Tensor<B, 3>>)> {
+        let watch_slots: Vec<usize> = watch
+            .iter()
+            .map(|v| {
+                self.slot_of.get(v).copied().ok_or_else(|| {
+                    RuntimeError::Input(format!("value {v:?} is not computed by this model"))
+                })
+            })
+            .collect::<Result<_>>()?;
+        let mut watched: Vec<Option<Tensor<B, 3>>> = vec![None; watch.len()];
         let b = tokens.len();
         let s = tokens.first().map_or(0, Vec::len);
         if b == 0 || s == 0 || tokens.iter().any(|t| t.len() != s) {
@@ -523,7 +630,9 @@ impl<B: Backend> Interpreter<B> {
             };
             let results: Vec<Val<B>> = match &step.kernel {
                 Kernel::Input => vec![Val::Tokens(tokens_t.clone())],
-                Kernel::Embedding(w) => vec![Val::Hidden(embedding(w.clone(), toks(0)?))],
+                Kernel::Embedding(w) => {
+                    vec![Val::Hidden(embedding(self.matrix(*w), toks(0)?))]
+                }
                 Kernel::PackedEmbedding(p) => {
                     // The ids were checked against the vocabulary above.
                     let ids: Vec<usize> = tokens.iter().flatten().map(|&t| t as usize).collect();
@@ -535,8 +644,9 @@ impl<B: Backend> Interpreter<B> {
                     ))]
                 }
                 Kernel::PositionEmbedding(w) => {
+                    let w = self.matrix(*w);
                     let d = w.dims()[1];
-                    let rows = w.clone().narrow(0, past, s);
+                    let rows = w.narrow(0, past, s);
                     vec![Val::Hidden(rows.unsqueeze::<3>().expand([b, s, d]))]
                 }
                 Kernel::Norm {
@@ -548,15 +658,21 @@ impl<B: Backend> Interpreter<B> {
                     hidden(0)?,
                     *kind,
                     *eps,
-                    weight,
-                    bias.as_ref(),
+                    &self.vector(*weight),
+                    bias.map(|b| self.vector(b)).as_ref(),
                 ))],
-                Kernel::Linear { weight_t, bias } => {
+                Kernel::Linear { weight, bias } => {
                     let x = match &rows {
                         Some(r) if step.feeds_output_only => hidden(0)?.narrow(1, r.start, r.len()),
                         _ => hidden(0)?,
                     };
-                    vec![Val::Hidden(linear(x, weight_t, bias.as_ref()))]
+                    let w = &self.params[*weight];
+                    let weight_t = match w.transposed {
+                        true => w.tensor.matrix(),
+                        false => w.tensor.matrix().transpose(),
+                    };
+                    let bias = bias.map(|b| self.vector(b));
+                    vec![Val::Hidden(linear(x, &weight_t, bias.as_ref()))]
                 }
                 Kernel::PackedLinear { weight, bias } => {
                     let x = match &rows {
@@ -564,6 +680,7 @@ impl<B: Backend> Interpreter<B> {
                         _ => hidden(0)?,
                     };
                     let blocks = weight.row_blocks::<B>(STREAM_BLOCK, &self.device);
+                    let bias = bias.map(|b| self.vector(b));
                     vec![Val::Hidden(linear_row_blocks(x, blocks, bias.as_ref()))]
                 }
                 Kernel::Split(sizes) => {
@@ -607,6 +724,13 @@ impl<B: Backend> Interpreter<B> {
                 }
             };
             for (slot, v) in step.outputs.iter().zip(results) {
+                for (k, w) in watch_slots.iter().enumerate() {
+                    if w == slot {
+                        if let Val::Hidden(t) = &v {
+                            watched[k] = Some(t.clone());
+                        }
+                    }
+                }
                 slots[*slot] = Some(v);
             }
             for &slot in &step.release {
@@ -616,7 +740,15 @@ impl<B: Backend> Interpreter<B> {
         if let Some(c) = cache {
             c.len += s;
         }
-        out.ok_or_else(|| RuntimeError::Input("the graph has no output".into()))
+        let out = out.ok_or_else(|| RuntimeError::Input("the graph has no output".into()))?;
+        let watched = watched
+            .into_iter()
+            .zip(watch)
+            .map(|(t, v)| {
+                t.ok_or_else(|| RuntimeError::Input(format!("value {v:?} is not a hidden state")))
+            })
+            .collect::<Result<_>>()?;
+        Ok((out, watched))
     }
 }
 
@@ -719,7 +851,8 @@ pub(crate) fn activate<B: Backend>(x: Tensor<B, 3>, a: Activation) -> Tensor<B, 
         // x·sigmoid(x) with one exp: burn's default sigmoid takes three transcendental passes.
         Activation::Silu => x.clone() / (x.neg().exp() + 1.0),
         Activation::GeluTanh => activation::gelu_approximate(x),
-        Activation::Gelu => activation::gelu(x),
+        // From erf: burn 0.21's own gelu differentiates the tanh approximation instead.
+        Activation::Gelu => x.clone() * ((x / std::f64::consts::SQRT_2).erf() + 1.0) * 0.5,
         Activation::Relu => activation::relu(x),
     }
 }

@@ -9,6 +9,7 @@ pub mod error;
 pub mod eval;
 pub mod generate;
 pub mod interp;
+pub mod train;
 
 use std::fmt;
 use std::str::FromStr;

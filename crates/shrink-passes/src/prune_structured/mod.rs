@@ -722,6 +722,7 @@ fn probe_logits(
         cx.device,
         ExecOptions {
             quantized: QuantExec::Dequantize,
+            ..ExecOptions::default()
         },
     )
     .map_err(|source| PassError::Runtime {

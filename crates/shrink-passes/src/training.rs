@@ -1,0 +1,395 @@
+//! What the training passes (`distill`, `finetune`, later LoRA) share: the options of the loop
+//! (`train: (...)` in a pipeline), the training text, held-out perplexity before and after,
+//! and writing trained parameters back into the model.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use shrink_import::Tokenizer;
+use shrink_ir::Model;
+use shrink_runtime::train::{self, CheckpointConfig, Loss, StepRecord, TrainConfig};
+use shrink_runtime::{Engine, PerplexityOptions, Scoring};
+
+use crate::{json_f64, PassContext, Patterns};
+
+/// Options of the training loop.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainOptions {
+    /// Micro-batches whose gradients make one step.
+    pub accumulate: usize,
+    /// Sequences per micro-batch.
+    pub batch: usize,
+    /// A checkpoint every `every` steps (and after the last) in `dir`, relative to the
+    /// pipeline file; `shrink run --resume FILE` continues from one.
+    pub checkpoint: Option<CheckpointOptions>,
+    /// The training text (UTF-8), relative to the pipeline file.
+    pub data: Option<String>,
+    /// Perplexity on held-out text before and after training, reported.
+    pub heldout: Option<HeldoutOptions>,
+    /// Peak learning rate (AdamW).
+    pub lr: f64,
+    /// Clip the global gradient norm to this (`None`: no clipping).
+    pub max_grad_norm: Option<f64>,
+    /// The cosine decay ends at `lr · min_lr_ratio`.
+    pub min_lr_ratio: f64,
+    /// Which parameters train (by name).
+    pub params: Patterns,
+    /// Tokens per sequence.
+    pub seq_len: usize,
+    /// Optimizer steps; or give `tokens`.
+    pub steps: Option<usize>,
+    /// Training tokens in all (steps = tokens / (batch · seq_len · accumulate), rounded up).
+    pub tokens: Option<usize>,
+    /// Warmup steps (default: a tenth of the steps).
+    pub warmup: Option<usize>,
+    /// AdamW's decoupled weight decay.
+    pub weight_decay: f64,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        TrainOptions {
+            accumulate: 1,
+            batch: 4,
+            checkpoint: None,
+            data: None,
+            heldout: None,
+            lr: 1e-4,
+            max_grad_norm: Some(1.0),
+            min_lr_ratio: 0.1,
+            params: Patterns {
+                include: vec!["*".into()],
+                exclude: vec![],
+            },
+            seq_len: 256,
+            steps: Some(100),
+            tokens: None,
+            warmup: None,
+            weight_decay: 0.0,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointOptions {
+    pub dir: String,
+    pub every: usize,
+}
+
+/// Held-out perplexity, computed as `shrink eval` does.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeldoutOptions {
+    pub chunks: Option<usize>,
+    pub ctx: usize,
+    pub data: String,
+    /// `true`: score the second half of each chunk (llama.cpp's default).
+    pub second_half: bool,
+}
+
+/// A training run of a pass, ready to go: everything checked, the text tokenized.
+pub(crate) struct Prepared {
+    pub config: TrainConfig,
+    pub tokens: Vec<u32>,
+    heldout: Option<(Vec<u32>, PerplexityOptions)>,
+}
+
+impl TrainOptions {
+    /// Range checks, before anything runs.
+    pub fn check(&self) -> Result<(), String> {
+        if self.batch == 0 || self.seq_len < 2 || self.accumulate == 0 {
+            return Err("train: batch and accumulate must be ≥ 1 and seq_len ≥ 2".into());
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0 && self.lr <= 1.0) {
+            return Err(format!("train.lr {} is out of range (0, 1]", self.lr));
+        }
+        if !(0.0..=1.0).contains(&self.min_lr_ratio) {
+            return Err(format!(
+                "train.min_lr_ratio {} is not in [0, 1]",
+                self.min_lr_ratio
+            ));
+        }
+        if !(self.weight_decay >= 0.0 && self.weight_decay < 1.0) {
+            return Err(format!(
+                "train.weight_decay {} is not in [0, 1)",
+                self.weight_decay
+            ));
+        }
+        if self.max_grad_norm.is_some_and(|m| m.is_nan() || m <= 0.0) {
+            return Err("train.max_grad_norm must be positive".into());
+        }
+        if self.checkpoint.as_ref().is_some_and(|c| c.every == 0) {
+            return Err("train.checkpoint.every must be at least 1".into());
+        }
+        if self.data.is_none() {
+            return Err("train.data is not set: name a training text file".into());
+        }
+        self.budget().map(|_| ())
+    }
+
+    /// Steps and warmup steps.
+    fn budget(&self) -> Result<(usize, usize), String> {
+        let per_step = self.batch * self.seq_len * self.accumulate;
+        let steps = match (self.steps, self.tokens) {
+            (Some(_), Some(_)) => return Err("train: give steps or tokens, not both".into()),
+            (Some(s), None) => s,
+            (None, Some(t)) => t.div_ceil(per_step.max(1)),
+            (None, None) => return Err("train: give steps or tokens".into()),
+        };
+        if steps == 0 {
+            return Err("train: the budget is zero steps".into());
+        }
+        let warmup = self.warmup.unwrap_or(steps / 10);
+        if warmup >= steps {
+            return Err(format!(
+                "train.warmup {warmup} is not below the {steps} steps"
+            ));
+        }
+        Ok((steps, warmup))
+    }
+
+    /// Checks the options and reads the texts, before any training. `fingerprint` names the
+    /// pass and its options (a checkpoint must match it to be resumed).
+    pub(crate) fn prepare(
+        &self,
+        loss: Loss,
+        cx: &mut PassContext<'_>,
+        fingerprint: String,
+    ) -> Result<Prepared, String> {
+        self.check()?;
+        let (steps, warmup) = self.budget()?;
+        let data = self.data.as_deref().ok_or("train.data is not set")?;
+        let tokens = read_tokens(cx, data, "train.data")?;
+        let windows = tokens.len().saturating_sub(1) / self.seq_len;
+        if windows < self.batch {
+            return Err(format!(
+                "train.data {data} holds {} tokens: {windows} sequences of {}, fewer than one batch of {}",
+                tokens.len(),
+                self.seq_len,
+                self.batch
+            ));
+        }
+        let heldout = match &self.heldout {
+            None => None,
+            Some(h) => {
+                if h.ctx < 2 || h.chunks == Some(0) {
+                    return Err("train.heldout needs ctx ≥ 2 and chunks ≥ 1".into());
+                }
+                let t = read_tokens(cx, &h.data, "train.heldout.data")?;
+                if t.len() < h.ctx {
+                    return Err(format!(
+                        "train.heldout.data {} has {} tokens, fewer than one chunk of {}",
+                        h.data,
+                        t.len(),
+                        h.ctx
+                    ));
+                }
+                let opts = PerplexityOptions {
+                    ctx: h.ctx,
+                    chunks: h.chunks,
+                    scoring: if h.second_half {
+                        Scoring::SecondHalf
+                    } else {
+                        Scoring::All
+                    },
+                };
+                Some((t, opts))
+            }
+        };
+        let resume = match cx.resume {
+            // Only a checkpoint of this very pass (index, name, options) resumes it.
+            Some(path) => {
+                let f = train::checkpoint_fingerprint(path).map_err(|e| e.to_string())?;
+                (f == fingerprint).then(|| path.to_path_buf())
+            }
+            None => None,
+        };
+        let seed = {
+            use rand::Rng;
+            cx.rng.random::<u64>()
+        };
+        let config = TrainConfig {
+            steps,
+            batch: self.batch,
+            seq_len: self.seq_len,
+            accumulate: self.accumulate,
+            lr: self.lr,
+            warmup,
+            min_lr_ratio: self.min_lr_ratio,
+            weight_decay: self.weight_decay,
+            max_grad_norm: self.max_grad_norm,
+            loss,
+            hidden: Vec::new(),
+            seed,
+            checkpoint: self.checkpoint.as_ref().map(|c| CheckpointConfig {
+                dir: cx.base_dir.join(&c.dir),
+                every: c.every,
+            }),
+            resume,
+            fingerprint,
+        };
+        Ok(Prepared {
+            config,
+            tokens,
+            heldout,
+        })
+    }
+}
+
+fn read_tokens(cx: &PassContext<'_>, data: &str, field: &str) -> Result<Vec<u32>, String> {
+    let path: PathBuf = cx.base_dir.join(data);
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| format!("{field} {}: {e}", path.display()))?;
+    let mut tok: Tokenizer = cx
+        .tokenizer
+        .cloned()
+        .ok_or("training needs the model's tokenizer, and this model has none")?;
+    tok.encode(&text, false)
+        .map_err(|e| format!("tokenizing {}: {e}", path.display()))
+}
+
+impl Prepared {
+    /// Held-out perplexity of `model`, if the options ask for it.
+    pub(crate) fn heldout_ppl(
+        &self,
+        model: &Model,
+        cx: &mut PassContext<'_>,
+        when: &str,
+    ) -> Result<Option<f64>, String> {
+        let Some((tokens, opts)) = &self.heldout else {
+            return Ok(None);
+        };
+        let engine = Engine::new(model, cx.device).map_err(|e| e.to_string())?;
+        let total = opts
+            .chunks
+            .unwrap_or(usize::MAX)
+            .min(tokens.len() / opts.ctx);
+        cx.progress
+            .start(&format!("held-out perplexity {when}"), total as u64);
+        let progress = &mut *cx.progress;
+        let r = engine.perplexity(tokens, *opts, &mut |done, _, ppl| {
+            progress.advance(done as u64);
+            progress.note(&format!("perplexity {ppl:.4}"));
+        });
+        cx.progress.finish();
+        Ok(Some(r.map_err(|e| e.to_string())?.ppl))
+    }
+
+    /// Trains `model`'s selected parameters in place; returns the report figures.
+    pub(crate) fn run(
+        &self,
+        model: &mut Model,
+        teacher: Option<&Model>,
+        params: &Patterns,
+        cx: &mut PassContext<'_>,
+        what: &str,
+    ) -> Result<BTreeMap<String, Value>, String> {
+        let mut stats = BTreeMap::new();
+        if let Some(p) = self.heldout_ppl(model, cx, "before")? {
+            stats.insert("heldout_ppl_before".into(), json_f64(p));
+        }
+        let cfg = &self.config;
+        cx.progress.start(what, cfg.steps as u64);
+        let progress = &mut *cx.progress;
+        let outcome = train::train(
+            model,
+            teacher,
+            &|name| params.selects(name),
+            self.tokens.clone(),
+            cfg,
+            cx.device,
+            &mut |r: &StepRecord| {
+                progress.advance(r.step as u64);
+                let kl = r.kl.map_or(String::new(), |k| format!(" · kl {k:.4}"));
+                progress.note(&format!(
+                    "loss {:.4} (ce {:.4}{kl}) · lr {:.2e} · {:.0} tok/s",
+                    r.loss,
+                    r.ce,
+                    r.lr,
+                    r.tokens as f64 / r.seconds.max(1e-9)
+                ));
+            },
+        );
+        cx.progress.finish();
+        let outcome = outcome.map_err(|e| e.to_string())?;
+        let mut trained = 0usize;
+        let mut widened = 0usize;
+        for (name, (shape, values)) in &outcome.params {
+            if model.graph.param(name).is_some_and(|t| t.quant.is_some()) {
+                widened += 1;
+            }
+            crate::tensors::store_f32(model, name, shape.clone(), values)?;
+            trained += values.len();
+        }
+        let curve: Vec<Value> = outcome.curve.iter().map(curve_point).collect();
+        let timed: Vec<&StepRecord> = outcome
+            .curve
+            .iter()
+            .filter(|r| outcome.resumed_at.is_none_or(|s| r.step > s))
+            .collect();
+        let secs: f64 = timed.iter().map(|r| r.seconds).sum();
+        let toks: usize = timed.iter().map(|r| r.tokens).sum();
+        stats.insert("steps".into(), json!(cfg.steps));
+        stats.insert(
+            "tokens".into(),
+            json!(cfg.steps * cfg.batch * cfg.seq_len * cfg.accumulate),
+        );
+        stats.insert("trained_params".into(), json!(trained));
+        // Quantized tensors that trained come back as f32 (quantize again afterwards).
+        stats.insert("tensors_widened_to_f32".into(), json!(widened));
+        if let (Some(f), Some(l)) = (outcome.curve.first(), outcome.curve.last()) {
+            stats.insert("loss_first".into(), json_f64(f.loss));
+            stats.insert("loss_last".into(), json_f64(l.loss));
+        }
+        stats.insert("curve".into(), Value::Array(curve));
+        if !timed.is_empty() {
+            stats.insert(
+                "seconds_per_step".into(),
+                json_f64(secs / timed.len() as f64),
+            );
+            stats.insert(
+                "tokens_per_second".into(),
+                json_f64(toks as f64 / secs.max(1e-9)),
+            );
+        }
+        if let Some(s) = outcome.resumed_at {
+            stats.insert("resumed_at_step".into(), json!(s));
+        }
+        if !outcome.checkpoints.is_empty() {
+            let c: Vec<Value> = outcome
+                .checkpoints
+                .iter()
+                .map(|p| json!(p.display().to_string()))
+                .collect();
+            stats.insert("checkpoints".into(), Value::Array(c));
+        }
+        if let Some(p) = self.heldout_ppl(model, cx, "after")? {
+            stats.insert("heldout_ppl_after".into(), json_f64(p));
+        }
+        Ok(stats)
+    }
+}
+
+fn curve_point(r: &StepRecord) -> Value {
+    let mut v = json!({
+        "step": r.step,
+        "loss": json_f64(r.loss),
+        "ce": json_f64(r.ce),
+        "lr": json_f64(r.lr),
+        "grad_norm": json_f64(r.grad_norm),
+        "seconds": json_f64(r.seconds),
+    });
+    if let Some(m) = v.as_object_mut() {
+        if let Some(k) = r.kl {
+            m.insert("kl".into(), json_f64(k));
+        }
+        if let Some(h) = r.hidden {
+            m.insert("hidden".into(), json_f64(h));
+        }
+    }
+    v
+}
