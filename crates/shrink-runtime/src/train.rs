@@ -557,7 +557,8 @@ fn train_on<B: Backend>(
         )));
     }
     let mut checkpoints = Vec::new();
-    let mut last_checkpoint: Option<PathBuf> = None;
+    // The run resumed from is the last good checkpoint until this run writes one.
+    let mut last_checkpoint: Option<PathBuf> = cfg.resume.clone();
     for step in start..cfg.steps {
         let t0 = Instant::now();
         let lr = learning_rate(cfg, step);
@@ -1141,6 +1142,77 @@ output(%20) name=\"logits\"
         assert!((cos - want_cos).abs() < 1e-7, "cosine {cos} vs {want_cos}");
     }
 
+    /// `fixtures/distill/golden.safetensors` (PyTorch; `make_kd_golden.py`): values as f64.
+    fn torch_golden(name: &str) -> (Vec<usize>, Vec<f64>) {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../fixtures/distill/golden.safetensors"
+        );
+        let bytes = std::fs::read(path).expect("golden file");
+        let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+        let t = st.tensor(name).expect(name);
+        let values = match t.dtype() {
+            safetensors::Dtype::F32 => t
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
+                .collect(),
+            safetensors::Dtype::F64 | safetensors::Dtype::I64 => t
+                .data()
+                .chunks_exact(8)
+                .map(|c| {
+                    let b: [u8; 8] = c.try_into().expect("8 bytes");
+                    match t.dtype() {
+                        safetensors::Dtype::F64 => f64::from_le_bytes(b),
+                        _ => i64::from_le_bytes(b) as f64,
+                    }
+                })
+                .collect(),
+            other => panic!("{name}: {other:?}"),
+        };
+        (t.shape().to_vec(), values)
+    }
+
+    #[test]
+    fn distillation_losses_match_pytorch() {
+        let device = Default::default();
+        let t3 = |name: &str| {
+            let (shape, v) = torch_golden(name);
+            let v: Vec<f32> = v.into_iter().map(|x| x as f32).collect();
+            upload::<crate::Cpu, 3>(v, [shape[0], shape[1], shape[2]], &device)
+        };
+        let (shape, targets) = torch_golden("targets");
+        let targets: Vec<i64> = targets.into_iter().map(|x| x as i64).collect();
+        let targets = Tensor::<crate::Cpu, 2, Int>::from_data(
+            BurnData::new(targets, [shape[0], shape[1]]),
+            &device,
+        );
+        let (_, at) = torch_golden("alpha_t");
+        let (alpha, temp) = (at[0], at[1]);
+        let teacher_logp = log_softmax(t3("teacher") / temp, 2);
+        let (loss, ce, kl) = distill_loss(t3("student"), teacher_logp, targets, alpha, temp);
+        let mse = hidden_loss(t3("hidden_student"), t3("hidden_teacher"), HiddenLoss::Mse);
+        let cos = hidden_loss(
+            t3("hidden_student"),
+            t3("hidden_teacher"),
+            HiddenLoss::Cosine,
+        );
+        let (_, want) = torch_golden("loss");
+        let got = [
+            scalar(loss),
+            scalar(ce),
+            scalar(kl),
+            scalar(mse),
+            scalar(cos),
+        ];
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+                "term {i}: shrink {g}, PyTorch {w}"
+            );
+        }
+    }
+
     fn config(steps: usize) -> TrainConfig {
         TrainConfig {
             steps,
@@ -1332,57 +1404,96 @@ output(%20) name=\"logits\"
     #[test]
     fn bad_settings_are_refused_before_training() {
         let model = tiny("relu", 4, 1);
+        let refused = |cfg: &TrainConfig, n: usize, trainable: bool| -> String {
+            train(
+                &model,
+                Some(&model),
+                &|_| trainable,
+                tokens(n),
+                cfg,
+                Device::Cpu,
+                &mut |_| {},
+            )
+            .err()
+            .expect("refused")
+            .to_string()
+        };
         let mut cfg = config(2);
         cfg.lr = 0.0;
-        let e = train(
-            &model,
-            Some(&model),
-            &|_| true,
-            tokens(600),
-            &cfg,
-            Device::Cpu,
-            &mut |_| {},
-        );
-        assert!(e.err().expect("lr").to_string().contains("learning rate"));
+        assert!(refused(&cfg, 600, true).contains("learning rate"));
         let mut cfg = config(2);
         cfg.loss = Loss::Distill {
             alpha: 0.5,
             temperature: 0.0,
         };
-        let e = train(
-            &model,
-            Some(&model),
-            &|_| true,
+        assert!(refused(&cfg, 600, true).contains("temperature"));
+        assert!(refused(&config(2), 20, true).contains("fewer than one batch"));
+        assert!(refused(&config(2), 600, false).contains("no parameter"));
+    }
+
+    #[test]
+    fn a_non_finite_loss_stops_the_run_naming_the_last_good_checkpoint() {
+        let teacher = tiny("silu", 4, 1);
+        let student = tiny("silu", 4, 2);
+        let dir = std::env::temp_dir().join(format!("shrink-nan-{}", std::process::id()));
+        let frozen_pos = |n: &str| n != "pos";
+        let mut cfg = config(2);
+        cfg.checkpoint = Some(CheckpointConfig {
+            dir: dir.clone(),
+            every: 1,
+        });
+        train(
+            &student,
+            Some(&teacher),
+            &frozen_pos,
             tokens(600),
             &cfg,
             Device::Cpu,
             &mut |_| {},
-        );
-        assert!(e.err().expect("T").to_string().contains("temperature"));
+        )
+        .expect("two good steps");
+        // A frozen parameter turns NaN: the resumed run's first step fails.
+        let mut broken = student.clone();
+        let n = broken.weights.get("pos").expect("pos").ty.shape.clone();
+        let nan = vec![f32::NAN; n.iter().product()];
+        let t = TensorData::from_f32(DType::F32, n, &nan).expect("tensor");
+        broken.weights.insert("pos", t);
+        let mut cfg = config(4);
+        let last = dir.join("step-000002.safetensors");
+        cfg.resume = Some(last.clone());
         let e = train(
-            &model,
-            Some(&model),
-            &|_| true,
-            tokens(20),
-            &config(2),
+            &broken,
+            Some(&teacher),
+            &frozen_pos,
+            tokens(600),
+            &cfg,
             Device::Cpu,
             &mut |_| {},
-        );
-        assert!(e
-            .err()
-            .expect("short")
-            .to_string()
-            .contains("fewer than one batch"));
+        )
+        .err()
+        .expect("stopped")
+        .to_string();
+        assert!(e.contains("NaN at step 3"), "{e}");
+        assert!(e.contains(&last.display().to_string()), "{e}");
+        assert!(last.is_file(), "the good checkpoint is kept");
+        // Without any checkpoint, the message says so.
         let e = train(
-            &model,
-            Some(&model),
-            &|_| false,
+            &broken,
+            Some(&teacher),
+            &frozen_pos,
             tokens(600),
             &config(2),
             Device::Cpu,
             &mut |_| {},
+        )
+        .err()
+        .expect("stopped")
+        .to_string();
+        assert!(
+            e.contains("NaN at step 1") && e.contains("no checkpoint was written"),
+            "{e}"
         );
-        assert!(e.err().expect("none").to_string().contains("no parameter"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
