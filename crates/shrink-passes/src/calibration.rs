@@ -49,14 +49,7 @@ impl CalibrationOptions {
             ));
         }
         let path: PathBuf = base_dir.join(data);
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| format!("calibration.data {}: {e}", path.display()))?;
-        let mut tok = tokenizer
-            .cloned()
-            .ok_or("calibration needs the model's tokenizer, and this model has none")?;
-        let ids = tok
-            .encode(&text, false)
-            .map_err(|e| format!("tokenizing {}: {e}", path.display()))?;
+        let ids = tokenize_file(&path, tokenizer, "calibration.data", "calibration")?;
         if ids.len() < self.seq_len {
             return Err(format!(
                 "calibration.data {} has {} tokens, fewer than one sequence of seq_len {}",
@@ -73,4 +66,21 @@ impl CalibrationOptions {
             })
             .collect())
     }
+}
+
+/// The tokens of a UTF-8 text file. `field` names the option that gave the file, `purpose`
+/// what needs the tokenizer, in errors.
+pub(crate) fn tokenize_file(
+    path: &Path,
+    tokenizer: Option<&Tokenizer>,
+    field: &str,
+    purpose: &str,
+) -> Result<Vec<u32>, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("{field} {}: {e}", path.display()))?;
+    let mut tok = tokenizer
+        .cloned()
+        .ok_or_else(|| format!("{purpose} needs the model's tokenizer, and this model has none"))?;
+    tok.encode(&text, false)
+        .map_err(|e| format!("tokenizing {}: {e}", path.display()))
 }

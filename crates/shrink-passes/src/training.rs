@@ -3,11 +3,9 @@
 //! and writing trained parameters back into the model.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use shrink_import::Tokenizer;
 use shrink_ir::Model;
 use shrink_runtime::train::{self, CheckpointConfig, Loss, StepRecord, TrainConfig};
 use shrink_runtime::{Engine, PerplexityOptions, Scoring};
@@ -241,15 +239,7 @@ impl TrainOptions {
 }
 
 fn read_tokens(cx: &PassContext<'_>, data: &str, field: &str) -> Result<Vec<u32>, String> {
-    let path: PathBuf = cx.base_dir.join(data);
-    let text =
-        std::fs::read_to_string(&path).map_err(|e| format!("{field} {}: {e}", path.display()))?;
-    let mut tok: Tokenizer = cx
-        .tokenizer
-        .cloned()
-        .ok_or("training needs the model's tokenizer, and this model has none")?;
-    tok.encode(&text, false)
-        .map_err(|e| format!("tokenizing {}: {e}", path.display()))
+    crate::calibration::tokenize_file(&cx.base_dir.join(data), cx.tokenizer, field, "training")
 }
 
 impl Prepared {

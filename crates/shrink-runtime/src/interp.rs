@@ -123,7 +123,8 @@ pub(crate) enum ParamTensor<B: Backend> {
 }
 
 impl<B: Backend> ParamTensor<B> {
-    fn vector(&self) -> Tensor<B, 1> {
+    /// The values as one vector (a matrix flattened, a view where the backend allows).
+    pub(crate) fn vector(&self) -> Tensor<B, 1> {
         match self {
             ParamTensor::Vector(t) => t.clone(),
             ParamTensor::Matrix(t) => t.clone().flatten(0, 1),
@@ -142,11 +143,6 @@ impl<B: Backend> ParamTensor<B> {
             ParamTensor::Vector(t) => t.dims().to_vec(),
             ParamTensor::Matrix(t) => t.dims().to_vec(),
         }
-    }
-
-    /// The values as one vector (a view where the backend allows).
-    pub(crate) fn flat(&self) -> Tensor<B, 1> {
-        self.vector()
     }
 }
 

@@ -429,7 +429,7 @@ impl<B: AutodiffBackend> Student<B> {
                     ParamTensor::Vector(t) => t.grad(&grads),
                     ParamTensor::Matrix(t) => t.grad(&grads).map(|g| g.flatten(0, 1)),
                 };
-                g.unwrap_or_else(|| p.flat().inner().zeros_like())
+                g.unwrap_or_else(|| p.vector().inner().zeros_like())
             })
             .collect()
     }
@@ -438,7 +438,7 @@ impl<B: AutodiffBackend> Student<B> {
     pub(crate) fn values(&self) -> Vec<Tensor<B::InnerBackend, 1>> {
         self.trainable
             .iter()
-            .map(|&i| self.interp.params[i].tensor.flat().inner())
+            .map(|&i| self.interp.params[i].tensor.vector().inner())
             .collect()
     }
 
@@ -695,15 +695,25 @@ fn map(path: &Path) -> std::result::Result<memmap2::Mmap, String> {
 
 /// The fingerprint a checkpoint was written with (see [`TrainConfig::fingerprint`]).
 pub fn checkpoint_fingerprint(path: &Path) -> Result<String> {
-    let bad = |e: String| RuntimeError::Input(format!("checkpoint {}: {e}", path.display()));
-    let bytes = map(path).map_err(bad)?;
-    let (_, header) =
-        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
-    header
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get("fingerprint").cloned())
-        .ok_or_else(|| bad("not a shrink training checkpoint".into()))
+    let (_, meta) = checkpoint_metadata(path)?;
+    meta.get("fingerprint")
+        .cloned()
+        .ok_or_else(|| checkpoint_error(path, "not a shrink training checkpoint".into()))
+}
+
+fn checkpoint_error(path: &Path, message: String) -> RuntimeError {
+    RuntimeError::Input(format!("checkpoint {}: {message}", path.display()))
+}
+
+/// A checkpoint file mapped, and the metadata of its header.
+fn checkpoint_metadata(
+    path: &Path,
+) -> Result<(memmap2::Mmap, std::collections::HashMap<String, String>)> {
+    let bytes = map(path).map_err(|e| checkpoint_error(path, e))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| checkpoint_error(path, e.to_string()))?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    Ok((bytes, meta))
 }
 
 /// A training checkpoint: parameters, AdamW moments, the step and the curve so far.
@@ -726,7 +736,7 @@ impl Checkpoint {
         states: &[Option<AdamWState<B, 1>>],
         curve: &[StepRecord],
     ) -> Result<()> {
-        let io = |e: String| RuntimeError::Input(format!("checkpoint {}: {e}", path.display()));
+        let io = |e: String| checkpoint_error(path, e);
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| io(e.to_string()))?;
         }
@@ -772,11 +782,8 @@ impl Checkpoint {
         names: &[String],
         shapes: &[Vec<usize>],
     ) -> Result<Checkpoint> {
-        let bad = |e: String| RuntimeError::Input(format!("checkpoint {}: {e}", path.display()));
-        let bytes = map(path).map_err(bad)?;
-        let (_, header) =
-            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
-        let meta = header.metadata().clone().unwrap_or_default();
+        let bad = |e: String| checkpoint_error(path, e);
+        let (bytes, meta) = checkpoint_metadata(path)?;
         let field = |k: &str| {
             meta.get(k)
                 .cloned()
@@ -1213,6 +1220,28 @@ output(%20) name=\"logits\"
         }
     }
 
+    /// The error of a training run that must fail.
+    fn train_error(
+        student: &Model,
+        teacher: &Model,
+        trainable: &dyn Fn(&str) -> bool,
+        n_tokens: usize,
+        cfg: &TrainConfig,
+    ) -> String {
+        train(
+            student,
+            Some(teacher),
+            trainable,
+            tokens(n_tokens),
+            cfg,
+            Device::Cpu,
+            &mut |_| {},
+        )
+        .err()
+        .expect("the run fails")
+        .to_string()
+    }
+
     fn config(steps: usize) -> TrainConfig {
         TrainConfig {
             steps,
@@ -1382,18 +1411,7 @@ output(%20) name=\"logits\"
         let mut other = config(6);
         other.fingerprint = "other".into();
         other.resume = resumed_cfg.resume.clone();
-        let e = train(
-            &student,
-            Some(&teacher),
-            &|_| true,
-            tokens(600),
-            &other,
-            Device::Cpu,
-            &mut |_| {},
-        )
-        .err()
-        .expect("refused")
-        .to_string();
+        let e = train_error(&student, &teacher, &|_| true, 600, &other);
         assert!(
             e.contains("step-000003.safetensors") && e.contains("another training run"),
             "{e}"
@@ -1404,19 +1422,8 @@ output(%20) name=\"logits\"
     #[test]
     fn bad_settings_are_refused_before_training() {
         let model = tiny("relu", 4, 1);
-        let refused = |cfg: &TrainConfig, n: usize, trainable: bool| -> String {
-            train(
-                &model,
-                Some(&model),
-                &|_| trainable,
-                tokens(n),
-                cfg,
-                Device::Cpu,
-                &mut |_| {},
-            )
-            .err()
-            .expect("refused")
-            .to_string()
+        let refused = |cfg: &TrainConfig, n: usize, trainable: bool| {
+            train_error(&model, &model, &|_| trainable, n, cfg)
         };
         let mut cfg = config(2);
         cfg.lr = 0.0;
@@ -1461,34 +1468,12 @@ output(%20) name=\"logits\"
         let mut cfg = config(4);
         let last = dir.join("step-000002.safetensors");
         cfg.resume = Some(last.clone());
-        let e = train(
-            &broken,
-            Some(&teacher),
-            &frozen_pos,
-            tokens(600),
-            &cfg,
-            Device::Cpu,
-            &mut |_| {},
-        )
-        .err()
-        .expect("stopped")
-        .to_string();
+        let e = train_error(&broken, &teacher, &frozen_pos, 600, &cfg);
         assert!(e.contains("NaN at step 3"), "{e}");
         assert!(e.contains(&last.display().to_string()), "{e}");
         assert!(last.is_file(), "the good checkpoint is kept");
         // Without any checkpoint, the message says so.
-        let e = train(
-            &broken,
-            Some(&teacher),
-            &frozen_pos,
-            tokens(600),
-            &config(2),
-            Device::Cpu,
-            &mut |_| {},
-        )
-        .err()
-        .expect("stopped")
-        .to_string();
+        let e = train_error(&broken, &teacher, &frozen_pos, 600, &config(2));
         assert!(
             e.contains("NaN at step 1") && e.contains("no checkpoint was written"),
             "{e}"
