@@ -7,6 +7,7 @@ mod bad_input;
 mod common;
 mod distill;
 mod ir_text;
+mod lora;
 mod pipelines;
 mod prune;
 mod prune_structured;

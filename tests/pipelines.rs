@@ -60,7 +60,7 @@ fn unknown_pass_fails_with_position_before_any_pass_runs() {
     assert_eq!(
         stderr.trim(),
         format!(
-            "error: {}:4:16: unknown pass 'quantise' (known: cast, dead-code, distill, finetune, prune, prune-structured, quantize)",
+            "error: {}:4:16: unknown pass 'quantise' (known: cast, dead-code, distill, finetune, lora, lora-fold, prune, prune-structured, quantize)",
             path.display()
         )
     );

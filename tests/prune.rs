@@ -10,7 +10,7 @@ use shrink::passes::prune::{magnitude_mask, wanda_mask, Amount};
 use shrink::passes::{NoProgress, Registry};
 use shrink::pipeline::{run_passes, PassRecord, Pipeline, RunContext};
 
-use crate::common::{fixture, golden, repo};
+use crate::common::{fixture, golden, repo, run_in_process};
 
 fn g(name: &str) -> (Vec<usize>, Vec<f64>) {
     golden(&fixture("prune/golden.safetensors"), name)
@@ -155,24 +155,7 @@ fn sparsegpt_matches_the_reference() {
 /// Runs `passes` (RON pass entries) on the tiny LLaMA in-process; returns the model before
 /// and after, and the records.
 fn run_tiny(passes: &str) -> Result<(Model, Model, Vec<PassRecord>), String> {
-    let loaded = shrink::import::load(&fixture("tiny-llama")).expect("tiny-llama");
-    let registry = Registry::builtin();
-    let path = repo().join("p.ron");
-    let p = Pipeline::parse(&path, &format!("(passes: [{passes}])"), &registry)
-        .map_err(|e| e.to_string())?;
-    let original = loaded.model.clone();
-    let mut model = loaded.model;
-    let mut progress = NoProgress;
-    let mut rc = RunContext {
-        device: shrink::runtime::Device::Cpu,
-        original: &original,
-        tokenizer: loaded.tokenizer.as_ref(),
-        seed: 0,
-        base_dir: &repo(),
-        resume: None,
-        progress: &mut progress,
-    };
-    let records = run_passes(&p.passes, &mut model, &mut rc, &mut []).map_err(|e| e.to_string())?;
+    let (original, model, records) = run_in_process(&fixture("tiny-llama"), passes)?;
     Ok((original, model, records))
 }
 

@@ -111,3 +111,38 @@ pub fn smollm2() -> PathBuf {
 pub fn data(rel: &str) -> PathBuf {
     repo().join("data").join(rel)
 }
+
+/// Runs `passes` (RON pass entries; paths relative to the repository) on the model at `model`
+/// in-process; returns the model before and after, and the records.
+pub fn run_in_process(
+    model: &Path,
+    passes: &str,
+) -> Result<
+    (
+        shrink::ir::Model,
+        shrink::ir::Model,
+        Vec<shrink::pipeline::PassRecord>,
+    ),
+    String,
+> {
+    use shrink::pipeline::{run_passes, Pipeline, RunContext};
+    let loaded = shrink::import::load(model).map_err(|e| e.to_string())?;
+    let registry = shrink::passes::Registry::builtin();
+    let path = repo().join("p.ron");
+    let p = Pipeline::parse(&path, &format!("(passes: [{passes}])"), &registry)
+        .map_err(|e| e.to_string())?;
+    let original = loaded.model.clone();
+    let mut model = loaded.model;
+    let mut progress = shrink::passes::NoProgress;
+    let mut rc = RunContext {
+        device: shrink::runtime::Device::Cpu,
+        original: &original,
+        tokenizer: loaded.tokenizer.as_ref(),
+        seed: 0,
+        base_dir: &repo(),
+        resume: None,
+        progress: &mut progress,
+    };
+    let records = run_passes(&p.passes, &mut model, &mut rc, &mut []).map_err(|e| e.to_string())?;
+    Ok((original, model, records))
+}

@@ -19,6 +19,17 @@ fn load(path: &Path) -> Result<Loaded> {
     Ok(loaded?)
 }
 
+/// Loads the model and applies a PEFT adapter directory to it, if one is given.
+fn load_with_adapter(path: &Path, adapter: Option<&Path>) -> Result<Loaded> {
+    let mut loaded = load(path)?;
+    if let Some(dir) = adapter {
+        let n = shrink_import::peft::apply(&mut loaded.model, dir)
+            .with_context(|| format!("applying the adapter {}", dir.display()))?;
+        eprintln!("applied {n} LoRA adapters from {}", dir.display());
+    }
+    Ok(loaded)
+}
+
 fn tokenizer(loaded: &mut Loaded) -> Result<&mut Tokenizer> {
     let path = loaded.path.display().to_string();
     loaded
@@ -37,6 +48,7 @@ fn engine(loaded: &Loaded, device: &str, exec: ExecOptions) -> Result<Engine> {
 
 pub struct EvalArgs {
     pub model: PathBuf,
+    pub adapter: Option<PathBuf>,
     pub data: PathBuf,
     pub ctx: usize,
     pub chunks: Option<usize>,
@@ -64,7 +76,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     }
     let text = std::fs::read_to_string(&a.data)
         .with_context(|| format!("{}: cannot read the data file", a.data.display()))?;
-    let mut loaded = load(&a.model)?;
+    let mut loaded = load_with_adapter(&a.model, a.adapter.as_deref())?;
     let engine = engine(&loaded, &a.device, a.exec)?;
     let opts = PerplexityOptions {
         ctx: a.ctx,
@@ -111,6 +123,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
 
 pub struct GenerateArgs {
     pub model: PathBuf,
+    pub adapter: Option<PathBuf>,
     pub prompt: String,
     pub max_tokens: usize,
     pub temperature: f32,
@@ -127,7 +140,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     if !(a.top_p > 0.0 && a.top_p <= 1.0) {
         bail!("--top-p must be in (0, 1]");
     }
-    let mut loaded = load(&a.model)?;
+    let mut loaded = load_with_adapter(&a.model, a.adapter.as_deref())?;
     let engine = engine(&loaded, &a.device, a.exec)?;
     let eos: Vec<u32> = loaded
         .model

@@ -86,6 +86,10 @@ enum Command {
         /// A GGUF file or a Hugging Face model directory.
         #[arg(long)]
         model: PathBuf,
+        /// A PEFT LoRA adapter directory (adapter_config.json, adapter_model.safetensors)
+        /// to apply to the model.
+        #[arg(long)]
+        adapter: Option<PathBuf>,
         /// UTF-8 text file to score.
         #[arg(long)]
         data: PathBuf,
@@ -113,6 +117,11 @@ enum Command {
     Generate {
         #[arg(long)]
         model: PathBuf,
+        /// A PEFT LoRA adapter directory (adapter_config.json, adapter_model.safetensors)
+        /// to apply to the model.
+        #[arg(long)]
+        adapter: Option<PathBuf>,
+
         #[arg(long)]
         prompt: String,
         #[arg(long, default_value_t = 64)]
@@ -179,6 +188,7 @@ pub fn main() -> i32 {
         }),
         Command::Eval {
             model,
+            adapter,
             data,
             ctx,
             chunks,
@@ -188,6 +198,7 @@ pub fn main() -> i32 {
             json,
         } => commands::eval(commands::EvalArgs {
             model,
+            adapter,
             data,
             ctx,
             chunks,
@@ -201,6 +212,7 @@ pub fn main() -> i32 {
         }),
         Command::Generate {
             model,
+            adapter,
             prompt,
             max_tokens,
             temperature,
@@ -210,6 +222,7 @@ pub fn main() -> i32 {
             quantized_exec,
         } => commands::generate(commands::GenerateArgs {
             model,
+            adapter,
             prompt,
             max_tokens,
             temperature,

@@ -33,6 +33,17 @@ pub fn bar(total: u64, message: &str) -> ProgressBar {
 #[derive(Default)]
 pub struct Bars {
     bar: Option<ProgressBar>,
+    /// Messages go to stderr (stdout carries the JSON report).
+    messages_to_stderr: bool,
+}
+
+impl Bars {
+    pub fn new(messages_to_stderr: bool) -> Self {
+        Bars {
+            bar: None,
+            messages_to_stderr,
+        }
+    }
 }
 
 impl ProgressSink for Bars {
@@ -52,6 +63,16 @@ impl ProgressSink for Bars {
     fn note(&mut self, message: &str) {
         if let Some(b) = &self.bar {
             b.set_message(message.to_string());
+        }
+    }
+    fn message(&mut self, line: &str) {
+        let print = || match self.messages_to_stderr {
+            true => eprintln!("{line}"),
+            false => println!("{line}"),
+        };
+        match &self.bar {
+            Some(b) => b.suspend(print),
+            None => print(),
         }
     }
     fn finish(&mut self) {

@@ -159,7 +159,7 @@ pub fn run(a: RunArgs) -> Result<()> {
     if a.print_ir_after_all {
         hooks.push(&mut printer);
     }
-    let mut bars = Bars::default();
+    let mut bars = Bars::new(a.json);
     let report: RunReport = shrink_pipeline::run(&pipeline, &opts, &mut hooks, &mut bars)
         .with_context(|| format!("{}", a.pipeline.display()))?;
     if a.json {

@@ -5,6 +5,7 @@
 //! - [`gguf::write`]: a GGUF v3 file of the `llama` architecture (`deci` when layers differ in
 //!   size) that llama.cpp and `shrink_import::load` read; [`gguf::GgufWriter`] is the format
 //!   writer underneath, taking tensors as `(name, ggml type, dims, bytes)`
+//! - [`peft::write_adapter`]: the model's LoRA adapters as a PEFT adapter directory
 //!
 //! Sizes are read back from the graph by `LlamaConfig::from_graph` / `Gpt2Config::from_graph`
 //! (in `shrink_import::arch`, beside `build`), so a graph that is not the shape its architecture
@@ -15,6 +16,7 @@ pub mod atomic;
 pub mod error;
 pub mod gguf;
 pub mod hf;
+pub mod peft;
 
 pub use error::{ExportError, Result};
 

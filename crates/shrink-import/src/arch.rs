@@ -77,6 +77,7 @@ impl Builder {
             Op::Linear {
                 weight: head,
                 bias: None,
+                lora: None,
             },
             &[h],
         );
@@ -118,7 +119,14 @@ impl Builder {
     fn linear(&mut self, x: ValueId, name: &str, out: usize, inp: usize, bias: bool) -> ValueId {
         let weight = self.param(&format!("{name}.weight"), vec![out, inp]);
         let bias = bias.then(|| self.param(&format!("{name}.bias"), vec![out]));
-        self.op(Op::Linear { weight, bias }, &[x])
+        self.op(
+            Op::Linear {
+                weight,
+                bias,
+                lora: None,
+            },
+            &[x],
+        )
     }
 }
 
@@ -501,7 +509,11 @@ fn head_weight(g: &Graph) -> Result<String, String> {
         }
     };
     match g.producer(v).and_then(|p| g.node(p)).map(|n| &n.op) {
-        Some(Op::Linear { weight, bias: None }) => Ok(weight.clone()),
+        Some(Op::Linear {
+            weight,
+            bias: None,
+            lora: None,
+        }) => Ok(weight.clone()),
         Some(op) => Err(format!(
             "the output is computed by '{}', expected a linear head without bias",
             op.name()

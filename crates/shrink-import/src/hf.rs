@@ -153,7 +153,11 @@ pub enum HfArch {
 }
 
 fn read_config(dir: &Path) -> Result<HfArch> {
-    let path = dir.join("config.json");
+    read_config_file(&dir.join("config.json"))
+}
+
+fn read_config_file(path: &Path) -> Result<HfArch> {
+    let path = path.to_path_buf();
     let json = match read_json(&path)? {
         Value::Object(m) => m,
         _ => {
@@ -614,6 +618,82 @@ pub fn load_model(dir: &Path) -> Result<Model> {
     };
     let weights = load_weights(&mut graph, &shards, gpt2)?;
     Ok(Model { graph, weights })
+}
+
+/// A model built from a `config.json` alone, its weights drawn at random as transformers
+/// initialises a new model: matrices from N(0, `initializer_range`, default 0.02), norm
+/// weights 1, biases 0; seeded, so the same seed gives the same model. Names are those of a
+/// saved checkpoint (GPT-2 under `transformer.`), with tied embeddings unless the config
+/// unties them.
+pub fn load_config_random(path: &Path, seed: u64) -> Result<Model> {
+    let arch = read_config_file(path)?;
+    let std = read_json(path)?
+        .get("initializer_range")
+        .and_then(Value::as_f64)
+        .unwrap_or(0.02) as f32;
+    let graph = match arch {
+        HfArch::Llama(c) => c.build(),
+        HfArch::Gpt2(mut c) => {
+            c.prefix = "transformer.".into();
+            c.build()
+        }
+    };
+    let mut weights = WeightStore::new();
+    let mut rng = Normal::new(seed);
+    for (name, ty) in graph.params() {
+        let n = ty.numel();
+        let values: Vec<f32> = match ty.shape.len() {
+            2 => (0..n).map(|_| rng.next() * std).collect(),
+            _ if name.ends_with(".bias") => vec![0.0; n],
+            _ => vec![1.0; n],
+        };
+        let data =
+            TensorData::from_f32(DType::F32, ty.shape.clone(), &values).map_err(|message| {
+                ImportError::Tensor {
+                    path: path.to_path_buf(),
+                    tensor: name.clone(),
+                    message,
+                }
+            })?;
+        weights.insert(name.clone(), data);
+    }
+    Ok(Model { graph, weights })
+}
+
+/// Standard normal draws (Box-Muller over splitmix64): small, seeded, no dependency.
+struct Normal {
+    state: u64,
+    spare: Option<f32>,
+}
+
+impl Normal {
+    fn new(seed: u64) -> Self {
+        Normal {
+            state: seed,
+            spare: None,
+        }
+    }
+
+    fn uniform(&mut self) -> f64 {
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        // In (0, 1]: the logarithm below never sees 0.
+        ((z >> 11) + 1) as f64 / (1u64 << 53) as f64
+    }
+
+    fn next(&mut self) -> f32 {
+        if let Some(s) = self.spare.take() {
+            return s;
+        }
+        let (u, v) = (self.uniform(), self.uniform());
+        let r = (-2.0 * u.ln()).sqrt();
+        let t = std::f64::consts::TAU * v;
+        self.spare = Some((r * t.sin()) as f32);
+        (r * t.cos()) as f32
+    }
 }
 
 /// A GPT-2 checkpoint with an `lm_head.weight` equal to `wte.weight` is tied.

@@ -3,6 +3,7 @@
 //! - [`hf`]: Hugging Face directories (LLaMA family, GPT-2), safetensors memory-mapped
 //! - [`gguf`]: the GGUF v3 reader and ggml dequantizers; [`gguf_import`] maps `llama` files
 //! - [`arch`]: each architecture defined once, as a config and the graph it builds
+//! - [`peft`]: PEFT LoRA adapter directories applied onto a loaded model
 //! - [`tokenizer`]: `tokenizer.json`, or byte-level BPE rebuilt from GGUF metadata
 //!
 //! Every model that leaves this crate has passed the verifier.
@@ -12,6 +13,7 @@ pub mod error;
 pub mod gguf;
 pub mod gguf_import;
 pub mod hf;
+pub mod peft;
 pub mod tokenizer;
 
 use std::path::{Path, PathBuf};
@@ -38,13 +40,34 @@ pub struct Loaded {
     pub path: PathBuf,
 }
 
-/// Loads a GGUF file or a Hugging Face model directory.
+/// Loads a GGUF file, a Hugging Face model directory, or a `config.json` alone (random
+/// weights, see [`hf::load_config_random`]).
 pub fn load(path: &Path) -> Result<Loaded> {
     let meta = std::fs::metadata(path).map_err(|source| ImportError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    let loaded = if meta.is_dir() {
+    let is_config = meta.is_file()
+        && path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("json"));
+    let loaded = if is_config {
+        // A `config.json` alone: the architecture with seeded random weights (seed 0), the
+        // tokenizer beside it when there is one.
+        let model = hf::load_config_random(path, 0)?;
+        let tj = path.with_file_name("tokenizer.json");
+        let tokenizer = if tj.exists() {
+            Some(Tokenizer::from_file(&tj)?)
+        } else {
+            None
+        };
+        Loaded {
+            model,
+            tokenizer,
+            format: SourceFormat::HuggingFace,
+            path: path.to_path_buf(),
+        }
+    } else if meta.is_dir() {
         if !path.join("config.json").exists() {
             return Err(ImportError::UnknownFormat {
                 path: path.to_path_buf(),

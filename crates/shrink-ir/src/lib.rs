@@ -4,6 +4,7 @@
 //!
 //! - [`types`]: dtypes, dims, value and parameter types
 //! - [`op`]: the ops and their type inference
+//! - [`lora`]: LoRA adapters attached to linears (find, attach, detach)
 //! - [`graph`]: the graph (petgraph underneath, typed ids on top)
 //! - [`weights`]: the weight store (and the sparsity masks of pruned parameters)
 //! - [`quant`]: quantized parameter formats (schemes, packing, dequantization)
@@ -11,6 +12,7 @@
 //! - [`verify`]: the verifier (its module doc lists the invariants)
 
 pub mod graph;
+pub mod lora;
 pub mod model;
 pub mod op;
 pub mod quant;
@@ -21,7 +23,7 @@ pub mod weights;
 
 pub use graph::{Graph, Node, NodeId, ValueId};
 pub use model::{Model, SizeStats};
-pub use op::{Activation, AttentionSpec, NormKind, Op, Rope};
+pub use op::{Activation, AttentionSpec, Lora, NormKind, Op, Rope};
 pub use quant::QuantScheme;
 pub use types::{DType, Dim, ParamType, ValueType};
 pub use verify::{verify_graph, verify_model, Verified, VerifyError, VerifyErrors};

@@ -63,6 +63,18 @@ pub struct AttentionSpec {
     pub causal: bool,
 }
 
+/// A LoRA adapter on a linear (Hu et al., 2021): `y += scale · (dropout(x) Aᵀ) Bᵀ` with
+/// `a[r, in]` and `b[out, r]`, so the update of the `[out, in]` weight is `scale · B·A`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Lora {
+    pub a: String,
+    pub b: String,
+    /// `alpha / r`, or `alpha / sqrt(r)` for rsLoRA.
+    pub scale: f32,
+    /// Dropout on the adapter's input while training (0 at inference).
+    pub dropout: f32,
+}
+
 /// One operation. Parameters are referenced by name in the weight store.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
@@ -85,10 +97,12 @@ pub enum Op {
         weight: String,
         bias: Option<String>,
     },
-    /// `y = x Wᵀ + b` with `weight[out, in]`.
+    /// `y = x Wᵀ + b` with `weight[out, in]`, plus a LoRA adapter's update when one is
+    /// attached.
     Linear {
         weight: String,
         bias: Option<String>,
+        lora: Option<Lora>,
     },
     /// Splits the last axis into consecutive parts (GPT-2's fused `c_attn`).
     Split {
@@ -144,9 +158,17 @@ impl Op {
     pub fn params(&self) -> Vec<&str> {
         match self {
             Op::Embedding { weight } | Op::PositionEmbedding { weight } => vec![weight],
-            Op::Norm { weight, bias, .. } | Op::Linear { weight, bias } => {
+            Op::Norm { weight, bias, .. } => {
                 let mut v = vec![weight.as_str()];
                 v.extend(bias.as_deref());
+                v
+            }
+            Op::Linear { weight, bias, lora } => {
+                let mut v = vec![weight.as_str()];
+                v.extend(bias.as_deref());
+                if let Some(l) = lora {
+                    v.extend([l.a.as_str(), l.b.as_str()]);
+                }
                 v
             }
             _ => vec![],
@@ -157,9 +179,17 @@ impl Op {
     pub fn params_mut(&mut self) -> Vec<&mut String> {
         match self {
             Op::Embedding { weight } | Op::PositionEmbedding { weight } => vec![weight],
-            Op::Norm { weight, bias, .. } | Op::Linear { weight, bias } => {
+            Op::Norm { weight, bias, .. } => {
                 let mut v = vec![weight];
                 v.extend(bias.as_mut());
+                v
+            }
+            Op::Linear { weight, bias, lora } => {
+                let mut v = vec![weight];
+                v.extend(bias.as_mut());
+                if let Some(l) = lora {
+                    v.extend([&mut l.a, &mut l.b]);
+                }
                 v
             }
             _ => vec![],
@@ -232,9 +262,29 @@ impl Op {
                 }
                 Ok(vec![ValueType::hidden(d)])
             }
-            Op::Linear { weight, bias } => {
+            Op::Linear { weight, bias, lora } => {
                 let d = hidden(0)?;
                 let w = get(weight, 2)?;
+                if let Some(l) = lora {
+                    let (a, b) = (get(&l.a, 2)?, get(&l.b, 2)?);
+                    let r = a.shape[0];
+                    if r == 0 || a.shape[1] != d || b.shape != [w.shape[0], r] {
+                        return Err(format!(
+                            "LoRA '{}' {a} and '{}' {b} do not fit weight '{weight}' {w}: \
+                             want A [r, {d}] and B [{}, r]",
+                            l.a, l.b, w.shape[0]
+                        ));
+                    }
+                    if a.quant.is_some() || b.quant.is_some() {
+                        return Err(format!("LoRA '{}' / '{}' must not be quantized", l.a, l.b));
+                    }
+                    if !(l.scale.is_finite() && (0.0..1.0).contains(&l.dropout)) {
+                        return Err(format!(
+                            "LoRA on '{weight}': scale {} must be finite and dropout {} in [0, 1)",
+                            l.scale, l.dropout
+                        ));
+                    }
+                }
                 if w.shape[1] != d {
                     return Err(format!(
                         "weight '{weight}' has shape {w} ([out, in]) but the operand has {d} features"

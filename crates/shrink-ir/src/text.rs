@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 
 use crate::graph::{Graph, NodeId, ValueId};
-use crate::op::{Activation, AttentionSpec, NormKind, Op, Rope};
+use crate::op::{Activation, AttentionSpec, Lora, NormKind, Op, Rope};
 use crate::quant::QuantScheme;
 use crate::types::{DType, Dim, ParamType, ValueType};
 
@@ -145,10 +145,16 @@ fn attrs(op: &Op) -> Vec<(&'static str, String)> {
                 a.push(("bias", word(b)));
             }
         }
-        Op::Linear { weight, bias } => {
+        Op::Linear { weight, bias, lora } => {
             a.push(("weight", word(weight)));
             if let Some(b) = bias {
                 a.push(("bias", word(b)));
+            }
+            if let Some(l) = lora {
+                a.push(("lora_a", word(&l.a)));
+                a.push(("lora_b", word(&l.b)));
+                a.push(("lora_scale", format!("{:?}", l.scale)));
+                a.push(("lora_dropout", format!("{:?}", l.dropout)));
             }
         }
         Op::Split { sizes } => {
@@ -724,6 +730,15 @@ fn build_op(name: &str, a: &mut Attrs) -> Result<Op, ParseError> {
         "linear" => Op::Linear {
             weight: a.name("weight", name)?,
             bias: a.opt_name("bias", name)?,
+            lora: match a.opt_name("lora_a", name)? {
+                None => None,
+                Some(la) => Some(Lora {
+                    a: la,
+                    b: a.name("lora_b", name)?,
+                    scale: a.num("lora_scale", name)?,
+                    dropout: a.num("lora_dropout", name)?,
+                }),
+            },
         },
         "split" => {
             let col = a.map.get("sizes").map_or(a.end_col, |t| t.1);

@@ -5,7 +5,8 @@
 //! Passes: [`cast`] (change the storage dtype of parameters), [`dead_code`] (drop what no
 //! output depends on), [`prune`] (unstructured and N:M sparsity by magnitude, Wanda or
 //! SparseGPT), [`prune_structured`] (MLP channels, heads, layers), [`quantize`] (rtn, GPTQ,
-//! AWQ), [`distill`] and [`finetune`] (training). Shared machinery: [`calibration`]
+//! AWQ), [`distill`] and [`finetune`] (training), [`lora`] and [`lora_fold`] (attach LoRA
+//! adapters, merge them into the base). Shared machinery: [`calibration`]
 //! (calibration sequences from text), [`linalg`] (Cholesky factors and the steps GPTQ and
 //! SparseGPT share), [`training`] (the options and reports of the training loop).
 
@@ -15,6 +16,8 @@ pub mod dead_code;
 pub mod distill;
 pub mod finetune;
 pub mod linalg;
+pub mod lora;
+pub mod lora_fold;
 mod options;
 mod pattern;
 pub mod prune;
@@ -66,6 +69,8 @@ pub trait ProgressSink {
     fn advance(&mut self, done: u64);
     /// A short status beside the progress (e.g. the running perplexity).
     fn note(&mut self, _message: &str) {}
+    /// A line for the user to keep (e.g. LoRA's trainable-parameter count).
+    fn message(&mut self, _line: &str) {}
     fn finish(&mut self);
 }
 
@@ -156,6 +161,8 @@ impl Registry {
         r.register(dead_code::INFO);
         r.register(distill::INFO);
         r.register(finetune::INFO);
+        r.register(lora::INFO);
+        r.register(lora_fold::INFO);
         r.register(prune::INFO);
         r.register(prune_structured::INFO);
         r.register(quantize::INFO);

@@ -33,7 +33,8 @@ pub struct TrainOptions {
     pub max_grad_norm: Option<f64>,
     /// The cosine decay ends at `lr · min_lr_ratio`.
     pub min_lr_ratio: f64,
-    /// Which parameters train (by name).
+    /// Which parameters train (by name). With LoRA adapters attached, only adapter
+    /// parameters can train (the base is frozen).
     pub params: Patterns,
     /// Tokens per sequence.
     pub seq_len: usize,
@@ -282,13 +283,20 @@ impl Prepared {
         if let Some(p) = self.heldout_ppl(model, cx, "before")? {
             stats.insert("heldout_ppl_before".into(), json_f64(p));
         }
+        // With LoRA adapters attached the base is frozen: `params` chooses among the adapters.
+        let adapters: std::collections::BTreeSet<String> = shrink_ir::lora::adapters(model)
+            .into_iter()
+            .flat_map(|a| [a.lora.a, a.lora.b])
+            .collect();
+        let select =
+            |name: &str| params.selects(name) && (adapters.is_empty() || adapters.contains(name));
         let cfg = &self.config;
         cx.progress.start(what, cfg.steps as u64);
         let progress = &mut *cx.progress;
         let outcome = train::train(
             model,
             teacher,
-            &|name| params.selects(name),
+            &select,
             self.tokens.clone(),
             cfg,
             cx.device,

@@ -10,6 +10,7 @@
 //!     ],
 //!     eval: (data: "../data/wikitext-2/test.txt", ctx: 512, chunks: 20, score: "second-half"),
 //!     output: "out.gguf",                                    // optional: `--out` overrides
+//!     output_format: "gguf",      // optional: "gguf", "hf" or "peft-adapter" (default: by extension)
 //!     seed: 0,
 //! )
 //! ```
@@ -51,6 +52,44 @@ pub struct EvalSpec {
     pub scoring: Scoring,
 }
 
+/// What the output is written as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum OutputFormat {
+    /// A GGUF file (llama.cpp).
+    Gguf,
+    /// A Hugging Face model directory.
+    Hf,
+    /// The model's LoRA adapters alone, as a PEFT adapter directory.
+    PeftAdapter,
+}
+
+impl TryFrom<String> for OutputFormat {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        [
+            OutputFormat::Gguf,
+            OutputFormat::Hf,
+            OutputFormat::PeftAdapter,
+        ]
+        .into_iter()
+        .find(|f| f.name() == s)
+        .ok_or_else(|| {
+            format!("unknown output_format '{s}', expected \"gguf\", \"hf\" or \"peft-adapter\"")
+        })
+    }
+}
+
+impl OutputFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            OutputFormat::Gguf => "gguf",
+            OutputFormat::Hf => "hf",
+            OutputFormat::PeftAdapter => "peft-adapter",
+        }
+    }
+}
+
 /// One pass of a pipeline, built, with where it was written.
 pub struct PassEntry {
     pub pass: Box<dyn Pass>,
@@ -64,6 +103,8 @@ pub struct Pipeline {
     pub passes: Vec<PassEntry>,
     pub eval: Option<EvalSpec>,
     pub output: Option<PathBuf>,
+    /// `None`: a `.gguf` output is GGUF, any other a Hugging Face directory.
+    pub output_format: Option<OutputFormat>,
     pub seed: u64,
     /// Positions of the file-naming fields, for errors found later (a missing file).
     pub model_position: Option<(usize, usize)>,
@@ -81,6 +122,8 @@ struct RawPipeline<'a> {
     eval: Option<RawEval>,
     #[serde(default)]
     output: Option<String>,
+    #[serde(default)]
+    output_format: Option<OutputFormat>,
     #[serde(default)]
     seed: u64,
 }
@@ -253,6 +296,13 @@ impl Pipeline {
                     ));
                 }
             }
+            if entry.pass == "lora-fold" && !passes.iter().any(|p| p.pass.name() == "lora") {
+                return Err(err(
+                    Some(line_col(text, name_at)),
+                    "pass 'lora-fold' has no adapters to fold: no 'lora' pass comes before it"
+                        .into(),
+                ));
+            }
             passes.push(PassEntry {
                 pass,
                 position: line_col(text, at),
@@ -292,6 +342,7 @@ impl Pipeline {
             passes,
             eval,
             output: raw.output.map(|o| base.join(o)),
+            output_format: raw.output_format,
             seed: raw.seed,
             model_position,
             eval_data_position,
@@ -333,6 +384,31 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Whether the model leaves the last pass with LoRA adapters attached (a `lora` pass with
+    /// no `lora-fold` after it).
+    pub fn leaves_adapters(&self) -> bool {
+        self.passes
+            .iter()
+            .rev()
+            .map(|e| e.pass.name())
+            .find(|n| *n == "lora" || *n == "lora-fold")
+            == Some("lora")
+    }
+
+    /// How `out` is written: the pipeline's `output_format`, else by extension.
+    pub fn output_format_for(&self, out: &Path) -> OutputFormat {
+        self.output_format.unwrap_or(
+            if out
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+            {
+                OutputFormat::Gguf
+            } else {
+                OutputFormat::Hf
+            },
+        )
+    }
+
     /// The pipeline in canonical form: every option explicit, options sorted, paths as given
     /// relative to the file. Two pipelines compare by this text.
     pub fn canonical(&self) -> String {
@@ -368,6 +444,9 @@ impl Pipeline {
         }
         if let Some(o) = &self.output {
             s += &format!("    output: {},\n", rel(o));
+        }
+        if let Some(f) = self.output_format {
+            s += &format!("    output_format: {:?},\n", f.name());
         }
         s += &format!("    seed: {},\n)\n", self.seed);
         s

@@ -7,6 +7,6 @@ pub mod instrument;
 pub mod manager;
 pub mod run;
 
-pub use file::{EvalSpec, PassEntry, Pipeline, PipelineError};
+pub use file::{EvalSpec, OutputFormat, PassEntry, Pipeline, PipelineError};
 pub use manager::{run_passes, Instrumentation, ManagerError, PassRecord, RunContext};
 pub use run::{evaluate, run, EvalRecord, RunError, RunOptions, RunReport};

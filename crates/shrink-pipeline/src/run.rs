@@ -7,7 +7,7 @@ use serde::Serialize;
 use shrink_passes::ProgressSink;
 use shrink_runtime::{Device, Engine, PerplexityOptions};
 
-use crate::file::Pipeline;
+use crate::file::{OutputFormat, Pipeline};
 use crate::manager::{run_passes, Instrumentation, ManagerError, PassRecord, RunContext};
 
 /// Command-line overrides and settings of a run.
@@ -63,8 +63,28 @@ pub enum RunError {
     Eval(String),
     #[error(transparent)]
     Export(#[from] shrink_export::ExportError),
+    #[error("output {0}")]
+    Output(String),
     #[error("--resume {path}: {message}")]
     Resume { path: String, message: String },
+}
+
+/// Refuses to write a model with LoRA adapters as a plain model, or adapters that are not
+/// there as a PEFT adapter.
+fn check_output(format: OutputFormat, adapters: bool, out: &Path) -> Result<(), RunError> {
+    let message = match (format, adapters) {
+        (OutputFormat::PeftAdapter, false) => "output_format \"peft-adapter\" but the model has \
+            no LoRA adapters when the passes end (add a `lora` pass, and no `lora-fold` after it)"
+            .to_string(),
+        (OutputFormat::Gguf | OutputFormat::Hf, true) => format!(
+            "the model still carries LoRA adapters when the passes end, which a {} model cannot \
+             hold: fold them into the weights (pass lora-fold) or write them alone \
+             (output_format: \"peft-adapter\")",
+            format.name()
+        ),
+        _ => return Ok(()),
+    };
+    Err(RunError::Output(format!("{}: {message}", out.display())))
 }
 
 /// Checks that a checkpoint given to `--resume` was written by one of the pipeline's passes
@@ -146,6 +166,10 @@ pub fn run(
     if let Some(c) = &opts.resume {
         check_resume(p, c)?;
     }
+    // Before any pass runs: an output that cannot hold what the passes leave.
+    if let Some(out) = opts.out.as_ref().or(p.output.as_ref()) {
+        check_output(p.output_format_for(out), p.leaves_adapters(), out)?;
+    }
     let model_path = model_path.unwrap_or_default();
     progress.start(&format!("loading {}", model_path.display()), 0);
     let loaded = shrink_import::load(&model_path);
@@ -202,17 +226,21 @@ pub fn run(
             pass: "(export)",
             errors,
         })?;
-        let is_gguf = out
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+        let format = p.output_format_for(&out);
+        let adapters = shrink_ir::lora::adapters(&model).len();
+        check_output(format, adapters > 0, &out)?;
         progress.start(&format!("writing {}", out.display()), 0);
-        let written = if is_gguf {
-            let tok = tokenizer.as_ref().ok_or_else(|| {
-                RunError::Eval(format!("{}: no tokenizer to export", model_path.display()))
-            })?;
-            shrink_export::gguf::write(&model, &proof, tok, &out).map(|_| vec![out.clone()])
-        } else {
-            shrink_export::hf::write(&model, &proof, tokenizer.as_ref(), &out)
+        let written = match format {
+            OutputFormat::Gguf => {
+                let tok = tokenizer.as_ref().ok_or_else(|| {
+                    RunError::Eval(format!("{}: no tokenizer to export", model_path.display()))
+                })?;
+                shrink_export::gguf::write(&model, &proof, tok, &out).map(|_| vec![out.clone()])
+            }
+            OutputFormat::Hf => shrink_export::hf::write(&model, &proof, tokenizer.as_ref(), &out),
+            OutputFormat::PeftAdapter => {
+                shrink_export::peft::write_adapter(&model, &model_path.display().to_string(), &out)
+            }
         };
         progress.finish();
         written?;

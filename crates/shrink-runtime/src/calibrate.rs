@@ -367,14 +367,39 @@ fn run_on<B: Backend>(
                         .collect(),
                 )]
             }
-            Op::Linear { weight, bias } => {
+            Op::Linear { weight, bias, lora } => {
                 let (w, s) = param(model, weight)?;
                 let w = upload::<B, 2>(w, [s[0], s[1]], device);
                 let b = bias.as_deref().map(|b| vector(model, b)).transpose()?;
+                // An attached adapter adds its update (no dropout: calibration is inference).
+                let adapter = match lora {
+                    Some(l) => {
+                        let (a, sa) = param(model, &l.a)?;
+                        let (bm, sb) = param(model, &l.b)?;
+                        let a = upload::<B, 2>(a, [sa[0], sa[1]], device);
+                        let bm = upload::<B, 2>(bm, [sb[0], sb[1]], device);
+                        Some((a, bm, l.scale))
+                    }
+                    None => None,
+                };
                 vec![Val::Hidden(
                     hidden(&vals, 0)?
                         .into_iter()
-                        .map(|x| linear_row_blocks(x, std::iter::once(w.clone()), b.as_ref()))
+                        .map(|x| {
+                            let y = linear_row_blocks(
+                                x.clone(),
+                                std::iter::once(w.clone()),
+                                b.as_ref(),
+                            );
+                            match &adapter {
+                                Some((a, bm, scale)) => {
+                                    let h = linear_row_blocks(x, std::iter::once(a.clone()), None);
+                                    y + linear_row_blocks(h, std::iter::once(bm.clone()), None)
+                                        * *scale
+                                }
+                                None => y,
+                            }
+                        })
                         .collect(),
                 )]
             }

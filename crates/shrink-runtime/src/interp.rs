@@ -170,11 +170,13 @@ enum Kernel {
     Linear {
         weight: usize,
         bias: Option<usize>,
+        lora: Option<LoraKernel>,
     },
     /// A linear whose `[out, in]` weight is kept packed and dequantized at each forward.
     PackedLinear {
         weight: Arc<Packed>,
         bias: Option<usize>,
+        lora: Option<LoraKernel>,
     },
     Split(Vec<usize>),
     Attention {
@@ -186,6 +188,16 @@ enum Kernel {
     Add,
     Mul,
     Output,
+}
+
+/// A LoRA adapter of a linear: parameter indices of `A` and `B` (transposed like linear weights
+/// at inference, as stored when training).
+#[derive(Clone, Copy)]
+struct LoraKernel {
+    a: usize,
+    b: usize,
+    scale: f32,
+    dropout: f32,
 }
 
 struct Step {
@@ -382,13 +394,23 @@ impl<B: Backend> Interpreter<B> {
                     weight: entry(weight, false, true)?,
                     bias: bias.as_deref().map(|b| entry(b, false, true)).transpose()?,
                 },
-                Op::Linear { weight, bias } => {
+                Op::Linear { weight, bias, lora } => {
                     let bias = bias.as_deref().map(|b| entry(b, false, true)).transpose()?;
+                    let lora = match lora {
+                        Some(l) => Some(LoraKernel {
+                            a: entry(&l.a, true, false)?,
+                            b: entry(&l.b, true, false)?,
+                            scale: l.scale,
+                            dropout: l.dropout,
+                        }),
+                        None => None,
+                    };
                     match packed(weight)? {
-                        Some(weight) => Kernel::PackedLinear { weight, bias },
+                        Some(weight) => Kernel::PackedLinear { weight, bias, lora },
                         None => Kernel::Linear {
                             weight: entry(weight, true, false)?,
                             bias,
+                            lora,
                         },
                     }
                 }
@@ -474,6 +496,39 @@ impl<B: Backend> Interpreter<B> {
         self.params[index].tensor.matrix()
     }
 
+    /// Parameter `index` as the right operand of `x · wᵀ` (`[in, out]`).
+    fn matrix_t(&self, index: usize) -> Tensor<B, 2> {
+        let w = &self.params[index];
+        match w.transposed {
+            true => w.tensor.matrix(),
+            false => w.tensor.matrix().transpose(),
+        }
+    }
+
+    /// `y + scale · (dropout(x) Aᵀ) Bᵀ`; dropout only when training (`dropout_on`).
+    fn add_lora(
+        &self,
+        y: Tensor<B, 3>,
+        x: Tensor<B, 3>,
+        lora: Option<&LoraKernel>,
+        dropout_on: bool,
+    ) -> Tensor<B, 3> {
+        let Some(l) = lora else { return y };
+        let x = if dropout_on && l.dropout > 0.0 {
+            let keep = 1.0 - l.dropout as f64;
+            let mask = Tensor::<B, 3>::random(
+                x.dims(),
+                burn::tensor::Distribution::Bernoulli(keep),
+                &self.device,
+            );
+            x * mask / keep
+        } else {
+            x
+        };
+        let h = linear(x, &self.matrix_t(l.a), None);
+        y + linear(h, &self.matrix_t(l.b), None) * l.scale
+    }
+
     fn vector(&self, index: usize) -> Tensor<B, 1> {
         self.params[index].tensor.vector()
     }
@@ -530,7 +585,8 @@ impl<B: Backend> Interpreter<B> {
         cache: Option<&mut KvCache<B>>,
         rows: Option<std::ops::Range<usize>>,
     ) -> Result<Tensor<B, 3>> {
-        self.run(tokens, cache, rows, &[]).map(|(logits, _)| logits)
+        self.run(tokens, cache, rows, &[], None)
+            .map(|(logits, _)| logits)
     }
 
     /// Logits and the values `watch` (hidden states `[b, s, width]`, in that order), for
@@ -540,7 +596,18 @@ impl<B: Backend> Interpreter<B> {
         tokens: &[Vec<u32>],
         watch: &[ValueId],
     ) -> Result<(Tensor<B, 3>, Vec<Tensor<B, 3>>)> {
-        self.run(tokens, None, None, watch)
+        self.run(tokens, None, None, watch, None)
+    }
+
+    /// As [`Interpreter::forward_watching`], in training mode: LoRA dropout is applied, its
+    /// masks drawn from the backend's generator seeded with `seed` (so a step repeats).
+    pub(crate) fn forward_training(
+        &self,
+        tokens: &[Vec<u32>],
+        watch: &[ValueId],
+        seed: u64,
+    ) -> Result<(Tensor<B, 3>, Vec<Tensor<B, 3>>)> {
+        self.run(tokens, None, None, watch, Some(seed))
     }
 
     fn run(
@@ -549,7 +616,12 @@ impl<B: Backend> Interpreter<B> {
         mut cache: Option<&mut KvCache<B>>,
         rows: Option<std::ops::Range<usize>>,
         watch: &[ValueId],
+        dropout_seed: Option<u64>,
     ) -> Result<(Tensor<B, 3>, Vec<Tensor<B, 3>>)> {
+        if let Some(seed) = dropout_seed {
+            B::seed(&self.device, seed);
+        }
+        let dropout_on = dropout_seed.is_some();
         let watch_slots: Vec<usize> = watch
             .iter()
             .map(|v| {
@@ -657,27 +729,24 @@ impl<B: Backend> Interpreter<B> {
                     &self.vector(*weight),
                     bias.map(|b| self.vector(b)).as_ref(),
                 ))],
-                Kernel::Linear { weight, bias } => {
+                Kernel::Linear { weight, bias, lora } => {
                     let x = match &rows {
                         Some(r) if step.feeds_output_only => hidden(0)?.narrow(1, r.start, r.len()),
                         _ => hidden(0)?,
                     };
-                    let w = &self.params[*weight];
-                    let weight_t = match w.transposed {
-                        true => w.tensor.matrix(),
-                        false => w.tensor.matrix().transpose(),
-                    };
                     let bias = bias.map(|b| self.vector(b));
-                    vec![Val::Hidden(linear(x, &weight_t, bias.as_ref()))]
+                    let y = linear(x.clone(), &self.matrix_t(*weight), bias.as_ref());
+                    vec![Val::Hidden(self.add_lora(y, x, lora.as_ref(), dropout_on))]
                 }
-                Kernel::PackedLinear { weight, bias } => {
+                Kernel::PackedLinear { weight, bias, lora } => {
                     let x = match &rows {
                         Some(r) if step.feeds_output_only => hidden(0)?.narrow(1, r.start, r.len()),
                         _ => hidden(0)?,
                     };
                     let blocks = weight.row_blocks::<B>(STREAM_BLOCK, &self.device);
                     let bias = bias.map(|b| self.vector(b));
-                    vec![Val::Hidden(linear_row_blocks(x, blocks, bias.as_ref()))]
+                    let y = linear_row_blocks(x.clone(), blocks, bias.as_ref());
+                    vec![Val::Hidden(self.add_lora(y, x, lora.as_ref(), dropout_on))]
                 }
                 Kernel::Split(sizes) => {
                     let x = hidden(0)?;

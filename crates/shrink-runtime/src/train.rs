@@ -371,6 +371,7 @@ impl<B: AutodiffBackend> Student<B> {
         teacher: Option<&Interpreter<B::InnerBackend>>,
         loss: Loss,
         hidden: &[HiddenTerm],
+        dropout_seed: u64,
     ) -> Result<(Tensor<B, 1>, Parts)> {
         let inputs: Vec<Vec<u32>> = batch.iter().map(|s| s[..s.len() - 1].to_vec()).collect();
         let (b, s) = (inputs.len(), inputs.first().map_or(0, Vec::len));
@@ -381,7 +382,9 @@ impl<B: AutodiffBackend> Student<B> {
         let device = self.interp.device().clone();
         let targets: Tensor<B, 2, Int> = Tensor::from_data(BurnData::new(targets, [b, s]), &device);
         let watch: Vec<_> = hidden.iter().map(|h| h.student).collect();
-        let (logits, student_hidden) = self.interp.forward_watching(&inputs, &watch)?;
+        let (logits, student_hidden) =
+            self.interp
+                .forward_training(&inputs, &watch, dropout_seed)?;
         let (Loss::Distill { alpha, temperature }, Some(t)) = (loss, teacher) else {
             let ce = cross_entropy(logits, targets);
             let v = scalar(ce.clone().inner());
@@ -567,7 +570,18 @@ fn train_on<B: Backend>(
         let (mut kl_sum, mut hidden_sum) = (None::<f64>, None::<f64>);
         for micro in 0..cfg.accumulate {
             let batch = batches.batch(step, micro, cfg);
-            let (loss, parts) = st.loss(&batch, teacher.as_ref(), cfg.loss, &cfg.hidden)?;
+            // LoRA dropout masks depend on the seed, step and micro-batch only (resumable).
+            let dropout_seed = cfg
+                .seed
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                .wrapping_add((step * cfg.accumulate + micro) as u64);
+            let (loss, parts) = st.loss(
+                &batch,
+                teacher.as_ref(),
+                cfg.loss,
+                &cfg.hidden,
+                dropout_seed,
+            )?;
             let loss = loss.div_scalar(cfg.accumulate as f64);
             let value = scalar(loss.clone().inner());
             if !value.is_finite() {
@@ -1031,13 +1045,15 @@ output(%20) name=\"logits\"
             );
             let value = |st: &Student<Autodiff<F64>>| {
                 scalar(
-                    st.loss(&data, Some(&teacher), loss, &hidden)
+                    st.loss(&data, Some(&teacher), loss, &hidden, 0)
                         .expect("loss")
                         .0
                         .inner(),
                 )
             };
-            let (l, _) = st.loss(&data, Some(&teacher), loss, &hidden).expect("loss");
+            let (l, _) = st
+                .loss(&data, Some(&teacher), loss, &hidden, 0)
+                .expect("loss");
             let grads: Vec<Vec<f64>> = st.grads(l).into_iter().map(f64s).collect();
             let names = st.names();
             let base: Vec<Vec<f64>> = st.values().into_iter().map(f64s).collect();
@@ -1288,7 +1304,7 @@ output(%20) name=\"logits\"
             alpha: 0.0,
             temperature: 1.0,
         };
-        st.loss(&batch(99, 8, 8), Some(&t), loss, &[])
+        st.loss(&batch(99, 8, 8), Some(&t), loss, &[], 0)
             .expect("loss")
             .1
             .kl

@@ -104,7 +104,11 @@ pub struct Groups {
 
 fn linear_params(g: &Graph, node: NodeId) -> Option<LinearParams> {
     match &g.node(node)?.op {
-        Op::Linear { weight, bias } => Some(LinearParams {
+        Op::Linear {
+            weight,
+            bias,
+            lora: None,
+        } => Some(LinearParams {
             node,
             weight: weight.clone(),
             bias: bias.clone(),

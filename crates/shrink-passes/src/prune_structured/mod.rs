@@ -235,6 +235,12 @@ impl Pass for PruneStructured {
         o.check()?;
         let started = Instant::now();
         let before = model.size();
+        if let Some(a) = shrink_ir::lora::adapters(model).first() {
+            return Err(fail(format!(
+                "{} carries a LoRA adapter: fold the adapters first (lora-fold)",
+                shrink_ir::lora::module_of(&a.weight)
+            )));
+        }
         let groups = groups::analyse(&model.graph).map_err(fail)?;
         let mut report = PassReport::default();
         match o.target {

@@ -564,19 +564,25 @@ fn fold_target(model: &Model, value: ValueId, linears: &[SiteLinear]) -> Option<
             weight: weight.clone(),
             bias: bias.clone(),
         }),
-        Op::Linear { weight, bias } if used_once(weight) => Some(Fold::Rows {
+        Op::Linear {
+            weight,
+            bias,
+            lora: None,
+        } if used_once(weight) => Some(Fold::Rows {
             weight: weight.clone(),
             bias: bias.clone(),
         }),
         Op::Mul => producer.inputs.iter().find_map(|v| {
             let n = g.node(g.producer(*v)?)?;
             match &n.op {
-                Op::Linear { weight, bias } if used_once(weight) && g.users(*v).len() == 1 => {
-                    Some(Fold::Rows {
-                        weight: weight.clone(),
-                        bias: bias.clone(),
-                    })
-                }
+                Op::Linear {
+                    weight,
+                    bias,
+                    lora: None,
+                } if used_once(weight) && g.users(*v).len() == 1 => Some(Fold::Rows {
+                    weight: weight.clone(),
+                    bias: bias.clone(),
+                }),
                 _ => None,
             }
         }),
