@@ -264,14 +264,21 @@ fn lora_and_qlora_train_the_adapters_alone() {
          lr: 1e-2, warmup: 2, heldout: (data: {heldout:?}, ctx: 64, chunks: 8, second_half: false))))"
     );
     let lora = "(pass: \"lora\", options: (r: 4, alpha: 8.0, dropout: 0.1, seed: 3))";
-    for (label, prefix) in [
-        ("lora", String::new()),
+    // Distillation from the model before the adapters (the input model), adapters alone trained.
+    let kd = ft.replace("\"finetune\"", "\"distill\"").replace(
+        "options: (train:",
+        "options: (alpha: 0.5, temperature: 2.0, train:",
+    );
+    for (label, prefix, train) in [
+        ("lora", String::new(), &ft),
         (
             "qlora",
             "(pass: \"quantize\", options: (method: rtn, scheme: \"nf4_b32\")),".to_string(),
+            &ft,
         ),
+        ("lora-distill", String::new(), &kd),
     ] {
-        let p = format!("(passes: [{prefix} {lora}, {ft}], output_format: \"peft-adapter\")");
+        let p = format!("(passes: [{prefix} {lora}, {train}], output_format: \"peft-adapter\")");
         let (code, report, stderr) = run(label, "tiny-llama", &p, Some("adapter"));
         assert_eq!(code, 0, "{label}: {stderr}");
         let passes = report["passes"].as_array().expect("passes");
@@ -394,6 +401,20 @@ fn bad_lora_input_is_refused_with_the_module_named() {
     let e = err(&copy("rank", &|c| c["r"] = 8.into()));
     assert!(
         e.contains("model.layers.0.mlp.down_proj") && e.contains("r = 8"),
+        "{e}"
+    );
+    // An adapter for the full model onto one whose MLPs were pruned to half: A no longer fits.
+    let (_, mut pruned, _) = run_in_process(
+        &fixture("tiny-llama"),
+        "(pass: \"prune-structured\", options: (target: mlp, ratio: 0.5, importance: magnitude, allocation: uniform))",
+    )
+    .expect("prune");
+    let e = shrink::import::peft::apply(&mut pruned, &fixture("lora/tiny-llama-adapter"))
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        e.contains("model.layers.0.mlp.down_proj")
+            && e.contains("do not fit the base weight [64, 80]"),
         "{e}"
     );
     // The GPT-2 adapter onto the LLaMA: no such module.

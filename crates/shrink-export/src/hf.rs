@@ -312,6 +312,7 @@ pub fn write(
     dir: &Path,
 ) -> Result<Vec<PathBuf>> {
     let g = &model.graph;
+    crate::peft::refuse_adapters(model, dir)?;
     let arch = g
         .meta
         .get("architecture")

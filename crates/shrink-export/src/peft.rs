@@ -22,6 +22,21 @@ use crate::hf::{write_safetensors, Tensor};
 /// Prefix PEFT gives every key of a causal-LM adapter.
 pub const KEY_PREFIX: &str = "base_model.model.";
 
+/// Model formats hold no adapters: fold them first or write them with [`write_adapter`].
+pub(crate) fn refuse_adapters(model: &Model, path: &Path) -> Result<()> {
+    match lora::adapters(model).first() {
+        None => Ok(()),
+        Some(a) => Err(ExportError::Unsupported {
+            path: path.to_path_buf(),
+            message: format!(
+                "{} carries a LoRA adapter, which this format cannot hold: fold the adapters \
+                 (lora-fold) or write them as a PEFT adapter",
+                lora::module_of(&a.weight)
+            ),
+        }),
+    }
+}
+
 /// A float as JSON: an integer when it is one (as PEFT writes `lora_alpha`).
 fn number(v: f64) -> Value {
     if v.fract() == 0.0 && v.abs() < 1e15 {

@@ -93,6 +93,7 @@ pub fn prepare<'m>(model: &'m Model, tokenizer: &Tokenizer, path: &Path) -> Resu
         path: path.to_path_buf(),
         message,
     };
+    crate::peft::refuse_adapters(model, path)?;
     let arch = g
         .meta
         .get("architecture")
