@@ -526,3 +526,20 @@ fn smollm2_random_adapters_fold_to_the_same_logits() {
     );
     assert!(d <= 1e-4, "SmolLM2: folded vs adapters max diff {d:.3e}");
 }
+
+#[test]
+fn fresh_adapters_leave_the_output_unchanged() {
+    for name in MODELS {
+        let (base, with, records) = run_in_process(
+            &fixture(name),
+            "(pass: \"lora\", options: (r: 4, alpha: 16.0, rslora: true))",
+        )
+        .expect("lora");
+        // all-linear: every linear but the output head.
+        let linears = if name == "tiny-gpt2" { 8 } else { 14 };
+        assert_eq!(lora::adapters(&with).len(), linears, "{name}");
+        assert_eq!(records[0].stats["scale"], 8.0);
+        let (ids, _) = peft_golden(name);
+        assert_eq!(logits(&base, &ids), logits(&with, &ids), "{name}");
+    }
+}

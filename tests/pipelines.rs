@@ -286,3 +286,24 @@ fn f16_exports_load_back_with_identical_logits() {
         .fold(0.0f32, f32::max);
     assert!(d > 0.0 && d < 1e-2, "f16 vs f32 logits: {d}");
 }
+
+#[test]
+fn docs_passes_md_is_generated_from_the_registry() {
+    let want = shrink::passes::Registry::builtin().markdown();
+    let path = crate::common::repo().join("docs/passes.md");
+    let have = std::fs::read_to_string(&path).expect("docs/passes.md");
+    assert!(
+        have == want,
+        "docs/passes.md is stale: run `cargo run --release -- passes --markdown > docs/passes.md`"
+    );
+    // Every registered pass and each of its options is there.
+    for info in shrink::passes::Registry::builtin().iter() {
+        assert!(
+            have.contains(&format!("## `{}`", info.name)),
+            "{}",
+            info.name
+        );
+    }
+    assert!(have.contains("| `train.lr` | `0.0001` |"));
+    assert!(have.contains("| `targets` | `[\"all-linear\"]` |"));
+}

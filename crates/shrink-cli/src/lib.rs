@@ -142,6 +142,12 @@ enum Command {
         #[arg(long, value_enum, default_value_t = QuantExecArg::Dequantize)]
         quantized_exec: QuantExecArg,
     },
+    /// The passes: name and summary, or with `--markdown` the reference of every option and
+    /// its default (docs/passes.md).
+    Passes {
+        #[arg(long)]
+        markdown: bool,
+    },
     /// Size and structure of a model.
     Inspect {
         /// A GGUF file or a Hugging Face model directory.
@@ -232,6 +238,17 @@ pub fn main() -> i32 {
             exec: quantized_exec.into(),
         }),
         Command::Inspect { model, ir, json } => commands::inspect(&model, ir, json),
+        Command::Passes { markdown } => {
+            let registry = shrink_passes::Registry::builtin();
+            if markdown {
+                print!("{}", registry.markdown());
+            } else {
+                for p in registry.iter() {
+                    println!("{:<18} {}", p.name, p.summary);
+                }
+            }
+            Ok(())
+        }
     };
     match result {
         Ok(()) => 0,

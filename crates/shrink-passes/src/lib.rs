@@ -181,4 +181,95 @@ impl Registry {
     pub fn iter(&self) -> impl Iterator<Item = &PassInfo> {
         self.passes.values()
     }
+
+    /// The pass reference (`docs/passes.md`): every pass with its summary and every option
+    /// with its default, read from the passes themselves.
+    pub fn markdown(&self) -> String {
+        let mut s = String::from(
+            "# Passes\n\nGenerated from the pass registry by `shrink passes --markdown` (a test fails \
+             when this file is stale). Options left out of a pipeline take the defaults below; \
+             `None` means unset. Details: [quantization.md](quantization.md), \
+             [pruning.md](pruning.md), [distillation.md](distillation.md), [lora.md](lora.md).\n",
+        );
+        for info in self.iter() {
+            s += &format!("\n## `{}`\n\n{}\n\n", info.name, info.summary);
+            let options = match (info.build)(None) {
+                Ok(p) => p.options(),
+                Err(e) => format!("<no defaults: {e}>"),
+            };
+            let fields = top_level_fields(&options);
+            if fields.is_empty() {
+                s += "No options.\n";
+                continue;
+            }
+            s += "| option | default |\n| --- | --- |\n";
+            let mut rows = Vec::new();
+            flatten_fields("", fields, &mut rows);
+            for (k, v) in rows {
+                s += &format!("| `{k}` | `{}` |\n", v.replace('|', "\\|"));
+            }
+        }
+        s
+    }
+}
+
+/// Nested option structs as `outer.inner` rows.
+fn flatten_fields(prefix: &str, fields: Vec<(String, String)>, rows: &mut Vec<(String, String)>) {
+    for (k, v) in fields {
+        let key = format!("{prefix}{k}");
+        let nested = if v.starts_with('(') {
+            top_level_fields(&v)
+        } else {
+            Vec::new()
+        };
+        if nested.is_empty() {
+            rows.push((key, v));
+        } else {
+            flatten_fields(&format!("{key}."), nested, rows);
+        }
+    }
+}
+
+/// `(a: 1, b: (c: [2, 3]))` → `[("a", "1"), ("b", "(c: [2, 3])")]`: the fields of a canonical
+/// options text, split at top-level commas (strings and brackets respected).
+fn top_level_fields(ron: &str) -> Vec<(String, String)> {
+    let inner = ron
+        .trim()
+        .strip_prefix('(')
+        .and_then(|r| r.strip_suffix(')'))
+        .unwrap_or("");
+    let (mut parts, mut cur, mut depth, mut in_str, mut esc) =
+        (Vec::new(), String::new(), 0i32, false, false);
+    for c in inner.chars() {
+        if in_str {
+            cur.push(c);
+            match (esc, c) {
+                (false, '\\') => esc = true,
+                (false, '"') => in_str = false,
+                _ => esc = false,
+            }
+            continue;
+        }
+        match c {
+            '"' => in_str = true,
+            '(' | '[' | '{' => depth += 1,
+            ')' | ']' | '}' => depth -= 1,
+            ',' if depth == 0 => {
+                parts.push(std::mem::take(&mut cur));
+                continue;
+            }
+            _ => {}
+        }
+        cur.push(c);
+    }
+    if !cur.trim().is_empty() {
+        parts.push(cur);
+    }
+    parts
+        .into_iter()
+        .filter_map(|p| {
+            let (k, v) = p.split_once(':')?;
+            Some((k.trim().to_string(), v.trim().to_string()))
+        })
+        .collect()
 }
