@@ -307,3 +307,42 @@ fn docs_passes_md_is_generated_from_the_registry() {
     assert!(have.contains("| `train.lr` | `0.0001` |"));
     assert!(have.contains("| `targets` | `[\"all-linear\"]` |"));
 }
+
+#[test]
+fn passes_in_an_order_that_undoes_quantization_are_refused_by_name() {
+    let q = "(pass: \"quantize\", options: (method: rtn, scheme: \"q8_0\"))";
+    let data = "train: (data: \"../../../data/tinyshakespeare/train.txt\", steps: 1)";
+    let cases = [
+        (
+            "p-prune-after-quantize",
+            format!("(passes: [{q}, (pass: \"prune\")])"),
+            "pass 'prune': it rewrites weights in f32, but the 'quantize' pass at 1:12",
+        ),
+        (
+            "p-train-after-quantize",
+            format!("(passes: [{q}, (pass: \"finetune\", options: ({data}))])"),
+            "pass 'finetune': it would train the weights that the 'quantize' pass at 1:12",
+        ),
+        (
+            "p-missing-train-data",
+            "(passes: [(pass: \"finetune\", options: (train: (data: \"nope.txt\", steps: 1)))])"
+                .to_string(),
+            "pass 'finetune': train.data",
+        ),
+    ];
+    for (name, text, want) in cases {
+        let (code, stderr, _) = run_bad(name, &text);
+        assert_eq!(code, 1, "{name}");
+        assert!(stderr.contains(want), "{name}: {stderr}");
+    }
+    // QLoRA is the sanctioned order: quantize, then adapters, then training.
+    let ok = format!(
+        "(passes: [{q}, (pass: \"lora\"), (pass: \"finetune\", options: ({data})), (pass: \"lora-fold\")])"
+    );
+    let p = Pipeline::parse(
+        &crate::common::repo().join("target/x/y/p.ron"),
+        &ok,
+        &shrink::passes::Registry::builtin(),
+    );
+    assert!(p.is_ok(), "{:?}", p.err());
+}

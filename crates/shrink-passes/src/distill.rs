@@ -87,6 +87,18 @@ impl Pass for Distill {
         self.0.teacher.as_deref()
     }
 
+    fn files(&self) -> Vec<(&'static str, String)> {
+        let mut f = self.0.train.files();
+        if let Some(t) = &self.0.teacher_model {
+            f.push(("teacher_model", t.clone()));
+        }
+        f
+    }
+
+    fn needs(&self) -> crate::Needs {
+        crate::Needs::DenseWeightsOrAdapters
+    }
+
     fn check(&self) -> Result<(), String> {
         let o = &self.0;
         if !(0.0..=1.0).contains(&o.alpha) {

@@ -36,6 +36,14 @@ impl Pass for Finetune {
         self.0.train.check()
     }
 
+    fn files(&self) -> Vec<(&'static str, String)> {
+        self.0.train.files()
+    }
+
+    fn needs(&self) -> crate::Needs {
+        crate::Needs::DenseWeightsOrAdapters
+    }
+
     fn run(&self, model: &mut Model, cx: &mut PassContext<'_>) -> Result<PassReport, PassError> {
         let fail = |message: String| PassError::Failed {
             pass: INFO.name,

@@ -55,6 +55,26 @@ pub trait Pass {
     fn check(&self) -> Result<(), String> {
         Ok(())
     }
+    /// Files the pass reads, as `(option, path relative to the pipeline file)`: checked to
+    /// exist before any pass runs.
+    fn files(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
+    /// What the pass needs of the model it gets, for ordering checks when a pipeline is read.
+    fn needs(&self) -> Needs {
+        Needs::Any
+    }
+}
+
+/// What a pass needs of its input model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Needs {
+    Any,
+    /// Float weights: the pass rewrites weights in f32, so a quantized input would come back
+    /// widened to f32, undoing an earlier `quantize`.
+    DenseWeights,
+    /// Float weights, unless LoRA adapters are attached (then only they train: QLoRA).
+    DenseWeightsOrAdapters,
 }
 
 /// What a training checkpoint of pass `index` must carry to resume it: the pass and its

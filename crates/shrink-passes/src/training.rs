@@ -98,6 +98,19 @@ pub(crate) struct Prepared {
 }
 
 impl TrainOptions {
+    /// The files the loop reads.
+    pub fn files(&self) -> Vec<(&'static str, String)> {
+        let mut f: Vec<(&'static str, String)> = self
+            .data
+            .iter()
+            .map(|d| ("train.data", d.clone()))
+            .collect();
+        if let Some(h) = &self.heldout {
+            f.push(("train.heldout.data", h.data.clone()));
+        }
+        f
+    }
+
     /// Range checks, before anything runs.
     pub fn check(&self) -> Result<(), String> {
         if self.batch == 0 || self.seq_len < 2 || self.accumulate == 0 {

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use ron::extensions::Extensions;
 use ron::value::RawValue;
 use serde::Deserialize;
-use shrink_passes::{Pass, Registry};
+use shrink_passes::{Needs, Pass, Registry};
 use shrink_runtime::Scoring;
 
 /// An error in a pipeline file, at a position where one is known.
@@ -250,6 +250,9 @@ impl Pipeline {
         let base = path.parent().unwrap_or(Path::new(""));
         let mut passes = Vec::with_capacity(raw.passes.len());
         let mut search_from = 0;
+        // For the ordering checks: the pass that quantized the weights, whether adapters are on.
+        let mut quantized_at: Option<(usize, usize)> = None;
+        let mut adapters = false;
         for entry in &raw.passes {
             let at = find_key(text, search_from, "pass").unwrap_or(search_from);
             search_from = at + 4;
@@ -295,6 +298,34 @@ impl Pipeline {
                         ),
                     ));
                 }
+            }
+            let order_err = |why: String| {
+                err(
+                    Some(line_col(text, name_at)),
+                    format!("pass '{}': {why}", entry.pass),
+                )
+            };
+            match (pass.needs(), quantized_at) {
+                (Needs::DenseWeights, Some((l, c))) => {
+                    return Err(order_err(format!(
+                        "it rewrites weights in f32, but the 'quantize' pass at {l}:{c} quantized them \
+                         before it: its output would be widened back to f32; put it before 'quantize'"
+                    )))
+                }
+                (Needs::DenseWeightsOrAdapters, Some((l, c))) if !adapters => {
+                    return Err(order_err(format!(
+                        "it would train the weights that the 'quantize' pass at {l}:{c} quantized, \
+                         widening them back to f32; train before quantizing, or attach LoRA adapters \
+                         first (a 'lora' pass: QLoRA trains them alone)"
+                    )))
+                }
+                _ => {}
+            }
+            match entry.pass.as_str() {
+                "quantize" => quantized_at = Some(line_col(text, at)),
+                "lora" => adapters = true,
+                "lora-fold" => adapters = false,
+                _ => {}
             }
             if entry.pass == "lora-fold" && !passes.iter().any(|p| p.pass.name() == "lora") {
                 return Err(err(
@@ -379,6 +410,19 @@ impl Pipeline {
         if let Some(e) = &self.eval {
             if !e.data.is_file() {
                 return Err(missing(&e.data, self.eval_data_position, "eval data file"));
+            }
+        }
+        let base = self.path.parent().unwrap_or(Path::new(""));
+        for e in &self.passes {
+            for (field, rel) in e.pass.files() {
+                let p = base.join(&rel);
+                if !p.exists() {
+                    return Err(missing(
+                        &p,
+                        Some(e.position),
+                        &format!("pass '{}': {field}", e.pass.name()),
+                    ));
+                }
             }
         }
         Ok(())

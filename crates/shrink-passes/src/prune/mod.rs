@@ -633,6 +633,19 @@ impl Pass for Prune {
         INFO.name
     }
 
+    fn files(&self) -> Vec<(&'static str, String)> {
+        self.0
+            .calibration
+            .data
+            .iter()
+            .map(|d| ("calibration.data", d.clone()))
+            .collect()
+    }
+
+    fn needs(&self) -> crate::Needs {
+        crate::Needs::DenseWeights
+    }
+
     fn options(&self) -> String {
         canonical_ron(&self.0)
     }

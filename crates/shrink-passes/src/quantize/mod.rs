@@ -216,6 +216,15 @@ impl Pass for Quantize {
         INFO.name
     }
 
+    fn files(&self) -> Vec<(&'static str, String)> {
+        self.0
+            .calibration
+            .data
+            .iter()
+            .map(|d| ("calibration.data", d.clone()))
+            .collect()
+    }
+
     fn options(&self) -> String {
         canonical_ron(&self.0)
     }
