@@ -346,3 +346,148 @@ fn passes_in_an_order_that_undoes_quantization_are_refused_by_name() {
     );
     assert!(p.is_ok(), "{:?}", p.err());
 }
+
+/// Predicted rows of a dry run: (params, bytes, exact).
+type Predicted = Vec<(u64, u64, bool)>;
+
+/// `shrink run --dry-run --json` then the real run of the same pipeline text on the tiny LLaMA:
+/// (predicted rows, actual input + pass rows as (params, bytes)).
+fn predicted_and_actual(name: &str, passes: &str) -> (Predicted, Vec<(u64, u64)>) {
+    let dir = scratch(name);
+    let path = dir.join("p.ron");
+    std::fs::write(
+        &path,
+        format!("(passes: [{passes}], output_format: \"hf\")"),
+    )
+    .expect("write");
+    let model = fixture("tiny-llama");
+    let args = |dry: bool| {
+        let mut a = vec![
+            "run".to_string(),
+            path.display().to_string(),
+            "--model".into(),
+            model.display().to_string(),
+            "--json".into(),
+        ];
+        if dry {
+            a.push("--dry-run".into());
+        }
+        a
+    };
+    let run = |dry: bool| -> serde_json::Value {
+        let a = args(dry);
+        let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+        let (code, stdout, stderr) = shrink(&refs);
+        assert_eq!(code, 0, "{name} (dry {dry}): {stderr}");
+        serde_json::from_str(&stdout).expect("json")
+    };
+    let plan = run(true);
+    let predicted = plan["plan"]
+        .as_array()
+        .expect("plan")
+        .iter()
+        .map(|r| {
+            (
+                r["params"].as_u64().expect("params"),
+                r["bytes"].as_u64().expect("bytes"),
+                r["exact"].as_bool().expect("exact"),
+            )
+        })
+        .collect();
+    let report = run(false);
+    let mut actual = vec![(
+        report["input"]["params"].as_u64().expect("params"),
+        report["input"]["bytes"].as_u64().expect("bytes"),
+    )];
+    for p in report["passes"].as_array().expect("passes") {
+        actual.push((
+            p["params"].as_u64().expect("params"),
+            p["bytes"].as_u64().expect("bytes"),
+        ));
+    }
+    (predicted, actual)
+}
+
+#[test]
+fn dry_run_predicts_each_pass_size_from_shapes() {
+    let data = "data/tinyshakespeare/train.txt";
+    let calib = format!("calibration: (data: \"../../../{data}\", samples: 4, seq_len: 32)");
+    let train = format!("train: (data: \"../../../{data}\", steps: 2, batch: 2, seq_len: 16)");
+    let cases = [
+        ("plan-cast", "(pass: \"cast\", options: (to: f16, vectors: true)), (pass: \"dead-code\")".to_string()),
+        (
+            "plan-prune-quantize",
+            format!(
+                "(pass: \"prune-structured\", options: (target: mlp, ratio: 0.2, importance: magnitude, allocation: uniform, multiple: 32)), \
+                 (pass: \"prune\", options: (criterion: magnitude, sparsity: 0.5)), \
+                 (pass: \"quantize\", options: (method: gptq, scheme: \"q8_0\", {calib}))"
+            ),
+        ),
+        (
+            "plan-heads-layers",
+            "(pass: \"prune-structured\", options: (target: heads, count: 1, importance: magnitude, allocation: uniform)), \
+             (pass: \"prune-structured\", options: (target: layers, layers: [1]))"
+                .to_string(),
+        ),
+        (
+            "plan-qlora-fold",
+            format!(
+                "(pass: \"quantize\", options: (method: rtn, scheme: \"nf4_b32\", embedding: \"q8_0\")), \
+                 (pass: \"lora\", options: (r: 4)), (pass: \"finetune\", options: ({train})), \
+                 (pass: \"lora-fold\", options: (quantized: dequantize))"
+            ),
+        ),
+        (
+            "plan-train-widens",
+            format!(
+                "(pass: \"finetune\", options: ({train})), (pass: \"quantize\", options: (method: rtn, scheme: \"q4_0\")), \
+                 (pass: \"lora\"), (pass: \"lora-fold\")"
+            ),
+        ),
+    ];
+    for (name, passes) in cases {
+        let (predicted, actual) = predicted_and_actual(name, &passes);
+        assert_eq!(predicted.len(), actual.len(), "{name}");
+        for (i, ((pp, pb, exact), (ap, ab))) in predicted.iter().zip(&actual).enumerate() {
+            assert!(*exact, "{name} row {i}");
+            assert_eq!(pp, ap, "{name} row {i}: params");
+            let rel = (*pb as f64 - *ab as f64).abs() / *ab as f64;
+            assert!(
+                rel <= 0.01,
+                "{name} row {i}: predicted {pb} bytes, real {ab}"
+            );
+        }
+        // Something changed along the way, so the check had something to predict.
+        assert!(actual.windows(2).any(|w| w[0] != w[1]), "{name}");
+    }
+}
+
+#[test]
+#[ignore = "real model: run scripts/fetch-smollm2.sh, then --include-ignored"]
+fn dry_run_succeeds_on_every_pipeline_in_the_repository() {
+    let registry = Registry::builtin();
+    let smollm2 = crate::common::smollm2();
+    for f in pipeline_files() {
+        let p = Pipeline::from_file(&f, &registry).unwrap_or_else(|e| panic!("{e}"));
+        // Pipelines for SmolLM2 name it (or nothing); the others bring their own model.
+        let mut args = vec![
+            "run".to_string(),
+            f.display().to_string(),
+            "--dry-run".into(),
+        ];
+        if p.model
+            .as_ref()
+            .is_none_or(|m| m.to_string_lossy().contains("models/"))
+        {
+            args.extend(["--model".into(), smollm2.display().to_string()]);
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, stdout, stderr) = shrink(&refs);
+        assert_eq!(code, 0, "{}: {stderr}", f.display());
+        assert!(
+            stdout.contains("# predicted from shapes"),
+            "{}",
+            f.display()
+        );
+    }
+}

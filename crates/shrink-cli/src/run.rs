@@ -134,8 +134,7 @@ pub fn run(a: RunArgs) -> Result<()> {
     // Checked here too (cheap) so that nothing, not even the dump directory, is made first.
     pipeline.check_files(model_path.as_deref())?;
     if a.dry_run {
-        print!("{}", pipeline.canonical());
-        return Ok(());
+        return dry_run(&pipeline, model_path.as_deref(), a.json);
     }
     let mut table = Table { to_stderr: a.json };
     let mut dump = match &a.dump_ir {
@@ -174,6 +173,42 @@ pub fn run(a: RunArgs) -> Result<()> {
         for o in &report.outputs {
             println!("wrote {o}");
         }
+    }
+    Ok(())
+}
+
+/// `--dry-run`: the canonical pipeline, then the predicted size after each pass (from the
+/// model's shapes; nothing runs). `--json`: `{"pipeline": text, "plan": [rows]}`.
+fn dry_run(pipeline: &Pipeline, model: Option<&std::path::Path>, json: bool) -> Result<()> {
+    let model = model.context("no model: give `model:` in the pipeline or --model")?;
+    let loaded = shrink_import::load(model)?;
+    let rows = shrink_pipeline::plan(pipeline, &loaded.model)
+        .with_context(|| format!("{}", pipeline.path.display()))?;
+    if json {
+        let v = serde_json::json!({"pipeline": pipeline.canonical(), "plan": rows});
+        println!("{}", serde_json::to_string(&v)?);
+        return Ok(());
+    }
+    print!("{}", pipeline.canonical());
+    println!("# predicted from shapes (nothing ran):");
+    println!(
+        "#   {:<18} {:>14} {:>12} {:>8}",
+        "pass", "params", "bytes", "bits/w"
+    );
+    for (i, r) in rows.iter().enumerate() {
+        let n = if i == 0 {
+            "-".to_string()
+        } else {
+            i.to_string()
+        };
+        let approx = if r.exact { "" } else { " ≈" };
+        println!(
+            "# {n:<2} {:<16} {:>14} {:>12} {:>8.3}{approx}",
+            r.pass, r.params, r.bytes, r.bits_per_weight
+        );
+    }
+    if rows.iter().any(|r| !r.exact) {
+        println!("# ≈: bytes depend on what the data decides (a measured allocation keeps untouched layers as they were stored)");
     }
     Ok(())
 }

@@ -58,23 +58,16 @@ impl Default for CastOptions {
 
 pub struct Cast(pub CastOptions);
 
-impl Pass for Cast {
-    fn name(&self) -> &'static str {
-        INFO.name
-    }
-
-    fn options(&self) -> String {
-        canonical_ron(&self.0)
-    }
-
-    fn run(&self, model: &mut Model, _cx: &mut PassContext<'_>) -> Result<PassReport, PassError> {
+impl Cast {
+    /// The parameters the pass rewrites.
+    fn selected(&self, model: &Model) -> Vec<String> {
         let o = &self.0;
         let patterns = crate::Patterns {
             include: o.include.clone(),
             exclude: o.exclude.clone(),
         };
         let to = o.to.dtype();
-        let names: Vec<String> = model
+        model
             .graph
             .params()
             .iter()
@@ -85,7 +78,32 @@ impl Pass for Cast {
                     && (o.vectors || ty.shape.len() >= 2)
             })
             .map(|(name, _)| name.clone())
-            .collect();
+            .collect()
+    }
+}
+
+impl Pass for Cast {
+    fn name(&self) -> &'static str {
+        INFO.name
+    }
+
+    fn options(&self) -> String {
+        canonical_ron(&self.0)
+    }
+
+    fn plan(&self, model: &mut Model) -> Result<(), String> {
+        let to = self.0.to.dtype();
+        for name in self.selected(model) {
+            if let Some(p) = model.graph.param_mut(&name) {
+                p.dtype = to;
+            }
+        }
+        Ok(())
+    }
+
+    fn run(&self, model: &mut Model, _cx: &mut PassContext<'_>) -> Result<PassReport, PassError> {
+        let to = self.0.to.dtype();
+        let names = self.selected(model);
         let before = model.size().bytes;
         for name in &names {
             let Some(data) = model.weights.get(name) else {

@@ -87,6 +87,11 @@ impl Pass for Distill {
         self.0.teacher.as_deref()
     }
 
+    fn plan(&self, model: &mut Model) -> Result<(), String> {
+        self.0.train.plan(model);
+        Ok(())
+    }
+
     fn files(&self) -> Vec<(&'static str, String)> {
         let mut f = self.0.train.files();
         if let Some(t) = &self.0.teacher_model {

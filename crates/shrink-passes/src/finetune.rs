@@ -36,6 +36,11 @@ impl Pass for Finetune {
         self.0.train.check()
     }
 
+    fn plan(&self, model: &mut Model) -> Result<(), String> {
+        self.0.train.plan(model);
+        Ok(())
+    }
+
     fn files(&self) -> Vec<(&'static str, String)> {
         self.0.train.files()
     }

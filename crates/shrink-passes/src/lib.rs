@@ -60,6 +60,17 @@ pub trait Pass {
     fn files(&self) -> Vec<(&'static str, String)> {
         Vec::new()
     }
+    /// The pass's effect on parameter shapes and storage types, applied to a model whose
+    /// weight store may be empty (`shrink run --dry-run` predicts sizes from it, by
+    /// [`Model::size`]). The default is no change (passes that only rewrite values).
+    fn plan(&self, _model: &mut Model) -> Result<(), String> {
+        Ok(())
+    }
+    /// Whether [`Pass::plan`] is exact, or depends on what the data decides (which layers a
+    /// measured allocation leaves untouched, and so stored as they were).
+    fn plan_is_exact(&self) -> bool {
+        true
+    }
     /// What the pass needs of the model it gets, for ordering checks when a pipeline is read.
     fn needs(&self) -> Needs {
         Needs::Any

@@ -234,6 +234,22 @@ impl Pass for LoraPass {
         self.0.check()
     }
 
+    fn plan(&self, model: &mut Model) -> Result<(), String> {
+        let o = &self.0;
+        for (w, out, inp) in o.select(model)? {
+            let (a, b) = (vec![0.0; o.r * inp], vec![0.0; out * o.r]);
+            lora::attach(
+                model,
+                &w,
+                (vec![o.r, inp], a),
+                (vec![out, o.r], b),
+                o.scale(),
+                o.dropout as f32,
+            )?;
+        }
+        Ok(())
+    }
+
     fn run(&self, model: &mut Model, cx: &mut PassContext<'_>) -> Result<PassReport, PassError> {
         let fail = |message: String| PassError::Failed {
             pass: INFO.name,

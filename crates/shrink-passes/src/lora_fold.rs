@@ -81,6 +81,26 @@ impl Pass for LoraFold {
         canonical_ron(&self.0)
     }
 
+    fn plan(&self, model: &mut Model) -> Result<(), String> {
+        for a in lora::adapters(model) {
+            let p = model.graph.param_mut(&a.weight);
+            match (p, self.0.quantized) {
+                (Some(p), QuantizedBase::Dequantize) if p.quant.is_some() => {
+                    *p = shrink_ir::ParamType::new(shrink_ir::DType::F32, p.shape.clone());
+                }
+                (Some(p), QuantizedBase::Refuse) if p.quant.is_some() => {
+                    return Err(format!(
+                        "{}: the base weight is quantized and `quantized: refuse` is set",
+                        lora::module_of(&a.weight)
+                    ));
+                }
+                _ => {}
+            }
+            lora::detach(model, a.node);
+        }
+        Ok(())
+    }
+
     fn run(&self, model: &mut Model, cx: &mut PassContext<'_>) -> Result<PassReport, PassError> {
         let fail = |message: String| PassError::Failed {
             pass: INFO.name,

@@ -98,6 +98,26 @@ pub(crate) struct Prepared {
 }
 
 impl TrainOptions {
+    /// Shapes after training: with no adapters attached, the quantized parameters that train
+    /// come back as f32 (adapters train alone otherwise).
+    pub fn plan(&self, model: &mut Model) {
+        if !shrink_ir::lora::adapters(model).is_empty() {
+            return;
+        }
+        let names: Vec<String> = model
+            .graph
+            .params()
+            .iter()
+            .filter(|(n, t)| t.quant.is_some() && self.params.selects(n))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in names {
+            if let Some(p) = model.graph.param_mut(&n) {
+                *p = shrink_ir::ParamType::new(shrink_ir::DType::F32, p.shape.clone());
+            }
+        }
+    }
+
     /// The files the loop reads.
     pub fn files(&self) -> Vec<(&'static str, String)> {
         let mut f: Vec<(&'static str, String)> = self

@@ -9,4 +9,4 @@ pub mod run;
 
 pub use file::{EvalSpec, OutputFormat, PassEntry, Pipeline, PipelineError};
 pub use manager::{run_passes, Instrumentation, ManagerError, PassRecord, RunContext};
-pub use run::{evaluate, run, EvalRecord, RunError, RunOptions, RunReport};
+pub use run::{evaluate, plan, run, EvalRecord, PlanRow, RunError, RunOptions, RunReport};

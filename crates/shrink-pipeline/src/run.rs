@@ -63,6 +63,8 @@ pub enum RunError {
     Eval(String),
     #[error(transparent)]
     Export(#[from] shrink_export::ExportError),
+    #[error("plan: {0}")]
+    Plan(String),
     #[error("output {0}")]
     Output(String),
     #[error("--resume {path}: {message}")]
@@ -253,4 +255,54 @@ pub fn run(
         eval,
         outputs,
     })
+}
+
+/// One row of a dry run's plan: the size predicted after a pass (or of the input, `index`
+/// `None`), from shapes and storage types alone.
+#[derive(Clone, Debug, Serialize)]
+pub struct PlanRow {
+    pub pass: String,
+    pub options: String,
+    pub params: u64,
+    pub bytes: u64,
+    pub bits_per_weight: f64,
+    /// False when the sizes depend on what the data decides (this pass or an earlier one):
+    /// parameter counts stay exact, bytes are an estimate.
+    pub exact: bool,
+}
+
+/// Predicts the parameter count and bytes after each pass of `p` on `model`, without weight
+/// data or running anything (`shrink run --dry-run`). The error names the pass that cannot
+/// apply to the model (a shape a scheme cannot take, a target matching nothing, …).
+pub fn plan(p: &Pipeline, model: &shrink_ir::Model) -> Result<Vec<PlanRow>, RunError> {
+    let mut shapes = shrink_ir::Model {
+        graph: model.graph.clone(),
+        weights: shrink_ir::WeightStore::new(),
+    };
+    let row = |pass: &str, options: String, m: &shrink_ir::Model, exact: bool| {
+        let s = m.size();
+        PlanRow {
+            pass: pass.to_string(),
+            options,
+            params: s.params,
+            bytes: s.bytes,
+            bits_per_weight: s.bits_per_weight(),
+            exact,
+        }
+    };
+    let mut exact = true;
+    let mut rows = vec![row("(input)", String::new(), &shapes, exact)];
+    for (i, e) in p.passes.iter().enumerate() {
+        e.pass.plan(&mut shapes).map_err(|message| {
+            RunError::Plan(format!(
+                "pass {i} ({}) at {}:{}: {message}",
+                e.pass.name(),
+                e.position.0,
+                e.position.1
+            ))
+        })?;
+        exact &= e.pass.plan_is_exact();
+        rows.push(row(e.pass.name(), e.pass.options(), &shapes, exact));
+    }
+    Ok(rows)
 }

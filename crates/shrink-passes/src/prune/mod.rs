@@ -410,6 +410,8 @@ impl PruneOptions {
                 let same = |a: &TensorData, b: &TensorData| a.ty == b.ty && a.bytes() == b.bytes();
                 let from_input = match (model.weights.get(&w), original.weights.get(&w)) {
                     (Some(a), Some(b)) => same(a, b),
+                    // Shapes only (a dry run's plan): the pipeline's order check covers this.
+                    (None, None) => true,
                     _ => false,
                 };
                 if !from_input {
@@ -631,6 +633,19 @@ impl Hook<'_> {
 impl Pass for Prune {
     fn name(&self) -> &'static str {
         INFO.name
+    }
+
+    /// Pruned weights are rewritten in f32: a quantized one comes back as f32.
+    fn plan(&self, model: &mut Model) -> Result<(), String> {
+        let plan = self.0.plan(model, model).map_err(|e| e.to_string())?;
+        for w in plan.keys() {
+            if let Some(p) = model.graph.param_mut(w) {
+                if p.quant.is_some() {
+                    *p = shrink_ir::ParamType::new(shrink_ir::DType::F32, p.shape.clone());
+                }
+            }
+        }
+        Ok(())
     }
 
     fn files(&self) -> Vec<(&'static str, String)> {

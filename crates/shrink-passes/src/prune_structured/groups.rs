@@ -390,6 +390,26 @@ fn matrix(model: &Model, name: &str) -> Result<(Vec<f32>, usize, usize), String>
     }
 }
 
+/// The type of parameter `name` once `rows` rows (and `cols` columns) are kept: what
+/// [`keep_rows`] / [`keep_cols`] store, for planning without the data.
+pub fn plan_keep(model: &mut Model, name: &str, rows: Option<usize>, cols: Option<usize>) {
+    if let Some(p) = model.graph.param_mut(name) {
+        let mut shape = p.shape.clone();
+        if let Some(r) = rows {
+            shape[0] = r;
+        }
+        if let (Some(c), true) = (cols, shape.len() == 2) {
+            shape[1] = c;
+        }
+        let dtype = if p.quant.is_some() {
+            shrink_ir::DType::F32
+        } else {
+            p.dtype
+        };
+        *p = shrink_ir::ParamType::new(dtype, shape);
+    }
+}
+
 /// Keeps rows `keep` (sorted) of a matrix or entries of a vector.
 pub fn keep_rows(model: &mut Model, name: &str, keep: &[usize]) -> Result<(), String> {
     let (v, rows, cols) = matrix(model, name)?;

@@ -226,6 +226,81 @@ impl Pass for PruneStructured {
         INFO.name
     }
 
+    /// Sizes only: the layers named, else the last ones (layers are alike in size); units
+    /// spread uniformly (each unit of a kind costs the same parameters in every layer, so the
+    /// total does not depend on the allocation).
+    fn plan_is_exact(&self) -> bool {
+        // Layers are alike in size and storage; a measured allocation may leave some
+        // layers' channels or heads alone, stored as they were (quantized, say).
+        self.0.target == Target::Layers || self.0.allocation == Allocation::Uniform
+    }
+
+    fn plan(&self, model: &mut Model) -> Result<(), String> {
+        let o = &self.0;
+        let groups = groups::analyse(&model.graph)?;
+        if o.target == Target::Layers {
+            let n = groups.layers.len();
+            let remove: Vec<usize> = match (&o.layers, o.count, o.ratio) {
+                (Some(l), _, _) => l.clone(),
+                (None, Some(c), _) => (n.saturating_sub(c)..n).collect(),
+                (None, None, Some(r)) => {
+                    (n - ((r * n as f32).round() as usize).min(n)..n).collect()
+                }
+                _ => Vec::new(),
+            };
+            return groups::remove_layers(model, &groups.layers, &remove);
+        }
+        let instances: Vec<Instance<'_>> = match o.target {
+            Target::Mlp => groups.channels.iter().map(Instance::Channels).collect(),
+            _ => groups.heads.iter().map(Instance::Heads).collect(),
+        };
+        let step = if o.target == Target::Mlp {
+            o.multiple
+        } else {
+            1
+        };
+        let widths: Vec<usize> = instances.iter().map(Instance::units).collect();
+        let total: usize = widths.iter().sum();
+        let amount = match (o.count, o.ratio) {
+            (Some(c), _) => c,
+            (None, Some(r)) => (r as f64 * total as f64).round() as usize,
+            (None, None) => 0,
+        } / step.max(1)
+            * step.max(1);
+        let removed = allocate::uniform(&widths, amount, step)?;
+        for (inst, (w, r)) in instances.iter().zip(widths.iter().zip(removed)) {
+            let kept = w - r;
+            match inst {
+                Instance::Channels(c) => {
+                    for p in &c.producers {
+                        groups::plan_keep(model, &p.weight, Some(kept), None);
+                        if let Some(b) = &p.bias {
+                            groups::plan_keep(model, b, Some(kept), None);
+                        }
+                    }
+                    for c in &c.consumers {
+                        groups::plan_keep(model, &c.weight, None, Some(kept));
+                    }
+                }
+                Instance::Heads(h) => {
+                    let (hd, gs) = (h.spec.head_dim, h.group_size());
+                    for (lin, rows) in
+                        [(&h.q, kept * gs * hd), (&h.k, kept * hd), (&h.v, kept * hd)]
+                    {
+                        groups::plan_keep(model, &lin.weight, Some(rows), None);
+                        if let Some(b) = &lin.bias {
+                            groups::plan_keep(model, b, Some(rows), None);
+                        }
+                    }
+                    for c in &h.consumers {
+                        groups::plan_keep(model, &c.weight, None, Some(kept * gs * hd));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn files(&self) -> Vec<(&'static str, String)> {
         self.0
             .calibration

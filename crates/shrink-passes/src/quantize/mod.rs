@@ -216,6 +216,16 @@ impl Pass for Quantize {
         INFO.name
     }
 
+    fn plan(&self, model: &mut Model) -> Result<(), String> {
+        let plan = self.0.plan(model).map_err(|e| e.to_string())?;
+        for (w, s) in plan.linears.iter().chain(&plan.rtn_only) {
+            if let Some(p) = model.graph.param_mut(w) {
+                *p = shrink_ir::ParamType::quantized(*s, p.shape.clone());
+            }
+        }
+        Ok(())
+    }
+
     fn files(&self) -> Vec<(&'static str, String)> {
         self.0
             .calibration
