@@ -465,6 +465,8 @@ fn prune_refuses_non_finite_weights() {
         base_dir: &repo(),
         resume: None,
         progress: &mut progress,
+        input_ppl: None,
+        evaluate: None,
     };
     let err = run_passes(&p.passes, &mut loaded.model, &mut rc, &mut [])
         .expect_err("refused")

@@ -142,6 +142,8 @@ pub fn run_in_process(
         base_dir: &repo(),
         resume: None,
         progress: &mut progress,
+        input_ppl: None,
+        evaluate: None,
     };
     let records = run_passes(&p.passes, &mut model, &mut rc, &mut []).map_err(|e| e.to_string())?;
     Ok((original, model, records))

@@ -212,6 +212,7 @@ fn storage_types(model: &shrink_ir::Model) -> BTreeMap<String, TypeSize> {
         t.bits_per_weight = SizeStats {
             params: t.params,
             bytes: t.bytes,
+            pruned: 0,
         }
         .bits_per_weight();
     }

@@ -4,6 +4,7 @@
 
 mod commands;
 mod progress;
+mod report;
 mod run;
 
 use std::path::PathBuf;
@@ -142,6 +143,14 @@ enum Command {
         #[arg(long, value_enum, default_value_t = QuantExecArg::Dequantize)]
         quantized_exec: QuantExecArg,
     },
+    /// A size-against-perplexity chart (SVG) of one or more `shrink run --json` reports.
+    Report {
+        /// Run reports (`shrink run … --json > run.json`).
+        runs: Vec<PathBuf>,
+        /// The SVG to write.
+        #[arg(long, default_value = "shrink-report.svg")]
+        out: PathBuf,
+    },
     /// The passes: name and summary, or with `--markdown` the reference of every option and
     /// its default (docs/passes.md).
     Passes {
@@ -238,6 +247,7 @@ pub fn main() -> i32 {
             exec: quantized_exec.into(),
         }),
         Command::Inspect { model, ir, json } => commands::inspect(&model, ir, json),
+        Command::Report { runs, out } => report::report(&runs, &out),
         Command::Passes { markdown } => {
             let registry = shrink_passes::Registry::builtin();
             if markdown {

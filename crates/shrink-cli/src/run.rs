@@ -60,25 +60,31 @@ impl Table {
     }
 }
 
+fn fmt_ppl(p: Option<f64>) -> String {
+    p.map_or("-".into(), |p| format!("{p:.3}"))
+}
+
 fn fmt_bytes(b: u64) -> String {
     format!("{:.2} MB", b as f64 / 1e6)
 }
 
 impl Instrumentation for Table {
-    fn start(&mut self, model: &Model) -> Result<(), String> {
+    fn start(&mut self, model: &Model, ppl: Option<f64>) -> Result<(), String> {
         let s = model.size();
         self.line(&format!(
-            "{:<3} {:<14} {:>9} {:>14} {:>12} {:>8}  stats",
-            "#", "pass", "seconds", "params", "bytes", "bits/w"
+            "{:<3} {:<14} {:>9} {:>14} {:>12} {:>8} {:>8} {:>10}  stats",
+            "#", "pass", "seconds", "params", "bytes", "bits/w", "sparsity", "ppl"
         ));
         self.line(&format!(
-            "{:<3} {:<14} {:>9} {:>14} {:>12} {:>8.3}",
+            "{:<3} {:<14} {:>9} {:>14} {:>12} {:>8.3} {:>8.3} {:>10}",
             "0",
             "(input)",
             "",
             s.params,
             fmt_bytes(s.bytes),
-            s.bits_per_weight()
+            s.bits_per_weight(),
+            s.sparsity(),
+            fmt_ppl(ppl)
         ));
         Ok(())
     }
@@ -107,13 +113,15 @@ impl Instrumentation for Table {
             })
             .collect();
         self.line(&format!(
-            "{:<3} {:<14} {:>9.2} {:>14} {:>12} {:>8.3}  {}",
+            "{:<3} {:<14} {:>9.2} {:>14} {:>12} {:>8.3} {:>8.3} {:>10}  {}",
             index + 1,
             r.name,
             r.seconds,
             r.params,
             fmt_bytes(r.bytes),
             r.bits_per_weight,
+            r.sparsity,
+            fmt_ppl(r.ppl),
             stats.join(" ")
         ));
         Ok(())

@@ -17,9 +17,20 @@ pub struct SizeStats {
     pub params: u64,
     /// Bytes the parameters take in storage.
     pub bytes: u64,
+    /// Entries pruned (set in a sparsity mask).
+    pub pruned: u64,
 }
 
 impl SizeStats {
+    /// Pruned entries as a fraction of all parameters.
+    pub fn sparsity(&self) -> f64 {
+        if self.params == 0 {
+            0.0
+        } else {
+            self.pruned as f64 / self.params as f64
+        }
+    }
+
     pub fn bits_per_weight(&self) -> f64 {
         if self.params == 0 {
             0.0
@@ -38,6 +49,7 @@ impl Model {
         let mut s = SizeStats {
             params: 0,
             bytes: 0,
+            pruned: 0,
         };
         for (name, ty) in self.graph.params() {
             s.params += ty.numel() as u64;
@@ -47,6 +59,7 @@ impl Model {
                 .map_or(ty.storage_bytes().unwrap_or(0) as u64, |t| {
                     t.nbytes() as u64
                 });
+            s.pruned += self.weights.mask(name).map_or(0, |m| m.count() as u64);
         }
         s
     }

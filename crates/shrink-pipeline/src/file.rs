@@ -9,6 +9,7 @@
 //!         (pass: "dead-code"),
 //!     ],
 //!     eval: (data: "../data/wikitext-2/test.txt", ctx: 512, chunks: 20, score: "second-half"),
+//!     // eval: (..., every_pass: true) also scores the input and the model after every pass
 //!     output: "out.gguf",                                    // optional: `--out` overrides
 //!     output_format: "gguf",      // optional: "gguf", "hf" or "peft-adapter" (default: by extension)
 //!     seed: 0,
@@ -50,6 +51,8 @@ pub struct EvalSpec {
     pub ctx: usize,
     pub chunks: Option<usize>,
     pub scoring: Scoring,
+    /// Also evaluate the input and the model after every pass (the report's `ppl` per row).
+    pub every_pass: bool,
 }
 
 /// What the output is written as.
@@ -144,6 +147,8 @@ struct RawEval {
     ctx: usize,
     #[serde(default)]
     chunks: Option<usize>,
+    #[serde(default)]
+    every_pass: bool,
     #[serde(default)]
     score: ScoreName,
 }
@@ -363,6 +368,7 @@ impl Pipeline {
                     data: base.join(e.data),
                     ctx: e.ctx,
                     chunks: e.chunks,
+                    every_pass: e.every_pass,
                     scoring: e.score.0.unwrap_or(Scoring::All),
                 })
             }
@@ -480,6 +486,11 @@ impl Pipeline {
                 Scoring::SecondHalf => "second-half",
             };
             let chunks = e.chunks.map_or(String::new(), |c| format!("chunks: {c}, "));
+            let chunks = if e.every_pass {
+                format!("{chunks}every_pass: true, ")
+            } else {
+                chunks
+            };
             s += &format!(
                 "    eval: ({chunks}ctx: {}, data: {}, score: {score:?}),\n",
                 e.ctx,

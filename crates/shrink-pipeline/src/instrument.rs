@@ -46,7 +46,7 @@ impl IrDump {
 }
 
 impl Instrumentation for IrDump {
-    fn start(&mut self, model: &Model) -> Result<(), String> {
+    fn start(&mut self, model: &Model, _ppl: Option<f64>) -> Result<(), String> {
         let text = format!(
             "; input model: {}\n{}",
             self.model.display(),

@@ -22,6 +22,11 @@ pub struct PassRecord {
     pub params: u64,
     pub bytes: u64,
     pub bits_per_weight: f64,
+    /// Pruned entries as a fraction of all parameters.
+    pub sparsity: f64,
+    /// Perplexity after the pass, when the pipeline evaluates after every pass.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ppl: Option<f64>,
     pub changed: bool,
     pub stats: BTreeMap<String, serde_json::Value>,
 }
@@ -29,7 +34,7 @@ pub struct PassRecord {
 /// Hooks around each pass.
 pub trait Instrumentation {
     /// Before the first pass, with the model as loaded.
-    fn start(&mut self, _model: &Model) -> Result<(), String> {
+    fn start(&mut self, _model: &Model, _ppl: Option<f64>) -> Result<(), String> {
         Ok(())
     }
     /// After a pass succeeded and (if it changed the model) verified.
@@ -80,6 +85,10 @@ pub struct RunContext<'a> {
     /// A training checkpoint to continue from (`--resume`).
     pub resume: Option<&'a std::path::Path>,
     pub progress: &'a mut dyn ProgressSink,
+    /// Perplexity of the input (when the pipeline evaluates after every pass), for the hooks.
+    pub input_ppl: Option<f64>,
+    /// Perplexity of a model, when the pipeline evaluates after every pass.
+    pub evaluate: Option<&'a mut dyn FnMut(&Model, &mut dyn ProgressSink) -> Result<f64, String>>,
 }
 
 /// Runs `passes` over `model`.
@@ -90,7 +99,7 @@ pub fn run_passes(
     hooks: &mut [&mut dyn Instrumentation],
 ) -> Result<Vec<PassRecord>, ManagerError> {
     for h in hooks.iter_mut() {
-        h.start(model)
+        h.start(model, rc.input_ppl)
             .map_err(|message| ManagerError::Instrumentation {
                 index: 0,
                 pass: "(start)",
@@ -153,6 +162,16 @@ pub fn run_passes(
             }
         }
         let size = model.size();
+        let ppl = match rc.evaluate.as_mut() {
+            Some(f) => Some(f(model, &mut *rc.progress).map_err(|message| {
+                ManagerError::Instrumentation {
+                    index,
+                    pass: pass.name(),
+                    message: format!("evaluating after the pass: {message}"),
+                }
+            })?),
+            None => None,
+        };
         let record = PassRecord {
             name: pass.name().to_string(),
             options: pass.options(),
@@ -160,6 +179,8 @@ pub fn run_passes(
             params: size.params,
             bytes: size.bytes,
             bits_per_weight: size.bits_per_weight(),
+            sparsity: size.sparsity(),
+            ppl,
             changed: report.changed,
             stats: report.stats,
         };

@@ -49,6 +49,10 @@ pub struct InputRecord {
     pub params: u64,
     pub bytes: u64,
     pub bits_per_weight: f64,
+    pub sparsity: f64,
+    /// Perplexity of the input, when the pipeline evaluates after every pass.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ppl: Option<f64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -180,15 +184,65 @@ pub fn run(
     let original = loaded.model.clone();
     let mut model = loaded.model;
     let size = model.size();
+    let mut tokenizer = loaded.tokenizer;
+    // With `every_pass`: the evaluation text tokenized once, scored after every pass.
+    let every = match &p.eval {
+        Some(e) if e.every_pass => {
+            let text = std::fs::read_to_string(&e.data)
+                .map_err(|err| RunError::Eval(format!("{}: {err}", e.data.display())))?;
+            let tok = tokenizer
+                .as_mut()
+                .ok_or_else(|| RunError::Eval("the model has no tokenizer".into()))?;
+            let tokens = tok
+                .encode(&text, false)
+                .map_err(|m| RunError::Eval(format!("{}: tokenizing: {m}", e.data.display())))?;
+            let popts = PerplexityOptions {
+                ctx: e.ctx,
+                chunks: e.chunks,
+                scoring: e.scoring,
+            };
+            Some((tokens, popts))
+        }
+        _ => None,
+    };
+    let device = opts.device;
+    let mut score =
+        |m: &shrink_ir::Model, progress: &mut dyn ProgressSink| -> Result<f64, String> {
+            let Some((tokens, popts)) = &every else {
+                return Err("no evaluation".into());
+            };
+            let engine = Engine::new(m, device).map_err(|e| e.to_string())?;
+            let total = popts.chunks.map_or(tokens.len() / popts.ctx, |c| {
+                c.min(tokens.len() / popts.ctx)
+            });
+            progress.start("perplexity", total as u64);
+            let r = engine.perplexity(tokens, *popts, &mut |done, _, _| {
+                progress.advance(done as u64)
+            });
+            progress.finish();
+            r.map(|r| r.ppl).map_err(|e| e.to_string())
+        };
+    let input_ppl = match every {
+        Some(_) => Some(score(&model, progress).map_err(RunError::Eval)?),
+        None => None,
+    };
     let input = InputRecord {
         model: model_path.display().to_string(),
         params: size.params,
         bytes: size.bytes,
         bits_per_weight: size.bits_per_weight(),
+        sparsity: size.sparsity(),
+        ppl: input_ppl,
     };
     let base = p.path.parent().unwrap_or(Path::new("")).to_path_buf();
-    let mut tokenizer = loaded.tokenizer;
     let passes = {
+        let evaluate: Option<
+            &mut dyn FnMut(&shrink_ir::Model, &mut dyn ProgressSink) -> Result<f64, String>,
+        > = if input_ppl.is_some() {
+            Some(&mut score)
+        } else {
+            None
+        };
         let mut rc = RunContext {
             device: opts.device,
             original: &original,
@@ -197,6 +251,8 @@ pub fn run(
             base_dir: &base,
             resume: opts.resume.as_deref(),
             progress: &mut *progress,
+            input_ppl,
+            evaluate,
         };
         run_passes(&p.passes, &mut model, &mut rc, hooks)?
     };
