@@ -88,8 +88,11 @@ pub struct RunContext<'a> {
     /// Perplexity of the input (when the pipeline evaluates after every pass), for the hooks.
     pub input_ppl: Option<f64>,
     /// Perplexity of a model, when the pipeline evaluates after every pass.
-    pub evaluate: Option<&'a mut dyn FnMut(&Model, &mut dyn ProgressSink) -> Result<f64, String>>,
+    pub evaluate: Option<Evaluate<'a>>,
 }
+
+/// Scores a model (its perplexity), showing progress.
+pub type Evaluate<'a> = &'a mut dyn FnMut(&Model, &mut dyn ProgressSink) -> Result<f64, String>;
 
 /// Runs `passes` over `model`.
 pub fn run_passes(

@@ -236,9 +236,7 @@ pub fn run(
     };
     let base = p.path.parent().unwrap_or(Path::new("")).to_path_buf();
     let passes = {
-        let evaluate: Option<
-            &mut dyn FnMut(&shrink_ir::Model, &mut dyn ProgressSink) -> Result<f64, String>,
-        > = if input_ppl.is_some() {
+        let evaluate: Option<crate::manager::Evaluate<'_>> = if input_ppl.is_some() {
             Some(&mut score)
         } else {
             None
