@@ -491,3 +491,34 @@ fn dry_run_succeeds_on_every_pipeline_in_the_repository() {
         );
     }
 }
+
+#[test]
+fn quickstart_runs_the_whole_chain_on_the_bundled_model() {
+    let dir = scratch("quickstart");
+    let out = dir.join("quickstart.gguf");
+    let (code, stdout, stderr) = shrink(&[
+        "run",
+        "pipelines/quickstart.ron",
+        "--out",
+        out.to_str().expect("utf-8"),
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let r: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+    let passes = r["passes"].as_array().expect("passes");
+    let names: Vec<&str> = passes.iter().filter_map(|p| p["name"].as_str()).collect();
+    assert_eq!(
+        names,
+        ["prune-structured", "distill", "quantize", "lora", "finetune", "lora-fold"]
+    );
+    let (first, last) = (&r["input"], &passes[passes.len() - 1]);
+    // Smaller, with a perplexity on every row; distillation recovers most of what pruning lost.
+    assert!(last["bytes"].as_u64() < first["bytes"].as_u64().map(|b| b / 4));
+    assert!(passes.iter().all(|p| p["ppl"].as_f64().is_some()));
+    let ppl = |p: &serde_json::Value| p["ppl"].as_f64().expect("ppl");
+    assert!(ppl(&passes[1]) < ppl(&passes[0]));
+    assert!(ppl(last) < 1.1 * ppl(first), "{} vs {}", ppl(last), ppl(first));
+    assert!(out.exists());
+    // The GGUF loads back.
+    shrink::import::load(&out).expect("load the output");
+}
