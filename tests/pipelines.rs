@@ -509,7 +509,14 @@ fn quickstart_runs_the_whole_chain_on_the_bundled_model() {
     let names: Vec<&str> = passes.iter().filter_map(|p| p["name"].as_str()).collect();
     assert_eq!(
         names,
-        ["prune-structured", "distill", "quantize", "lora", "finetune", "lora-fold"]
+        [
+            "prune-structured",
+            "distill",
+            "quantize",
+            "lora",
+            "finetune",
+            "lora-fold"
+        ]
     );
     let (first, last) = (&r["input"], &passes[passes.len() - 1]);
     // Smaller, with a perplexity on every row; distillation recovers most of what pruning lost.
@@ -517,7 +524,12 @@ fn quickstart_runs_the_whole_chain_on_the_bundled_model() {
     assert!(passes.iter().all(|p| p["ppl"].as_f64().is_some()));
     let ppl = |p: &serde_json::Value| p["ppl"].as_f64().expect("ppl");
     assert!(ppl(&passes[1]) < ppl(&passes[0]));
-    assert!(ppl(last) < 1.1 * ppl(first), "{} vs {}", ppl(last), ppl(first));
+    assert!(
+        ppl(last) < 1.1 * ppl(first),
+        "{} vs {}",
+        ppl(last),
+        ppl(first)
+    );
     assert!(out.exists());
     // The GGUF loads back.
     shrink::import::load(&out).expect("load the output");

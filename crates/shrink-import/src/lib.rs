@@ -51,41 +51,34 @@ pub fn load(path: &Path) -> Result<Loaded> {
         && path
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("json"));
-    let loaded = if is_config {
-        // A `config.json` alone: the architecture with seeded random weights (seed 0), the
-        // tokenizer beside it when there is one.
-        let model = hf::load_config_random(path, 0)?;
-        let tj = path.with_file_name("tokenizer.json");
+    // A Hugging Face model with the `tokenizer.json` in `dir`, if there is one.
+    let hf = |model: Model, dir: &Path| -> Result<Loaded> {
+        let tj = dir.join("tokenizer.json");
         let tokenizer = if tj.exists() {
             Some(Tokenizer::from_file(&tj)?)
         } else {
             None
         };
-        Loaded {
+        Ok(Loaded {
             model,
             tokenizer,
             format: SourceFormat::HuggingFace,
             path: path.to_path_buf(),
-        }
+        })
+    };
+    let loaded = if is_config {
+        // A `config.json` alone: the architecture with seeded random weights (seed 0).
+        hf(
+            hf::load_config_random(path, 0)?,
+            path.parent().unwrap_or(Path::new("")),
+        )?
     } else if meta.is_dir() {
         if !path.join("config.json").exists() {
             return Err(ImportError::UnknownFormat {
                 path: path.to_path_buf(),
             });
         }
-        let model = hf::load_model(path)?;
-        let tj = path.join("tokenizer.json");
-        let tokenizer = if tj.exists() {
-            Some(Tokenizer::from_file(&tj)?)
-        } else {
-            None
-        };
-        Loaded {
-            model,
-            tokenizer,
-            format: SourceFormat::HuggingFace,
-            path: path.to_path_buf(),
-        }
+        hf(hf::load_model(path)?, path)?
     } else {
         let file = gguf_import::open(path)?;
         let model = gguf_import::load_model(&file)?;

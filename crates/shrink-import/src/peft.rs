@@ -11,10 +11,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use half::{bf16, f16};
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
-use shrink_ir::{lora, Model};
+use shrink_ir::{lora, DType, Model, ParamType, TensorData};
 
 use crate::error::{ImportError, Result};
 
@@ -186,28 +185,27 @@ impl AdapterConfig {
 }
 
 fn to_f32(path: &Path, name: &str, view: &safetensors::tensor::TensorView<'_>) -> Result<Vec<f32>> {
-    let b = view.data();
-    Ok(match view.dtype() {
-        Dtype::F32 => b
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        Dtype::F16 => b
-            .chunks_exact(2)
-            .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        Dtype::BF16 => b
-            .chunks_exact(2)
-            .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
+    let err = |message: String| ImportError::Tensor {
+        path: path.to_path_buf(),
+        tensor: name.into(),
+        message,
+    };
+    let dtype = match view.dtype() {
+        Dtype::F32 => DType::F32,
+        Dtype::F16 => DType::F16,
+        Dtype::BF16 => DType::BF16,
         d => {
-            return Err(ImportError::Tensor {
-                path: path.to_path_buf(),
-                tensor: name.into(),
-                message: format!("dtype {d:?} is not supported (F32, F16, BF16)"),
-            })
+            return Err(err(format!(
+                "dtype {d:?} is not supported (F32, F16, BF16)"
+            )))
         }
-    })
+    };
+    let t = TensorData::from_bytes(
+        ParamType::new(dtype, view.shape().to_vec()),
+        view.data().to_vec(),
+    )
+    .map_err(err)?;
+    Ok(t.to_f32())
 }
 
 /// Attaches the PEFT adapter in directory `dir` to `model` (which must be its base model).

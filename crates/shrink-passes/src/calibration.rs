@@ -31,6 +31,14 @@ impl Default for CalibrationOptions {
 }
 
 impl CalibrationOptions {
+    /// The file it reads, for [`crate::Pass::files`].
+    pub fn files(&self) -> Vec<(&'static str, String)> {
+        self.data
+            .iter()
+            .map(|d| ("calibration.data", d.clone()))
+            .collect()
+    }
+
     /// `samples` windows of `seq_len` tokens at seeded random offsets of the tokenized file
     /// (as GPTQ draws from WikiText-2).
     pub fn sequences(

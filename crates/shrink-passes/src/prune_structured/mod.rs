@@ -302,12 +302,7 @@ impl Pass for PruneStructured {
     }
 
     fn files(&self) -> Vec<(&'static str, String)> {
-        self.0
-            .calibration
-            .data
-            .iter()
-            .map(|d| ("calibration.data", d.clone()))
-            .collect()
+        self.0.calibration.files()
     }
 
     fn needs(&self) -> crate::Needs {

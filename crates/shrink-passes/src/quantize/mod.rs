@@ -227,12 +227,7 @@ impl Pass for Quantize {
     }
 
     fn files(&self) -> Vec<(&'static str, String)> {
-        self.0
-            .calibration
-            .data
-            .iter()
-            .map(|d| ("calibration.data", d.clone()))
-            .collect()
+        self.0.calibration.files()
     }
 
     fn options(&self) -> String {
