@@ -178,7 +178,6 @@ fn folding_equals_the_adapters_applied() {
 
 #[test]
 fn folding_onto_a_quantized_base_requantizes_and_reports_or_refuses() {
-    let dir = scratch("lora-qfold");
     // Q8_0 base (tiny-llama's rows are 64 or 160 wide: multiples of 32), PEFT adapter on it.
     let (_, mut q, _) = run_in_process(
         &fixture("tiny-llama"),
@@ -221,7 +220,6 @@ fn folding_onto_a_quantized_base_requantizes_and_reports_or_refuses() {
         err.contains("model.layers.0.") && err.contains("quantized"),
         "{err}"
     );
-    drop(dir);
 }
 
 /// `shrink run` of pipeline text on a tiny model; returns (exit code, JSON report, stderr).

@@ -7,10 +7,9 @@ use shrink::ir::Model;
 use shrink::passes::linalg::host_matmul;
 use shrink::passes::prune::sparsegpt::{sparsegpt, SparseGptOptions};
 use shrink::passes::prune::{magnitude_mask, wanda_mask, Amount};
-use shrink::passes::{NoProgress, Registry};
-use shrink::pipeline::{run_passes, PassRecord, Pipeline, RunContext};
+use shrink::pipeline::PassRecord;
 
-use crate::common::{fixture, golden, repo, run_in_process};
+use crate::common::{fixture, golden, repo, run_in_process, run_on};
 
 fn g(name: &str) -> (Vec<usize>, Vec<f64>) {
     golden(&fixture("prune/golden.safetensors"), name)
@@ -449,27 +448,7 @@ fn prune_refuses_non_finite_weights() {
     v[3 * 64 + 5] = f32::NAN;
     let data = shrink::ir::TensorData::from_f32(t.ty.dtype, t.ty.shape.clone(), &v).expect("data");
     loaded.model.weights.insert(name, data);
-    let registry = Registry::builtin();
-    let p = Pipeline::parse(
-        &repo().join("p.ron"),
-        &format!("(passes: [{}])", prune("")),
-        &registry,
-    )
-    .expect("pipeline");
-    let original = loaded.model.clone();
-    let mut progress = NoProgress;
-    let mut rc = RunContext {
-        device: shrink::runtime::Device::Cpu,
-        original: &original,
-        tokenizer: loaded.tokenizer.as_ref(),
-        seed: 0,
-        base_dir: &repo(),
-        resume: None,
-        progress: &mut progress,
-        input_ppl: None,
-        evaluate: None,
-    };
-    let err = run_passes(&p.passes, &mut loaded.model, &mut rc, &mut [])
+    let err = run_on(loaded.model, loaded.tokenizer.as_ref(), &prune(""))
         .expect_err("refused")
         .to_string();
     assert!(

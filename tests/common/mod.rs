@@ -112,32 +112,38 @@ pub fn data(rel: &str) -> PathBuf {
     repo().join("data").join(rel)
 }
 
+/// What an in-process run returns: the model before and after, and the records.
+pub type InProcess = (
+    shrink::ir::Model,
+    shrink::ir::Model,
+    Vec<shrink::pipeline::PassRecord>,
+);
+
 /// Runs `passes` (RON pass entries; paths relative to the repository) on the model at `model`
-/// in-process; returns the model before and after, and the records.
-pub fn run_in_process(
-    model: &Path,
-    passes: &str,
-) -> Result<
-    (
-        shrink::ir::Model,
-        shrink::ir::Model,
-        Vec<shrink::pipeline::PassRecord>,
-    ),
-    String,
-> {
-    use shrink::pipeline::{run_passes, Pipeline, RunContext};
+/// in-process.
+pub fn run_in_process(model: &Path, passes: &str) -> Result<InProcess, String> {
     let loaded = shrink::import::load(model).map_err(|e| e.to_string())?;
+    run_on(loaded.model, loaded.tokenizer.as_ref(), passes)
+}
+
+/// Runs `passes` on `model` in-process (errors as the pass manager words them).
+pub fn run_on(
+    model: shrink::ir::Model,
+    tokenizer: Option<&shrink::import::Tokenizer>,
+    passes: &str,
+) -> Result<InProcess, String> {
+    use shrink::pipeline::{run_passes, Pipeline, RunContext};
     let registry = shrink::passes::Registry::builtin();
     let path = repo().join("p.ron");
     let p = Pipeline::parse(&path, &format!("(passes: [{passes}])"), &registry)
         .map_err(|e| e.to_string())?;
-    let original = loaded.model.clone();
-    let mut model = loaded.model;
+    let original = model.clone();
+    let mut model = model;
     let mut progress = shrink::passes::NoProgress;
     let mut rc = RunContext {
         device: shrink::runtime::Device::Cpu,
         original: &original,
-        tokenizer: loaded.tokenizer.as_ref(),
+        tokenizer,
         seed: 0,
         base_dir: &repo(),
         resume: None,

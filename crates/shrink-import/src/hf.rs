@@ -157,8 +157,13 @@ fn read_config(dir: &Path) -> Result<HfArch> {
 }
 
 fn read_config_file(path: &Path) -> Result<HfArch> {
+    parse_config(path, read_json(path)?)
+}
+
+/// The architecture of a parsed `config.json` (`path` names it in errors).
+fn parse_config(path: &Path, json: Value) -> Result<HfArch> {
     let path = path.to_path_buf();
-    let json = match read_json(&path)? {
+    let json = match json {
         Value::Object(m) => m,
         _ => {
             return Err(ImportError::Json {
@@ -626,11 +631,12 @@ pub fn load_model(dir: &Path) -> Result<Model> {
 /// saved checkpoint (GPT-2 under `transformer.`), with tied embeddings unless the config
 /// unties them.
 pub fn load_config_random(path: &Path, seed: u64) -> Result<Model> {
-    let arch = read_config_file(path)?;
-    let std = read_json(path)?
+    let json = read_json(path)?;
+    let std = json
         .get("initializer_range")
         .and_then(Value::as_f64)
         .unwrap_or(0.02) as f32;
+    let arch = parse_config(path, json)?;
     let graph = match arch {
         HfArch::Llama(c) => c.build(),
         HfArch::Gpt2(mut c) => {

@@ -75,6 +75,21 @@ pub trait Pass {
     fn needs(&self) -> Needs {
         Needs::Any
     }
+    /// What the pass does that later passes' needs depend on, for the same checks.
+    fn effect(&self) -> Option<Effect> {
+        None
+    }
+}
+
+/// What a pass leaves that the ordering checks track.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// Weights stored quantized.
+    Quantizes,
+    /// LoRA adapters attached.
+    AttachesAdapters,
+    /// LoRA adapters merged away.
+    FoldsAdapters,
 }
 
 /// What a pass needs of its input model.
@@ -103,6 +118,26 @@ pub trait ProgressSink {
     /// A line for the user to keep (e.g. LoRA's trainable-parameter count).
     fn message(&mut self, _line: &str) {}
     fn finish(&mut self);
+}
+
+/// `engine.perplexity` with its chunks shown on `progress` under `what`: the one loop behind
+/// `eval`, a pipeline's evaluations and the training passes' held-out perplexity.
+pub fn perplexity_with_progress(
+    engine: &shrink_runtime::Engine,
+    tokens: &[u32],
+    opts: shrink_runtime::PerplexityOptions,
+    what: &str,
+    progress: &mut dyn ProgressSink,
+) -> Result<shrink_runtime::Perplexity, shrink_runtime::RuntimeError> {
+    let fit = tokens.len() / opts.ctx.max(1);
+    let total = opts.chunks.map_or(fit, |c| c.min(fit));
+    progress.start(what, total as u64);
+    let r = engine.perplexity(tokens, opts, &mut |done, _, ppl| {
+        progress.advance(done as u64);
+        progress.note(&format!("perplexity {ppl:.4}"));
+    });
+    progress.finish();
+    r
 }
 
 /// A sink that shows nothing.

@@ -156,6 +156,10 @@ impl LoraOptions {
                 .iter()
                 .any(|e| target_matches(e, lora::module_of(w)))
         });
+        let attached: Vec<String> = lora::adapters(model)
+            .into_iter()
+            .map(|a| a.weight)
+            .collect();
         let mut out = Vec::new();
         // In graph order, so the random draws do not depend on the order of `targets`.
         for (w, _) in &linears {
@@ -175,7 +179,7 @@ impl LoraOptions {
                     self.r
                 ));
             }
-            if lora::adapters(model).iter().any(|a| &a.weight == w) {
+            if attached.contains(w) {
                 return Err(format!("{module} already carries an adapter"));
             }
             out.push((w.clone(), o, i));
@@ -232,6 +236,10 @@ impl Pass for LoraPass {
 
     fn check(&self) -> Result<(), String> {
         self.0.check()
+    }
+
+    fn effect(&self) -> Option<crate::Effect> {
+        Some(crate::Effect::AttachesAdapters)
     }
 
     fn plan(&self, model: &mut Model) -> Result<(), String> {

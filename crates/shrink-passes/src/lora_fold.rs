@@ -81,6 +81,10 @@ impl Pass for LoraFold {
         canonical_ron(&self.0)
     }
 
+    fn effect(&self) -> Option<crate::Effect> {
+        Some(crate::Effect::FoldsAdapters)
+    }
+
     fn plan(&self, model: &mut Model) -> Result<(), String> {
         for a in lora::adapters(model) {
             let p = model.graph.param_mut(&a.weight);

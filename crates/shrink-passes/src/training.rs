@@ -288,18 +288,8 @@ impl Prepared {
             return Ok(None);
         };
         let engine = Engine::new(model, cx.device).map_err(|e| e.to_string())?;
-        let total = opts
-            .chunks
-            .unwrap_or(usize::MAX)
-            .min(tokens.len() / opts.ctx);
-        cx.progress
-            .start(&format!("held-out perplexity {when}"), total as u64);
-        let progress = &mut *cx.progress;
-        let r = engine.perplexity(tokens, *opts, &mut |done, _, ppl| {
-            progress.advance(done as u64);
-            progress.note(&format!("perplexity {ppl:.4}"));
-        });
-        cx.progress.finish();
+        let what = format!("held-out perplexity {when}");
+        let r = crate::perplexity_with_progress(&engine, tokens, *opts, &what, cx.progress);
         Ok(Some(r.map_err(|e| e.to_string())?.ppl))
     }
 

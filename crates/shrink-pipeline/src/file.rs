@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use ron::extensions::Extensions;
 use ron::value::RawValue;
 use serde::Deserialize;
-use shrink_passes::{Needs, Pass, Registry};
+use shrink_passes::{Effect, Needs, Pass, Registry};
 use shrink_runtime::Scoring;
 
 /// An error in a pipeline file, at a position where one is known.
@@ -326,13 +326,14 @@ impl Pipeline {
                 }
                 _ => {}
             }
-            match entry.pass.as_str() {
-                "quantize" => quantized_at = Some(line_col(text, at)),
-                "lora" => adapters = true,
-                "lora-fold" => adapters = false,
-                _ => {}
+            match pass.effect() {
+                Some(Effect::Quantizes) => quantized_at = Some(line_col(text, at)),
+                Some(Effect::AttachesAdapters) => adapters = true,
+                Some(Effect::FoldsAdapters) => adapters = false,
+                None => {}
             }
-            if entry.pass == "lora-fold" && !passes.iter().any(|p| p.pass.name() == "lora") {
+            let attaches = |p: &PassEntry| p.pass.effect() == Some(Effect::AttachesAdapters);
+            if pass.effect() == Some(Effect::FoldsAdapters) && !passes.iter().any(attaches) {
                 return Err(err(
                     Some(line_col(text, name_at)),
                     "pass 'lora-fold' has no adapters to fold: no 'lora' pass comes before it"
@@ -440,9 +441,9 @@ impl Pipeline {
         self.passes
             .iter()
             .rev()
-            .map(|e| e.pass.name())
-            .find(|n| *n == "lora" || *n == "lora-fold")
-            == Some("lora")
+            .filter_map(|e| e.pass.effect())
+            .find(|e| matches!(e, Effect::AttachesAdapters | Effect::FoldsAdapters))
+            == Some(Effect::AttachesAdapters)
     }
 
     /// How `out` is written: the pipeline's `output_format`, else by extension.

@@ -131,16 +131,8 @@ pub fn evaluate(
     let tokens = tokenizer.encode(text, false);
     progress.finish();
     let tokens = tokens.map_err(|m| format!("{}: tokenizing: {m}", data.display()))?;
-    let total = opts.chunks.map_or(tokens.len() / opts.ctx.max(1), |c| {
-        c.min(tokens.len() / opts.ctx.max(1))
-    });
-    progress.start("perplexity", total as u64);
     let start = Instant::now();
-    let r = engine.perplexity(&tokens, opts, &mut |done, _, ppl| {
-        progress.advance(done as u64);
-        progress.note(&format!("perplexity {ppl:.4}"));
-    });
-    progress.finish();
+    let r = shrink_passes::perplexity_with_progress(engine, &tokens, opts, "perplexity", progress);
     let r = r.map_err(|err| format!("{}: evaluating: {err}", data.display()))?;
     let seconds = start.elapsed().as_secs_f64();
     let record = EvalRecord {
@@ -212,15 +204,9 @@ pub fn run(
                 return Err("no evaluation".into());
             };
             let engine = Engine::new(m, device).map_err(|e| e.to_string())?;
-            let total = popts.chunks.map_or(tokens.len() / popts.ctx, |c| {
-                c.min(tokens.len() / popts.ctx)
-            });
-            progress.start("perplexity", total as u64);
-            let r = engine.perplexity(tokens, *popts, &mut |done, _, _| {
-                progress.advance(done as u64)
-            });
-            progress.finish();
-            r.map(|r| r.ppl).map_err(|e| e.to_string())
+            shrink_passes::perplexity_with_progress(&engine, tokens, *popts, "perplexity", progress)
+                .map(|r| r.ppl)
+                .map_err(|e| e.to_string())
         };
     let input_ppl = match every {
         Some(_) => Some(score(&model, progress).map_err(RunError::Eval)?),
@@ -283,8 +269,7 @@ pub fn run(
             errors,
         })?;
         let format = p.output_format_for(&out);
-        let adapters = shrink_ir::lora::adapters(&model).len();
-        check_output(format, adapters > 0, &out)?;
+        // `check_output` ran before the passes; the writers refuse adapters they cannot hold.
         progress.start(&format!("writing {}", out.display()), 0);
         let written = match format {
             OutputFormat::Gguf => {

@@ -14,7 +14,9 @@ use burn::tensor::{Int, Tensor, TensorData as BurnData};
 use shrink_ir::{Model, NodeId, Op, ValueId};
 
 use crate::error::{Result, RuntimeError};
-use crate::interp::{activate, attention, linear_row_blocks, norm, rope_tables, upload};
+use crate::interp::{
+    activate, attention, linear_row_blocks, lora_update, norm, rope_tables, transpose, upload,
+};
 use crate::{Cpu, Device};
 
 /// The inputs of a group of linears that read the same value, over all calibration tokens.
@@ -376,9 +378,12 @@ fn run_on<B: Backend>(
                     Some(l) => {
                         let (a, sa) = param(model, &l.a)?;
                         let (bm, sb) = param(model, &l.b)?;
-                        let a = upload::<B, 2>(a, [sa[0], sa[1]], device);
-                        let bm = upload::<B, 2>(bm, [sb[0], sb[1]], device);
-                        Some((a, bm, l.scale))
+                        // As the interpreter's inference layout: `Aᵀ [in, r]`, `Bᵀ [r, out]`.
+                        let a_t =
+                            upload::<B, 2>(transpose(&a, sa[0], sa[1]), [sa[1], sa[0]], device);
+                        let b_t =
+                            upload::<B, 2>(transpose(&bm, sb[0], sb[1]), [sb[1], sb[0]], device);
+                        Some((a_t, b_t, l.scale))
                     }
                     None => None,
                 };
@@ -392,11 +397,7 @@ fn run_on<B: Backend>(
                                 b.as_ref(),
                             );
                             match &adapter {
-                                Some((a, bm, scale)) => {
-                                    let h = linear_row_blocks(x, std::iter::once(a.clone()), None);
-                                    y + linear_row_blocks(h, std::iter::once(bm.clone()), None)
-                                        * *scale
-                                }
+                                Some((a_t, b_t, scale)) => y + lora_update(x, a_t, b_t, *scale),
                                 None => y,
                             }
                         })

@@ -525,8 +525,7 @@ impl<B: Backend> Interpreter<B> {
         } else {
             x
         };
-        let h = linear(x, &self.matrix_t(l.a), None);
-        y + linear(h, &self.matrix_t(l.b), None) * l.scale
+        y + lora_update(x, &self.matrix_t(l.a), &self.matrix_t(l.b), l.scale)
     }
 
     fn vector(&self, index: usize) -> Tensor<B, 1> {
@@ -839,6 +838,17 @@ pub(crate) fn rope_tables<B: Backend>(
         upload::<B, 2>(cos, [positions, half], device),
         upload::<B, 2>(sin, [positions, half], device),
     )
+}
+
+/// A LoRA adapter's update `scale · (x Aᵀ) Bᵀ`, given `Aᵀ [in, r]` and `Bᵀ [r, out]`: the one
+/// definition the interpreter and the calibration executor share.
+pub(crate) fn lora_update<B: Backend>(
+    x: Tensor<B, 3>,
+    a_t: &Tensor<B, 2>,
+    b_t: &Tensor<B, 2>,
+    scale: f32,
+) -> Tensor<B, 3> {
+    linear(linear(x, a_t, None), b_t, None) * scale
 }
 
 pub(crate) fn linear<B: Backend>(

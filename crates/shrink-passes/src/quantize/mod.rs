@@ -230,6 +230,10 @@ impl Pass for Quantize {
         self.0.calibration.files()
     }
 
+    fn effect(&self) -> Option<crate::Effect> {
+        Some(crate::Effect::Quantizes)
+    }
+
     fn options(&self) -> String {
         canonical_ron(&self.0)
     }
