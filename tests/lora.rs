@@ -9,7 +9,7 @@ use serde_json::Value;
 use shrink::ir::{lora, Model};
 use shrink::runtime::{Device, Engine};
 
-use crate::common::{data, fixture, golden, run_in_process, scratch, shrink};
+use crate::common::{data, fixture, golden, run_in_process, run_on, scratch, shrink};
 
 const MODELS: [&str; 2] = ["tiny-llama", "tiny-gpt2"];
 
@@ -540,4 +540,75 @@ fn fresh_adapters_leave_the_output_unchanged() {
         let (ids, _) = peft_golden(name);
         assert_eq!(logits(&base, &ids), logits(&with, &ids), "{name}");
     }
+}
+
+/// Root-mean-square difference of two logit vectors.
+fn rms_diff(a: &[f32], b: &[f32]) -> f64 {
+    let se: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+    (se / a.len().max(1) as f64).sqrt()
+}
+
+#[test]
+fn gptq_fold_keeps_more_of_a_small_update_than_round_to_nearest() {
+    // A q4_0 base with adapters whose update is of the order of q4_0's rounding step:
+    // requantizing by round-to-nearest rounds most of it away; GPTQ on calibration text
+    // compensates each column's rounding in the others and keeps more of it.
+    let loaded = shrink::import::load(&crate::common::repo().join("fixtures/shakespeare-llama"))
+        .expect("bundled model");
+    let tok = loaded.tokenizer.as_ref().expect("tokenizer");
+    let base = "(pass: \"quantize\", options: (method: rtn, scheme: \"q4_0\")), \
+                (pass: \"lora\", options: (r: 8, alpha: 1.0, init: random, seed: 3))";
+    let (_, adapted, _) = run_on(loaded.model.clone(), Some(tok), base).expect("lora");
+    let text =
+        std::fs::read_to_string(crate::common::repo().join("data/tinyshakespeare/heldout.txt"))
+            .expect("heldout");
+    let all = tok.clone().encode(&text[..20_000], false).expect("encode");
+    let ids: Vec<Vec<u32>> = all.chunks(64).take(8).map(<[u32]>::to_vec).collect();
+    let want = logits(&adapted, &ids);
+    let plain = {
+        let mut m = adapted.clone();
+        for a in lora::adapters(&adapted) {
+            lora::detach(&mut m, a.node);
+        }
+        logits(&m, &ids)
+    };
+    let calib =
+        "calibration: (data: \"data/tinyshakespeare/train.txt\", samples: 16, seq_len: 128)";
+    let fold = |how: &str| {
+        let (_, m, records) = run_on(
+            loaded.model.clone(),
+            Some(tok),
+            &format!("{base}, (pass: \"lora-fold\", options: (quantized: {how}, {calib}))"),
+        )
+        .expect("fold");
+        assert!(lora::adapters(&m).is_empty());
+        assert!(m
+            .graph
+            .params()
+            .iter()
+            .filter(|(n, _)| n.contains("_proj"))
+            .all(|(_, t)| t.quant.map(|q| q.to_string()) == Some("q4_0".into())));
+        (rms_diff(&logits(&m, &ids), &want), records[2].stats.clone())
+    };
+    let update = rms_diff(&plain, &want);
+    let (rtn, _) = fold("requantize");
+    let (gptq, stats) = fold("gptq");
+    eprintln!("update {update:.4}, left by requantize {rtn:.4}, by gptq {gptq:.4}");
+    let ratio = stats["requantized_by_gptq"]["output_error_vs_rtn"]
+        .as_f64()
+        .expect("output error vs rtn");
+    assert!(ratio < 1.0, "GPTQ's output error against RTN's: {ratio}");
+    assert!(
+        rtn > 0.3 * update,
+        "the update is not below the rounding step: {rtn} vs {update}"
+    );
+    assert!(gptq < 0.8 * rtn, "gptq fold {gptq} vs requantize {rtn}");
+    // Without calibration text the pipeline is refused when read.
+    let err = run_on(
+        loaded.model.clone(),
+        Some(tok),
+        &format!("{base}, (pass: \"lora-fold\", options: (quantized: gptq))"),
+    )
+    .expect_err("refused");
+    assert!(err.contains("calibration.data"), "{err}");
 }

@@ -2,8 +2,9 @@
 //! drops the adapter: a plain model with no extra latency. A float base takes the update in
 //! f32 and is stored back in its dtype (exact for f32). A quantized base is dequantized,
 //! merged and requantized in its scheme, the error requantizing adds reported per tensor
-//! (`quantized: requantize`, the default); or kept in f32 (`dequantize`: exact); or refused
-//! (`refuse`).
+//! (`quantized: requantize`, the default); or requantized by GPTQ on calibration text
+//! (`gptq`), which keeps much more of an update smaller than the scheme's rounding step; or
+//! kept in f32 (`dequantize`: exact); or refused (`refuse`).
 
 use std::collections::BTreeMap;
 
@@ -11,6 +12,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use shrink_ir::{lora, Model, TensorData};
 
+use crate::calibration::CalibrationOptions;
+use crate::quantize::gptq::GptqOptions;
+use crate::quantize::{Method, Override, Quantize, QuantizeOptions, SchemeName};
 use crate::{
     canonical_ron, json_f64, parse_options, Pass, PassContext, PassError, PassInfo, PassReport,
 };
@@ -27,6 +31,10 @@ pub const INFO: PassInfo = PassInfo {
 pub enum QuantizedBase {
     /// Dequantize, merge, requantize in the same scheme; report the added error.
     Requantize,
+    /// Dequantize, merge, requantize in the same scheme by GPTQ on `calibration` text: the
+    /// rounding of each column is compensated in the others, so an update smaller than the
+    /// rounding step is not simply rounded away.
+    Gptq,
     /// Dequantize and merge, keeping the result in f32 (exact; quantize again later).
     Dequantize,
     /// Fail, naming the module (keep the adapter separate instead).
@@ -37,12 +45,18 @@ pub enum QuantizedBase {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LoraFoldOptions {
+    /// Calibration text for `quantized: gptq`.
+    pub calibration: CalibrationOptions,
+    /// GPTQ's options for `quantized: gptq`.
+    pub gptq: GptqOptions,
     pub quantized: QuantizedBase,
 }
 
 impl Default for LoraFoldOptions {
     fn default() -> Self {
         LoraFoldOptions {
+            calibration: CalibrationOptions::default(),
+            gptq: GptqOptions::default(),
             quantized: QuantizedBase::Requantize,
         }
     }
@@ -83,6 +97,22 @@ impl Pass for LoraFold {
 
     fn effect(&self) -> Option<crate::Effect> {
         Some(crate::Effect::FoldsAdapters)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.0.quantized == QuantizedBase::Gptq && self.0.calibration.data.is_none() {
+            return Err(
+                "quantized: gptq needs calibration.data, a text file to calibrate on".into(),
+            );
+        }
+        Ok(())
+    }
+
+    fn files(&self) -> Vec<(&'static str, String)> {
+        match self.0.quantized {
+            QuantizedBase::Gptq => self.0.calibration.files(),
+            _ => Vec::new(),
+        }
     }
 
     fn plan(&self, model: &mut Model) -> Result<(), String> {
@@ -132,6 +162,8 @@ impl Pass for LoraFold {
         }
         cx.progress.start("folding adapters", adapters.len() as u64);
         let mut requantized = BTreeMap::new();
+        // `quantized: gptq`: the merged weights wait in f32 for GPTQ, by scheme.
+        let mut for_gptq: BTreeMap<String, shrink_ir::QuantScheme> = BTreeMap::new();
         for (k, ad) in adapters.iter().enumerate() {
             let module = lora::module_of(&ad.weight).to_string();
             let get = |name: &str| -> Result<(Vec<usize>, Vec<f32>), PassError> {
@@ -156,7 +188,15 @@ impl Pass for LoraFold {
                 .ok_or_else(|| fail(format!("{module}: weight not declared")))?;
             let data = match ty.quant {
                 None => TensorData::from_f32(ty.dtype, ws.clone(), &w),
-                Some(_) if self.0.quantized == QuantizedBase::Dequantize => {
+                Some(q)
+                    if matches!(
+                        self.0.quantized,
+                        QuantizedBase::Dequantize | QuantizedBase::Gptq
+                    ) =>
+                {
+                    if self.0.quantized == QuantizedBase::Gptq {
+                        for_gptq.insert(ad.weight.clone(), q);
+                    }
                     model.graph.declare_param(
                         ad.weight.clone(),
                         shrink_ir::ParamType::new(shrink_ir::DType::F32, ws.clone()),
@@ -202,6 +242,29 @@ impl Pass for LoraFold {
             changed: true,
             ..Default::default()
         };
+        if let Some(&first) = for_gptq.values().next() {
+            let gptq = Quantize(QuantizeOptions {
+                calibration: self.0.calibration.clone(),
+                gptq: self.0.gptq.clone(),
+                include: for_gptq.keys().cloned().collect(),
+                method: Method::Gptq,
+                overrides: for_gptq
+                    .iter()
+                    .filter(|(_, &q)| q != first)
+                    .map(|(n, &q)| Override {
+                        pattern: n.clone(),
+                        scheme: SchemeName(q),
+                    })
+                    .collect(),
+                scheme: SchemeName(first),
+                ..Default::default()
+            })
+            .run(model, cx)
+            .map_err(|e| fail(format!("requantizing by GPTQ: {e}")))?;
+            report
+                .stats
+                .insert("requantized_by_gptq".into(), json!(gptq.stats));
+        }
         report.stats.insert("folded".into(), adapters.len().into());
         if !requantized.is_empty() {
             report

@@ -23,8 +23,10 @@ pub struct TrainOptions {
     /// A checkpoint every `every` steps (and after the last) in `dir`, relative to the
     /// pipeline file; `shrink run --resume FILE` continues from one.
     pub checkpoint: Option<CheckpointOptions>,
-    /// The training text (UTF-8), relative to the pipeline file.
-    pub data: Option<String>,
+    /// The training text (UTF-8), relative to the pipeline file: one file, or a list read in
+    /// order as one text (sequences are drawn from all of it, so each file weighs by its
+    /// length).
+    pub data: Option<TextFiles>,
     /// Perplexity on held-out text before and after training, reported.
     pub heldout: Option<HeldoutOptions>,
     /// Peak learning rate (AdamW).
@@ -69,6 +71,29 @@ impl Default for TrainOptions {
             warmup: None,
             weight_decay: 0.0,
         }
+    }
+}
+
+/// One text file, or several.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TextFiles {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl TextFiles {
+    pub fn paths(&self) -> Vec<&str> {
+        match self {
+            TextFiles::One(p) => vec![p.as_str()],
+            TextFiles::Many(ps) => ps.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
+impl std::fmt::Display for TextFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.paths().join(" + "))
     }
 }
 
@@ -123,7 +148,8 @@ impl TrainOptions {
         let mut f: Vec<(&'static str, String)> = self
             .data
             .iter()
-            .map(|d| ("train.data", d.clone()))
+            .flat_map(|d| d.paths())
+            .map(|d| ("train.data", d.to_string()))
             .collect();
         if let Some(h) = &self.heldout {
             f.push(("train.heldout.data", h.data.clone()));
@@ -157,7 +183,7 @@ impl TrainOptions {
         if self.checkpoint.as_ref().is_some_and(|c| c.every == 0) {
             return Err("train.checkpoint.every must be at least 1".into());
         }
-        if self.data.is_none() {
+        if self.data.as_ref().is_none_or(|d| d.paths().is_empty()) {
             return Err("train.data is not set: name a training text file".into());
         }
         self.budget().map(|_| ())
@@ -194,8 +220,11 @@ impl TrainOptions {
     ) -> Result<Prepared, String> {
         self.check()?;
         let (steps, warmup) = self.budget()?;
-        let data = self.data.as_deref().ok_or("train.data is not set")?;
-        let tokens = read_tokens(cx, data, "train.data")?;
+        let data = self.data.as_ref().ok_or("train.data is not set")?;
+        let mut tokens = Vec::new();
+        for path in data.paths() {
+            tokens.extend(read_tokens(cx, path, "train.data")?);
+        }
         let windows = tokens.len().saturating_sub(1) / self.seq_len;
         if windows < self.batch {
             return Err(format!(
@@ -413,4 +442,34 @@ fn curve_point(r: &StepRecord) -> Value {
         }
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<TrainOptions, ron::error::SpannedError> {
+        let raw = ron::value::RawValue::from_ron(text).unwrap();
+        crate::options::parse_options(Some(raw))
+    }
+
+    #[test]
+    fn data_is_one_file_or_a_list() {
+        let one = parse(r#"(data: "a.txt")"#).unwrap();
+        assert_eq!(one.files(), vec![("train.data", "a.txt".to_string())]);
+        let two = parse(r#"(data: ["a.txt", "b.txt"])"#).unwrap();
+        assert_eq!(
+            two.files(),
+            vec![
+                ("train.data", "a.txt".to_string()),
+                ("train.data", "b.txt".to_string())
+            ]
+        );
+        assert_eq!(two.data.as_ref().unwrap().to_string(), "a.txt + b.txt");
+        let text = crate::options::canonical_ron(&two);
+        assert_eq!(parse(&text).unwrap(), two, "{text}");
+        let empty = parse(r#"(data: [])"#).unwrap();
+        assert!(empty.check().unwrap_err().contains("train.data is not set"));
+        assert!(parse(r#"(data: 3)"#).is_err());
+    }
 }
