@@ -18,11 +18,11 @@ fn tiny() -> shrink::import::Loaded {
 
 fn calibration() -> shrink::passes::calibration::CalibrationOptions {
     shrink::passes::calibration::CalibrationOptions {
-        data: Some(
+        data: Some(shrink::passes::calibration::TextFiles::One(
             crate::common::data("tinyshakespeare/input.txt")
                 .to_string_lossy()
                 .into_owned(),
-        ),
+        )),
         samples: 8,
         seq_len: 32,
     }
@@ -465,11 +465,11 @@ fn smollm2_sensitivity_protects_layer_0() {
             probe_ratios: vec![0.3],
             probe_samples: 2,
             calibration: shrink::passes::calibration::CalibrationOptions {
-                data: Some(
+                data: Some(shrink::passes::calibration::TextFiles::One(
                     crate::common::data("wikitext-2/valid.txt")
                         .to_string_lossy()
                         .into_owned(),
-                ),
+                )),
                 samples: 2,
                 seq_len: 64,
             },

@@ -12,8 +12,9 @@ use shrink_import::Tokenizer;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CalibrationOptions {
-    /// A UTF-8 text file, relative to the pipeline file. Never the evaluation text.
-    pub data: Option<String>,
+    /// A UTF-8 text file, relative to the pipeline file, or a list read in order as one
+    /// text. Never the evaluation text.
+    pub data: Option<TextFiles>,
     /// Number of sequences.
     pub samples: usize,
     /// Tokens per sequence.
@@ -35,7 +36,8 @@ impl CalibrationOptions {
     pub fn files(&self) -> Vec<(&'static str, String)> {
         self.data
             .iter()
-            .map(|d| ("calibration.data", d.clone()))
+            .flat_map(|d| d.paths())
+            .map(|d| ("calibration.data", d.to_string()))
             .collect()
     }
 
@@ -47,7 +49,7 @@ impl CalibrationOptions {
         tokenizer: Option<&Tokenizer>,
         rng: &mut StdRng,
     ) -> Result<Vec<Vec<u32>>, String> {
-        let data = self.data.as_deref().ok_or(
+        let data = self.data.as_ref().filter(|d| !d.paths().is_empty()).ok_or(
             "calibration.data is not set: name a text file to draw calibration sequences from",
         )?;
         if self.samples == 0 || self.seq_len < 2 {
@@ -56,12 +58,19 @@ impl CalibrationOptions {
                 self.samples, self.seq_len
             ));
         }
-        let path: PathBuf = base_dir.join(data);
-        let ids = tokenize_file(&path, tokenizer, "calibration.data", "calibration")?;
+        let mut ids = Vec::new();
+        for p in data.paths() {
+            let path: PathBuf = base_dir.join(p);
+            ids.extend(tokenize_file(
+                &path,
+                tokenizer,
+                "calibration.data",
+                "calibration",
+            )?);
+        }
         if ids.len() < self.seq_len {
             return Err(format!(
-                "calibration.data {} has {} tokens, fewer than one sequence of seq_len {}",
-                path.display(),
+                "calibration.data {data} has {} tokens, fewer than one sequence of seq_len {}",
                 ids.len(),
                 self.seq_len
             ));
@@ -73,6 +82,29 @@ impl CalibrationOptions {
                 ids[at..at + self.seq_len].to_vec()
             })
             .collect())
+    }
+}
+
+/// One text file, or several.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TextFiles {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl TextFiles {
+    pub fn paths(&self) -> Vec<&str> {
+        match self {
+            TextFiles::One(p) => vec![p.as_str()],
+            TextFiles::Many(ps) => ps.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
+impl std::fmt::Display for TextFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.paths().join(" + "))
     }
 }
 

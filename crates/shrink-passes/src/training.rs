@@ -10,6 +10,7 @@ use shrink_ir::Model;
 use shrink_runtime::train::{self, CheckpointConfig, Loss, StepRecord, TrainConfig};
 use shrink_runtime::{Engine, PerplexityOptions, Scoring};
 
+use crate::calibration::TextFiles;
 use crate::{json_f64, PassContext, Patterns};
 
 /// Options of the training loop.
@@ -71,29 +72,6 @@ impl Default for TrainOptions {
             warmup: None,
             weight_decay: 0.0,
         }
-    }
-}
-
-/// One text file, or several.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum TextFiles {
-    One(String),
-    Many(Vec<String>),
-}
-
-impl TextFiles {
-    pub fn paths(&self) -> Vec<&str> {
-        match self {
-            TextFiles::One(p) => vec![p.as_str()],
-            TextFiles::Many(ps) => ps.iter().map(String::as_str).collect(),
-        }
-    }
-}
-
-impl std::fmt::Display for TextFiles {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.paths().join(" + "))
     }
 }
 
