@@ -180,8 +180,16 @@ fn cuda_device(index: usize) -> Result<burn_cuda::CudaDevice> {
             "no NVIDIA GPU driver found on this machine (use --device cpu)".into(),
         ));
     }
+    // burn panics when the driver or NVRTC cannot be used, often in its device thread, whose
+    // message is the one that says why: keep every panic message of the probe.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
+    let sink = seen.clone();
+    std::panic::set_hook(Box::new(move |info| {
+        if let Ok(mut v) = sink.lock() {
+            v.push(info.to_string());
+        }
+    }));
     let probe = std::panic::catch_unwind(|| {
         let device = burn_cuda::CudaDevice::new(index);
         let t = Tensor::<Gpu, 1>::from_floats([1.0f32, 2.0], &device);
@@ -189,13 +197,12 @@ fn cuda_device(index: usize) -> Result<burn_cuda::CudaDevice> {
         device
     });
     std::panic::set_hook(hook);
-    probe.map_err(|p| {
-        let msg = p
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "unknown error".into());
-        RuntimeError::Device(format!("cannot use CUDA device {index}: {msg}"))
+    probe.map_err(|_| {
+        let msgs = seen.lock().map(|v| v.join("; ")).unwrap_or_default();
+        RuntimeError::Device(format!(
+            "cannot use CUDA device {index} (is the NVIDIA driver's libcuda, not a toolkit stub, \
+             first on the library path, and NVRTC installed?): {msgs}"
+        ))
     })
 }
 
