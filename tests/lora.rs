@@ -611,4 +611,13 @@ fn gptq_fold_keeps_more_of_a_small_update_than_round_to_nearest() {
     )
     .expect_err("refused");
     assert!(err.contains("calibration.data"), "{err}");
+    let err = run_on(
+        loaded.model.clone(),
+        Some(tok),
+        &format!(
+            "{base}, (pass: \"lora-fold\", options: (quantized: gptq, calibration: (data: [])))"
+        ),
+    )
+    .expect_err("refused");
+    assert!(err.contains("calibration.data"), "{err}");
 }

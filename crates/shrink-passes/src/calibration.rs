@@ -1,7 +1,7 @@
 //! Calibration data: sequences of tokens drawn from a text file, shared by the passes that
 //! calibrate on activations (GPTQ, AWQ, Wanda, SparseGPT).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -49,7 +49,7 @@ impl CalibrationOptions {
         tokenizer: Option<&Tokenizer>,
         rng: &mut StdRng,
     ) -> Result<Vec<Vec<u32>>, String> {
-        let data = self.data.as_ref().filter(|d| !d.paths().is_empty()).ok_or(
+        let data = self.data.as_ref().filter(|d| !d.is_empty()).ok_or(
             "calibration.data is not set: name a text file to draw calibration sequences from",
         )?;
         if self.samples == 0 || self.seq_len < 2 {
@@ -58,16 +58,7 @@ impl CalibrationOptions {
                 self.samples, self.seq_len
             ));
         }
-        let mut ids = Vec::new();
-        for p in data.paths() {
-            let path: PathBuf = base_dir.join(p);
-            ids.extend(tokenize_file(
-                &path,
-                tokenizer,
-                "calibration.data",
-                "calibration",
-            )?);
-        }
+        let ids = data.tokens(base_dir, tokenizer, "calibration.data", "calibration")?;
         if ids.len() < self.seq_len {
             return Err(format!(
                 "calibration.data {data} has {} tokens, fewer than one sequence of seq_len {}",
@@ -99,6 +90,26 @@ impl TextFiles {
             TextFiles::One(p) => vec![p.as_str()],
             TextFiles::Many(ps) => ps.iter().map(String::as_str).collect(),
         }
+    }
+
+    /// Whether the option names no file at all (`[]`).
+    pub fn is_empty(&self) -> bool {
+        self.paths().is_empty()
+    }
+
+    /// The tokens of every file, in order, as one stream (paths relative to `base_dir`).
+    pub(crate) fn tokens(
+        &self,
+        base_dir: &Path,
+        tokenizer: Option<&Tokenizer>,
+        field: &str,
+        purpose: &str,
+    ) -> Result<Vec<u32>, String> {
+        let mut ids = Vec::new();
+        for p in self.paths() {
+            ids.extend(tokenize_file(&base_dir.join(p), tokenizer, field, purpose)?);
+        }
+        Ok(ids)
     }
 }
 

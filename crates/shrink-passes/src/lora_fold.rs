@@ -100,7 +100,13 @@ impl Pass for LoraFold {
     }
 
     fn check(&self) -> Result<(), String> {
-        if self.0.quantized == QuantizedBase::Gptq && self.0.calibration.data.is_none() {
+        let no_text = self
+            .0
+            .calibration
+            .data
+            .as_ref()
+            .is_none_or(|d| d.is_empty());
+        if self.0.quantized == QuantizedBase::Gptq && no_text {
             return Err(
                 "quantized: gptq needs calibration.data, a text file to calibrate on".into(),
             );

@@ -161,7 +161,7 @@ impl TrainOptions {
         if self.checkpoint.as_ref().is_some_and(|c| c.every == 0) {
             return Err("train.checkpoint.every must be at least 1".into());
         }
-        if self.data.as_ref().is_none_or(|d| d.paths().is_empty()) {
+        if self.data.as_ref().is_none_or(TextFiles::is_empty) {
             return Err("train.data is not set: name a training text file".into());
         }
         self.budget().map(|_| ())
@@ -199,10 +199,7 @@ impl TrainOptions {
         self.check()?;
         let (steps, warmup) = self.budget()?;
         let data = self.data.as_ref().ok_or("train.data is not set")?;
-        let mut tokens = Vec::new();
-        for path in data.paths() {
-            tokens.extend(read_tokens(cx, path, "train.data")?);
-        }
+        let tokens = data.tokens(cx.base_dir, cx.tokenizer, "train.data", "training")?;
         let windows = tokens.len().saturating_sub(1) / self.seq_len;
         if windows < self.batch {
             return Err(format!(
