@@ -6,7 +6,7 @@
 # the float model's, all evaluated in the same run on the same device.
 # Environment: DEVICE (cpu, cuda; default cpu), SHRINK (a built shrink; default: build one),
 # MODEL (default: the fetched SmolLM2 GGUF), OUT_DIR (default target/flagship).
-# Writes OUT_DIR/{flagship,eval-*}.json and the GGUF, and prints the summary.
+# Writes OUT_DIR/{flagship,input,eval-*}.json and the GGUF, and prints the summary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEVICE=${DEVICE:-cpu}
@@ -24,11 +24,16 @@ start=$(date +%s)
   --out "$OUT/smollm2-flagship.gguf" --json > "$OUT/flagship.json"
 echo "pipeline: $(( $(date +%s) - start )) s"
 echo "GGUF: $(stat -c %s "$OUT/smollm2-flagship.gguf") bytes (input $(stat -c %s "$MODEL"))"
+ppl() { grep -o '"ppl": *[0-9.]*' "$1" | head -1 | grep -o '[0-9.]*$'; }
+# The float model's WikiText-2 perplexity is the run's input row (the pipeline evaluates the
+# same text with the same settings); the GGUF is evaluated as written.
+grep -o '"input":{[^}]*}' "$OUT/flagship.json" > "$OUT/input.json"
+"$SHRINK" eval --model "$OUT/smollm2-flagship.gguf" --device "$DEVICE" --data data/wikitext-2/test.txt \
+  --ctx 512 --chunks 20 --score second-half --json > "$OUT/eval-flagship-wikitext.json"
 for m in float:"$MODEL" flagship:"$OUT/smollm2-flagship.gguf"; do
   name=${m%%:*}; path=${m#*:}
-  "$SHRINK" eval --model "$path" --device "$DEVICE" --data data/wikitext-2/test.txt \
-    --ctx 512 --chunks 20 --score second-half --json > "$OUT/eval-$name-wikitext.json"
   "$SHRINK" eval --model "$path" --device "$DEVICE" --data data/tinyshakespeare/heldout.txt \
     --ctx 512 --score second-half --json > "$OUT/eval-$name-shakespeare.json"
-  echo "$name: wikitext $(grep -o '"ppl": *[0-9.]*' "$OUT/eval-$name-wikitext.json") shakespeare $(grep -o '"ppl": *[0-9.]*' "$OUT/eval-$name-shakespeare.json")"
 done
+echo "float: wikitext $(ppl "$OUT/input.json") shakespeare $(ppl "$OUT/eval-float-shakespeare.json")"
+echo "flagship: wikitext $(ppl "$OUT/eval-flagship-wikitext.json") shakespeare $(ppl "$OUT/eval-flagship-shakespeare.json")"

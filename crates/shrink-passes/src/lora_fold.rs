@@ -105,7 +105,7 @@ impl Pass for LoraFold {
             .calibration
             .data
             .as_ref()
-            .is_none_or(|d| d.is_empty());
+            .is_none_or(crate::calibration::TextFiles::is_empty);
         if self.0.quantized == QuantizedBase::Gptq && no_text {
             return Err(
                 "quantized: gptq needs calibration.data, a text file to calibrate on".into(),
