@@ -4,6 +4,7 @@
 # then the eval speed of the MLP-pruned model against the unpruned one, measured in this run: `shrink eval`
 # with the same settings and --quantized-exec dequantize (both compute with dense f32 weights), alternating
 # the two models RUNS times. With LLAMACPP=<dir of llama.cpp's tools>, llama-perplexity scores each GGUF too.
+# With SPEED_ONLY=1, only the eval speed (the pruned GGUF from an earlier run must be there).
 # Writes target/bench-prune/<name>.json and prints markdown rows.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,7 +22,9 @@ mlp_params() { # model → parameters of every mlp.* tensor, from the IR's param
   ./target/release/shrink inspect "$1" --ir | grep '^param .*\.mlp\.' |
     sed 's/.*\[\([0-9]*\), \([0-9]*\)\]$/\1 \2/' | awk '{ n += $1 * $2 } END { print n }'
 }
-for name in smollm2-prune-mlp25 smollm2-prune-depth4 smollm2-prune-depth4-last; do
+names="smollm2-prune-mlp25 smollm2-prune-depth4 smollm2-prune-depth4-last"
+[[ -n "${SPEED_ONLY:-}" ]] && names=""
+for name in $names; do
   out="$OUT/$name.gguf"
   ./target/release/shrink run "pipelines/$name.ron" --model "$MODEL" --out "$out" --json > "$OUT/$name.json"
   q='.passes[] | select(.name=="prune-structured")'

@@ -118,27 +118,43 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
     acc.iter().sum::<f64>() + tail
 }
 
-/// Inverse of a lower triangular `l` (also lower triangular), row by row.
+/// Inverse of a lower triangular `l` (also lower triangular), column by column: column `j`
+/// solves `l·x = e_j` by forward substitution, independently of the others, so the columns are
+/// shared among threads (interleaved, as a column's work falls with `j`).
 pub fn lower_inverse(l: &[f64], n: usize) -> Vec<f64> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |t| t.get())
+        .clamp(1, n.max(1));
+    let columns: Vec<Vec<(usize, Vec<f64>)>> = std::thread::scope(|sc| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t0| {
+                sc.spawn(move || {
+                    (t0..n)
+                        .step_by(threads)
+                        .map(|j| {
+                            // x[i - j] = M[i][j] for i ≥ j (zero above the diagonal).
+                            let mut x = vec![0.0f64; n - j];
+                            x[0] = 1.0 / l[j * n + j];
+                            for i in j + 1..n {
+                                let s = dot(&l[i * n + j..i * n + i], &x[..i - j]);
+                                x[i - j] = -s / l[i * n + i];
+                            }
+                            (j, x)
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    });
     let mut m = vec![0.0f64; n * n];
-    let mut acc = vec![0.0f64; n];
-    for i in 0..n {
-        acc[..i].iter_mut().for_each(|v| *v = 0.0);
-        // acc[j] = Σ_{k<i} l[i][k]·m[k][j]
-        for k in 0..i {
-            let lik = l[i * n + k];
-            if lik != 0.0 {
-                let row = &m[k * n..k * n + k + 1];
-                for (a, mk) in acc[..=k].iter_mut().zip(row) {
-                    *a += lik * mk;
-                }
-            }
+    for (j, x) in columns.into_iter().flatten() {
+        for (k, v) in x.into_iter().enumerate() {
+            m[(j + k) * n + j] = v;
         }
-        let d = l[i * n + i];
-        for j in 0..i {
-            m[i * n + j] = -acc[j] / d;
-        }
-        m[i * n + i] = 1.0 / d;
     }
     m
 }

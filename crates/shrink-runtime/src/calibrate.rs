@@ -15,7 +15,7 @@ use shrink_ir::{Model, NodeId, Op, ValueId};
 
 use crate::error::{Result, RuntimeError};
 use crate::interp::{
-    activate, attention, linear_row_blocks, lora_update, norm, rope_tables, transpose, upload,
+    activate, attention, linear, lora_update, norm, rope_tables, transpose, upload,
 };
 use crate::{Cpu, Device};
 
@@ -123,6 +123,14 @@ impl<B: Backend> Site for DeviceSite<'_, B> {
 
     fn gram(&self) -> Vec<f32> {
         let d = self.features();
+        if let Some(parts) = self
+            .parts
+            .iter()
+            .map(crate::cpu::host)
+            .collect::<Option<Vec<_>>>()
+        {
+            return crate::cpu::gram(&parts, d);
+        }
         let mut acc: Tensor<B, 2> = Tensor::zeros([d, d], self.device);
         for p in &self.parts {
             acc = acc + p.clone().transpose().matmul(p.clone());
@@ -371,7 +379,9 @@ fn run_on<B: Backend>(
             }
             Op::Linear { weight, bias, lora } => {
                 let (w, s) = param(model, weight)?;
-                let w = upload::<B, 2>(w, [s[0], s[1]], device);
+                // `Wᵀ` made row-major on the host, once per linear: a transposed operand in
+                // the product would be copied element by element, per batch.
+                let wt = upload::<B, 2>(transpose(&w, s[0], s[1]), [s[1], s[0]], device);
                 let b = bias.as_deref().map(|b| vector(model, b)).transpose()?;
                 // An attached adapter adds its update (no dropout: calibration is inference).
                 let adapter = match lora {
@@ -391,11 +401,7 @@ fn run_on<B: Backend>(
                     hidden(&vals, 0)?
                         .into_iter()
                         .map(|x| {
-                            let y = linear_row_blocks(
-                                x.clone(),
-                                std::iter::once(w.clone()),
-                                b.as_ref(),
-                            );
+                            let y = linear(x.clone(), &wt, b.as_ref());
                             match &adapter {
                                 Some((a_t, b_t, scale)) => y + lora_update(x, a_t, b_t, *scale),
                                 None => y,

@@ -263,14 +263,16 @@ pub(crate) fn upload<B: Backend, const D: usize>(
 
 pub(crate) fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut out = vec![0.0; values.len()];
-    // Blocked for cache locality: these are the largest copies at load time.
-    const T: usize = 64;
+    // Blocked for cache locality (these are the largest copies at load time), each output run
+    // written contiguously from a tile of input rows that stays in L1.
+    const T: usize = 32;
     for r0 in (0..rows).step_by(T) {
-        for c0 in (0..cols).step_by(T) {
-            for r in r0..(r0 + T).min(rows) {
-                for c in c0..(c0 + T).min(cols) {
-                    out[c * rows + r] = values[r * cols + c];
-                }
+        let r1 = (r0 + T).min(rows);
+        let tile = &values[r0 * cols..r1 * cols];
+        for c in 0..cols {
+            let dst = &mut out[c * rows + r0..c * rows + r1];
+            for (d, src) in dst.iter_mut().zip(tile.chunks_exact(cols)) {
+                *d = src[c];
             }
         }
     }
@@ -961,8 +963,37 @@ pub(crate) fn apply_rope<B: Backend>(
 /// skips about 40% of the work at 512 positions.
 const QUERY_BLOCK: usize = 128;
 
+/// Attention of `q [b, s, heads·d]` over `k`, `v [b, t, kv_heads·d]`: on the host for the CPU
+/// backend without a cache (`host_attention`), else from tensor ops.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attention<B: Backend>(
+    q: Tensor<B, 3>,
+    k: Tensor<B, 3>,
+    v: Tensor<B, 3>,
+    spec: &AttentionSpec,
+    rope: Option<&(Tensor<B, 2>, Tensor<B, 2>)>,
+    past: usize,
+    cache: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+    mask: Option<&Tensor<B, 2>>,
+) -> Tensor<B, 3> {
+    if cache.is_none() {
+        let causal = spec.causal && mask.is_some();
+        let host_rope = spec
+            .rope
+            .filter(|_| rope.is_some())
+            .map(|r| (r.theta, r.dim));
+        if let Some(out) =
+            crate::host_attention::attention(&q, &k, &v, spec, host_rope, past, causal)
+        {
+            return out;
+        }
+    }
+    attention_ops(q, k, v, spec, rope, past, cache, mask)
+}
+
+/// Attention from burn tensor ops: any backend, differentiable, with a KV cache.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attention_ops<B: Backend>(
     q: Tensor<B, 3>,
     k: Tensor<B, 3>,
     v: Tensor<B, 3>,
@@ -1086,6 +1117,61 @@ mod tests {
                     .map(|(a, b)| (a - b).abs())
                     .fold(0.0, f32::max);
                 assert!(d < 1e-5, "s={s}, block {block}: {d}");
+            }
+        }
+    }
+
+    #[test]
+    fn host_attention_equals_the_tensor_op_path() {
+        let device = Default::default();
+        let (b, s) = (2, 150);
+        // GQA with RoPE on part of each head, plain multi-head attention without RoPE.
+        for (heads, kv_heads, d, rope) in [(6, 2, 16, Some(12)), (3, 3, 8, None)] {
+            let spec = AttentionSpec {
+                heads,
+                kv_heads,
+                head_dim: d,
+                rope: rope.map(|dim| shrink_ir::Rope {
+                    theta: 10000.0,
+                    dim,
+                }),
+                causal: true,
+            };
+            let make = |n: usize, seed: usize| {
+                let x: Vec<f32> = (0..b * s * n * d)
+                    .map(|i| (((i + seed) * 7919 % 1013) as f32 / 1013.0 - 0.5) * 3.0)
+                    .collect();
+                upload::<Cpu, 3>(x, [b, s, n * d], &device)
+            };
+            let (q, k, v) = (make(heads, 1), make(kv_heads, 2), make(kv_heads, 3));
+            let tables = rope.map(|dim| rope_tables::<Cpu>(10000.0, dim, s, &device));
+            let mut bias = vec![0.0f32; s * s];
+            for i in 0..s {
+                for j in i + 1..s {
+                    bias[i * s + j] = f32::NEG_INFINITY;
+                }
+            }
+            let mask = upload::<Cpu, 2>(bias, [s, s], &device);
+            for causal in [true, false] {
+                let spec = AttentionSpec { causal, ..spec };
+                let run = |host: bool| -> Vec<f32> {
+                    let (q, k, v) = (q.clone(), k.clone(), v.clone());
+                    let m = Some(&mask);
+                    let out = if host {
+                        attention(q, k, v, &spec, tables.as_ref(), 0, None, m)
+                    } else {
+                        attention_ops(q, k, v, &spec, tables.as_ref(), 0, None, m)
+                    };
+                    out.into_data().to_vec::<f32>().expect("values")
+                };
+                let (got, want) = (run(true), run(false));
+                assert_eq!(got.len(), want.len());
+                let d = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0, f32::max);
+                assert!(d < 1e-5, "heads {heads}, causal {causal}: {d}");
             }
         }
     }

@@ -5,9 +5,11 @@
 //! (burn-ndarray) or, with the `cuda` feature, on an NVIDIA GPU (burn-cuda).
 
 pub mod calibrate;
+mod cpu;
 pub mod error;
 pub mod eval;
 pub mod generate;
+mod host_attention;
 pub mod interp;
 pub mod train;
 
