@@ -1,8 +1,9 @@
 //! Attention computed on the host for the CPU backend at inference (eval, calibration): one
 //! pass per query row over the keys it can see, with the softmax taken in place. burn-ndarray
-//! spends most of attention's time outside the two products (the mask, the softmax's five
-//! passes over the scores, copies of transposed views), so on 2 cores this is several times
-//! faster. Training (autodiff) and other backends keep the tensor-op path in `interp`.
+//! spends most of attention's time outside the two products (the mask, the softmax's passes
+//! over the scores, copies of transposed views; docs/BENCHMARKS.md has the measurements).
+//! Training (autodiff), generation with a KV cache and other backends keep the tensor-op path
+//! in `interp`.
 
 use std::any::Any;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -57,7 +58,7 @@ pub(crate) struct Shape {
     pub b: usize,
     /// Query positions.
     pub s: usize,
-    /// Key positions (`past + s` with a cache, else `s`).
+    /// Key positions (no cache here, so the queries' own).
     pub t: usize,
     pub heads: usize,
     pub kv_heads: usize,
