@@ -123,13 +123,14 @@ impl<B: Backend> Site for DeviceSite<'_, B> {
 
     fn gram(&self) -> Vec<f32> {
         let d = self.features();
-        if let Some(parts) = self
+        // On the CPU, from each batch's values in place (every part has the same backend).
+        let mut gram = crate::cpu::Gram::new(d);
+        if self
             .parts
             .iter()
-            .map(crate::cpu::host)
-            .collect::<Option<Vec<_>>>()
+            .all(|p| crate::cpu::with_values(p, |x| gram.add(x)).is_some())
         {
-            return crate::cpu::gram(&parts, d);
+            return gram.finish();
         }
         let mut acc: Tensor<B, 2> = Tensor::zeros([d, d], self.device);
         for p in &self.parts {

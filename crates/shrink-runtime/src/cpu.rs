@@ -1,5 +1,6 @@
 //! CPU-only helpers that step outside burn's tensor ops where burn-ndarray copies a lot: reading
-//! a tensor's values, and the Gram matrix `XᵀX` of calibration with `Xᵀ` as a strided view.
+//! a tensor's values in place, and the Gram matrix `XᵀX` of calibration with `Xᵀ` as a strided
+//! view.
 
 use std::any::Any;
 
@@ -8,38 +9,56 @@ use burn::tensor::Tensor;
 
 use crate::Cpu;
 
-/// The values of a CPU tensor in row-major order (one memcpy when it is contiguous), or `None`
-/// for other backends.
-pub(crate) fn host<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Option<Vec<f32>> {
+/// `f` of a CPU tensor's values in row-major order, borrowed from its storage when it is
+/// contiguous (copied otherwise), or `None` for other backends.
+pub(crate) fn with_values<B: Backend, const D: usize, R>(
+    t: &Tensor<B, D>,
+    f: impl FnOnce(&[f32]) -> R,
+) -> Option<R> {
     let any: &dyn Any = t;
     let t = any.downcast_ref::<Tensor<Cpu, D>>()?;
     let prim = t.clone().into_primitive().tensor();
     if let burn_ndarray::NdArrayTensor::F32(storage) = &prim {
         if let Some(values) = storage.view().as_slice() {
-            return Some(values.to_vec());
+            return Some(f(values));
         }
     }
     // A strided view: burn's own copy.
-    t.clone().into_data().to_vec::<f32>().ok()
+    let values = t.clone().into_data().to_vec::<f32>().ok()?;
+    Some(f(&values))
 }
 
 /// Block rows of the Gram matrix computed: with `k`, the products cover `(k+1)/2k` of it.
 const GRAM_BLOCKS: usize = 4;
 
-/// `Σ xᵀx` over parts of `[n_i, d]` token rows, `[d, d]` row-major. Only the block rows on and
-/// above the diagonal are multiplied (the matrix is symmetric: 5/8 of the work), each by one
-/// sgemm reading `Xᵀ` through strides, without the transposed copy burn-ndarray would make.
-pub(crate) fn gram(parts: &[Vec<f32>], d: usize) -> Vec<f32> {
-    let mut g = vec![0.0f32; d * d];
-    if d == 0 {
-        return g;
+/// `Σ xᵀx` over `[n, d]` blocks of token rows, accumulated block by block. Only the block rows
+/// on and above the diagonal are multiplied (the matrix is symmetric: 5/8 of the work), each by
+/// one sgemm reading `Xᵀ` through strides, without the transposed copy burn-ndarray would make.
+pub(crate) struct Gram {
+    d: usize,
+    bounds: Vec<usize>,
+    g: Vec<f32>,
+}
+
+impl Gram {
+    pub(crate) fn new(d: usize) -> Self {
+        Gram {
+            d,
+            bounds: (0..=GRAM_BLOCKS).map(|i| i * d / GRAM_BLOCKS).collect(),
+            g: vec![0.0; d * d],
+        }
     }
-    let bounds: Vec<usize> = (0..=GRAM_BLOCKS).map(|i| i * d / GRAM_BLOCKS).collect();
-    for x in parts {
-        let n = x.len() / d;
-        for w in bounds.windows(2) {
+
+    /// Adds `xᵀx` of the rows of `x` (`[n, d]` row-major).
+    pub(crate) fn add(&mut self, x: &[f32]) {
+        let d = self.d;
+        let n = x.len().checked_div(d).unwrap_or(0);
+        if n == 0 {
+            return;
+        }
+        for w in self.bounds.windows(2) {
             let (r0, r1) = (w[0], w[1]);
-            if r0 == r1 || n == 0 {
+            if r0 == r1 {
                 continue;
             }
             // G[r0..r1, r0..d] += X[:, r0..r1]ᵀ · X[:, r0..d]
@@ -60,22 +79,26 @@ pub(crate) fn gram(parts: &[Vec<f32>], d: usize) -> Vec<f32> {
                     d as isize,
                     1,
                     1.0,
-                    g.as_mut_ptr().add(r0 * d + r0),
+                    self.g.as_mut_ptr().add(r0 * d + r0),
                     d as isize,
                     1,
                 );
             }
         }
     }
-    // Below the diagonal blocks, from the mirror.
-    for w in bounds.windows(2) {
-        for r in w[0]..w[1] {
-            for c in 0..w[0] {
-                g[r * d + c] = g[c * d + r];
+
+    /// The whole `[d, d]` matrix: below the diagonal blocks, from the mirror.
+    pub(crate) fn finish(mut self) -> Vec<f32> {
+        let d = self.d;
+        for w in self.bounds.windows(2) {
+            for r in w[0]..w[1] {
+                for c in 0..w[0] {
+                    self.g[r * d + c] = self.g[c * d + r];
+                }
             }
         }
+        self.g
     }
-    g
 }
 
 #[cfg(test)]
@@ -91,7 +114,11 @@ mod tests {
                     .collect()
             })
             .collect();
-        let got = super::gram(&parts, d);
+        let mut gram = super::Gram::new(d);
+        for x in &parts {
+            gram.add(x);
+        }
+        let got = gram.finish();
         for a in 0..d {
             for b in 0..d {
                 let want: f32 = parts

@@ -12,8 +12,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use shrink_ir::AttentionSpec;
 
-use crate::cpu::host;
-use crate::interp::{transpose, upload};
+use crate::cpu::with_values;
+use crate::interp::{rope_cos_sin, transpose, upload};
 use crate::Cpu;
 
 /// Query rows per work item: small enough to balance causal rows of unequal length.
@@ -30,46 +30,48 @@ pub(crate) fn attention<B: Backend>(
     causal: bool,
 ) -> Option<Tensor<B, 3>> {
     let [b, s, _] = q.dims();
-    let (q, k, v) = (host(q)?, host(k)?, host(v)?);
-    let t = k.len() / (b * spec.kv_heads * spec.head_dim).max(1);
-    let out = compute(
-        &q,
-        &k,
-        &v,
-        Shape {
-            b,
-            s,
-            t,
-            heads: spec.heads,
-            kv_heads: spec.kv_heads,
-            d: spec.head_dim,
-        },
-        rope,
-        past,
-        causal,
-    );
-    let out = upload::<Cpu, 3>(out, [b, s, spec.heads * spec.head_dim], &Default::default());
+    let (heads, kv_heads, d) = (spec.heads, spec.kv_heads, spec.head_dim);
+    // The three have one backend: on the CPU all are read in place, elsewhere none.
+    let out = with_values(q, |q| {
+        with_values(k, |k| {
+            with_values(v, |v| {
+                let t = k.len() / (b * kv_heads * d).max(1);
+                let shape = Shape {
+                    b,
+                    s,
+                    t,
+                    heads,
+                    kv_heads,
+                    d,
+                };
+                compute(q, k, v, shape, rope, past, causal)
+            })
+        })
+    })
+    .flatten()
+    .flatten()?;
+    let out = upload::<Cpu, 3>(out, [b, s, heads * d], &Default::default());
     let out: Box<dyn Any> = Box::new(out);
     out.downcast::<Tensor<B, 3>>().ok().map(|t| *t)
 }
 
 #[derive(Clone, Copy)]
-pub(crate) struct Shape {
-    pub b: usize,
+struct Shape {
+    b: usize,
     /// Query positions.
-    pub s: usize,
+    s: usize,
     /// Key positions (no cache here, so the queries' own).
-    pub t: usize,
-    pub heads: usize,
-    pub kv_heads: usize,
-    pub d: usize,
+    t: usize,
+    heads: usize,
+    kv_heads: usize,
+    d: usize,
 }
 
 /// `q [b, s, heads·d]`, `k`, `v [b, t, kv_heads·d]` (rows of tokens, heads side by side) →
 /// `[b, s, heads·d]`. RoPE (`theta`, rotated dims) applies at positions `past..` to queries
 /// and keys alike (no cache: the keys are the queries' own positions); with `causal`, query `i`
 /// sees keys `0..=past + i`.
-pub(crate) fn compute(
+fn compute(
     q: &[f32],
     k: &[f32],
     v: &[f32],
@@ -220,21 +222,14 @@ fn per_head(
 ) -> Vec<f32> {
     let mut out = vec![0.0f32; b * heads * n * d];
     let half = rope.map_or(0, |(_, dim)| dim / 2);
-    // As `interp::rope_tables`: inverse frequency and angle in f32.
-    let inv_freq: Vec<f32> = match rope {
-        Some((theta, dim)) => (0..half)
-            .map(|i| 1.0f32 / theta.powf((2 * i) as f32 / dim as f32))
-            .collect(),
-        None => Vec::new(),
-    };
-    let mut cos = vec![0.0f32; half];
-    let mut sin = vec![0.0f32; half];
+    let (cos, sin) = rope.map_or((Vec::new(), Vec::new()), |(theta, dim)| {
+        rope_cos_sin(theta, dim, first, n)
+    });
     for p in 0..n {
-        for (i, f) in inv_freq.iter().enumerate() {
-            let angle = (first + p) as f32 * f;
-            cos[i] = angle.cos();
-            sin[i] = angle.sin();
-        }
+        let (cos, sin) = (
+            &cos[p * half..(p + 1) * half],
+            &sin[p * half..(p + 1) * half],
+        );
         for bi in 0..b {
             for h in 0..heads {
                 let src = &x[((bi * n + p) * heads + h) * d..][..d];

@@ -824,10 +824,21 @@ pub(crate) fn rope_tables<B: Backend>(
     positions: usize,
     device: &B::Device,
 ) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    let (cos, sin) = rope_cos_sin(theta, dim, 0, positions);
     let half = dim / 2;
-    let mut cos = Vec::with_capacity(positions * half);
-    let mut sin = Vec::with_capacity(positions * half);
-    for p in 0..positions {
+    (
+        upload::<B, 2>(cos, [positions, half], device),
+        upload::<B, 2>(sin, [positions, half], device),
+    )
+}
+
+/// RoPE's `cos` and `sin` of positions `first..first + n`, `[n, dim/2]` row-major: the one
+/// definition the tensor-op and the host attention share.
+pub(crate) fn rope_cos_sin(theta: f32, dim: usize, first: usize, n: usize) -> (Vec<f32>, Vec<f32>) {
+    let half = dim / 2;
+    let mut cos = Vec::with_capacity(n * half);
+    let mut sin = Vec::with_capacity(n * half);
+    for p in first..first + n {
         for i in 0..half {
             // As transformers: inverse frequency and angle in f32.
             let inv_freq = 1.0f32 / theta.powf((2 * i) as f32 / dim as f32);
@@ -836,10 +847,7 @@ pub(crate) fn rope_tables<B: Backend>(
             sin.push(angle.sin());
         }
     }
-    (
-        upload::<B, 2>(cos, [positions, half], device),
-        upload::<B, 2>(sin, [positions, half], device),
-    )
+    (cos, sin)
 }
 
 /// A LoRA adapter's update `scale · (x Aᵀ) Bᵀ`, given `Aᵀ [in, r]` and `Bᵀ [r, out]`: the one
