@@ -263,7 +263,7 @@ impl QuantScheme {
     }
 
     /// For schemes whose values are `u(code)·scale`, the parameters with scale 1.
-    fn unit_scale(self, p: &GroupParams) -> Option<GroupParams> {
+    pub fn unit_scale(self, p: &GroupParams) -> Option<GroupParams> {
         match self {
             QuantScheme::Q8_0
             | QuantScheme::Q4_0
@@ -280,7 +280,7 @@ impl QuantScheme {
     }
 
     /// Stored parameters of a symmetric scheme with scale `s` (f16-rounded where stored so).
-    fn with_scale(self, s: f32) -> GroupParams {
+    pub fn with_scale(self, s: f32) -> GroupParams {
         let s = match self {
             QuantScheme::Nf4 { .. } => s,
             _ => f16_round(s),

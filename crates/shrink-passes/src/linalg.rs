@@ -103,6 +103,22 @@ pub fn cholesky(a: &[f64], n: usize) -> Option<Vec<f64>> {
     Some(l)
 }
 
+/// `x` with `a·x = b` for a symmetric positive definite `a` (`n×n`), through its Cholesky
+/// factor; `None` when `a` is not positive definite.
+pub fn solve_spd(a: &[f64], b: &[f64], n: usize) -> Option<Vec<f64>> {
+    let l = cholesky(a, n)?;
+    let mut y = vec![0.0f64; n];
+    for i in 0..n {
+        y[i] = (b[i] - dot(&l[i * n..i * n + i], &y[..i])) / l[i * n + i];
+    }
+    let mut x = vec![0.0f64; n];
+    for i in (0..n).rev() {
+        let s: f64 = (i + 1..n).map(|k| l[k * n + i] * x[k]).sum();
+        x[i] = (y[i] - s) / l[i * n + i];
+    }
+    Some(x)
+}
+
 /// Dot product with eight independent accumulators, so the compiler can vectorize it (a plain
 /// `sum()` must keep the sequential order of f64 additions).
 fn dot(a: &[f64], b: &[f64]) -> f64 {

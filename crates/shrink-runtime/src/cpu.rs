@@ -1,12 +1,15 @@
 //! CPU-only helpers that step outside burn's tensor ops where burn-ndarray copies a lot: reading
-//! a tensor's values in place, and the Gram matrix `XᵀX` of calibration with `Xᵀ` as a strided
-//! view.
+//! a tensor's values in place, the linear layer as one sgemm on those values, and the Gram
+//! matrix `XᵀX` of calibration with `Xᵀ` as a strided view.
 
 use std::any::Any;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
+use shrink_ir::NormKind;
+
+use crate::interp::upload;
 use crate::Cpu;
 
 /// `f` of a CPU tensor's values in row-major order, borrowed from its storage when it is
@@ -26,6 +29,175 @@ pub(crate) fn with_values<B: Backend, const D: usize, R>(
     // A strided view: burn's own copy.
     let values = t.clone().into_data().to_vec::<f32>().ok()?;
     Some(f(&values))
+}
+
+/// `f` of a CPU matrix's values with its row and column strides, borrowed in place when it is
+/// stored row- or column-major (a transposed view), copied to row-major otherwise; `None` for
+/// other backends.
+fn with_matrix<B: Backend, R>(
+    t: &Tensor<B, 2>,
+    f: impl FnOnce(&[f32], isize, isize) -> R,
+) -> Option<R> {
+    let any: &dyn Any = t;
+    let t = any.downcast_ref::<Tensor<Cpu, 2>>()?;
+    let [rows, cols] = t.dims();
+    let prim = t.clone().into_primitive().tensor();
+    if let burn_ndarray::NdArrayTensor::F32(storage) = &prim {
+        let view = storage.view();
+        if let Some(values) = view.as_slice() {
+            return Some(f(values, cols as isize, 1));
+        }
+        if view.t().is_standard_layout() {
+            if let Some(values) = view.as_slice_memory_order() {
+                return Some(f(values, 1, rows as isize));
+            }
+        }
+    }
+    let values = t.clone().into_data().to_vec::<f32>().ok()?;
+    Some(f(&values, cols as isize, 1))
+}
+
+/// `x · wᵀ (+ bias)` for `x [b, s, in]` and `wᵀ [in, out]` as one sgemm on the values in place,
+/// or `None` for other backends. burn-ndarray's matmul copies both operands on the way (its
+/// reshapes of shared arrays), about 4% of an eval's time.
+pub(crate) fn linear<B: Backend>(
+    x: &Tensor<B, 3>,
+    weight_t: &Tensor<B, 2>,
+    bias: Option<&Tensor<B, 1>>,
+) -> Option<Tensor<B, 3>> {
+    let [b, s, d] = x.dims();
+    let [k, n] = weight_t.dims();
+    if k != d {
+        return None; // burn's matmul reports the mismatch
+    }
+    let m = b * s;
+    let mut y = vec![0.0f32; m * n];
+    with_values(x, |xv| {
+        with_matrix(weight_t, |wv, rs, cs| {
+            // SAFETY: A is `m × k` row-major (`xv` holds `m·k` values), B is `k × n` with
+            // element (i, j) at `wv[i·rs + j·cs]`, inside `wv` for either layout `with_matrix`
+            // gives, C is `m × n` row-major in `y`, which overlaps neither.
+            unsafe {
+                matrixmultiply::sgemm(
+                    m,
+                    k,
+                    n,
+                    1.0,
+                    xv.as_ptr(),
+                    k as isize,
+                    1,
+                    wv.as_ptr(),
+                    rs,
+                    cs,
+                    0.0,
+                    y.as_mut_ptr(),
+                    n as isize,
+                    1,
+                );
+            }
+        })
+    })
+    .flatten()?;
+    if let Some(bias) = bias {
+        with_values(bias, |bv| {
+            for row in y.chunks_exact_mut(n) {
+                for (o, &c) in row.iter_mut().zip(bv) {
+                    *o += c;
+                }
+            }
+        })?;
+    }
+    to_backend(y, [b, s, n])
+}
+
+/// Host values as a tensor of `B`, which the caller found to be the CPU backend.
+pub(crate) fn to_backend<B: Backend>(values: Vec<f32>, shape: [usize; 3]) -> Option<Tensor<B, 3>> {
+    let t = upload::<Cpu, 3>(values, shape, &Default::default());
+    let t: Box<dyn Any> = Box::new(t);
+    t.downcast::<Tensor<B, 3>>().ok().map(|t| *t)
+}
+
+/// RMS or layer normalization of each row of `x [b, s, d]`, scaled by `weight` and shifted by
+/// `bias`, in one pass per row; `None` for other backends. Divides by the root as the tensor-op
+/// path does (`interp::norm` says why).
+pub(crate) fn norm<B: Backend>(
+    x: &Tensor<B, 3>,
+    kind: NormKind,
+    eps: f32,
+    weight: &Tensor<B, 1>,
+    bias: Option<&Tensor<B, 1>>,
+) -> Option<Tensor<B, 3>> {
+    let dims = x.dims();
+    let d = dims[2];
+    let bias = match bias {
+        Some(b) => Some(with_values(b, <[f32]>::to_vec)?),
+        None => None,
+    };
+    let y = with_values(x, |xv| {
+        with_values(weight, |w| {
+            let mut y = vec![0.0f32; xv.len()];
+            for (row, out) in xv.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
+                let (mean, centered) = match kind {
+                    NormKind::Rms => (0.0, false),
+                    NormKind::Layer => (row.iter().sum::<f32>() / d as f32, true),
+                };
+                let var = row.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
+                let root = (var + eps).sqrt();
+                for ((o, &v), &g) in out.iter_mut().zip(row).zip(w) {
+                    let c = if centered { v - mean } else { v };
+                    *o = c / root * g;
+                }
+                if let Some(bias) = &bias {
+                    for (o, &c) in out.iter_mut().zip(bias) {
+                        *o += c;
+                    }
+                }
+            }
+            y
+        })
+    })
+    .flatten()?;
+    to_backend(y, dims)
+}
+
+/// `x · sigmoid(x)`, as `x / (exp(-x) + 1)` like the tensor-op path, in one pass; `None` for
+/// other backends.
+pub(crate) fn silu<B: Backend>(x: &Tensor<B, 3>) -> Option<Tensor<B, 3>> {
+    let y = with_values(x, |xv| xv.iter().map(|&v| v / ((-v).exp() + 1.0)).collect())?;
+    to_backend(y, x.dims())
+}
+
+/// `log softmax(row)[target]` of each row of `logits [1, n, vocab]` against `targets` (`n`
+/// ids below `vocab`, checked by the caller), rows shared among the cores; `None` for other
+/// backends. burn's `log_softmax` makes several passes, each allocating a tensor the size of the
+/// logits (50 MB for 256 rows of a 49,152-token vocabulary).
+pub(crate) fn target_log_probs<B: Backend>(
+    logits: &Tensor<B, 3>,
+    targets: &[usize],
+) -> Option<Vec<f64>> {
+    let vocab = logits.dims()[2];
+    with_values(logits, |all| {
+        let rows: Vec<&[f32]> = all.chunks_exact(vocab).collect();
+        let mut out = vec![0.0f64; rows.len()];
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let per = rows.len().div_ceil(threads).max(1);
+        std::thread::scope(|sc| {
+            for ((rows, targets), out) in rows
+                .chunks(per)
+                .zip(targets.chunks(per))
+                .zip(out.chunks_mut(per))
+            {
+                sc.spawn(move || {
+                    for ((row, &target), o) in rows.iter().zip(targets).zip(out.iter_mut()) {
+                        let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                        let sum: f64 = row.iter().map(|&x| f64::from((x - max).exp())).sum();
+                        *o = f64::from(row[target] - max) - sum.ln();
+                    }
+                });
+            }
+        });
+        out
+    })
 }
 
 /// Block rows of the Gram matrix computed: with `k`, the products cover `(k+1)/2k` of it.
@@ -103,6 +275,111 @@ impl Gram {
 
 #[cfg(test)]
 mod tests {
+    use burn::backend::Autodiff;
+    use burn::tensor::backend::Backend;
+    use burn::tensor::Tensor;
+    use shrink_ir::{Activation, NormKind};
+
+    use crate::interp::{activate, linear, norm, upload};
+    use crate::Cpu;
+
+    /// burn's tensor ops: on the autodiff backend the host paths step aside.
+    type Ops = Autodiff<Cpu>;
+
+    fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+        t.into_data().to_vec::<f32>().expect("f32 values")
+    }
+
+    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+
+    fn data(n: usize, seed: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i + seed) * 7919 % 1013) as f32 / 1013.0 - 0.5) * 3.0)
+            .collect()
+    }
+
+    #[test]
+    fn target_log_probs_equal_burns_log_softmax() {
+        let (n, vocab) = (7, 300);
+        let logits = data(n * vocab, 9);
+        let targets: Vec<usize> = (0..n).map(|i| i * 41 % vocab).collect();
+        let host = upload::<Cpu, 3>(logits.clone(), [1, n, vocab], &Default::default());
+        let got = super::target_log_probs(&host, &targets).expect("the host path runs on the CPU");
+        let logp = values(burn::tensor::activation::log_softmax(host, 2));
+        for (i, (&g, &t)) in got.iter().zip(&targets).enumerate() {
+            let want = f64::from(logp[i * vocab + t]);
+            assert!((g - want).abs() < 1e-5, "row {i}: {g} vs {want}");
+        }
+    }
+
+    #[test]
+    fn host_layers_equal_the_tensor_ops() {
+        let (b, s, d, out) = (2, 5, 24, 11);
+        let x = data(b * s * d, 1);
+        let w = data(out * d, 2); // [out, in]
+        let bias = data(out, 3);
+        let gain = data(d, 4);
+        let host =
+            |v: &[f32], shape: [usize; 3]| upload::<Cpu, 3>(v.to_vec(), shape, &Default::default());
+        let ops =
+            |v: &[f32], shape: [usize; 3]| upload::<Ops, 3>(v.to_vec(), shape, &Default::default());
+        // Linear, with `wᵀ` stored `[in, out]` and as a transposed view of `[out, in]`.
+        let w_host = upload::<Cpu, 2>(w.clone(), [out, d], &Default::default());
+        let wt_host = upload::<Cpu, 2>(
+            crate::interp::transpose(&w, out, d),
+            [d, out],
+            &Default::default(),
+        );
+        let b_host = upload::<Cpu, 1>(bias.clone(), [out], &Default::default());
+        let want = values(linear(
+            ops(&x, [b, s, d]),
+            &upload::<Ops, 2>(w.clone(), [out, d], &Default::default()).transpose(),
+            Some(&upload::<Ops, 1>(bias.clone(), [out], &Default::default())),
+        ));
+        for wt in [wt_host, w_host.transpose()] {
+            let got = super::linear(&host(&x, [b, s, d]), &wt, Some(&b_host));
+            let got = values(got.expect("the host path runs on the CPU backend"));
+            assert!(max_diff(&got, &want) < 1e-5, "linear");
+        }
+        // Both norms, with and without a bias.
+        let g_ops = upload::<Ops, 1>(gain.clone(), [d], &Default::default());
+        let g_host = upload::<Cpu, 1>(gain.clone(), [d], &Default::default());
+        let shift = data(d, 5);
+        let s_ops = upload::<Ops, 1>(shift.clone(), [d], &Default::default());
+        let s_host = upload::<Cpu, 1>(shift, [d], &Default::default());
+        for kind in [NormKind::Rms, NormKind::Layer] {
+            for with_bias in [false, true] {
+                let want = values(norm(
+                    ops(&x, [b, s, d]),
+                    kind,
+                    1e-5,
+                    &g_ops,
+                    with_bias.then_some(&s_ops),
+                ));
+                let got = super::norm(
+                    &host(&x, [b, s, d]),
+                    kind,
+                    1e-5,
+                    &g_host,
+                    with_bias.then_some(&s_host),
+                );
+                let got = values(got.expect("the host path runs on the CPU backend"));
+                assert!(max_diff(&got, &want) < 1e-5, "{kind:?}, bias {with_bias}");
+            }
+        }
+        let want = values(activate(ops(&x, [b, s, d]), Activation::Silu));
+        let got = values(
+            super::silu(&host(&x, [b, s, d])).expect("the host path runs on the CPU backend"),
+        );
+        assert!(max_diff(&got, &want) < 1e-6, "silu");
+    }
+
     #[test]
     fn gram_equals_the_full_product() {
         let d = 13;

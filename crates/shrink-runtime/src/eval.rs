@@ -75,20 +75,9 @@ pub fn perplexity<B: Backend>(
     for c in 0..n_chunks {
         let chunk = &tokens[c * opts.ctx..(c + 1) * opts.ctx];
         let logits = model.forward_rows(&[chunk.to_vec()], None, Some(first..first + n))?;
-        let logp = log_softmax(logits, 2);
-        let targets: Vec<i64> = chunk[first + 1..first + 1 + n]
-            .iter()
-            .map(|&t| t as i64)
-            .collect();
-        let idx: Tensor<B, 3, Int> =
-            Tensor::from_data(BurnData::new(targets, [1, n, 1]), model.device());
-        let picked = logp.gather(2, idx);
-        let values = picked
-            .into_data()
-            .to_vec::<f32>()
-            .map_err(|e| RuntimeError::Input(format!("reading logits back: {e:?}")))?;
-        for lp in values {
-            nll -= lp as f64;
+        let targets = &chunk[first + 1..first + 1 + n];
+        for lp in target_log_probs(logits, targets, model.device())? {
+            nll -= lp;
             count += 1;
         }
         progress(c + 1, n_chunks, (nll / count as f64).exp());
@@ -99,4 +88,27 @@ pub fn perplexity<B: Backend>(
         tokens_scored: count,
         chunks: n_chunks,
     })
+}
+
+/// `log softmax(logits)[target]` per position of `logits [1, n, vocab]` (the interpreter checked
+/// the ids against the vocabulary).
+fn target_log_probs<B: Backend>(
+    logits: Tensor<B, 3>,
+    targets: &[u32],
+    device: &B::Device,
+) -> Result<Vec<f64>> {
+    let ids: Vec<usize> = targets.iter().map(|&t| t as usize).collect();
+    if let Some(values) = crate::cpu::target_log_probs(&logits, &ids) {
+        return Ok(values);
+    }
+    let n = targets.len();
+    let logp = log_softmax(logits, 2);
+    let targets: Vec<i64> = targets.iter().map(|&t| t as i64).collect();
+    let idx: Tensor<B, 3, Int> = Tensor::from_data(BurnData::new(targets, [1, n, 1]), device);
+    let values = logp
+        .gather(2, idx)
+        .into_data()
+        .to_vec::<f32>()
+        .map_err(|e| RuntimeError::Input(format!("reading logits back: {e:?}")))?;
+    Ok(values.into_iter().map(f64::from).collect())
 }

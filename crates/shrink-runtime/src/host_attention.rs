@@ -5,7 +5,6 @@
 //! Training (autodiff), generation with a KV cache and other backends keep the tensor-op path
 //! in `interp`.
 
-use std::any::Any;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use burn::tensor::backend::Backend;
@@ -13,8 +12,7 @@ use burn::tensor::Tensor;
 use shrink_ir::AttentionSpec;
 
 use crate::cpu::with_values;
-use crate::interp::{rope_cos_sin, transpose, upload};
-use crate::Cpu;
+use crate::interp::{rope_cos_sin, transpose};
 
 /// Query rows per work item: small enough to balance causal rows of unequal length.
 const ROWS_PER_ITEM: usize = 64;
@@ -50,9 +48,7 @@ pub(crate) fn attention<B: Backend>(
     })
     .flatten()
     .flatten()?;
-    let out = upload::<Cpu, 3>(out, [b, s, heads * d], &Default::default());
-    let out: Box<dyn Any> = Box::new(out);
-    out.downcast::<Tensor<B, 3>>().ok().map(|t| *t)
+    crate::cpu::to_backend(out, [b, s, heads * d])
 }
 
 #[derive(Clone, Copy)]
@@ -92,12 +88,22 @@ fn compute(
     // Per head, contiguous `[positions, d]`, rotated; queries also scaled.
     let scale = 1.0 / (d as f32).sqrt();
     let qh = per_head(q, b, s, heads, d, rope, past, scale);
-    // Keys transposed, `[d, t]` per head: a row's scores are then `d` vector updates of the
-    // score row instead of `t` dot products that each end in a horizontal sum.
+    // Keys transposed, `[d, tp]` per head with the key axis padded with zeros to a multiple of
+    // the tiles' width: a row's scores are then `d` vector updates of the score row instead of
+    // `t` dot products that each end in a horizontal sum.
+    let tp = t.next_multiple_of(KEY_TILE);
     let kh: Vec<f32> = per_head(k, b, t, kv_heads, d, rope, past, 1.0)
         .chunks_exact(t * d)
-        .flat_map(|head| transpose(head, t, d))
+        .flat_map(|head| {
+            let kt = transpose(head, t, d);
+            let mut padded = vec![0.0f32; d * tp];
+            for (dst, src) in padded.chunks_exact_mut(tp).zip(kt.chunks_exact(t)) {
+                dst[..t].copy_from_slice(src);
+            }
+            padded
+        })
         .collect();
+    let tiled = tiles_fit(d);
     let vh = per_head(v, b, t, kv_heads, d, None, 0, 1.0);
     let chunks = s.div_ceil(ROWS_PER_ITEM);
     let items = b * heads * chunks;
@@ -111,7 +117,7 @@ fn compute(
                 let (qh, kh, vh, next) = (&qh, &kh, &vh, &next);
                 sc.spawn(move || {
                     let mut mine = Vec::new();
-                    let mut scores = vec![0.0f32; t];
+                    let mut scores = vec![0.0f32; ROWS * tp];
                     loop {
                         let item = next.fetch_add(1, Ordering::Relaxed);
                         if item >= items {
@@ -120,15 +126,25 @@ fn compute(
                         let (bh, chunk) = (item / chunks, item % chunks);
                         let (bi, h) = (bh / heads, bh % heads);
                         let kvi = bi * kv_heads + h / g;
-                        let keys = &kh[kvi * t * d..(kvi + 1) * t * d];
+                        let keys = &kh[kvi * tp * d..(kvi + 1) * tp * d];
                         let values = &vh[kvi * t * d..(kvi + 1) * t * d];
                         let r0 = chunk * ROWS_PER_ITEM;
                         let r1 = (r0 + ROWS_PER_ITEM).min(s);
+                        let seen = |i: usize| if causal { (past + i + 1).min(t) } else { t };
                         let mut out = vec![0.0f32; (r1 - r0) * d];
-                        for (i, o) in (r0..r1).zip(out.chunks_exact_mut(d)) {
-                            let qi = &qh[(bh * s + i) * d..(bh * s + i + 1) * d];
-                            let seen = if causal { (past + i + 1).min(t) } else { t };
-                            row(qi, keys, values, &mut scores[..seen], o);
+                        let mut i = r0;
+                        while i < r1 {
+                            let o = &mut out[(i - r0) * d..];
+                            if tiled && i + ROWS <= r1 {
+                                let q = &qh[(bh * s + i) * d..(bh * s + i + ROWS) * d];
+                                let seen: [usize; ROWS] = std::array::from_fn(|r| seen(i + r));
+                                rows_tiled(q, keys, values, seen, &mut scores, &mut o[..ROWS * d]);
+                                i += ROWS;
+                            } else {
+                                let qi = &qh[(bh * s + i) * d..(bh * s + i + 1) * d];
+                                row(qi, keys, tp, values, &mut scores[..seen(i)], &mut o[..d]);
+                                i += 1;
+                            }
                         }
                         mine.push((item, out));
                     }
@@ -155,15 +171,139 @@ fn compute(
     out
 }
 
+/// Query rows of one tile.
+const ROWS: usize = 4;
+/// Keys (in the scores) and features (in the output) of one tile: two 8-lane registers.
+const KEY_TILE: usize = 16;
+
+/// Whether the tiled kernel serves head size `d` on this CPU.
+fn tiles_fit(d: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        d.is_multiple_of(KEY_TILE)
+            && std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = d;
+        false
+    }
+}
+
+/// `ROWS` query rows at once (`q [ROWS, d]`), row `r` seeing keys `0..seen[r]`: the same
+/// result as `row` for each, with every key and value loaded once per tile of rows, so the
+/// products run from registers rather than from the score and output rows. `keys_t` is
+/// `[d, tp]` (zero-padded keys), `scores` at least `ROWS × tp`. Only called after `tiles_fit`.
+fn rows_tiled(
+    q: &[f32],
+    keys_t: &[f32],
+    values: &[f32],
+    seen: [usize; ROWS],
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `tiles_fit` checked AVX2, FMA and `d % KEY_TILE == 0` before this is reached.
+    unsafe {
+        rows_tiled_avx2(q, keys_t, values, seen, scores, out)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (q, keys_t, values, seen, scores, out);
+        unreachable!("tiles_fit is false off x86-64")
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn rows_tiled_avx2(
+    q: &[f32],
+    keys_t: &[f32],
+    values: &[f32],
+    seen: [usize; ROWS],
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let d = q.len() / ROWS;
+    let tp = keys_t.len() / d;
+    let most = seen.iter().copied().max().unwrap_or(0);
+    assert!(
+        most <= tp
+            && scores.len() >= ROWS * tp
+            && out.len() == ROWS * d
+            && values.len() >= most * d
+    );
+    let (qp, kp, vp, sp) = (
+        q.as_ptr(),
+        keys_t.as_ptr(),
+        values.as_ptr(),
+        scores.as_mut_ptr(),
+    );
+    // Scores: tiles of ROWS × KEY_TILE, accumulated over the d features. Key columns past
+    // `t` are zero padding, and those past a row's `seen` are dropped by the softmax below.
+    // SAFETY (pointer reads and writes here and below): j + 16 ≤ tp by the padding, c < d,
+    // r < ROWS, and `scores`, `out`, `values` were sized by the assert above.
+    for j in (0..most).step_by(KEY_TILE) {
+        let mut acc = [[_mm256_setzero_ps(); 2]; ROWS];
+        for c in 0..d {
+            let k0 = _mm256_loadu_ps(kp.add(c * tp + j));
+            let k1 = _mm256_loadu_ps(kp.add(c * tp + j + 8));
+            for (r, a) in acc.iter_mut().enumerate() {
+                let qb = _mm256_set1_ps(*qp.add(r * d + c));
+                a[0] = _mm256_fmadd_ps(qb, k0, a[0]);
+                a[1] = _mm256_fmadd_ps(qb, k1, a[1]);
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            _mm256_storeu_ps(sp.add(r * tp + j), a[0]);
+            _mm256_storeu_ps(sp.add(r * tp + j + 8), a[1]);
+        }
+    }
+    // Softmax of each row over the keys it sees; zero weight for the rest of the tile's keys.
+    let mut sums = [0.0f32; ROWS];
+    for (r, sum) in sums.iter_mut().enumerate() {
+        let row = &mut scores[r * tp..r * tp + most];
+        let (live, dead) = row.split_at_mut(seen[r]);
+        let max = live.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+        for sc in live.iter_mut() {
+            *sc = (*sc - max).exp();
+            *sum += *sc;
+        }
+        dead.fill(0.0);
+    }
+    // Output: tiles of ROWS × KEY_TILE features, accumulated over the keys.
+    let sp = scores.as_ptr();
+    for f in (0..d).step_by(KEY_TILE) {
+        let mut acc = [[_mm256_setzero_ps(); 2]; ROWS];
+        for j in 0..most {
+            let v0 = _mm256_loadu_ps(vp.add(j * d + f));
+            let v1 = _mm256_loadu_ps(vp.add(j * d + f + 8));
+            for (r, a) in acc.iter_mut().enumerate() {
+                let pb = _mm256_set1_ps(*sp.add(r * tp + j));
+                a[0] = _mm256_fmadd_ps(pb, v0, a[0]);
+                a[1] = _mm256_fmadd_ps(pb, v1, a[1]);
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            let sum = _mm256_set1_ps(sums[r]);
+            let o = out.as_mut_ptr().add(r * d + f);
+            _mm256_storeu_ps(o, _mm256_div_ps(a[0], sum));
+            _mm256_storeu_ps(o.add(8), _mm256_div_ps(a[1], sum));
+        }
+    }
+}
+
 /// One query row: scores against `scores.len()` keys, softmax, weighted sum of values.
-/// `keys_t` is `[d, t]`.
-fn row(qi: &[f32], keys_t: &[f32], values: &[f32], scores: &mut [f32], out: &mut [f32]) {
+/// `keys_t` is `[d, tp]`.
+fn row(qi: &[f32], keys_t: &[f32], tp: usize, values: &[f32], scores: &mut [f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has AVX2, checked just above.
-        return unsafe { row_avx2(qi, keys_t, values, scores, out) };
+        return unsafe { row_avx2(qi, keys_t, tp, values, scores, out) };
     }
-    row_portable(qi, keys_t, values, scores, out)
+    row_portable(qi, keys_t, tp, values, scores, out)
 }
 
 /// `row` compiled for AVX2 (8 lanes): the build targets baseline x86-64 (4-lane SSE2).
@@ -172,17 +312,24 @@ fn row(qi: &[f32], keys_t: &[f32], values: &[f32], scores: &mut [f32], out: &mut
 unsafe fn row_avx2(
     qi: &[f32],
     keys_t: &[f32],
+    tp: usize,
     values: &[f32],
     scores: &mut [f32],
     out: &mut [f32],
 ) {
-    row_portable(qi, keys_t, values, scores, out)
+    row_portable(qi, keys_t, tp, values, scores, out)
 }
 
 #[inline(always)]
-fn row_portable(qi: &[f32], keys_t: &[f32], values: &[f32], scores: &mut [f32], out: &mut [f32]) {
+fn row_portable(
+    qi: &[f32],
+    keys_t: &[f32],
+    t: usize,
+    values: &[f32],
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
     let d = qi.len();
-    let t = keys_t.len() / d;
     scores.fill(0.0);
     for (k, &qk) in qi.iter().enumerate() {
         let kr = &keys_t[k * t..k * t + scores.len()];

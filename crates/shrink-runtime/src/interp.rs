@@ -866,6 +866,9 @@ pub(crate) fn linear<B: Backend>(
     weight_t: &Tensor<B, 2>,
     bias: Option<&Tensor<B, 1>>,
 ) -> Tensor<B, 3> {
+    if let Some(y) = crate::cpu::linear(&x, weight_t, bias) {
+        return y;
+    }
     let [b, s, d] = x.dims();
     let out = weight_t.dims()[1];
     let y = x.reshape([b * s, d]).matmul(weight_t.clone());
@@ -910,6 +913,9 @@ pub(crate) fn norm<B: Backend>(
     weight: &Tensor<B, 1>,
     bias: Option<&Tensor<B, 1>>,
 ) -> Tensor<B, 3> {
+    if let Some(y) = crate::cpu::norm(&x, kind, eps, weight, bias) {
+        return y;
+    }
     let w = weight.clone().unsqueeze::<3>();
     // Divide rather than multiply by `recip()`: burn-ndarray's SIMD reciprocal is approximate
     // (about 1e-4 relative), which alone put logits 3e-4 away from transformers.
@@ -934,7 +940,10 @@ pub(crate) fn norm<B: Backend>(
 pub(crate) fn activate<B: Backend>(x: Tensor<B, 3>, a: Activation) -> Tensor<B, 3> {
     match a {
         // x·sigmoid(x) with one exp: burn's default sigmoid takes three transcendental passes.
-        Activation::Silu => x.clone() / (x.neg().exp() + 1.0),
+        Activation::Silu => match crate::cpu::silu(&x) {
+            Some(y) => y,
+            None => x.clone() / (x.neg().exp() + 1.0),
+        },
         Activation::GeluTanh => activation::gelu_approximate(x),
         // From erf: burn 0.21's own gelu differentiates the tanh approximation instead.
         Activation::Gelu => x.clone() * ((x / std::f64::consts::SQRT_2).erf() + 1.0) * 0.5,

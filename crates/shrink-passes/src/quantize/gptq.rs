@@ -24,6 +24,10 @@ pub struct GptqOptions {
     /// Hessian diagonal (GPTQ's `mse` quantizer option, importance-weighted), instead of the
     /// scheme's round-to-nearest rule.
     pub mse_scales: bool,
+    /// After the codes are chosen, refit each row's group scales jointly by least squares on
+    /// the layer's output error `‖(W − Ŵ)X‖²` (schemes whose values are `code level × scale`),
+    /// keeping a row's old scales where the refit, rounded as stored, is no better.
+    pub refit_scales: bool,
 }
 
 impl Default for GptqOptions {
@@ -33,6 +37,7 @@ impl Default for GptqOptions {
             block_size: 128,
             damp: 0.01,
             mse_scales: true,
+            refit_scales: true,
         }
     }
 }
@@ -169,6 +174,24 @@ pub fn gptq(
         }
         i1 = i2;
     }
+    if opts.refit_scales {
+        let h32: Vec<f32> = h.iter().map(|&v| v as f32).collect();
+        for st in states.iter_mut() {
+            let nr = st.codes.len() / cols;
+            let wr = &w[st.r0 * cols..(st.r0 + nr) * cols];
+            refit_scales(
+                wr,
+                nr,
+                cols,
+                g,
+                &h32,
+                scheme,
+                &st.codes,
+                &mut st.params,
+                matmul,
+            );
+        }
+    }
     let mut packer = Packer::new(scheme, rows, cols);
     for st in &states {
         for (k, codes) in st.codes.chunks_exact(cols).enumerate() {
@@ -246,6 +269,109 @@ impl Rows {
                     *wv -= e * uv;
                 }
             }
+        }
+    }
+}
+
+/// Refits the group scales of `rows` rows of `w` (`[rows, cols]`, groups of `g` columns) for
+/// their fixed `codes`: per row, the scales `d` minimising `(w − Σ d_g·v_g)ᵀ H (w − Σ d_g·v_g)`,
+/// `v_g` the unit-scale values of group `g`'s codes, solve `A d = b` with `A = VᵀHV` and
+/// `b = VᵀHw`. Each row keeps whichever of its old and new (stored-rounded) scales scores lower.
+/// Schemes without a unit scale are left as they are.
+#[allow(clippy::too_many_arguments)]
+fn refit_scales(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    g: usize,
+    h: &[f32],
+    scheme: QuantScheme,
+    codes: &[u8],
+    params: &mut [GroupParams],
+    matmul: Matmul<'_>,
+) {
+    let n = cols;
+    let groups = cols / g;
+    let Some(unit) = params.first().and_then(|p| scheme.unit_scale(p)) else {
+        return;
+    };
+    // Unit-scale values, transposed: `v[c * rows + r]` for row r, column c.
+    let mut v = vec![0.0f32; n * rows];
+    for r in 0..rows {
+        for c in 0..n {
+            v[c * rows + r] = scheme.value(codes[r * cols + c], &unit);
+        }
+    }
+    // H·wᵀ: `[n, rows]`.
+    let mut wt = vec![0.0f32; n * rows];
+    for r in 0..rows {
+        for c in 0..n {
+            wt[c * rows + r] = w[r * cols + c];
+        }
+    }
+    let hw = matmul(h, &wt, n, n, rows);
+    let gg = groups * groups;
+    let mut a = vec![0.0f64; rows * gg];
+    let mut b = vec![0.0f64; rows * groups];
+    let mut hcols = vec![0.0f32; n * g];
+    for gj in 0..groups {
+        // H[:, group j] · V[group j, :] = H·v_j for every row at once: `[n, rows]`.
+        for i in 0..n {
+            hcols[i * g..(i + 1) * g].copy_from_slice(&h[i * n + gj * g..i * n + gj * g + g]);
+        }
+        let hv = matmul(&hcols, &v[gj * g * rows..(gj + 1) * g * rows], n, g, rows);
+        for r in 0..rows {
+            for gi in 0..groups {
+                let s: f64 = (gi * g..gi * g + g)
+                    .map(|c| v[c * rows + r] as f64 * hv[c * rows + r] as f64)
+                    .sum();
+                a[r * gg + gi * groups + gj] = s;
+            }
+        }
+    }
+    for r in 0..rows {
+        for gi in 0..groups {
+            b[r * groups + gi] = (gi * g..gi * g + g)
+                .map(|c| v[c * rows + r] as f64 * hw[c * rows + r] as f64)
+                .sum();
+        }
+    }
+    for r in 0..rows {
+        let a = &mut a[r * gg..(r + 1) * gg];
+        let b = &mut b[r * groups..(r + 1) * groups];
+        let old: Vec<f64> = (0..groups)
+            .map(|gi| params[r * groups + gi].scale as f64)
+            .collect();
+        // The loss up to a constant: dᵀAd − 2dᵀb.
+        let loss = |a: &[f64], d: &[f64]| -> f64 {
+            let mut l = 0.0;
+            for i in 0..groups {
+                let ad: f64 = (0..groups).map(|j| a[i * groups + j] * d[j]).sum();
+                l += d[i] * ad - 2.0 * d[i] * b[i];
+            }
+            l
+        };
+        let before = loss(a, &old);
+        // A group of zero-valued codes has no scale to fit: pin it to its old one.
+        let mut sys = a.to_vec();
+        let mut rhs = b.to_vec();
+        for gi in 0..groups {
+            if sys[gi * groups + gi] <= 0.0 {
+                for j in 0..groups {
+                    sys[gi * groups + j] = 0.0;
+                    sys[j * groups + gi] = 0.0;
+                }
+                sys[gi * groups + gi] = 1.0;
+                rhs[gi] = old[gi];
+            }
+        }
+        let Some(d) = crate::linalg::solve_spd(&sys, &rhs, groups) else {
+            continue;
+        };
+        let new: Vec<GroupParams> = d.iter().map(|&s| scheme.with_scale(s as f32)).collect();
+        let rounded: Vec<f64> = new.iter().map(|p| p.scale as f64).collect();
+        if loss(a, &rounded) < before {
+            params[r * groups..(r + 1) * groups].copy_from_slice(&new);
         }
     }
 }
