@@ -130,14 +130,43 @@ fn output_err(w: &[f32], q: &[f32], x: &[f32], rows: usize, cols: usize, n: usiz
     e / n as f64
 }
 
-#[test]
-fn gptq_matches_the_reference() {
+/// The GPTQ reference's weights `[rows, cols]`, its `n` calibration inputs and their Gram matrix.
+struct GptqFixture {
+    w: Vec<f32>,
+    x: Vec<f32>,
+    n: usize,
+    rows: usize,
+    cols: usize,
+    gram: Vec<f32>,
+}
+
+fn gptq_fixture() -> GptqFixture {
     let w = f32s("gptq.w");
     let (xs, x) = g("gptq.x");
     let x: Vec<f32> = x.into_iter().map(|v| v as f32).collect();
     let (n, cols) = (xs[0], xs[1]);
     let rows = w.len() / cols;
     let gram = gptq::host_matmul(&transpose(&x, n, cols), &x, cols, n, cols);
+    GptqFixture {
+        w,
+        x,
+        n,
+        rows,
+        cols,
+        gram,
+    }
+}
+
+#[test]
+fn gptq_matches_the_reference() {
+    let GptqFixture {
+        w,
+        x,
+        n,
+        rows,
+        cols,
+        gram,
+    } = gptq_fixture();
     for (case, s, act_order, block) in [
         ("gptq.int4_g32", "int4_g32", false, 32),
         ("gptq.int4_g32_asym_actorder", "int4_g32_asym", true, 32),
@@ -191,12 +220,14 @@ fn gptq_matches_the_reference() {
 /// minimises exactly that for the codes GPTQ chose), in both column orders.
 #[test]
 fn gptq_scale_refit_lowers_the_output_error() {
-    let w = f32s("gptq.w");
-    let (xs, x) = g("gptq.x");
-    let x: Vec<f32> = x.into_iter().map(|v| v as f32).collect();
-    let (n, cols) = (xs[0], xs[1]);
-    let rows = w.len() / cols;
-    let gram = gptq::host_matmul(&transpose(&x, n, cols), &x, cols, n, cols);
+    let GptqFixture {
+        w,
+        x,
+        n,
+        rows,
+        cols,
+        gram,
+    } = gptq_fixture();
     for act_order in [false, true] {
         let err = |refit_scales: bool| {
             let opts = gptq::GptqOptions {
