@@ -71,9 +71,11 @@ pub(crate) fn linear<B: Backend>(
         return None; // burn's matmul reports the mismatch
     }
     let m = b * s;
-    let mut y = vec![0.0f32; m * n];
-    with_values(x, |xv| {
+    // The output is allocated inside, once `with_values` has found the CPU backend: other
+    // backends (training, CUDA) come through here on every linear.
+    let mut y = with_values(x, |xv| {
         with_matrix(weight_t, |wv, rs, cs| {
+            let mut y = vec![0.0f32; m * n];
             // SAFETY: A is `m × k` row-major (`xv` holds `m·k` values), B is `k × n` with
             // element (i, j) at `wv[i·rs + j·cs]`, inside `wv` for either layout `with_matrix`
             // gives, C is `m × n` row-major in `y`, which overlaps neither.
@@ -95,6 +97,7 @@ pub(crate) fn linear<B: Backend>(
                     1,
                 );
             }
+            y
         })
     })
     .flatten()?;

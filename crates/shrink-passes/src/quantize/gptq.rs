@@ -337,8 +337,8 @@ fn refit_scales(
         }
     }
     for r in 0..rows {
-        let a = &mut a[r * gg..(r + 1) * gg];
-        let b = &mut b[r * groups..(r + 1) * groups];
+        let a = &a[r * gg..(r + 1) * gg];
+        let b = &b[r * groups..(r + 1) * groups];
         let old: Vec<f64> = (0..groups)
             .map(|gi| params[r * groups + gi].scale as f64)
             .collect();
