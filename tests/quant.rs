@@ -179,6 +179,7 @@ fn gptq_matches_the_reference() {
             damp: 0.01,
             mse_scales: false,
             refit_scales: false,
+            rounds: 1,
         };
         let q = gptq::gptq(
             &w,
@@ -217,7 +218,8 @@ fn gptq_matches_the_reference() {
 }
 
 /// The scale refit after GPTQ lowers the layer's output error on its calibration inputs (it
-/// minimises exactly that for the codes GPTQ chose), in both column orders.
+/// minimises exactly that for the codes GPTQ chose), in both column orders; further passes that
+/// choose the codes again under the refit scales lower it more.
 #[test]
 fn gptq_scale_refit_lowers_the_output_error() {
     let GptqFixture {
@@ -229,10 +231,11 @@ fn gptq_scale_refit_lowers_the_output_error() {
         gram,
     } = gptq_fixture();
     for act_order in [false, true] {
-        let err = |refit_scales: bool| {
+        let err = |refit_scales: bool, rounds: usize| {
             let opts = gptq::GptqOptions {
                 act_order,
                 refit_scales,
+                rounds,
                 ..Default::default()
             };
             let q = gptq::gptq(
@@ -248,10 +251,14 @@ fn gptq_scale_refit_lowers_the_output_error() {
             .expect("gptq");
             output_err(&w, &q.dequant, &x, rows, cols, n)
         };
-        let (plain, refit) = (err(false), err(true));
+        let (plain, refit, rounds) = (err(false, 1), err(true, 1), err(true, 3));
         assert!(
             refit < 0.99 * plain,
             "act order {act_order}: refit {refit} vs {plain}"
+        );
+        assert!(
+            rounds < 0.98 * refit,
+            "act order {act_order}: 3 rounds {rounds} vs one {refit}"
         );
     }
 }
@@ -465,6 +472,16 @@ fn quantize_refuses_bad_input_before_writing() {
                 data.to_string_lossy()
             ),
             "fewer than one sequence",
+        ),
+        (
+            "q-zero-damp",
+            "method: gptq, gptq: (damp: 0.0)".into(),
+            "gptq.damp 0 is not in (0, 1]",
+        ),
+        (
+            "q-zero-rounds",
+            "method: gptq, gptq: (rounds: 0)".into(),
+            "gptq.rounds must be at least 1",
         ),
         (
             "q-empty-calibration",

@@ -111,7 +111,7 @@ impl Pass for LoraFold {
                 "quantized: gptq needs calibration.data, a text file to calibrate on".into(),
             );
         }
-        Ok(())
+        self.0.gptq.check("gptq")
     }
 
     fn files(&self) -> Vec<(&'static str, String)> {

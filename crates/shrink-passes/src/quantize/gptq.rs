@@ -28,6 +28,10 @@ pub struct GptqOptions {
     /// the layer's output error `‖(W − Ŵ)X‖²` (schemes whose values are `code level × scale`),
     /// keeping a row's old scales where the refit, rounded as stored, is no better.
     pub refit_scales: bool,
+    /// GPTQ passes over each matrix with `refit_scales`: each pass after the first chooses the
+    /// codes again, from the original weights, under the scales the previous pass refit, then
+    /// refits them. A row keeps the pass whose codes and scales give it the least output error.
+    pub rounds: usize,
 }
 
 impl Default for GptqOptions {
@@ -38,7 +42,24 @@ impl Default for GptqOptions {
             damp: 0.01,
             mse_scales: true,
             refit_scales: true,
+            rounds: 1,
         }
+    }
+}
+
+impl GptqOptions {
+    /// Range checks, before anything runs (`field` names the options in the pipeline).
+    pub fn check(&self, field: &str) -> Result<(), String> {
+        if !(self.damp.is_finite() && self.damp > 0.0 && self.damp <= 1.0) {
+            return Err(format!("{field}.damp {} is not in (0, 1]", self.damp));
+        }
+        if self.block_size == 0 {
+            return Err(format!("{field}.block_size must be at least 1"));
+        }
+        if self.rounds == 0 {
+            return Err(format!("{field}.rounds must be at least 1"));
+        }
+        Ok(())
     }
 }
 
@@ -108,19 +129,15 @@ pub fn gptq(
         .step_by(per)
         .map(|r0| {
             let r1 = (r0 + per).min(rows);
-            let mut wp = vec![0.0f32; (r1 - r0) * n];
-            for r in r0..r1 {
-                for (j, &c) in perm.iter().enumerate() {
-                    wp[(r - r0) * n + j] = w[r * cols + c];
-                }
-            }
-            Rows {
+            let mut st = Rows {
                 r0,
-                wp,
+                wp: Vec::new(),
                 codes: vec![0; (r1 - r0) * cols],
                 params: Vec::new(),
                 err: Vec::new(),
-            }
+            };
+            st.load(&w, &perm, cols);
+            st
         })
         .collect();
     // Static groups under act order, from the weights before any update.
@@ -144,52 +161,82 @@ pub fn gptq(
         }
     }
     let bs = opts.block_size.max(1);
-    let mut i1 = 0;
-    while i1 < n {
-        let i2 = (i1 + bs).min(n);
-        std::thread::scope(|sc| {
+    let rounds = if opts.refit_scales {
+        opts.rounds.max(1)
+    } else {
+        1
+    };
+    let h32: Vec<f32> = if opts.refit_scales {
+        h.iter().map(|&v| v as f32).collect()
+    } else {
+        Vec::new()
+    };
+    // The best pass so far of each thread's rows: codes, parameters and output errors.
+    let mut best: Vec<(Vec<u8>, Vec<GroupParams>, Vec<f64>)> = Vec::new();
+    for round in 0..rounds {
+        // From the second pass on, the groups keep the scales the previous pass refit.
+        let static_groups = opts.act_order || round > 0;
+        if round > 0 {
             for st in states.iter_mut() {
-                let (fit, u, perm) = (&fit, &u, &perm);
-                sc.spawn(move || {
-                    st.block(scheme, opts.act_order, g, n, cols, i1, i2, perm, u, fit)
-                });
+                st.load(&w, &perm, cols);
             }
-        });
-        if i2 < n {
-            // …and onto the columns after it: W[:, i2:] -= Err · U[i1:i2, i2:].
-            let rest = n - i2;
-            let err: Vec<f32> = states
-                .iter()
-                .flat_map(|st| st.err.iter().copied())
-                .collect();
-            let delta = trailing_update(&u, n, i1, i2, &err, rows, matmul);
+        }
+        quantize_blocks(
+            &mut states,
+            scheme,
+            static_groups,
+            g,
+            n,
+            cols,
+            bs,
+            &perm,
+            &u,
+            &fit,
+            matmul,
+        );
+        if opts.refit_scales {
             for st in states.iter_mut() {
-                for (k, row) in st.wp.chunks_exact_mut(n).enumerate() {
-                    let r = st.r0 + k;
-                    for (wv, dv) in row[i2..].iter_mut().zip(&delta[r * rest..(r + 1) * rest]) {
-                        *wv -= dv;
+                let nr = st.codes.len() / cols;
+                let wr = &w[st.r0 * cols..(st.r0 + nr) * cols];
+                refit_scales(
+                    wr,
+                    nr,
+                    cols,
+                    g,
+                    &h32,
+                    scheme,
+                    &st.codes,
+                    &mut st.params,
+                    matmul,
+                );
+            }
+        }
+        if rounds > 1 {
+            for (k, st) in states.iter().enumerate() {
+                let nr = st.codes.len() / cols;
+                let wr = &w[st.r0 * cols..(st.r0 + nr) * cols];
+                let e = output_errors(wr, nr, cols, g, &h32, scheme, &st.codes, &st.params, matmul);
+                match best.get_mut(k) {
+                    None => best.push((st.codes.clone(), st.params.clone(), e)),
+                    Some((codes, params, errs)) => {
+                        for (r, &er) in e.iter().enumerate() {
+                            if er < errs[r] {
+                                errs[r] = er;
+                                codes[r * cols..(r + 1) * cols]
+                                    .copy_from_slice(&st.codes[r * cols..(r + 1) * cols]);
+                                params[r * groups..(r + 1) * groups]
+                                    .copy_from_slice(&st.params[r * groups..(r + 1) * groups]);
+                            }
+                        }
                     }
                 }
             }
         }
-        i1 = i2;
     }
-    if opts.refit_scales {
-        let h32: Vec<f32> = h.iter().map(|&v| v as f32).collect();
-        for st in states.iter_mut() {
-            let nr = st.codes.len() / cols;
-            let wr = &w[st.r0 * cols..(st.r0 + nr) * cols];
-            refit_scales(
-                wr,
-                nr,
-                cols,
-                g,
-                &h32,
-                scheme,
-                &st.codes,
-                &mut st.params,
-                matmul,
-            );
+    if rounds > 1 {
+        for (st, (codes, params, _)) in states.iter_mut().zip(best) {
+            st.codes = codes;
+            st.params = params;
         }
     }
     let mut packer = Packer::new(scheme, rows, cols);
@@ -214,6 +261,82 @@ pub fn gptq(
     })
 }
 
+/// One GPTQ pass over every column, in lazy blocks of `bs`: quantizes each block on the rows'
+/// threads, then pushes its error onto the columns after it.
+#[allow(clippy::too_many_arguments)]
+fn quantize_blocks(
+    states: &mut [Rows],
+    scheme: QuantScheme,
+    static_groups: bool,
+    g: usize,
+    n: usize,
+    cols: usize,
+    bs: usize,
+    perm: &[usize],
+    u: &[f32],
+    fit: &(dyn Fn(&[f32], usize) -> GroupParams + Sync),
+    matmul: Matmul<'_>,
+) {
+    let rows: usize = states.iter().map(|st| st.codes.len() / cols).sum();
+    let mut i1 = 0;
+    while i1 < n {
+        let i2 = (i1 + bs).min(n);
+        std::thread::scope(|sc| {
+            for st in states.iter_mut() {
+                sc.spawn(move || st.block(scheme, static_groups, g, n, cols, i1, i2, perm, u, fit));
+            }
+        });
+        if i2 < n {
+            // …and onto the columns after it: W[:, i2:] -= Err · U[i1:i2, i2:].
+            let rest = n - i2;
+            let err: Vec<f32> = states
+                .iter()
+                .flat_map(|st| st.err.iter().copied())
+                .collect();
+            let delta = trailing_update(u, n, i1, i2, &err, rows, matmul);
+            for st in states.iter_mut() {
+                for (k, row) in st.wp.chunks_exact_mut(n).enumerate() {
+                    let r = st.r0 + k;
+                    for (wv, dv) in row[i2..].iter_mut().zip(&delta[r * rest..(r + 1) * rest]) {
+                        *wv -= dv;
+                    }
+                }
+            }
+        }
+        i1 = i2;
+    }
+}
+
+/// Each row's output error `(w − ŵ)ᵀ H (w − ŵ)` for its codes and group parameters.
+#[allow(clippy::too_many_arguments)]
+fn output_errors(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    g: usize,
+    h: &[f32],
+    scheme: QuantScheme,
+    codes: &[u8],
+    params: &[GroupParams],
+    matmul: Matmul<'_>,
+) -> Vec<f64> {
+    let groups = cols / g;
+    let diff: Vec<f32> = (0..rows * cols)
+        .map(|i| {
+            let (r, c) = (i / cols, i % cols);
+            w[i] - scheme.value(codes[i], &params[r * groups + c / g])
+        })
+        .collect();
+    let dh = matmul(&diff, h, rows, cols, cols);
+    (0..rows)
+        .map(|r| {
+            (0..cols)
+                .map(|c| diff[r * cols + c] as f64 * dh[r * cols + c] as f64)
+                .sum()
+        })
+        .collect()
+}
+
 /// One thread's run of rows: weights in permuted column order, codes and group parameters in
 /// the original order, and the scaled errors of the current block.
 struct Rows {
@@ -225,6 +348,19 @@ struct Rows {
 }
 
 impl Rows {
+    /// Loads the original weights of these rows in permuted column order.
+    fn load(&mut self, w: &[f32], perm: &[usize], cols: usize) {
+        let n = perm.len();
+        let nr = self.codes.len() / cols;
+        self.wp = vec![0.0f32; nr * n];
+        for k in 0..nr {
+            let r = self.r0 + k;
+            for (j, &c) in perm.iter().enumerate() {
+                self.wp[k * n + j] = w[r * cols + c];
+            }
+        }
+    }
+
     /// Quantizes columns `i1..i2` (permuted order) of these rows, pushing each column's error
     /// onto the rest of the block.
     #[allow(clippy::too_many_arguments)]

@@ -226,6 +226,10 @@ impl Pass for Quantize {
         Ok(())
     }
 
+    fn check(&self) -> Result<(), String> {
+        self.0.gptq.check("gptq")
+    }
+
     fn files(&self) -> Vec<(&'static str, String)> {
         self.0.calibration.files()
     }
