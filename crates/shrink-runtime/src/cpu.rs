@@ -3,6 +3,7 @@
 //! matrix `XᵀX` of calibration with `Xᵀ` as a strided view.
 
 use std::any::Any;
+use std::ops::Range;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
@@ -101,6 +102,61 @@ pub(crate) fn linear<B: Backend>(
         })
     })
     .flatten()?;
+    add_bias(&mut y, n, bias)?;
+    to_backend(y, [b, s, n])
+}
+
+/// `x · Wᵀ (+ bias)` for `x [b, s, cols]` and a `[rows, cols]` matrix that `block(r0..r1)`
+/// dequantizes `step` rows at a time (row-major), one sgemm per block into the output's
+/// columns, so the matrix never exists whole in f32; `None` for other backends.
+pub(crate) fn linear_row_blocks<B: Backend>(
+    x: &Tensor<B, 3>,
+    [rows, cols]: [usize; 2],
+    step: usize,
+    block: impl Fn(Range<usize>) -> Vec<f32>,
+    bias: Option<&Tensor<B, 1>>,
+) -> Option<Tensor<B, 3>> {
+    let [b, s, d] = x.dims();
+    if cols != d {
+        return None; // burn's matmul reports the mismatch
+    }
+    let m = b * s;
+    let mut y = with_values(x, |xv| {
+        let mut y = vec![0.0f32; m * rows];
+        for r0 in (0..rows).step_by(step.max(1)) {
+            let r1 = (r0 + step.max(1)).min(rows);
+            let w = block(r0..r1);
+            assert_eq!(w.len(), (r1 - r0) * d, "a block of {} rows", r1 - r0);
+            // SAFETY: A is `m × d` row-major in `xv`; B is the block transposed, `d × (r1−r0)`
+            // with element (i, j) at `w[j·d + i]`; C is columns `r0..r1` of the `m × rows`
+            // row-major `y` (row stride `rows`), which `r1 ≤ rows` keeps in bounds.
+            unsafe {
+                matrixmultiply::sgemm(
+                    m,
+                    d,
+                    r1 - r0,
+                    1.0,
+                    xv.as_ptr(),
+                    d as isize,
+                    1,
+                    w.as_ptr(),
+                    1,
+                    d as isize,
+                    0.0,
+                    y.as_mut_ptr().add(r0),
+                    rows as isize,
+                    1,
+                );
+            }
+        }
+        y
+    })?;
+    add_bias(&mut y, rows, bias)?;
+    to_backend(y, [b, s, rows])
+}
+
+/// Adds `bias` (`n` values) to every row of `y`; `None` if it is not a CPU tensor.
+fn add_bias<B: Backend>(y: &mut [f32], n: usize, bias: Option<&Tensor<B, 1>>) -> Option<()> {
     if let Some(bias) = bias {
         with_values(bias, |bv| {
             for row in y.chunks_exact_mut(n) {
@@ -110,7 +166,7 @@ pub(crate) fn linear<B: Backend>(
             }
         })?;
     }
-    to_backend(y, [b, s, n])
+    Some(())
 }
 
 /// Host values as a tensor of `B`, which the caller found to be the CPU backend.
