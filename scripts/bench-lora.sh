@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # LoRA fine-tune of SmolLM2-135M-Instruct on tiny Shakespeare: pipelines/smollm2-lora-shakespeare.ron (r=8,
-# alpha=16 on q/k/v/o and the MLP projections; 240 steps of 2 × 512 tokens of the first 36,000 lines; folded).
+# alpha=16 on q/k/v/o and the MLP projections; 300 steps of 2 × 512 tokens of the first 36,000 lines; folded).
 # The finetune pass reports perplexity on the last 4,000 lines (ctx 512, every chunk, second half scored)
 # before and after. The adapter file size is that of the same adapters written as a PEFT directory
 # (pipelines/smollm2-lora-random.ron: same targets and rank, so the same tensors and bytes).
