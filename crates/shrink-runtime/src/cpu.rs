@@ -106,14 +106,15 @@ pub(crate) fn linear<B: Backend>(
     to_backend(y, [b, s, n])
 }
 
-/// `x · Wᵀ (+ bias)` for `x [b, s, cols]` and a `[rows, cols]` matrix that `block(r0..r1)`
-/// dequantizes `step` rows at a time (row-major), one sgemm per block into the output's
-/// columns, so the matrix never exists whole in f32; `None` for other backends.
+/// `x · Wᵀ (+ bias)` for `x [b, s, cols]` and a `[rows, cols]` matrix that `fill(r0..r1, out)`
+/// dequantizes `step` rows at a time (row-major, into one buffer reused by every block), one
+/// sgemm per block into the output's columns, so the matrix never exists whole in f32; `None`
+/// for other backends.
 pub(crate) fn linear_row_blocks<B: Backend>(
     x: &Tensor<B, 3>,
     [rows, cols]: [usize; 2],
     step: usize,
-    block: impl Fn(Range<usize>) -> Vec<f32>,
+    fill: impl Fn(Range<usize>, &mut [f32]),
     bias: Option<&Tensor<B, 1>>,
 ) -> Option<Tensor<B, 3>> {
     let [b, s, d] = x.dims();
@@ -121,12 +122,14 @@ pub(crate) fn linear_row_blocks<B: Backend>(
         return None; // burn's matmul reports the mismatch
     }
     let m = b * s;
+    let step = step.clamp(1, rows.max(1));
     let mut y = with_values(x, |xv| {
         let mut y = vec![0.0f32; m * rows];
-        for r0 in (0..rows).step_by(step.max(1)) {
-            let r1 = (r0 + step.max(1)).min(rows);
-            let w = block(r0..r1);
-            assert_eq!(w.len(), (r1 - r0) * d, "a block of {} rows", r1 - r0);
+        let mut block = vec![0.0f32; step * d];
+        for r0 in (0..rows).step_by(step) {
+            let r1 = (r0 + step).min(rows);
+            let w = &mut block[..(r1 - r0) * d];
+            fill(r0..r1, w);
             // SAFETY: A is `m × d` row-major in `xv`; B is the block transposed, `d × (r1−r0)`
             // with element (i, j) at `w[j·d + i]`; C is columns `r0..r1` of the `m × rows`
             // row-major `y` (row stride `rows`), which `r1 ≤ rows` keeps in bounds.

@@ -90,9 +90,14 @@ impl Packed {
     /// Rows `rows` of the matrix, `[rows.len(), cols]`.
     fn dequantize(&self, rows: Range<usize>) -> Vec<f32> {
         let mut out = vec![0.0f32; rows.len() * self.cols];
-        self.scheme
-            .dequantize_rows(self.data.bytes(), &self.shape(), rows, &mut out);
+        self.dequantize_into(rows, &mut out);
         out
+    }
+
+    /// Rows `rows` of the matrix into `out` (`rows.len() · cols` values).
+    fn dequantize_into(&self, rows: Range<usize>, out: &mut [f32]) {
+        self.scheme
+            .dequantize_rows(self.data.bytes(), &self.shape(), rows, out);
     }
 
     /// Rows per block of at most `max_elems` values (at least one row).
@@ -110,8 +115,8 @@ impl Packed {
         device: &B::Device,
     ) -> Tensor<B, 3> {
         let step = self.block_rows(max_elems);
-        let block = |r: Range<usize>| self.dequantize(r);
-        if let Some(y) = crate::cpu::linear_row_blocks(&x, self.shape(), step, block, bias) {
+        let fill = |r: Range<usize>, out: &mut [f32]| self.dequantize_into(r, out);
+        if let Some(y) = crate::cpu::linear_row_blocks(&x, self.shape(), step, fill, bias) {
             return y;
         }
         linear_row_blocks(x, self.row_blocks(max_elems, device), bias)
@@ -1154,7 +1159,7 @@ mod tests {
                     &x,
                     p.shape(),
                     p.block_rows(block),
-                    |r| p.dequantize(r),
+                    |r, out| p.dequantize_into(r, out),
                     Some(&bias),
                 )
                 .expect("the host path takes CPU tensors");

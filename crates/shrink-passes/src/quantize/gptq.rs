@@ -161,11 +161,7 @@ pub fn gptq(
         }
     }
     let bs = opts.block_size.max(1);
-    let rounds = if opts.refit_scales {
-        opts.rounds.max(1)
-    } else {
-        1
-    };
+    let rounds = opts.rounds.max(1);
     let h32: Vec<f32> = if opts.refit_scales {
         h.iter().map(|&v| v as f32).collect()
     } else {
@@ -194,46 +190,48 @@ pub fn gptq(
             &fit,
             matmul,
         );
-        if opts.refit_scales {
-            for st in states.iter_mut() {
-                let nr = st.codes.len() / cols;
-                let wr = &w[st.r0 * cols..(st.r0 + nr) * cols];
-                refit_scales(
-                    wr,
-                    nr,
-                    cols,
-                    g,
-                    &h32,
-                    scheme,
-                    &st.codes,
-                    &mut st.params,
-                    matmul,
-                );
-            }
+        if !opts.refit_scales {
+            break; // further passes would only repeat this one
         }
-        if rounds > 1 {
-            for (k, st) in states.iter().enumerate() {
-                let nr = st.codes.len() / cols;
-                let wr = &w[st.r0 * cols..(st.r0 + nr) * cols];
-                let e = output_errors(wr, nr, cols, g, &h32, scheme, &st.codes, &st.params, matmul);
-                match best.get_mut(k) {
-                    None => best.push((st.codes.clone(), st.params.clone(), e)),
-                    Some((codes, params, errs)) => {
-                        for (r, &er) in e.iter().enumerate() {
-                            if er < errs[r] {
-                                errs[r] = er;
-                                codes[r * cols..(r + 1) * cols]
-                                    .copy_from_slice(&st.codes[r * cols..(r + 1) * cols]);
-                                params[r * groups..(r + 1) * groups]
-                                    .copy_from_slice(&st.params[r * groups..(r + 1) * groups]);
-                            }
+        for (k, st) in states.iter_mut().enumerate() {
+            let nr = st.codes.len() / cols;
+            let wr = &w[st.r0 * cols..(st.r0 + nr) * cols];
+            let losses = refit_scales(
+                wr,
+                nr,
+                cols,
+                g,
+                &h32,
+                scheme,
+                &st.codes,
+                &mut st.params,
+                matmul,
+            );
+            // Passes are compared by the refit's losses: without a unit scale there is no refit,
+            // and no further pass.
+            let (Some(e), true) = (losses, rounds > 1) else {
+                continue;
+            };
+            match best.get_mut(k) {
+                None => best.push((st.codes.clone(), st.params.clone(), e)),
+                Some((codes, params, errs)) => {
+                    for (r, &er) in e.iter().enumerate() {
+                        if er < errs[r] {
+                            errs[r] = er;
+                            codes[r * cols..(r + 1) * cols]
+                                .copy_from_slice(&st.codes[r * cols..(r + 1) * cols]);
+                            params[r * groups..(r + 1) * groups]
+                                .copy_from_slice(&st.params[r * groups..(r + 1) * groups]);
                         }
                     }
                 }
             }
         }
+        if best.is_empty() {
+            break;
+        }
     }
-    if rounds > 1 {
+    if !best.is_empty() {
         for (st, (codes, params, _)) in states.iter_mut().zip(best) {
             st.codes = codes;
             st.params = params;
@@ -305,36 +303,6 @@ fn quantize_blocks(
         }
         i1 = i2;
     }
-}
-
-/// Each row's output error `(w − ŵ)ᵀ H (w − ŵ)` for its codes and group parameters.
-#[allow(clippy::too_many_arguments)]
-fn output_errors(
-    w: &[f32],
-    rows: usize,
-    cols: usize,
-    g: usize,
-    h: &[f32],
-    scheme: QuantScheme,
-    codes: &[u8],
-    params: &[GroupParams],
-    matmul: Matmul<'_>,
-) -> Vec<f64> {
-    let groups = cols / g;
-    let diff: Vec<f32> = (0..rows * cols)
-        .map(|i| {
-            let (r, c) = (i / cols, i % cols);
-            w[i] - scheme.value(codes[i], &params[r * groups + c / g])
-        })
-        .collect();
-    let dh = matmul(&diff, h, rows, cols, cols);
-    (0..rows)
-        .map(|r| {
-            (0..cols)
-                .map(|c| diff[r * cols + c] as f64 * dh[r * cols + c] as f64)
-                .sum()
-        })
-        .collect()
 }
 
 /// One thread's run of rows: weights in permuted column order, codes and group parameters in
@@ -413,7 +381,9 @@ impl Rows {
 /// their fixed `codes`: per row, the scales `d` minimising `(w − Σ d_g·v_g)ᵀ H (w − Σ d_g·v_g)`,
 /// `v_g` the unit-scale values of group `g`'s codes, solve `A d = b` with `A = VᵀHV` and
 /// `b = VᵀHw`. Each row keeps whichever of its old and new (stored-rounded) scales scores lower.
-/// Schemes without a unit scale are left as they are.
+/// Returns each row's output error for the scales it keeps, less the row's constant `wᵀHw`
+/// (so rows compare across code choices); schemes without a unit scale are left as they are
+/// (`None`).
 #[allow(clippy::too_many_arguments)]
 fn refit_scales(
     w: &[f32],
@@ -425,12 +395,10 @@ fn refit_scales(
     codes: &[u8],
     params: &mut [GroupParams],
     matmul: Matmul<'_>,
-) {
+) -> Option<Vec<f64>> {
     let n = cols;
     let groups = cols / g;
-    let Some(unit) = params.first().and_then(|p| scheme.unit_scale(p)) else {
-        return;
-    };
+    let unit = params.first().and_then(|p| scheme.unit_scale(p))?;
     // Unit-scale values, transposed: `v[c * rows + r]` for row r, column c.
     let mut v = vec![0.0f32; n * rows];
     for r in 0..rows {
@@ -472,6 +440,7 @@ fn refit_scales(
                 .sum();
         }
     }
+    let mut losses = Vec::with_capacity(rows);
     for r in 0..rows {
         let a = &a[r * gg..(r + 1) * gg];
         let b = &b[r * groups..(r + 1) * groups];
@@ -501,13 +470,17 @@ fn refit_scales(
                 rhs[gi] = old[gi];
             }
         }
+        losses.push(before);
         let Some(d) = crate::linalg::solve_spd(&sys, &rhs, groups) else {
             continue;
         };
         let new: Vec<GroupParams> = d.iter().map(|&s| scheme.with_scale(s as f32)).collect();
         let rounded: Vec<f64> = new.iter().map(|p| p.scale as f64).collect();
-        if loss(a, &rounded) < before {
+        let after = loss(a, &rounded);
+        if after < before {
             params[r * groups..(r + 1) * groups].copy_from_slice(&new);
+            losses[r] = after;
         }
     }
+    Some(losses)
 }
