@@ -22,7 +22,8 @@ llama_ppl() { # file → ppl of llama-perplexity (same settings as shrink's eval
 row() { printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$@"; }
 row pipeline scheme method bytes bits/weight "ppl (shrink)" "quantize s"
 for p in pipelines/smollm2-q8_0-rtn.ron pipelines/smollm2-q8_0-gptq.ron pipelines/smollm2-q4_0-rtn.ron \
-         pipelines/smollm2-q4_0-gptq.ron pipelines/smollm2-q4_0-awq.ron pipelines/smollm2-int4-b64-rtn.ron \
+         pipelines/smollm2-q4_0-gptq.ron pipelines/smollm2-q4_0-gptq-tuned.ron pipelines/smollm2-q4_0-awq.ron \
+         pipelines/smollm2-int4-b64-rtn.ron \
          pipelines/smollm2-nf4-rtn.ron pipelines/smollm2-nf4-dq-rtn.ron; do
   name=$(basename "$p" .ron)
   [[ -n "$ONLY" && "$name" != *"$ONLY"* ]] && continue

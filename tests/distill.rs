@@ -99,6 +99,58 @@ fn finetune_prune_distill_pulls_the_pruned_model_toward_its_teacher() {
     assert!(logits.iter().all(|x| x.is_finite()));
 }
 
+/// `quantized: scales` after `quantize`: the weights stay q4_0 with the codes
+/// round-to-nearest chose, only their scales (and the norms) move, and the KL to the float
+/// model falls.
+#[test]
+fn distill_trains_the_scales_of_a_quantized_model() {
+    let dir = scratch("distill-scales");
+    let (train, heldout) = texts(&dir);
+    let quantize = r#"(pass: "quantize", options: (method: rtn, scheme: "q4_0"))"#;
+    let (code, _, stderr) = run(&dir, "rtn", &format!("(passes: [{quantize}])"), &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let options = train_options(
+        &train,
+        &heldout,
+        r#", params: (include: ["*proj*", "*norm*"]), quantized: scales"#,
+    )
+    .replace("lr: 3e-3", "lr: 1e-2");
+    let pipeline = format!(
+        r#"(passes: [{quantize}, (pass: "distill", options: (alpha: 0.0, temperature: 1.0, train: {options}))])"#
+    );
+    let (code, report, stderr) = run(&dir, "scales", &pipeline, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let stats = &report["passes"][1]["stats"];
+    assert_eq!(stats["tensors_scales_trained"], 14, "{stats}");
+    assert_eq!(stats["tensors_widened_to_f32"], 0, "{stats}");
+    let curve = stats["curve"].as_array().expect("curve");
+    let (kl0, kl1) = (mean(curve, "kl", 0..4), mean(curve, "kl", 20..24));
+    assert!(kl1 < 0.8 * kl0, "KL {kl0} → {kl1}");
+    let before = shrink::import::load(&dir.join("rtn-out")).expect("rtn model");
+    let after = shrink::import::load(&dir.join("scales-out")).expect("trained model");
+    let mut moved = 0;
+    for (name, ty) in before.model.graph.params() {
+        let (a, b) = (
+            before.model.weights.get(name).expect("data"),
+            after.model.weights.get(name).expect("data"),
+        );
+        if ty.quant.is_none() {
+            continue;
+        }
+        assert_eq!(
+            after.model.graph.param(name),
+            Some(ty),
+            "{name} keeps its scheme"
+        );
+        // q4_0 blocks: an f16 scale, then 16 bytes of codes, which must not change.
+        for (x, y) in a.bytes().chunks(18).zip(b.bytes().chunks(18)) {
+            assert_eq!(x[2..], y[2..], "{name}: codes changed");
+            moved += usize::from(x[..2] != y[..2]);
+        }
+    }
+    assert!(moved > 100, "only {moved} scales moved");
+}
+
 #[test]
 fn finetune_learns_the_text_and_resume_continues_a_run() {
     let dir = scratch("finetune-tiny");

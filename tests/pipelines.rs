@@ -78,6 +78,32 @@ fn misspelt_option_fails_with_position() {
     assert!(stderr.starts_with(&want), "{stderr}");
 }
 
+/// Nested option structs refuse unknown fields too (a misspelt `exclude` once passed silently),
+/// and `exclude` may be left out.
+#[test]
+fn misspelt_nested_option_fails_with_position() {
+    let text = "(\n    passes: [\n        (pass: \"cast\", options: (to: f16)),\n        (pass: \"finetune\", options: (train: (data: \"t.txt\", params: (include: [\"*norm*\"], exlude: [])))),\n    ],\n)\n";
+    let (code, stderr, path) = run_bad("p-misspelt-nested", text);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.starts_with(&format!("error: {}:4:", path.display())),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("Unexpected field named `exlude`"),
+        "{stderr}"
+    );
+    let text = "(\n    passes: [\n        (pass: \"finetune\", options: (train: (data: \"t.txt\", params: (include: [\"*norm*\"])))),\n    ],\n)\n";
+    let (code, stderr, _) = run_bad("p-include-only", text);
+    assert_eq!(code, 1);
+    // Past parsing: the missing data file is what stops it.
+    assert!(stderr.contains("t.txt"), "{stderr}");
+    assert!(
+        stderr.contains("does not exist") && !stderr.contains("missing field"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn mistyped_option_fails_with_position() {
     let text =

@@ -180,6 +180,7 @@ fn gptq_matches_the_reference() {
             mse_scales: false,
             refit_scales: false,
             rounds: 1,
+            asymmetric: false,
         };
         let q = gptq::gptq(
             &w,
@@ -261,6 +262,83 @@ fn gptq_scale_refit_lowers_the_output_error() {
             "act order {act_order}: 3 rounds {rounds} vs one {refit}"
         );
     }
+}
+
+/// Asymmetric calibration: the target `W + W·K` is the least-squares fit of the float layer's
+/// output on the float inputs `X̃` from the compressed inputs `X` (its residual is orthogonal to
+/// `X`), `K` is exactly zero when the inputs agree, and GPTQ of that target ends closer to the
+/// float output than GPTQ of `W` does.
+#[test]
+fn gptq_asymmetric_target_fits_the_float_output() {
+    let GptqFixture {
+        w,
+        x: x_float,
+        n,
+        rows,
+        cols,
+        gram: _,
+    } = gptq_fixture();
+    // The compressed model's inputs: the float ones, perturbed (deterministically) per feature
+    // and token, as upstream quantization error would.
+    let x: Vec<f32> = x_float
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            v * (1.0 + 0.1 * ((i * 7919 % 13) as f32 / 6.0 - 1.0)) + 0.02 * (i as f32 * 0.37).sin()
+        })
+        .collect();
+    let xt = transpose(&x, n, cols);
+    let gram = gptq::host_matmul(&xt, &x, cols, n, cols);
+    let cross = gptq::host_matmul(&transpose(&x_float, n, cols), &x, cols, n, cols);
+    let same = gptq::asymmetric_correction(&gram, &gram, n, cols, 0.01, &gptq::host_matmul)
+        .expect("correction");
+    assert!(
+        same.iter().all(|&v| v == 0.0),
+        "equal inputs: K must be zero"
+    );
+    let k = gptq::asymmetric_correction(&gram, &cross, n, cols, 1e-6, &gptq::host_matmul)
+        .expect("correction");
+    let wk = gptq::host_matmul(&w, &k, rows, cols, cols);
+    let target: Vec<f32> = w.iter().zip(&wk).map(|(a, b)| a + b).collect();
+    // Normal equations: Xᵀ(X̃Wᵀ − XW'ᵀ) = 0.
+    let y_float = gptq::host_matmul(&x_float, &transpose(&w, rows, cols), n, cols, rows);
+    let y_fit = gptq::host_matmul(&x, &transpose(&target, rows, cols), n, cols, rows);
+    let resid: Vec<f32> = y_float.iter().zip(&y_fit).map(|(a, b)| a - b).collect();
+    let ortho = gptq::host_matmul(&xt, &resid, cols, n, rows);
+    let scale = gptq::host_matmul(&xt, &y_float, cols, n, rows);
+    let norm = |v: &[f32]| v.iter().map(|&a| (a as f64).powi(2)).sum::<f64>().sqrt();
+    assert!(
+        norm(&ortho) < 1e-3 * norm(&scale),
+        "residual not orthogonal: {} vs {}",
+        norm(&ortho),
+        norm(&scale)
+    );
+    // ‖X̃Wᵀ − XŴᵀ‖² / N.
+    let asym_err = |q: &[f32]| {
+        let y = gptq::host_matmul(&x, &transpose(q, rows, cols), n, cols, rows);
+        y_float
+            .iter()
+            .zip(&y)
+            .map(|(a, b)| ((a - b) as f64).powi(2))
+            .sum::<f64>()
+            / n as f64
+    };
+    let quantize = |target: &[f32]| {
+        gptq::gptq(
+            target,
+            rows,
+            cols,
+            &gram,
+            n,
+            scheme("q4_0"),
+            &gptq::GptqOptions::default(),
+            &gptq::host_matmul,
+        )
+        .expect("gptq")
+        .dequant
+    };
+    let (plain, asym) = (asym_err(&quantize(&w)), asym_err(&quantize(&target)));
+    assert!(asym < 0.9 * plain, "asymmetric {asym} vs plain {plain}");
 }
 
 fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {

@@ -442,6 +442,79 @@ impl QuantScheme {
         }
     }
 
+    /// Where each group's scale is stored in the packed bytes of `shape` (row-major over rows
+    /// and groups) and how wide it is: for schemes whose values are `level(code) · scale` with
+    /// the scale stored as such (q8_0, q4_0, symmetric INT: f16; NF4 without double
+    /// quantization: f32); `None` for the others.
+    fn scale_slots(self, shape: &[usize]) -> Option<(Vec<usize>, usize)> {
+        let (rows, cols) = (*shape.first()?, *shape.get(1)?);
+        let groups = rows * self.groups(cols);
+        let codes = rows * self.row_bytes(cols);
+        match self {
+            QuantScheme::Q8_0 | QuantScheme::Q4_0 => {
+                let block = self.row_bytes(32);
+                Some(((0..groups).map(|i| i * block).collect(), 2))
+            }
+            QuantScheme::Int {
+                symmetric: true, ..
+            } => Some(((0..groups).map(|i| codes + 2 * i).collect(), 2)),
+            QuantScheme::Nf4 {
+                double_quant: false,
+                ..
+            } => Some(((0..groups).map(|i| codes + 4 * i).collect(), 4)),
+            _ => None,
+        }
+    }
+
+    /// Every group's stored scale, row-major `[rows, groups]`; `None` for schemes without a
+    /// plain stored scale (see [`QuantScheme::set_scales`]).
+    pub fn scales(self, bytes: &[u8], shape: &[usize]) -> Option<Vec<f32>> {
+        let (slots, width) = self.scale_slots(shape)?;
+        slots
+            .iter()
+            .map(|&o| {
+                let b = bytes.get(o..o + width)?;
+                Some(match width {
+                    2 => f16::from_le_bytes([b[0], b[1]]).to_f32(),
+                    _ => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+                })
+            })
+            .collect()
+    }
+
+    /// Rewrites every group's scale in packed `bytes` (codes untouched), rounded as stored.
+    /// Schemes: q8_0, q4_0, symmetric INT, NF4 without double quantization.
+    pub fn set_scales(
+        self,
+        bytes: &mut [u8],
+        shape: &[usize],
+        scales: &[f32],
+    ) -> Result<(), String> {
+        let (slots, width) = self
+            .scale_slots(shape)
+            .ok_or_else(|| format!("{self} has no plain stored scale per group"))?;
+        if scales.len() != slots.len() {
+            return Err(format!(
+                "{} scales for {} groups",
+                scales.len(),
+                slots.len()
+            ));
+        }
+        if let Some(bad) = scales.iter().find(|v| !v.is_finite()) {
+            return Err(format!("a scale is {bad}"));
+        }
+        for (&o, &v) in slots.iter().zip(scales) {
+            let dst = bytes
+                .get_mut(o..o + width)
+                .ok_or_else(|| "the packed bytes are shorter than the shape needs".to_string())?;
+            match width {
+                2 => dst.copy_from_slice(&f16::from_f32(v).to_le_bytes()),
+                _ => dst.copy_from_slice(&v.to_le_bytes()),
+            }
+        }
+        Ok(())
+    }
+
     /// The whole tensor as f32.
     pub fn dequantize(self, bytes: &[u8], shape: &[usize]) -> Vec<f32> {
         let mut out = vec![0.0; shape.iter().product()];
@@ -845,6 +918,37 @@ mod tests {
         assert_eq!(nf.packed_size(&[2, 640]).unwrap(), 640 + 20 + 4 + 4);
         let i3: QuantScheme = "int3_g32_asym".parse().unwrap();
         assert_eq!(i3.packed_size(&[1, 64]).unwrap(), 24 + 2 * 2 + 2);
+    }
+
+    /// Scales read back as stored; rewriting them scales every value of their group and leaves
+    /// the codes alone.
+    #[test]
+    fn scales_read_and_rewrite_in_place() {
+        let (rows, cols) = (2, 128);
+        let w: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0)
+            .collect();
+        for name in ["q8_0", "q4_0", "int4_g64", "int8", "nf4_b64"] {
+            let scheme: QuantScheme = name.parse().expect("scheme");
+            let shape = [rows, cols];
+            let mut packed = scheme.quantize(&shape, &w).expect("quantize");
+            let before = scheme.dequantize(&packed, &shape);
+            let scales = scheme.scales(&packed, &shape).expect("scales");
+            let groups = scales.len() / rows;
+            let g = cols / groups;
+            let doubled: Vec<f32> = scales.iter().map(|s| s * 2.0).collect();
+            scheme
+                .set_scales(&mut packed, &shape, &doubled)
+                .expect("set");
+            let after = scheme.dequantize(&packed, &shape);
+            for (i, (a, b)) in after.iter().zip(&before).enumerate() {
+                let k = (i / cols) * groups + (i % cols) / g;
+                assert_eq!(*a, *b * 2.0, "{name}: value {i} (group {k})");
+            }
+        }
+        let q41: QuantScheme = "q4_1".parse().expect("scheme");
+        assert!(q41.scales(&[0; 40], &[1, 64]).is_none());
+        assert!(q41.set_scales(&mut [0; 40], &[1, 64], &[1.0, 1.0]).is_err());
     }
 
     #[test]

@@ -101,7 +101,7 @@ impl Pass for Distill {
     }
 
     fn needs(&self) -> crate::Needs {
-        crate::Needs::DenseWeightsOrAdapters
+        self.0.train.needs()
     }
 
     fn check(&self) -> Result<(), String> {

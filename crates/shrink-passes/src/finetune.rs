@@ -46,7 +46,7 @@ impl Pass for Finetune {
     }
 
     fn needs(&self) -> crate::Needs {
-        crate::Needs::DenseWeightsOrAdapters
+        self.0.train.needs()
     }
 
     fn run(&self, model: &mut Model, cx: &mut PassContext<'_>) -> Result<PassReport, PassError> {

@@ -5,8 +5,10 @@ use serde::{Deserialize, Serialize};
 /// Include/exclude patterns: a name is selected when it matches an include pattern and no
 /// exclude pattern.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Patterns {
     pub include: Vec<String>,
+    #[serde(default)]
     pub exclude: Vec<String>,
 }
 

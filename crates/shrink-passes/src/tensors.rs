@@ -51,3 +51,22 @@ pub(crate) fn store_f32(
     model.weights.insert(name.to_string(), data);
     Ok(())
 }
+
+/// Replaces the group scales of quantized parameter `name` (its codes and scheme stay).
+pub(crate) fn store_scales(model: &mut Model, name: &str, scales: &[f32]) -> Result<(), String> {
+    let t = model
+        .weights
+        .get(name)
+        .ok_or_else(|| format!("'{name}' has no data"))?;
+    let scheme =
+        t.ty.quant
+            .ok_or_else(|| format!("'{name}' is not quantized"))?;
+    let shape = t.ty.shape.clone();
+    let mut bytes = t.bytes().to_vec();
+    scheme
+        .set_scales(&mut bytes, &shape, scales)
+        .map_err(|m| format!("'{name}': {m}"))?;
+    let data = TensorData::quantized(scheme, shape, bytes).map_err(|m| format!("'{name}': {m}"))?;
+    model.weights.insert(name.to_string(), data);
+    Ok(())
+}

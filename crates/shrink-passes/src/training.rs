@@ -39,6 +39,10 @@ pub struct TrainOptions {
     /// Which parameters train (by name). With LoRA adapters attached, only adapter
     /// parameters can train (the base is frozen).
     pub params: Patterns,
+    /// How selected quantized parameters train: `widen` (dequantized to f32, and stored as
+    /// f32 after) or `scales` (their codes stay, their group scales train, and they stay in
+    /// their scheme: q8_0, q4_0, symmetric INT, NF4 without double quantization).
+    pub quantized: QuantizedTraining,
     /// Tokens per sequence.
     pub seq_len: usize,
     /// Optimizer steps; or give `tokens`.
@@ -49,6 +53,15 @@ pub struct TrainOptions {
     pub warmup: Option<usize>,
     /// AdamW's decoupled weight decay.
     pub weight_decay: f64,
+}
+
+/// See [`TrainOptions::quantized`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QuantizedTraining {
+    #[default]
+    Widen,
+    Scales,
 }
 
 impl Default for TrainOptions {
@@ -66,6 +79,7 @@ impl Default for TrainOptions {
                 include: vec!["*".into()],
                 exclude: vec![],
             },
+            quantized: QuantizedTraining::Widen,
             seq_len: 256,
             steps: Some(100),
             tokens: None,
@@ -104,7 +118,9 @@ impl TrainOptions {
     /// Shapes after training: with no adapters attached, the quantized parameters that train
     /// come back as f32 (adapters train alone otherwise).
     pub fn plan(&self, model: &mut Model) {
-        if !shrink_ir::lora::adapters(model).is_empty() {
+        if !shrink_ir::lora::adapters(model).is_empty()
+            || self.quantized == QuantizedTraining::Scales
+        {
             return;
         }
         let names: Vec<String> = model
@@ -118,6 +134,15 @@ impl TrainOptions {
             if let Some(p) = model.graph.param_mut(&n) {
                 *p = shrink_ir::ParamType::new(shrink_ir::DType::F32, p.shape.clone());
             }
+        }
+    }
+
+    /// What the pass needs of its input: training a quantized weight widens it, unless only
+    /// its scales train.
+    pub fn needs(&self) -> crate::Needs {
+        match self.quantized {
+            QuantizedTraining::Scales => crate::Needs::Any,
+            QuantizedTraining::Widen => crate::Needs::DenseWeightsOrAdapters,
         }
     }
 
@@ -261,6 +286,7 @@ impl TrainOptions {
             loss,
             hidden: Vec::new(),
             seed,
+            quantized_scales: self.quantized == QuantizedTraining::Scales,
             checkpoint: self.checkpoint.as_ref().map(|c| CheckpointConfig {
                 dir: cx.base_dir.join(&c.dir),
                 every: c.every,
@@ -350,6 +376,10 @@ impl Prepared {
             crate::tensors::store_f32(model, name, shape.clone(), values)?;
             trained += values.len();
         }
+        for (name, scales) in &outcome.scales {
+            crate::tensors::store_scales(model, name, scales)?;
+            trained += scales.len();
+        }
         let curve: Vec<Value> = outcome.curve.iter().map(curve_point).collect();
         let timed: Vec<&StepRecord> = outcome
             .curve
@@ -366,6 +396,9 @@ impl Prepared {
         stats.insert("trained_params".into(), json!(trained));
         // Quantized tensors that trained come back as f32 (quantize again afterwards).
         stats.insert("tensors_widened_to_f32".into(), json!(widened));
+        if !outcome.scales.is_empty() {
+            stats.insert("tensors_scales_trained".into(), json!(outcome.scales.len()));
+        }
         if let (Some(f), Some(l)) = (outcome.curve.first(), outcome.curve.last()) {
             stats.insert("loss_first".into(), json_f64(f.loss));
             stats.insert("loss_last".into(), json_f64(l.loss));

@@ -320,8 +320,9 @@ impl Pipeline {
                 (Needs::DenseWeightsOrAdapters, Some((l, c))) if !adapters => {
                     return Err(order_err(format!(
                         "it would train the weights that the 'quantize' pass at {l}:{c} quantized, \
-                         widening them back to f32; train before quantizing, or attach LoRA adapters \
-                         first (a 'lora' pass: QLoRA trains them alone)"
+                         widening them back to f32; train before quantizing, train only their scales \
+                         (`train: (quantized: scales)`), or attach LoRA adapters first (a 'lora' \
+                         pass: QLoRA trains them alone)"
                     )))
                 }
                 _ => {}

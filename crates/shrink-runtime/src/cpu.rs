@@ -335,6 +335,36 @@ impl Gram {
     }
 }
 
+/// `acc [d, d] += xrᵀ · x` for the rows of `xr` and `x` (both `[n, d]` row-major), `Xrᵀ` read
+/// through strides.
+pub(crate) fn add_cross(acc: &mut [f32], xr: &[f32], x: &[f32], d: usize) {
+    let n = x.len().checked_div(d).unwrap_or(0);
+    if n == 0 || xr.len() != x.len() || acc.len() != d * d {
+        return;
+    }
+    // SAFETY: A is `d × n` with (i, t) at `xr[t·d + i]`, B is `n × d` with (t, j) at
+    // `x[t·d + j]`, C is `d × d` row-major in `acc`: all indices stay inside the slices (lengths
+    // checked above) and C overlaps neither.
+    unsafe {
+        matrixmultiply::sgemm(
+            d,
+            n,
+            d,
+            1.0,
+            xr.as_ptr(),
+            1,
+            d as isize,
+            x.as_ptr(),
+            d as isize,
+            1,
+            1.0,
+            acc.as_mut_ptr(),
+            d as isize,
+            1,
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use burn::backend::Autodiff;

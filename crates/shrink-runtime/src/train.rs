@@ -83,6 +83,10 @@ pub struct TrainConfig {
     pub hidden: Vec<HiddenTerm>,
     /// Seeds the data order.
     pub seed: u64,
+    /// Quantized parameters that train keep their codes and train only their group scales
+    /// (`W = level(code) · scale`), so they stay in their scheme; otherwise they train
+    /// dequantized to f32.
+    pub quantized_scales: bool,
     pub checkpoint: Option<CheckpointConfig>,
     /// A checkpoint to continue from.
     pub resume: Option<PathBuf>,
@@ -114,6 +118,9 @@ pub struct StepRecord {
 pub struct TrainOutcome {
     /// Trained parameters, by name: shape and values (as stored in the model).
     pub params: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    /// Quantized parameters whose group scales trained (`quantized_scales`): the new scales,
+    /// `[rows, groups]` row-major, for [`shrink_ir::QuantScheme::set_scales`].
+    pub scales: BTreeMap<String, Vec<f32>>,
     /// Every step, including those before a resume.
     pub curve: Vec<StepRecord>,
     /// The step a resumed run started after.
@@ -326,6 +333,69 @@ pub(crate) struct Student<B: AutodiffBackend> {
     pub(crate) interp: Interpreter<B>,
     /// Indices into `interp.params` of the trainable parameters.
     pub(crate) trainable: Vec<usize>,
+    /// For each trainable parameter, its fixed code levels when only its scales train.
+    scaled: Vec<Option<ScaleTrained<B::InnerBackend>>>,
+}
+
+/// A quantized matrix that trains its group scales only: each group's scale is its stored
+/// scale times a trained factor (one optimizer step then moves every scale by the same
+/// fraction, whatever its size), and `W = W₀ ⊙ factor` group by group, `W₀` the stored values
+/// (the codes fixed). The factor's gradient is the sum over its group of `∂L/∂W · W₀`.
+struct ScaleTrained<B: Backend> {
+    /// `W₀`, `[rows, groups, group]`.
+    base: Tensor<B, 3>,
+    /// The stored scales, `[rows · groups]`.
+    stored: Vec<f32>,
+    /// The trained factors, `[rows · groups]`, starting at 1.
+    factors: Tensor<B, 1>,
+}
+
+impl<B: Backend> ScaleTrained<B> {
+    fn new(name: &str, t: &shrink_ir::TensorData, device: &B::Device) -> Result<Self> {
+        let bad = |message: String| RuntimeError::Param {
+            name: name.into(),
+            message,
+        };
+        let scheme =
+            t.ty.quant
+                .ok_or_else(|| bad("is not quantized, so it has no scales to train".into()))?;
+        let shape = &t.ty.shape;
+        let stored = scheme.scales(t.bytes(), shape).ok_or_else(|| {
+            bad(format!(
+                "{scheme} keeps no plain scale per group (q8_0, q4_0, symmetric INT and NF4 \
+                 without double quantization do), so its scales cannot train alone"
+            ))
+        })?;
+        let (rows, cols) = (shape[0], shape[1]);
+        let groups = stored.len() / rows.max(1);
+        let n = stored.len();
+        Ok(ScaleTrained {
+            base: upload::<B, 3>(t.to_f32(), [rows, groups, cols / groups.max(1)], device),
+            stored,
+            factors: Tensor::ones([n], device),
+        })
+    }
+
+    fn matrix(&self, factors: Tensor<B, 1>) -> Tensor<B, 2> {
+        let [rows, groups, g] = self.base.dims();
+        (self.base.clone() * factors.reshape([rows, groups, 1])).reshape([rows, groups * g])
+    }
+
+    fn grad(&self, dw: Tensor<B, 2>) -> Tensor<B, 1> {
+        let [rows, groups, g] = self.base.dims();
+        (dw.reshape([rows, groups, g]) * self.base.clone())
+            .sum_dim(2)
+            .reshape([rows * groups])
+    }
+
+    /// The scales the trained factors give.
+    fn scales(&self, factors: Vec<f32>) -> Vec<f32> {
+        self.stored
+            .iter()
+            .zip(factors)
+            .map(|(s, f)| s * f)
+            .collect()
+    }
 }
 
 impl<B: AutodiffBackend> Student<B> {
@@ -333,6 +403,7 @@ impl<B: AutodiffBackend> Student<B> {
         model: &Model,
         device: &B::Device,
         trainable: &dyn Fn(&str) -> bool,
+        quantized_scales: bool,
     ) -> Result<Self> {
         let mut interp = Interpreter::<B>::with_options(
             model,
@@ -343,8 +414,15 @@ impl<B: AutodiffBackend> Student<B> {
             },
         )?;
         let mut chosen = Vec::new();
+        let mut scaled = Vec::new();
         for (i, p) in interp.params.iter_mut().enumerate() {
             if trainable(&p.name) {
+                scaled.push(match model.weights.get(&p.name) {
+                    Some(t) if quantized_scales && t.ty.quant.is_some() => {
+                        Some(ScaleTrained::new(&p.name, t, device)?)
+                    }
+                    _ => None,
+                });
                 p.tensor = match &p.tensor {
                     ParamTensor::Vector(t) => ParamTensor::Vector(t.clone().require_grad()),
                     ParamTensor::Matrix(t) => ParamTensor::Matrix(t.clone().require_grad()),
@@ -360,6 +438,7 @@ impl<B: AutodiffBackend> Student<B> {
         Ok(Student {
             interp,
             trainable: chosen,
+            scaled,
         })
     }
 
@@ -426,11 +505,17 @@ impl<B: AutodiffBackend> Student<B> {
         let grads = loss.backward();
         self.trainable
             .iter()
-            .map(|&i| {
+            .zip(&self.scaled)
+            .map(|(&i, scaled)| {
                 let p = &self.interp.params[i].tensor;
-                let g = match p {
-                    ParamTensor::Vector(t) => t.grad(&grads),
-                    ParamTensor::Matrix(t) => t.grad(&grads).map(|g| g.flatten(0, 1)),
+                let g = match (p, scaled) {
+                    (ParamTensor::Matrix(t), Some(s)) => {
+                        return t
+                            .grad(&grads)
+                            .map_or_else(|| s.factors.zeros_like(), |g| s.grad(g));
+                    }
+                    (ParamTensor::Vector(t), _) => t.grad(&grads),
+                    (ParamTensor::Matrix(t), None) => t.grad(&grads).map(|g| g.flatten(0, 1)),
                 };
                 g.unwrap_or_else(|| p.vector().inner().zeros_like())
             })
@@ -441,14 +526,23 @@ impl<B: AutodiffBackend> Student<B> {
     pub(crate) fn values(&self) -> Vec<Tensor<B::InnerBackend, 1>> {
         self.trainable
             .iter()
-            .map(|&i| self.interp.params[i].tensor.vector().inner())
+            .zip(&self.scaled)
+            .map(|(&i, scaled)| match scaled {
+                Some(s) => s.factors.clone(),
+                None => self.interp.params[i].tensor.vector().inner(),
+            })
             .collect()
     }
 
     /// Replaces the trainable parameters with new flat values.
     pub(crate) fn set_values(&mut self, values: Vec<Tensor<B::InnerBackend, 1>>) {
-        for (&i, v) in self.trainable.iter().zip(values) {
+        for ((&i, v), scaled) in self.trainable.iter().zip(values).zip(&mut self.scaled) {
             let p = &mut self.interp.params[i].tensor;
+            if let Some(s) = scaled {
+                *p = ParamTensor::Matrix(Tensor::from_inner(s.matrix(v.clone())).require_grad());
+                s.factors = v;
+                continue;
+            }
             // Reshaped before it becomes the leaf, so gradients land on it.
             *p = match p {
                 ParamTensor::Vector(_) => ParamTensor::Vector(Tensor::from_inner(v).require_grad()),
@@ -469,7 +563,14 @@ impl<B: AutodiffBackend> Student<B> {
     pub(crate) fn shapes(&self) -> Vec<Vec<usize>> {
         self.trainable
             .iter()
-            .map(|&i| self.interp.params[i].tensor.shape())
+            .zip(&self.scaled)
+            .map(|(&i, scaled)| match scaled {
+                Some(s) => {
+                    let [rows, groups, _] = s.base.dims();
+                    vec![rows, groups]
+                }
+                None => self.interp.params[i].tensor.shape(),
+            })
             .collect()
     }
 }
@@ -492,7 +593,7 @@ fn train_on<B: Backend>(
             cfg.batch
         )));
     }
-    let mut st = Student::<Autodiff<B>>::new(student, device, trainable)?;
+    let mut st = Student::<Autodiff<B>>::new(student, device, trainable, cfg.quantized_scales)?;
     let teacher = match (cfg.loss, teacher) {
         (Loss::Distill { .. }, Some(t)) => Some(Interpreter::<B>::with_options(
             t,
@@ -662,11 +763,18 @@ fn train_on<B: Backend>(
         }
     }
     let mut params = BTreeMap::new();
-    for ((name, shape), v) in st.names().into_iter().zip(st.shapes()).zip(st.values()) {
-        params.insert(name, (shape, to_vec(v)?));
+    let mut scales = BTreeMap::new();
+    let names = st.names().into_iter().zip(st.shapes());
+    for (((name, shape), v), scaled) in names.zip(st.values()).zip(&st.scaled) {
+        if let Some(s) = scaled {
+            scales.insert(name, s.scales(to_vec(v)?));
+        } else {
+            params.insert(name, (shape, to_vec(v)?));
+        }
     }
     Ok(TrainOutcome {
         params,
+        scales,
         curve,
         resumed_at,
         checkpoints,
@@ -682,7 +790,12 @@ fn sparsity_masks<B: Backend>(
 ) -> Vec<Option<Tensor<B, 1>>> {
     st.names()
         .iter()
-        .map(|name| {
+        .zip(&st.scaled)
+        .map(|(name, scaled)| {
+            // Scale training keeps the codes, so pruned weights stay zero by themselves.
+            if scaled.is_some() {
+                return None;
+            }
             model.weights.mask(name).map(|m| {
                 let n = m.rows() * m.cols();
                 let mut keep = vec![1.0f32; n];
@@ -1022,7 +1135,8 @@ output(%20) name=\"logits\"
             let model = tiny(act, rope_dim, case as u64);
             let teacher = tiny(act, rope_dim, 100 + case as u64);
             let teacher = Interpreter::<F64>::new(&teacher, &device).expect("teacher");
-            let mut st = Student::<Autodiff<F64>>::new(&model, &device, &|_| true).expect("st");
+            let mut st =
+                Student::<Autodiff<F64>>::new(&model, &device, &|_| true, false).expect("st");
             let data = batch(7, 2, 5);
             // Both hidden-state losses, on the residual stream after each block.
             let adds: Vec<shrink_ir::ValueId> = model
@@ -1090,6 +1204,95 @@ output(%20) name=\"logits\"
                         "{act}, rope_dim {rope_dim}: d loss / d {name}[{j}]: finite differences {numeric}, autodiff {analytic}"
                     );
                 }
+            }
+        }
+    }
+
+    /// Scale training: the factors' gradients equal finite differences of the loss, and factors
+    /// of 1 give back the stored values.
+    #[test]
+    fn scale_factor_gradients_match_finite_differences() {
+        let device = Default::default();
+        let mut model = tiny("silu", 4, 3);
+        let teacher = Interpreter::<F64>::new(&tiny("silu", 4, 103), &device).expect("teacher");
+        let scheme: shrink_ir::QuantScheme = "int4_g4".parse().expect("scheme");
+        let matrices: Vec<String> = model
+            .graph
+            .params()
+            .iter()
+            .filter(|(n, t)| t.shape.len() == 2 && n.as_str() != "pos")
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in &matrices {
+            let t = model.weights.get(name).expect("data");
+            let shape = t.ty.shape.clone();
+            let packed = scheme.quantize(&shape, &t.to_f32()).expect("quantize");
+            let q = TensorData::quantized(scheme, shape.clone(), packed).expect("packed");
+            model.weights.insert(name.clone(), q);
+            *model.graph.param_mut(name).expect("declared") =
+                shrink_ir::ParamType::quantized(scheme, shape);
+        }
+        let st = Student::<Autodiff<F64>>::new(&model, &device, &|n| n != "pos", true);
+        let mut st = st.expect("student");
+        let scaled: Vec<String> = st
+            .names()
+            .into_iter()
+            .zip(&st.scaled)
+            .filter(|(_, s)| s.is_some())
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(scaled.len(), matrices.len(), "{scaled:?}");
+        assert!(matrices.iter().all(|m| scaled.contains(m)), "{scaled:?}");
+        let data = batch(9, 2, 5);
+        let loss = Loss::Distill {
+            alpha: 0.5,
+            temperature: 1.0,
+        };
+        let value = |st: &Student<Autodiff<F64>>| {
+            scalar(
+                st.loss(&data, Some(&teacher), loss, &[], 0)
+                    .expect("loss")
+                    .0
+                    .inner(),
+            )
+        };
+        let (l, _) = st.loss(&data, Some(&teacher), loss, &[], 0).expect("loss");
+        let grads: Vec<Vec<f64>> = st.grads(l).into_iter().map(f64s).collect();
+        let base: Vec<Vec<f64>> = st.values().into_iter().map(f64s).collect();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+        let h = 1e-5;
+        for (i, name) in st.names().into_iter().enumerate() {
+            if st.scaled[i].is_none() {
+                continue;
+            }
+            assert!(
+                base[i].iter().all(|&f| f == 1.0),
+                "{name}: factors start at 1"
+            );
+            for _ in 0..4 {
+                let j = rng.random_range(0..base[i].len());
+                let mut at = |delta: f64| {
+                    let values = base
+                        .iter()
+                        .enumerate()
+                        .map(|(k, v)| {
+                            let mut v = v.clone();
+                            if k == i {
+                                v[j] += delta;
+                            }
+                            let len = v.len();
+                            f64_tensor(v, [len])
+                        })
+                        .collect();
+                    st.set_values(values);
+                    value(&st)
+                };
+                let numeric = (at(h) - at(-h)) / (2.0 * h);
+                let analytic = grads[i][j];
+                assert!(
+                    (numeric - analytic).abs() <= 1e-6 + 1e-5 * numeric.abs(),
+                    "d loss / d {name} factor {j}: finite differences {numeric}, autodiff {analytic}"
+                );
             }
         }
     }
@@ -1275,6 +1478,7 @@ output(%20) name=\"logits\"
             },
             hidden: Vec::new(),
             seed: 5,
+            quantized_scales: false,
             checkpoint: None,
             resume: None,
             fingerprint: "test".into(),
@@ -1299,7 +1503,8 @@ output(%20) name=\"logits\"
     fn kl_to(teacher: &Model, student: &Model) -> f64 {
         let device = Default::default();
         let t = Interpreter::<crate::Cpu>::new(teacher, &device).expect("teacher");
-        let st = Student::<Autodiff<crate::Cpu>>::new(student, &device, &|_| true).expect("st");
+        let st =
+            Student::<Autodiff<crate::Cpu>>::new(student, &device, &|_| true, false).expect("st");
         let loss = Loss::Distill {
             alpha: 0.0,
             temperature: 1.0,

@@ -16,6 +16,11 @@ pub struct GptqOptions {
     /// then fixed up front from the original weights ("static groups"), so groups stay
     /// contiguous runs of input columns, as packed layouts need.
     pub act_order: bool,
+    /// Fit the quantized layer on the compressed model's inputs `X` to the float layer's
+    /// output on the float model's inputs `X̃`: minimise `‖WX̃ − ŴX‖²` (the asymmetric
+    /// calibration of GPTAQ, Li et al. 2025) instead of `‖WX − ŴX‖²`. It runs the float model
+    /// beside the one being quantized, so calibration's forward work doubles.
+    pub asymmetric: bool,
     /// Columns per lazy batch.
     pub block_size: usize,
     /// Dampening added to the Hessian diagonal, as a fraction of its mean.
@@ -38,6 +43,7 @@ impl Default for GptqOptions {
     fn default() -> Self {
         GptqOptions {
             act_order: true,
+            asymmetric: false,
             block_size: 128,
             damp: 0.01,
             mse_scales: true,
@@ -61,6 +67,39 @@ impl GptqOptions {
         }
         Ok(())
     }
+}
+
+/// `K` such that `W + W·K` is the least-squares target of asymmetric calibration: with
+/// `G = ΣxᵀX` of the compressed inputs and `C = Σx̃ᵀx` against the float ones,
+/// `W·C·G⁻¹ = W + W·(C − G)·G⁻¹`, and `‖WX̃ − ŴX‖² = ‖(W + WK − Ŵ)X‖² + const`, so GPTQ of that
+/// target under `G` minimises the asymmetric error. `G` is dampened as GPTQ's Hessian is, and
+/// with equal inputs (`C = G`) `K` is zero whatever the dampening. `n×n` row-major.
+pub fn asymmetric_correction(
+    gram: &[f32],
+    cross: &[f32],
+    tokens: usize,
+    n: usize,
+    damp: f64,
+    matmul: Matmul<'_>,
+) -> Result<Vec<f32>, String> {
+    let (h, _) = hessian(gram, tokens, n);
+    let scale = 2.0 / tokens.max(1) as f64;
+    let (u, _) = damped_inverse_factor(&h, n, damp)?;
+    // (C − G)·2/N, with the dead inputs' unit diagonal of `h` left out of `G`.
+    let diff: Vec<f32> = cross
+        .iter()
+        .zip(gram)
+        .map(|(&c, &g)| ((c as f64 - g as f64) * scale) as f32)
+        .collect();
+    let mut ut = vec![0.0f32; n * n];
+    let u32s: Vec<f32> = u.iter().map(|&v| v as f32).collect();
+    for i in 0..n {
+        for j in 0..n {
+            ut[j * n + i] = u32s[i * n + j];
+        }
+    }
+    let inverse = matmul(&ut, &u32s, n, n, n);
+    Ok(matmul(&diff, &inverse, n, n, n))
 }
 
 /// A quantized matrix.

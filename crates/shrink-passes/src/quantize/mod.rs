@@ -388,6 +388,10 @@ impl CalibrationHook for Hook<'_> {
         self.plan.contains_key(weight)
     }
 
+    fn wants_reference(&self) -> bool {
+        self.method == Method::Gptq && self.gptq.asymmetric
+    }
+
     fn site(
         &mut self,
         model: &mut Model,
@@ -401,15 +405,39 @@ impl CalibrationHook for Hook<'_> {
         let mm = |a: &[f32], b: &[f32], m: usize, k: usize, n: usize| site.matmul(a, b, m, k, n);
         match self.method {
             Method::Gptq | Method::Rtn => {
+                let correction = match site.cross() {
+                    Some(cross) if self.gptq.asymmetric => Some(
+                        gptq::asymmetric_correction(
+                            &gram,
+                            &cross,
+                            tokens,
+                            site.features(),
+                            self.gptq.damp,
+                            &mm,
+                        )
+                        .map_err(|m| err(fail(m)))?,
+                    ),
+                    _ => None,
+                };
                 for l in linears {
                     let scheme = self.plan[&l.weight];
                     let (w, rows, cols) = weights_of(model, &l.weight).map_err(err)?;
-                    let q = gptq::gptq(&w, rows, cols, &gram, tokens, scheme, self.gptq, &mm)
+                    // The target the quantized weight should match on the compressed inputs.
+                    let target = match &correction {
+                        Some(k) => {
+                            let wk = mm(&w, k, rows, cols, cols);
+                            w.iter().zip(wk).map(|(a, b)| a + b).collect()
+                        }
+                        None => w.clone(),
+                    };
+                    let q = gptq::gptq(&target, rows, cols, &gram, tokens, scheme, self.gptq, &mm)
                         .map_err(|m| err(fail(format!("'{}': {m}", l.weight))))?;
                     self.stats.max_damp = self.stats.max_damp.max(q.damp);
+                    // Both errors against the target (asymmetric: up to the part of `WX̃` no
+                    // weight on `X` can reach, the same for both).
                     let rtn_q = awq::fake_quantize(scheme, &w, rows, cols);
-                    let d_rtn = awq::weight_change(&w, &rtn_q, None);
-                    let d_q = awq::weight_change(&w, &q.dequant, None);
+                    let d_rtn = awq::weight_change(&target, &rtn_q, None);
+                    let d_q = awq::weight_change(&target, &q.dequant, None);
                     self.stats.err_rtn +=
                         crate::linalg::output_error(&d_rtn, rows, cols, &gram, &mm);
                     self.stats.err_method +=
