@@ -503,6 +503,37 @@ fn quantize_pass_on_the_tiny_model() {
     );
 }
 
+/// GPTQ with asymmetric calibration on the tiny LLaMA: the first site sees the same input in
+/// the float and the quantized model, so layer 0's q/k/v come out exactly as plain GPTQ's;
+/// every later site sees the earlier layers' error and is fitted to the float output instead.
+#[test]
+fn gptq_asymmetric_calibration_on_the_tiny_model() {
+    let calib = "calibration: (data: DATA, samples: 16, seq_len: 64)";
+    let weights = |asymmetric: bool| {
+        let name = format!("quant-tiny-gptq-asym-{asymmetric}");
+        let (report, _, out) = run_tiny(
+            &name,
+            &format!("method: gptq, scheme: \"q4_0\", gptq: (asymmetric: {asymmetric}), {calib}"),
+            "out",
+        );
+        assert!(report["eval"]["ppl"].as_f64().is_some_and(f64::is_finite));
+        shrink::import::load(&out).expect("output loads").model
+    };
+    let (plain, asym) = (weights(false), weights(true));
+    let bytes = |m: &shrink::ir::Model, n: &str| m.weights.get(n).expect(n).bytes().to_vec();
+    for proj in ["q_proj", "k_proj", "v_proj"] {
+        let n = format!("model.layers.0.self_attn.{proj}.weight");
+        assert_eq!(bytes(&plain, &n), bytes(&asym, &n), "{n}");
+    }
+    for n in [
+        "model.layers.0.self_attn.o_proj.weight",
+        "model.layers.0.mlp.down_proj.weight",
+        "model.layers.1.self_attn.q_proj.weight",
+    ] {
+        assert_ne!(bytes(&plain, n), bytes(&asym, n), "{n}");
+    }
+}
+
 #[test]
 fn awq_folds_scales_into_norms_and_up_proj() {
     let (_, ir, _) = run_tiny(

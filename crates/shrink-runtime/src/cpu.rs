@@ -500,4 +500,23 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn cross_product_equals_the_direct_sum() {
+        let (n, d) = (7, 5);
+        let xr: Vec<f32> = (0..n * d)
+            .map(|i| ((i * 13 % 17) as f32 - 8.0) / 4.0)
+            .collect();
+        let x: Vec<f32> = (0..n * d)
+            .map(|i| ((i * 7 % 11) as f32 - 5.0) / 3.0)
+            .collect();
+        let mut acc = vec![1.0f32; d * d];
+        super::add_cross(&mut acc, &xr, &x, d);
+        for i in 0..d {
+            for j in 0..d {
+                let want: f32 = 1.0 + (0..n).map(|t| xr[t * d + i] * x[t * d + j]).sum::<f32>();
+                assert!((acc[i * d + j] - want).abs() < 1e-4, "({i}, {j})");
+            }
+        }
+    }
 }
