@@ -1121,6 +1121,35 @@ output(%20) name=\"logits\"
             .expect("f64 values")
     }
 
+    /// `(f(v + h·e) − f(v − h·e)) / 2h` for element `j` of trainable parameter `i`, the others
+    /// at `base`.
+    fn central_difference(
+        st: &mut Student<Autodiff<F64>>,
+        base: &[Vec<f64>],
+        i: usize,
+        j: usize,
+        h: f64,
+        value: &dyn Fn(&Student<Autodiff<F64>>) -> f64,
+    ) -> f64 {
+        let mut at = |delta: f64| {
+            let values = base
+                .iter()
+                .enumerate()
+                .map(|(k, v)| {
+                    let mut v = v.clone();
+                    if k == i {
+                        v[j] += delta;
+                    }
+                    let len = v.len();
+                    f64_tensor(v, [len])
+                })
+                .collect();
+            st.set_values(values);
+            value(st)
+        };
+        (at(h) - at(-h)) / (2.0 * h)
+    }
+
     #[test]
     fn gradients_match_finite_differences_for_every_op() {
         let device = Default::default();
@@ -1181,23 +1210,7 @@ output(%20) name=\"logits\"
                 );
                 for _ in 0..4 {
                     let j = rng.random_range(0..n);
-                    let mut at = |delta: f64| {
-                        let values: Vec<Tensor<F64, 1>> = base
-                            .iter()
-                            .enumerate()
-                            .map(|(k, v)| {
-                                let mut v = v.clone();
-                                if k == i {
-                                    v[j] += delta;
-                                }
-                                let len = v.len();
-                                f64_tensor(v, [len])
-                            })
-                            .collect();
-                        st.set_values(values);
-                        value(&st)
-                    };
-                    let numeric = (at(h) - at(-h)) / (2.0 * h);
+                    let numeric = central_difference(&mut st, &base, i, j, h, &value);
                     let analytic = grads[i][j];
                     assert!(
                         (numeric - analytic).abs() <= 1e-6 + 1e-5 * numeric.abs(),
@@ -1271,23 +1284,7 @@ output(%20) name=\"logits\"
             );
             for _ in 0..4 {
                 let j = rng.random_range(0..base[i].len());
-                let mut at = |delta: f64| {
-                    let values = base
-                        .iter()
-                        .enumerate()
-                        .map(|(k, v)| {
-                            let mut v = v.clone();
-                            if k == i {
-                                v[j] += delta;
-                            }
-                            let len = v.len();
-                            f64_tensor(v, [len])
-                        })
-                        .collect();
-                    st.set_values(values);
-                    value(&st)
-                };
-                let numeric = (at(h) - at(-h)) / (2.0 * h);
+                let numeric = central_difference(&mut st, &base, i, j, h, &value);
                 let analytic = grads[i][j];
                 assert!(
                     (numeric - analytic).abs() <= 1e-6 + 1e-5 * numeric.abs(),
