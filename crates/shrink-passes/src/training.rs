@@ -116,7 +116,8 @@ pub(crate) struct Prepared {
 
 impl TrainOptions {
     /// Shapes after training: with no adapters attached, the quantized parameters that train
-    /// come back as f32 (adapters train alone otherwise).
+    /// come back as f32 (adapters train alone otherwise), unless only their scales train
+    /// (`quantized: scales`: they keep their scheme).
     pub fn plan(&self, model: &mut Model) {
         if !shrink_ir::lora::adapters(model).is_empty()
             || self.quantized == QuantizedTraining::Scales
