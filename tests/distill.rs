@@ -151,6 +151,26 @@ fn distill_trains_the_scales_of_a_quantized_model() {
     assert!(moved > 100, "only {moved} scales moved");
 }
 
+/// `quantized: scales` on a scheme without plain scales (q4_1 keeps a minimum beside each
+/// scale) is refused from the shapes, before the quantize pass before it runs.
+#[test]
+fn scale_training_of_a_scheme_without_plain_scales_is_refused_before_any_pass() {
+    let dir = scratch("distill-scales-q4_1");
+    let (train, heldout) = texts(&dir);
+    let options = train_options(&train, &heldout, ", quantized: scales");
+    let pipeline = format!(
+        r#"(passes: [(pass: "quantize", options: (method: rtn, scheme: "q4_1")),
+            (pass: "distill", options: (alpha: 0.0, train: {options}))])"#
+    );
+    let (code, report, stderr) = run(&dir, "q4_1", &pipeline, &[]);
+    assert_ne!(code, 0, "{report}");
+    // `plan:` errors come from the shapes, checked before the first pass starts.
+    assert!(stderr.contains("plan: pass 1 (distill)"), "{stderr}");
+    assert!(stderr.contains("stored as q4_1"), "{stderr}");
+    assert!(stderr.contains("model.layers.0."), "{stderr}");
+    assert!(!dir.join("q4_1-out").exists());
+}
+
 #[test]
 fn finetune_learns_the_text_and_resume_continues_a_run() {
     let dir = scratch("finetune-tiny");

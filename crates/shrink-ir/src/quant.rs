@@ -466,6 +466,14 @@ impl QuantScheme {
         }
     }
 
+    /// Whether values are `level(code) · scale` with each group's scale stored as such (q8_0,
+    /// q4_0, symmetric INT, NF4 without double quantization): the schemes whose scales can be
+    /// read, trained and written back alone ([`QuantScheme::scales`], [`QuantScheme::set_scales`]).
+    pub fn has_plain_scales(self) -> bool {
+        let g = self.group().unwrap_or(1);
+        self.scale_slots(&[1, g]).is_some()
+    }
+
     /// Every group's stored scale, row-major `[rows, groups]`; `None` for schemes without a
     /// plain stored scale (see [`QuantScheme::set_scales`]).
     pub fn scales(self, bytes: &[u8], shape: &[usize]) -> Option<Vec<f32>> {
@@ -930,6 +938,7 @@ mod tests {
             .collect();
         for name in ["q8_0", "q4_0", "int4_g64", "int8", "nf4_b64"] {
             let scheme: QuantScheme = name.parse().expect("scheme");
+            assert!(scheme.has_plain_scales(), "{name}");
             let shape = [rows, cols];
             let mut packed = scheme.quantize(&shape, &w).expect("quantize");
             let before = scheme.dequantize(&packed, &shape);
@@ -945,6 +954,10 @@ mod tests {
                 let k = (i / cols) * groups + (i % cols) / g;
                 assert_eq!(*a, *b * 2.0, "{name}: value {i} (group {k})");
             }
+        }
+        for name in ["q4_1", "int4_g64_asym", "nf4_b64_dq"] {
+            let scheme: QuantScheme = name.parse().expect("scheme");
+            assert!(!scheme.has_plain_scales(), "{name}");
         }
         let q41: QuantScheme = "q4_1".parse().expect("scheme");
         assert!(q41.scales(&[0; 40], &[1, 64]).is_none());

@@ -88,8 +88,7 @@ impl Pass for Distill {
     }
 
     fn plan(&self, model: &mut Model) -> Result<(), String> {
-        self.0.train.plan(model);
-        Ok(())
+        self.0.train.plan(model)
     }
 
     fn files(&self) -> Vec<(&'static str, String)> {

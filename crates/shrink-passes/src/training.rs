@@ -117,12 +117,24 @@ pub(crate) struct Prepared {
 impl TrainOptions {
     /// Shapes after training: with no adapters attached, the quantized parameters that train
     /// come back as f32 (adapters train alone otherwise), unless only their scales train
-    /// (`quantized: scales`: they keep their scheme).
-    pub fn plan(&self, model: &mut Model) {
-        if !shrink_ir::lora::adapters(model).is_empty()
-            || self.quantized == QuantizedTraining::Scales
-        {
-            return;
+    /// (`quantized: scales`: they keep their scheme, which must store plain scales).
+    pub fn plan(&self, model: &mut Model) -> Result<(), String> {
+        if !shrink_ir::lora::adapters(model).is_empty() {
+            return Ok(());
+        }
+        if self.quantized == QuantizedTraining::Scales {
+            let bad = model.graph.params().iter().find(|(n, t)| {
+                t.quant.is_some_and(|q| !q.has_plain_scales()) && self.params.selects(n)
+            });
+            return match bad {
+                Some((n, t)) => Err(format!(
+                    "train.quantized: scales selects {n}, stored as {}, which keeps no plain \
+                     scale per group (q8_0, q4_0, symmetric INT and NF4 without double \
+                     quantization do); exclude it in train.params or use quantized: widen",
+                    t.quant.map(|q| q.to_string()).unwrap_or_default()
+                )),
+                None => Ok(()),
+            };
         }
         let names: Vec<String> = model
             .graph
@@ -136,6 +148,7 @@ impl TrainOptions {
                 *p = shrink_ir::ParamType::new(shrink_ir::DType::F32, p.shape.clone());
             }
         }
+        Ok(())
     }
 
     /// What the pass needs of its input: training a quantized weight widens it, unless only

@@ -173,6 +173,8 @@ pub fn run(
     let loaded = shrink_import::load(&model_path);
     progress.finish();
     let loaded = loaded?;
+    // Before any pass runs: what the model's shapes and types alone refuse (the dry run's plan).
+    plan(p, &loaded.model)?;
     let original = loaded.model.clone();
     let mut model = loaded.model;
     let size = model.size();
