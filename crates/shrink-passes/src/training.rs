@@ -123,15 +123,15 @@ impl TrainOptions {
             return Ok(());
         }
         if self.quantized == QuantizedTraining::Scales {
-            let bad = model.graph.params().iter().find(|(n, t)| {
-                t.quant.is_some_and(|q| !q.has_plain_scales()) && self.params.selects(n)
+            let bad = model.graph.params().iter().find_map(|(n, t)| {
+                let q = t.quant.filter(|q| !q.has_plain_scales())?;
+                self.params.selects(n).then_some((n, q))
             });
             return match bad {
-                Some((n, t)) => Err(format!(
-                    "train.quantized: scales selects {n}, stored as {}, which keeps no plain \
+                Some((n, q)) => Err(format!(
+                    "train.quantized: scales selects {n}, stored as {q}, which keeps no plain \
                      scale per group (q8_0, q4_0, symmetric INT and NF4 without double \
-                     quantization do); exclude it in train.params or use quantized: widen",
-                    t.quant.map(|q| q.to_string()).unwrap_or_default()
+                     quantization do); exclude it in train.params or use quantized: widen"
                 )),
                 None => Ok(()),
             };
