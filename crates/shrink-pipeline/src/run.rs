@@ -174,7 +174,7 @@ pub fn run(
     progress.finish();
     let loaded = loaded?;
     // Before any pass runs: what the model's shapes and types alone refuse (the dry run's plan).
-    plan(p, &loaded.model)?;
+    check_plan(p, &loaded.model)?;
     let original = loaded.model.clone();
     let mut model = loaded.model;
     let size = model.size();
@@ -316,6 +316,20 @@ pub struct PlanRow {
 /// data or running anything (`shrink run --dry-run`). The error names the pass that cannot
 /// apply to the model (a shape a scheme cannot take, a target matching nothing, …).
 pub fn plan(p: &Pipeline, model: &shrink_ir::Model) -> Result<Vec<PlanRow>, RunError> {
+    plan_passes(p, model, false)
+}
+
+/// The plan's checks before a real run: the passes up to the first whose result the data
+/// decides (after it, per-layer shapes are guesses, and a refusal could be wrong).
+fn check_plan(p: &Pipeline, model: &shrink_ir::Model) -> Result<(), RunError> {
+    plan_passes(p, model, true).map(|_| ())
+}
+
+fn plan_passes(
+    p: &Pipeline,
+    model: &shrink_ir::Model,
+    stop_when_inexact: bool,
+) -> Result<Vec<PlanRow>, RunError> {
     let mut shapes = shrink_ir::Model {
         graph: model.graph.clone(),
         weights: shrink_ir::WeightStore::new(),
@@ -344,6 +358,9 @@ pub fn plan(p: &Pipeline, model: &shrink_ir::Model) -> Result<Vec<PlanRow>, RunE
         })?;
         exact &= e.pass.plan_is_exact();
         rows.push(row(e.pass.name(), e.pass.options(), &shapes, exact));
+        if stop_when_inexact && !exact {
+            break;
+        }
     }
     Ok(rows)
 }
