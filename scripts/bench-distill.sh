@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Recovery after structured pruning: pipelines/smollm2-prune-mlp25-{distill,finetune}.ron on SmolLM2-135M-Instruct
 # (teacher correction: 48 steps of 4 × 256 tokens of WikiText-2 valid on the unpruned model; 25% of MLP channels
-# removed; then 48 steps of the same data: distillation against the corrected unpruned model, or plain
+# removed; then 96 steps of the same data: distillation against the corrected unpruned model, or plain
 # cross-entropy, same start, budget, data, schedule and seed). Each training pass reports WikiText-2 test
 # perplexity (ctx 512, 20 chunks, second half scored) before and after. Writes target/distill/<name>.json and
 # prints the table rows (gap recovered in log-ppl, to the corrected teacher) and the loss curves.
