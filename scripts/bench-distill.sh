@@ -13,10 +13,13 @@ bash scripts/fetch-smollm2.sh >/dev/null
 cargo build --release --quiet
 mkdir -p "$OUT"
 echo "# $(date -u +%FT%TZ) $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
-for kind in distill finetune; do
-  name=smollm2-prune-mlp25-$kind
-  ./target/release/shrink run "pipelines/$name.ron" --model "$MODEL" --out "$OUT/$name.gguf" --json > "$OUT/$kind.json"
-done
+# Both pipelines open with the same teacher correction (same options, same checkpoint directory):
+# the finetune run resumes it from the distill run's last checkpoint instead of training it again.
+TEACHER=target/checkpoints/smollm2-prune-mlp25-teacher/step-000048.safetensors
+./target/release/shrink run pipelines/smollm2-prune-mlp25-distill.ron --model "$MODEL" \
+  --out "$OUT/smollm2-prune-mlp25-distill.gguf" --json > "$OUT/distill.json"
+./target/release/shrink run pipelines/smollm2-prune-mlp25-finetune.ron --model "$MODEL" --resume "$TEACHER" \
+  --out "$OUT/smollm2-prune-mlp25-finetune.gguf" --json > "$OUT/finetune.json"
 echo "| pipeline | teacher before → after correction | pruned | recovered | gap recovered (log-ppl) | train s | s/step |"
 echo "| --- | --- | --- | --- | --- | --- | --- |"
 for kind in distill finetune; do
