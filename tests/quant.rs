@@ -721,3 +721,107 @@ fn smollm2_gptq_beats_round_to_nearest() {
     let back: serde_json::Value = serde_json::from_str(&stdout).expect("json");
     assert_eq!(back["ppl"].as_f64(), Some(ppl(&gptq)));
 }
+
+fn published(name: &str) -> Vec<f32> {
+    golden(&fixture("quant/published.safetensors"), name)
+        .1
+        .into_iter()
+        .map(|v| v as f32)
+        .collect()
+}
+
+/// GPTQ against two published programs (`fixtures/quant/make_published_golden.py`): GPTQModel
+/// 7.7.0 and llm-compressor 0.14.0.1 on the same layer, asymmetric int4 in groups of 32 with
+/// act order and static groups, the configuration whose conventions shrink shares (their
+/// scales are f32 where shrink rounds to f16, which moves a few codes).
+#[test]
+fn gptq_agrees_with_gptqmodel_and_llm_compressor() {
+    let GptqFixture {
+        w,
+        x,
+        n,
+        rows,
+        cols,
+        gram,
+    } = gptq_fixture();
+    let opts = gptq::GptqOptions {
+        act_order: true,
+        block_size: 128,
+        damp: 0.01,
+        mse_scales: false,
+        refit_scales: false,
+        rounds: 1,
+        asymmetric: false,
+    };
+    let s = scheme("int4_g32_asym");
+    let q = gptq::gptq(&w, rows, cols, &gram, n, s, &opts, &gptq::host_matmul).expect("gptq");
+    let err = output_err(&w, &q.dequant, &x, rows, cols, n);
+    let wmax = w.iter().fold(0.0f32, |a, b| a.max(b.abs()));
+    for (program, max_differ) in [("gptqmodel", 0.02), ("llmcompressor", 0.07)] {
+        let case = format!("{program}.gptq.int4_g32_asym_actorder");
+        let theirs = published(&format!("{case}.dequant"));
+        // Values further apart than rounding of the scale: a different code.
+        let differ = q
+            .dequant
+            .iter()
+            .zip(&theirs)
+            .filter(|(a, b)| (*a - *b).abs() > 0.01 * wmax)
+            .count();
+        let frac = differ as f64 / theirs.len() as f64;
+        assert!(frac <= max_differ, "{program}: {differ} values differ");
+        let their_err = published(&format!("{case}.err"))[0] as f64;
+        assert!(
+            (err - their_err).abs() <= 0.01 * their_err,
+            "{program}: output error {err} vs {their_err}"
+        );
+    }
+}
+
+/// AWQ's scale search against AutoAWQ 0.2.9's own (`_search_best_scale`, duo scaling off as in
+/// llm-awq): the same best ratio and the same per-channel scales.
+#[test]
+fn awq_scale_search_agrees_with_autoawq() {
+    let w = f32s("awq.w");
+    let (xs, x) = g("awq.x");
+    let x: Vec<f32> = x.into_iter().map(|v| v as f32).collect();
+    let (n, cols) = (xs[0], xs[1]);
+    let rows = w.len() / cols;
+    let gram = gptq::host_matmul(&transpose(&x, n, cols), &x, cols, n, cols);
+    let abs_mean: Vec<f32> = (0..cols)
+        .map(|c| (0..n).map(|t| x[t * cols + c].abs() as f64).sum::<f64>() as f32 / n as f32)
+        .collect();
+    let found = awq::search_scales(
+        &[(&w, rows)],
+        cols,
+        &gram,
+        n,
+        &abs_mean,
+        scheme("int4_g32_asym"),
+        20,
+        &gptq::host_matmul,
+    );
+    let ratio = published("autoawq.awq.best_ratio")[0];
+    assert!(
+        (found.ratio - ratio).abs() < 1e-6,
+        "ratio {} vs {ratio}",
+        found.ratio
+    );
+    let theirs = published("autoawq.awq.scales");
+    let rel = found
+        .scales
+        .iter()
+        .zip(&theirs)
+        .map(|(a, b)| ((a - b) / b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(rel < 1e-5, "scales differ by {rel}");
+    // The loss curves differ only by the quantizers' conventions (AutoAWQ: f32 scale over the
+    // raw min..max, half-to-even rounding).
+    let losses = published("autoawq.awq.losses");
+    for (i, (a, b)) in found.losses.iter().zip(&losses).enumerate() {
+        let a = a / rows as f64;
+        assert!(
+            (a - *b as f64).abs() <= 0.01 * *b as f64,
+            "ratio {i}: loss {a} vs {b}"
+        );
+    }
+}

@@ -18,6 +18,9 @@ use clap::{Parser, Subcommand, ValueEnum};
     about = "Make LLMs smaller and faster: quantize, prune, distill, LoRA."
 )]
 struct Cli {
+    /// Print every line of an error (a verifier's full report) instead of its first line.
+    #[arg(long, global = true)]
+    verbose: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -169,8 +172,45 @@ enum Command {
     },
 }
 
-/// Runs the command line; returns the exit status.
+/// Exit status of an internal error (a panic): BSD's EX_SOFTWARE.
+pub const EXIT_INTERNAL: i32 = 70;
+
+/// Runs the command line; returns the exit status. A panic, which no input should reach, is
+/// reported as one line and exit status [`EXIT_INTERNAL`].
 pub fn main() -> i32 {
+    std::panic::set_hook(Box::new(|info| {
+        let what = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".into());
+        let at = info
+            .location()
+            .map_or(String::new(), |l| format!(" at {}:{}", l.file(), l.line()));
+        eprintln!(
+            "internal error: {}{at} (a bug: please report it with this input)",
+            one_line(&what)
+        );
+    }));
+    std::panic::catch_unwind(run_cli).unwrap_or(EXIT_INTERNAL)
+}
+
+/// The first line of `message`, saying how many more there are.
+fn one_line(message: &str) -> String {
+    let mut lines = message.lines().filter(|l| !l.trim().is_empty());
+    let first = lines.next().unwrap_or("").trim_end_matches(':').to_string();
+    match lines.count() {
+        0 => first,
+        n => format!("{first} ({n} more lines: rerun with --verbose)"),
+    }
+}
+
+fn run_cli() -> i32 {
+    // How the tests reach the panic report above, which no input may.
+    if std::env::var_os("SHRINK_TEST_PANIC").is_some() {
+        panic!("SHRINK_TEST_PANIC is set\nsecond line");
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -179,6 +219,7 @@ pub fn main() -> i32 {
             return code;
         }
     };
+    let verbose = cli.verbose;
     let result = match cli.command {
         Command::Run {
             pipeline,
@@ -263,7 +304,12 @@ pub fn main() -> i32 {
     match result {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            let message = format!("{e:#}");
+            if verbose {
+                eprintln!("error: {message}");
+            } else {
+                eprintln!("error: {}", one_line(&message));
+            }
             1
         }
     }

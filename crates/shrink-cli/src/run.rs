@@ -141,6 +141,7 @@ pub fn run(a: RunArgs) -> Result<()> {
     let model_path = shrink_pipeline::run::model_path(&pipeline, &opts);
     // Checked here too (cheap) so that nothing, not even the dump directory, is made first.
     pipeline.check_files(model_path.as_deref())?;
+    shrink_pipeline::run::check_output_paths(&pipeline, &opts)?;
     if a.dry_run {
         return dry_run(&pipeline, model_path.as_deref(), a.json);
     }

@@ -144,17 +144,16 @@ impl LlamaConfig {
 
     /// Checks the config's numbers before a graph is built from them.
     pub fn validate(&self) -> Result<(), String> {
-        let positive = [
-            ("vocab_size", self.vocab_size),
-            ("hidden_size", self.hidden_size),
-            ("num_hidden_layers", self.num_layers()),
-            ("head_dim", self.head_dim),
-        ];
-        for (k, v) in positive {
-            if v == 0 {
-                return Err(format!("{k} must be positive"));
-            }
-        }
+        use crate::limits::{dim, MAX_HEADS, MAX_HEAD_DIM, MAX_LAYERS, MAX_VOCAB, MAX_WIDTH};
+        dim("vocab_size", self.vocab_size, MAX_VOCAB)?;
+        dim("hidden_size", self.hidden_size, MAX_WIDTH)?;
+        dim("num_hidden_layers", self.num_layers(), MAX_LAYERS)?;
+        dim("head_dim", self.head_dim, MAX_HEAD_DIM)?;
+        dim(
+            "max_position_embeddings",
+            self.max_position_embeddings,
+            crate::limits::MAX_CONTEXT,
+        )?;
         // A uniform config's errors read as they always did, without a layer.
         let uniform = self.is_uniform();
         for (i, l) in self.layers.iter().enumerate() {
@@ -163,14 +162,12 @@ impl LlamaConfig {
             } else {
                 format!("layer {i}: ")
             };
-            for (k, v) in [
-                ("intermediate_size", l.intermediate_size),
-                ("num_attention_heads", l.num_heads),
-                ("num_key_value_heads", l.num_kv_heads),
+            for (k, v, max) in [
+                ("intermediate_size", l.intermediate_size, MAX_WIDTH),
+                ("num_attention_heads", l.num_heads, MAX_HEADS),
+                ("num_key_value_heads", l.num_kv_heads, MAX_HEADS),
             ] {
-                if v == 0 {
-                    return Err(format!("{at}{k} must be positive"));
-                }
+                dim(k, v, max).map_err(|m| format!("{at}{m}"))?;
             }
             if !l.num_heads.is_multiple_of(l.num_kv_heads) {
                 return Err(format!(
@@ -191,7 +188,33 @@ impl LlamaConfig {
         if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
             return Err(format!("rope_theta ({}) must be positive", self.rope_theta));
         }
+        crate::limits::epsilon("rms_norm_eps", self.rms_norm_eps)?;
+        self.param_count()?;
         Ok(())
+    }
+
+    /// Parameters of the model, in checked arithmetic (a config's sizes are untrusted).
+    pub fn param_count(&self) -> Result<u64, String> {
+        let (d, hd, v) = (self.hidden_size, self.head_dim, self.vocab_size);
+        let mut terms: Vec<[usize; 3]> = vec![[v, d, 1], [d, 1, 1]];
+        if !self.tie_word_embeddings {
+            terms.push([v, d, 1]);
+        }
+        for l in &self.layers {
+            let q = l.num_heads.saturating_mul(hd);
+            let kv = l.num_kv_heads.saturating_mul(hd);
+            terms.extend([
+                [2, d, 1],
+                [q, d, 2],
+                [kv, d, 2],
+                [l.intermediate_size, d, 3],
+            ]);
+            if self.attention_qkv_bias {
+                terms.push([q.saturating_add(kv.saturating_mul(2)), 1, 1]);
+            }
+        }
+        let refs: Vec<&[usize]> = terms.iter().map(|t| &t[..]).collect();
+        crate::limits::params(&refs)
     }
 
     pub fn build(&self) -> Graph {
@@ -324,17 +347,18 @@ impl LlamaConfig {
 
 impl Gpt2Config {
     pub fn validate(&self) -> Result<(), String> {
-        for (k, v) in [
-            ("vocab_size", self.vocab_size),
-            ("n_embd", self.n_embd),
-            ("n_layer", self.n_layer),
-            ("n_head", self.n_head),
-            ("n_positions", self.n_positions),
-            ("n_inner", self.n_inner),
+        use crate::limits::{
+            dim, MAX_HEADS, MAX_LAYERS, MAX_LEARNED_POSITIONS, MAX_VOCAB, MAX_WIDTH,
+        };
+        for (k, v, max) in [
+            ("vocab_size", self.vocab_size, MAX_VOCAB),
+            ("n_embd", self.n_embd, MAX_WIDTH),
+            ("n_layer", self.n_layer, MAX_LAYERS),
+            ("n_head", self.n_head, MAX_HEADS),
+            ("n_positions", self.n_positions, MAX_LEARNED_POSITIONS),
+            ("n_inner", self.n_inner, MAX_WIDTH),
         ] {
-            if v == 0 {
-                return Err(format!("{k} must be positive"));
-            }
+            dim(k, v, max)?;
         }
         if !self.n_embd.is_multiple_of(self.n_head) {
             return Err(format!(
@@ -342,7 +366,25 @@ impl Gpt2Config {
                 self.n_embd, self.n_head
             ));
         }
+        crate::limits::epsilon("layer_norm_epsilon", self.layer_norm_epsilon)?;
+        self.param_count()?;
         Ok(())
+    }
+
+    /// Parameters of the model, in checked arithmetic.
+    pub fn param_count(&self) -> Result<u64, String> {
+        let (d, f) = (self.n_embd, self.n_inner);
+        let biases = d.saturating_mul(5).saturating_add(f);
+        let v = self.vocab_size;
+        let mut terms: Vec<[usize; 3]> = vec![[v, d, 1], [self.n_positions, d, 1], [2, d, 1]];
+        if self.untied_head {
+            terms.push([v, d, 1]);
+        }
+        for _ in 0..self.n_layer {
+            terms.extend([[4, d, 1], [4, d, d], [2, d, f], [biases, 1, 1]]);
+        }
+        let refs: Vec<&[usize]> = terms.iter().map(|t| &t[..]).collect();
+        crate::limits::params(&refs)
     }
 
     pub fn build(&self) -> Graph {

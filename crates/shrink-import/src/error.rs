@@ -6,31 +6,31 @@ use crate::gguf::GgufError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
-    #[error("{path}: {source}")]
+    #[error("{}: {source}", .path.display())]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: not a model: expected a .gguf file or a directory with config.json")]
+    #[error("{}: not a model: expected a .gguf file or a directory with config.json", .path.display())]
     UnknownFormat { path: PathBuf },
-    #[error("{path}: invalid JSON: {message}")]
+    #[error("{}: invalid JSON: {}", .path.display(), line(.message))]
     Json { path: PathBuf, message: String },
-    #[error("{path}: field '{field}': {message}")]
+    #[error("{}: field '{}': {}", .path.display(), line(.field), line(.message))]
     Config {
         path: PathBuf,
         field: String,
         message: String,
     },
-    #[error("{path}: unsupported architecture '{arch}' (supported: {supported})")]
+    #[error("{}: unsupported architecture '{}' (supported: {supported})", .path.display(), line(.arch))]
     UnsupportedArch {
         path: PathBuf,
         arch: String,
         supported: &'static str,
     },
-    #[error("{path}: invalid safetensors file: {message}")]
+    #[error("{}: invalid safetensors file: {}", .path.display(), line(.message))]
     Safetensors { path: PathBuf, message: String },
-    #[error("{path}: tensor '{tensor}': {message}")]
+    #[error("{}: tensor '{}': {}", .path.display(), line(.tensor), line(.message))]
     Tensor {
         path: PathBuf,
         tensor: String,
@@ -38,13 +38,18 @@ pub enum ImportError {
     },
     #[error(transparent)]
     Gguf(#[from] GgufError),
-    #[error("{path}: tokenizer: {message}")]
+    #[error("{}: tokenizer: {}", .path.display(), line(.message))]
     Tokenizer { path: PathBuf, message: String },
-    #[error("{path}: the imported graph fails verification:\n{errors}")]
+    #[error("{}: the imported graph fails verification:\n{errors}", .path.display())]
     Verify {
         path: PathBuf,
         errors: shrink_ir::VerifyErrors,
     },
+}
+
+/// A message on one line: it may quote a file's text, line breaks included.
+fn line(s: &str) -> String {
+    s.replace('\r', "\\r").replace('\n', "\\n")
 }
 
 pub type Result<T> = std::result::Result<T, ImportError>;

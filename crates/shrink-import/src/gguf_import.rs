@@ -239,36 +239,6 @@ pub fn kept_scheme(t: GgmlType) -> Option<QuantScheme> {
     }
 }
 
-/// Rows dequantized at a time by [`check_finite_rows`]: at most this many f32 values.
-const CHECK_CHUNK: usize = 1 << 20;
-
-/// Fails on the first non-finite dequantized value of a packed `[rows, cols]` tensor, a chunk of
-/// rows at a time (never the whole tensor in f32).
-fn check_finite_rows(
-    data: &TensorData,
-    scheme: QuantScheme,
-    rows: usize,
-    cols: usize,
-) -> std::result::Result<(), String> {
-    let shape = [rows, cols];
-    let step = (CHECK_CHUNK / cols.max(1)).max(1);
-    let mut buf = vec![0.0f32; step.min(rows) * cols];
-    for start in (0..rows).step_by(step) {
-        let end = (start + step).min(rows);
-        let out = &mut buf[..(end - start) * cols];
-        scheme.dequantize_rows(data.bytes(), &shape, start..end, out);
-        if let Some(i) = out.iter().position(|x| !x.is_finite()) {
-            let (r, c) = (start + i / cols, i % cols);
-            return Err(format!(
-                "holds a non-finite value at element {} (row {r}, column {c}) once dequantized \
-                 from {scheme}",
-                r * cols + c
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// Loads a GGUF file (its tokenizer is read separately). Matrices of type Q8_0, Q4_0 and Q4_1
 /// stay quantized (memory-mapped, or an owned copy for the Q/K weights whose rows are put back
 /// in order); other types are dequantized to f32 (F16 and BF16 are kept).
@@ -306,7 +276,7 @@ pub fn load_model(file: &GgufFile) -> Result<Model> {
         };
         let permuted = rope_permuted_heads(&hf, &cfg);
         let data = match (kept_scheme(info.ggml_type), want.shape.as_slice()) {
-            (Some(scheme), [rows, cols]) => {
+            (Some(scheme), [_, cols]) => {
                 let ty = ParamType::quantized(scheme, want.shape.clone());
                 let range = file
                     .tensor_range(info)
@@ -325,7 +295,6 @@ pub fn load_model(file: &GgufFile) -> Result<Model> {
                     None => TensorData::mapped(ty, file.map().clone(), range.start, range.len()),
                 }
                 .map_err(terr)?;
-                check_finite_rows(&data, scheme, *rows, *cols).map_err(terr)?;
                 Ok(data)
             }
             _ => match info.ggml_type {
@@ -351,17 +320,12 @@ pub fn load_model(file: &GgufFile) -> Result<Model> {
                     if let Some(h) = permuted {
                         v = unpermute_rows(&v, h, cfg.head_dim, cols);
                     }
-                    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-                        return Err(terr(format!(
-                            "holds a non-finite value at element {i} (row {})",
-                            i / cols.max(1)
-                        )));
-                    }
                     TensorData::from_f32(DType::F32, want.shape.clone(), &v)
                 }
             },
         }
         .map_err(terr)?;
+        crate::limits::finite(&data).map_err(terr)?;
         if let Some(p) = graph.param_mut(&hf) {
             *p = data.ty.clone();
         }

@@ -59,6 +59,11 @@ impl Config {
             .ok_or_else(|| self.err(field, "missing"))
     }
 
+    /// A required size within `1..=max` ([`crate::limits`]).
+    fn bounded(&self, field: &str, max: usize) -> Result<usize> {
+        crate::limits::dim(field, self.usize(field)?, max).map_err(|m| self.err(field, m))
+    }
+
     fn opt_f32(&self, field: &str) -> Result<Option<f32>> {
         match self.json.get(field) {
             None | Some(Value::Null) => Ok(None),
@@ -122,15 +127,21 @@ impl Config {
         }
     }
 
+    fn token(&self, field: &str, v: &Value) -> Result<u32> {
+        v.as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| self.err(field, format!("expected a token id, got {v}")))
+    }
+
     /// A token id that may be given as a list (several EOS ids): the first is taken.
     fn opt_token(&self, field: &str) -> Result<Option<u32>> {
         match self.json.get(field) {
             None | Some(Value::Null) => Ok(None),
-            Some(Value::Array(a)) => Ok(a.first().and_then(Value::as_u64).map(|n| n as u32)),
-            Some(v) => v
-                .as_u64()
-                .map(|n| Some(n as u32))
-                .ok_or_else(|| self.err(field, format!("expected a token id, got {v}"))),
+            Some(Value::Array(a)) => match a.first() {
+                None => Ok(None),
+                Some(v) => self.token(field, v).map(Some),
+            },
+            Some(v) => self.token(field, v).map(Some),
         }
     }
 }
@@ -198,7 +209,8 @@ fn parse_config(path: &Path, json: Value) -> Result<HfArch> {
     let arch = match model_type.as_str() {
         "llama" | "mistral" | "qwen2" => {
             let hidden = c.usize("hidden_size")?;
-            let n_layers = c.usize("num_hidden_layers")?;
+            // Bounded before the per-layer lists are made from it.
+            let n_layers = c.bounded("num_hidden_layers", crate::limits::MAX_LAYERS)?;
             let inter = c
                 .opt_per_layer("intermediate_size", n_layers)?
                 .ok_or_else(|| c.err("intermediate_size", "missing"))?;
@@ -297,10 +309,10 @@ fn parse_config(path: &Path, json: Value) -> Result<HfArch> {
             HfArch::Gpt2(Gpt2Config {
                 vocab_size: c.usize("vocab_size")?,
                 n_embd,
-                n_layer: c.usize("n_layer")?,
+                n_layer: c.bounded("n_layer", crate::limits::MAX_LAYERS)?,
                 n_head: c.usize("n_head")?,
                 n_positions: c.usize("n_positions")?,
-                n_inner: c.opt_usize("n_inner")?.unwrap_or(4 * n_embd),
+                n_inner: c.opt_usize("n_inner")?.unwrap_or(n_embd.saturating_mul(4)),
                 layer_norm_epsilon: c.opt_f32("layer_norm_epsilon")?.unwrap_or(1e-5),
                 activation,
                 prefix: String::new(),
@@ -544,6 +556,7 @@ fn load_weights(graph: &mut Graph, shards: &[Shard], gpt2: bool) -> Result<Weigh
             let ty = ParamType::quantized(*scheme, want.shape.clone());
             let data =
                 TensorData::mapped(ty.clone(), shard.map.clone(), *start, *len).map_err(terr)?;
+            crate::limits::finite(&data).map_err(terr)?;
             if let Some(p) = graph.param_mut(&name) {
                 *p = ty;
             }
@@ -578,6 +591,7 @@ fn load_weights(graph: &mut Graph, shards: &[Shard], gpt2: bool) -> Result<Weigh
             TensorData::mapped(ty.clone(), shard.map.clone(), *start, *len)
         }
         .map_err(terr)?;
+        crate::limits::finite(&data).map_err(terr)?;
         if let Some(p) = graph.param_mut(&name) {
             *p = ty;
         }
@@ -604,6 +618,19 @@ pub fn transpose_bytes(bytes: &[u8], rows: usize, cols: usize, elem: usize) -> V
 pub fn load_model(dir: &Path) -> Result<Model> {
     let arch = read_config(dir)?;
     let shards = open_shards(dir)?;
+    // Every layer has several tensors in the checkpoint: a larger count is not believed.
+    let (layers, field) = match &arch {
+        HfArch::Llama(c) => (c.num_layers(), "num_hidden_layers"),
+        HfArch::Gpt2(c) => (c.n_layer, "n_layer"),
+    };
+    let held: usize = shards.iter().map(|s| s.tensors.len()).sum();
+    if layers > held {
+        return Err(ImportError::Config {
+            path: dir.join("config.json"),
+            field: field.into(),
+            message: format!("{layers} layers, but the checkpoint holds {held} tensors"),
+        });
+    }
     let has = |n: &str| shards.iter().any(|s| s.tensors.contains_key(n));
     let (mut graph, gpt2) = match arch {
         HfArch::Llama(mut c) => {
@@ -637,6 +664,31 @@ pub fn load_config_random(path: &Path, seed: u64) -> Result<Model> {
         .and_then(Value::as_f64)
         .unwrap_or(0.02) as f32;
     let arch = parse_config(path, json)?;
+    // Nothing in a file bounds a random model: its f32 weights must fit in memory.
+    let params = match &arch {
+        HfArch::Llama(c) => c.param_count(),
+        HfArch::Gpt2(c) => c.param_count(),
+    }
+    .map_err(|m| ImportError::Config {
+        path: path.to_path_buf(),
+        field: "config".into(),
+        message: m,
+    })?;
+    let bytes = params.saturating_mul(4);
+    if let Some(avail) = crate::limits::available_memory() {
+        if bytes > avail {
+            return Err(ImportError::Config {
+                path: path.to_path_buf(),
+                field: "config".into(),
+                message: format!(
+                    "a random model of {params} parameters needs {:.1} GB of f32 weights, \
+                     more than the {:.1} GB of memory available",
+                    bytes as f64 / 1e9,
+                    avail as f64 / 1e9
+                ),
+            });
+        }
+    }
     let graph = match arch {
         HfArch::Llama(c) => c.build(),
         HfArch::Gpt2(mut c) => {

@@ -4,6 +4,7 @@
 //! - [`gguf`]: the GGUF v3 reader and ggml dequantizers; [`gguf_import`] maps `llama` files
 //! - [`arch`]: each architecture defined once, as a config and the graph it builds
 //! - [`peft`]: PEFT LoRA adapter directories applied onto a loaded model
+//! - [`limits`]: the bounds on every size a file declares, checked before allocation
 //! - [`tokenizer`]: `tokenizer.json`, or byte-level BPE rebuilt from GGUF metadata
 //!
 //! Every model that leaves this crate has passed the verifier.
@@ -13,6 +14,7 @@ pub mod error;
 pub mod gguf;
 pub mod gguf_import;
 pub mod hf;
+pub mod limits;
 pub mod peft;
 pub mod tokenizer;
 

@@ -110,10 +110,12 @@ impl AdapterConfig {
             .filter(|&r| r > 0)
             .ok_or_else(|| err("r", "missing or not a positive integer".into()))?
             as usize;
+        crate::limits::dim("r", r, crate::limits::MAX_WIDTH).map_err(|m| err("r", m))?;
         let alpha = json
             .get("lora_alpha")
             .and_then(Value::as_f64)
-            .ok_or_else(|| err("lora_alpha", "missing or not a number".into()))?;
+            .filter(|a| a.is_finite())
+            .ok_or_else(|| err("lora_alpha", "missing or not a finite number".into()))?;
         let rslora = json
             .get("use_rslora")
             .and_then(Value::as_bool)
@@ -138,8 +140,9 @@ impl AdapterConfig {
                             ));
                         }
                         v.as_f64()
+                            .filter(|x| x.is_finite())
                             .map(|x| (k.clone(), x))
-                            .ok_or_else(|| err(field, format!("'{k}': {v} is not a number")))
+                            .ok_or_else(|| err(field, format!("'{k}': {v} is not a finite number")))
                     })
                     .collect(),
                 Some(v) => Err(err(field, format!("expected a map, got {v}"))),
@@ -147,8 +150,17 @@ impl AdapterConfig {
         };
         let rank_pattern = map("rank_pattern")?
             .into_iter()
-            .map(|(k, v)| (k, v as usize))
-            .collect();
+            .map(|(k, v)| {
+                if v.fract() == 0.0 && v >= 1.0 && v <= crate::limits::MAX_WIDTH as f64 {
+                    Ok((k, v as usize))
+                } else {
+                    Err(err(
+                        "rank_pattern",
+                        format!("'{k}': {v} is not a rank (a positive integer)"),
+                    ))
+                }
+            })
+            .collect::<Result<_>>()?;
         Ok(AdapterConfig {
             path: path.to_path_buf(),
             r,
@@ -205,6 +217,7 @@ fn to_f32(path: &Path, name: &str, view: &safetensors::tensor::TensorView<'_>) -
         view.data().to_vec(),
     )
     .map_err(err)?;
+    crate::limits::finite(&t).map_err(err)?;
     Ok(t.to_f32())
 }
 

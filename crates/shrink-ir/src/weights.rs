@@ -19,6 +19,9 @@ enum Bytes {
     },
 }
 
+/// f32 values dequantized at a time by [`TensorData::first_non_finite`].
+const FINITE_CHUNK: usize = 1 << 20;
+
 /// Dense data of one parameter, little-endian, row-major in the declared shape.
 #[derive(Clone, Debug)]
 pub struct TensorData {
@@ -104,6 +107,48 @@ impl TensorData {
         bytes: Vec<u8>,
     ) -> Result<Self, String> {
         Self::from_bytes(ParamType::quantized(scheme, shape), bytes)
+    }
+
+    /// Index of the first NaN or infinity, in row-major element order (quantized data as it
+    /// dequantizes). One pass over the bytes: floats by their exponent bits, quantized tensors
+    /// dequantized a bounded chunk of rows at a time.
+    pub fn first_non_finite(&self) -> Option<usize> {
+        let b = self.bytes();
+        if let Some(q) = self.ty.quant {
+            let (rows, cols) = match self.ty.shape.as_slice() {
+                [r, c] => (*r, *c),
+                _ => {
+                    return q
+                        .dequantize(b, &self.ty.shape)
+                        .iter()
+                        .position(|v| !v.is_finite())
+                }
+            };
+            let step = (FINITE_CHUNK / cols.max(1)).max(1);
+            let mut buf = vec![0.0f32; step.min(rows) * cols];
+            for start in (0..rows).step_by(step) {
+                let end = (start + step).min(rows);
+                let out = &mut buf[..(end - start) * cols];
+                q.dequantize_rows(b, &self.ty.shape, start..end, out);
+                if let Some(i) = out.iter().position(|v| !v.is_finite()) {
+                    return Some(start * cols + i);
+                }
+            }
+            return None;
+        }
+        // A float is non-finite exactly when its exponent bits are all ones.
+        match self.ty.dtype {
+            DType::F32 => b.chunks_exact(4).position(|c| {
+                u32::from_le_bytes([c[0], c[1], c[2], c[3]]) & 0x7f80_0000 == 0x7f80_0000
+            }),
+            DType::F16 => b
+                .chunks_exact(2)
+                .position(|c| u16::from_le_bytes([c[0], c[1]]) & 0x7c00 == 0x7c00),
+            DType::BF16 => b
+                .chunks_exact(2)
+                .position(|c| u16::from_le_bytes([c[0], c[1]]) & 0x7f80 == 0x7f80),
+            DType::I64 => None,
+        }
     }
 
     /// The values as f32 (exact for every float dtype; quantized data dequantized).

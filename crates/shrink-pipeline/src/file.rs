@@ -37,9 +37,11 @@ pub struct PipelineError {
 
 impl fmt::Display for PipelineError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A message quotes the file's text, which may hold line breaks: one line regardless.
+        let message = self.message.replace('\r', "\\r").replace('\n', "\\n");
         match self.position {
-            Some((l, c)) => write!(f, "{}:{l}:{c}: {}", self.path.display(), self.message),
-            None => write!(f, "{}: {}", self.path.display(), self.message),
+            Some((l, c)) => write!(f, "{}:{l}:{c}: {message}", self.path.display()),
+            None => write!(f, "{}: {message}", self.path.display()),
         }
     }
 }
@@ -114,15 +116,17 @@ pub struct Pipeline {
     pub eval_data_position: Option<(usize, usize)>,
 }
 
+// Fields whose position an error may need are kept as ron's raw text (a slice of the file, so
+// its offset is its position) and parsed in a second step.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPipeline<'a> {
-    #[serde(default)]
-    model: Option<String>,
+    #[serde(borrow, default)]
+    model: Option<&'a RawValue>,
     #[serde(borrow)]
-    passes: Vec<RawEntry<'a>>,
-    #[serde(default)]
-    eval: Option<RawEval>,
+    passes: Vec<&'a RawValue>,
+    #[serde(borrow, default)]
+    eval: Option<&'a RawValue>,
     #[serde(default)]
     output: Option<String>,
     #[serde(default)]
@@ -134,19 +138,21 @@ struct RawPipeline<'a> {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawEntry<'a> {
-    pass: String,
+    #[serde(borrow)]
+    pass: &'a RawValue,
     #[serde(borrow, default)]
     options: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawEval {
-    data: String,
-    #[serde(default = "default_ctx")]
-    ctx: usize,
-    #[serde(default)]
-    chunks: Option<usize>,
+struct RawEval<'a> {
+    #[serde(borrow)]
+    data: &'a RawValue,
+    #[serde(borrow, default)]
+    ctx: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    chunks: Option<&'a RawValue>,
     #[serde(default)]
     every_pass: bool,
     #[serde(default)]
@@ -178,56 +184,52 @@ fn ron_options() -> ron::Options {
     ron::Options::default().with_default_extension(Extensions::IMPLICIT_SOME)
 }
 
-/// Line and column (1-based) of byte `offset` in `text`.
+/// Line and column (1-based; the column in characters, as ron counts) of byte `offset` in
+/// `text`, which must lie on a character boundary.
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
+    let before = text.get(..offset).unwrap_or(text);
     let line = before.matches('\n').count() + 1;
-    let col = before
-        .rfind('\n')
-        .map_or(before.len(), |i| before.len() - i - 1)
-        + 1;
-    (line, col)
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
 }
 
-/// Offset of the first `key:` (outside strings and comments) at or after `from`.
-fn find_key(text: &str, from: usize, key: &str) -> Option<usize> {
-    let bytes = text.as_bytes();
-    let mut i = from;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'"' => {
-                i += 1;
-                while i < bytes.len() && bytes[i] != b'"' {
-                    i += if bytes[i] == b'\\' { 2 } else { 1 };
-                }
-                i += 1;
-            }
-            b'/' if bytes.get(i + 1) == Some(&b'/') => {
-                while i < bytes.len() && bytes[i] != b'\n' {
-                    i += 1;
-                }
-            }
-            _ => {
-                let prev_ok =
-                    i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_');
-                if prev_ok && text[i..].starts_with(key) {
-                    let rest = text[i + key.len()..].trim_start();
-                    let next = bytes.get(i + key.len()).copied().unwrap_or(b' ');
-                    if rest.starts_with(':') && !(next.is_ascii_alphanumeric() || next == b'_') {
-                        return Some(i);
-                    }
-                }
-                i += 1;
-            }
+/// The pipeline text, for positions of ron's raw values (slices of it).
+struct Source<'t> {
+    text: &'t str,
+}
+
+impl Source<'_> {
+    /// Byte offset of a raw value's text in the file.
+    fn offset(&self, raw: &RawValue) -> usize {
+        let at = raw.get_ron().as_ptr() as usize;
+        at.saturating_sub(self.text.as_ptr() as usize)
+            .min(self.text.len())
+    }
+
+    /// Where the value itself starts (after any whitespace and comments before it).
+    fn at(&self, raw: &RawValue) -> (usize, usize) {
+        line_col(self.text, self.offset(raw.trim()))
+    }
+
+    /// A position ron reports inside `raw`, as a position in the file.
+    fn inside(&self, raw: &RawValue, pos: ron::error::Position) -> (usize, usize) {
+        let (sl, sc) = line_col(self.text, self.offset(raw));
+        if pos.line <= 1 {
+            (sl, sc + pos.col.saturating_sub(1))
+        } else {
+            (sl + pos.line - 1, pos.col)
         }
     }
-    None
-}
 
-/// Offset of the value after `key:` found at `key_at`.
-fn value_after(text: &str, key_at: usize) -> usize {
-    let colon = text[key_at..].find(':').map_or(key_at, |c| key_at + c + 1);
-    colon + (text[colon..].len() - text[colon..].trim_start().len())
+    /// Parses a raw value with the pipeline's ron options.
+    fn parse<'de, T: Deserialize<'de>>(
+        &self,
+        raw: &'de RawValue,
+    ) -> Result<T, ((usize, usize), String)> {
+        ron_options()
+            .from_str(raw.get_ron())
+            .map_err(|e| (self.inside(raw, e.position), e.code.to_string()))
+    }
 }
 
 impl Pipeline {
@@ -252,64 +254,45 @@ impl Pipeline {
         let raw: RawPipeline = ron_options()
             .from_str(text)
             .map_err(|e| err(Some((e.position.line, e.position.col)), e.code.to_string()))?;
+        let src = Source { text };
+        let parsed = |r: ((usize, usize), String)| err(Some(r.0), r.1);
         let base = path.parent().unwrap_or(Path::new(""));
         let mut passes = Vec::with_capacity(raw.passes.len());
-        let mut search_from = 0;
         // For the ordering checks: the pass that quantized the weights, whether adapters are on.
         let mut quantized_at: Option<(usize, usize)> = None;
         let mut adapters = false;
-        for entry in &raw.passes {
-            let at = find_key(text, search_from, "pass").unwrap_or(search_from);
-            search_from = at + 4;
-            let name_at = value_after(text, at);
-            let info = registry.get(&entry.pass).ok_or_else(|| {
+        for entry_raw in &raw.passes {
+            let at = src.at(entry_raw);
+            let entry: RawEntry = src.parse(entry_raw).map_err(parsed)?;
+            let name: String = src.parse(entry.pass).map_err(parsed)?;
+            let name_at = Some(src.at(entry.pass));
+            let info = registry.get(&name).ok_or_else(|| {
                 let known: Vec<&str> = registry.iter().map(|p| p.name).collect();
                 err(
-                    Some(line_col(text, name_at)),
-                    format!(
-                        "unknown pass '{}' (known: {})",
-                        entry.pass,
-                        known.join(", ")
-                    ),
+                    name_at,
+                    format!("unknown pass '{name}' (known: {})", known.join(", ")),
                 )
             })?;
             let pass = (info.build)(entry.options).map_err(|e| {
                 // Positions inside the options are relative to where they start in the file.
-                let start = entry.options.map_or(name_at, |o| {
-                    o.get_ron().as_ptr() as usize - text.as_ptr() as usize
-                });
-                let (sl, sc) = line_col(text, start);
-                let (l, c) = (e.position.line, e.position.col);
-                let pos = if l <= 1 {
-                    (sl, sc + c.saturating_sub(1))
-                } else {
-                    (sl + l - 1, c)
-                };
-                err(Some(pos), format!("pass '{}': {}", entry.pass, e.code))
+                let pos = entry
+                    .options
+                    .map_or(name_at, |o| Some(src.inside(o, e.position)));
+                err(pos, format!("pass '{name}': {}", e.code))
             })?;
-            pass.check().map_err(|m| {
-                err(
-                    Some(line_col(text, name_at)),
-                    format!("pass '{}': {m}", entry.pass),
-                )
-            })?;
+            pass.check()
+                .map_err(|m| err(name_at, format!("pass '{name}': {m}")))?;
             if let Some(wanted) = pass.model_before() {
                 if !passes.iter().any(|p: &PassEntry| p.pass.name() == wanted) {
                     return Err(err(
-                        Some(line_col(text, name_at)),
+                        name_at,
                         format!(
-                            "pass '{}' reads the model before pass '{wanted}', and no pass '{wanted}' comes before it",
-                            entry.pass
+                            "pass '{name}' reads the model before pass '{wanted}', and no pass '{wanted}' comes before it"
                         ),
                     ));
                 }
             }
-            let order_err = |why: String| {
-                err(
-                    Some(line_col(text, name_at)),
-                    format!("pass '{}': {why}", entry.pass),
-                )
-            };
+            let order_err = |why: String| err(name_at, format!("pass '{name}': {why}"));
             match (pass.needs(), quantized_at) {
                 (Needs::DenseWeights, Some((l, c))) => {
                     return Err(order_err(format!(
@@ -328,7 +311,7 @@ impl Pipeline {
                 _ => {}
             }
             match pass.effect() {
-                Some(Effect::Quantizes) => quantized_at = Some(line_col(text, at)),
+                Some(Effect::Quantizes) => quantized_at = Some(at),
                 Some(Effect::AttachesAdapters) => adapters = true,
                 Some(Effect::FoldsAdapters) => adapters = false,
                 None => {}
@@ -336,40 +319,50 @@ impl Pipeline {
             let attaches = |p: &PassEntry| p.pass.effect() == Some(Effect::AttachesAdapters);
             if pass.effect() == Some(Effect::FoldsAdapters) && !passes.iter().any(attaches) {
                 return Err(err(
-                    Some(line_col(text, name_at)),
+                    name_at,
                     "pass 'lora-fold' has no adapters to fold: no 'lora' pass comes before it"
                         .into(),
                 ));
             }
-            passes.push(PassEntry {
-                pass,
-                position: line_col(text, at),
-            });
+            passes.push(PassEntry { pass, position: at });
         }
-        let model_position =
-            find_key(text, 0, "model").map(|k| line_col(text, value_after(text, k)));
-        let eval_data_position = find_key(text, 0, "eval")
-            .and_then(|e| find_key(text, e, "data"))
-            .map(|k| line_col(text, value_after(text, k)));
+        let model: Option<String> = raw
+            .model
+            .map(|m| src.parse(m))
+            .transpose()
+            .map_err(parsed)?;
+        let model_position = raw.model.map(|m| src.at(m));
+        let mut eval_data_position = None;
         let eval = match raw.eval {
             None => None,
-            Some(e) => {
-                if e.ctx < 2 {
-                    let at = find_key(text, 0, "ctx").map(|k| line_col(text, value_after(text, k)));
+            Some(eval_raw) => {
+                let e: RawEval = src.parse(eval_raw).map_err(parsed)?;
+                let data: String = src.parse(e.data).map_err(parsed)?;
+                eval_data_position = Some(src.at(e.data));
+                let ctx: usize = match e.ctx {
+                    Some(r) => src.parse(r).map_err(parsed)?,
+                    None => default_ctx(),
+                };
+                if ctx < 2 {
                     return Err(err(
-                        at,
-                        format!("eval ctx must be at least 2, got {}", e.ctx),
+                        e.ctx.map(|r| src.at(r)),
+                        format!("eval ctx must be at least 2, got {ctx}"),
                     ));
                 }
-                if e.chunks == Some(0) {
-                    let at =
-                        find_key(text, 0, "chunks").map(|k| line_col(text, value_after(text, k)));
-                    return Err(err(at, "eval chunks must be at least 1".into()));
+                let chunks: Option<usize> = match e.chunks {
+                    Some(r) => src.parse(r).map_err(parsed)?,
+                    None => None,
+                };
+                if chunks == Some(0) {
+                    return Err(err(
+                        e.chunks.map(|r| src.at(r)),
+                        "eval chunks must be at least 1".into(),
+                    ));
                 }
                 Some(EvalSpec {
-                    data: base.join(e.data),
-                    ctx: e.ctx,
-                    chunks: e.chunks,
+                    data: base.join(data),
+                    ctx,
+                    chunks,
                     every_pass: e.every_pass,
                     scoring: e.score.0.unwrap_or(Scoring::All),
                 })
@@ -377,7 +370,7 @@ impl Pipeline {
         };
         Ok(Pipeline {
             path: path.to_path_buf(),
-            model: raw.model.map(|m| base.join(m)),
+            model: model.map(|m| base.join(m)),
             passes,
             eval,
             output: raw.output.map(|o| base.join(o)),
@@ -434,6 +427,22 @@ impl Pipeline {
             }
         }
         Ok(())
+    }
+
+    /// The files the pipeline reads besides its model: the eval data and the passes' files,
+    /// each with what it is.
+    pub fn inputs(&self) -> Vec<(&'static str, PathBuf)> {
+        let base = self.path.parent().unwrap_or(Path::new(""));
+        let mut out: Vec<(&'static str, PathBuf)> = Vec::new();
+        if let Some(e) = &self.eval {
+            out.push(("the eval data file", e.data.clone()));
+        }
+        for e in &self.passes {
+            for (field, rel) in e.pass.files() {
+                out.push((field, base.join(&rel)));
+            }
+        }
+        out
     }
 
     /// Whether the model leaves the last pass with LoRA adapters attached (a `lora` pass with

@@ -93,6 +93,61 @@ fn check_output(format: OutputFormat, adapters: bool, out: &Path) -> Result<(), 
     Err(RunError::Output(format!("{}: {message}", out.display())))
 }
 
+/// A path made absolute through every symlink; for a path that does not exist yet, its parent
+/// resolved and the name appended.
+fn resolve(p: &Path) -> PathBuf {
+    if let Ok(c) = std::fs::canonicalize(p) {
+        return c;
+    }
+    match (p.parent(), p.file_name()) {
+        (Some(parent), Some(name)) => {
+            let parent = if parent.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                parent
+            };
+            resolve(parent).join(name)
+        }
+        _ => p.to_path_buf(),
+    }
+}
+
+/// Refuses an output that would overwrite a file the run reads: the model (the same file or
+/// directory, or a directory holding it), the pipeline, or a data file it names. Checked
+/// before anything runs.
+pub fn check_output_paths(p: &Pipeline, opts: &RunOptions) -> Result<(), RunError> {
+    let Some(out) = opts.out.as_ref().or(p.output.as_ref()) else {
+        return Ok(());
+    };
+    let target = resolve(out);
+    let mut inputs: Vec<(String, PathBuf)> = Vec::new();
+    if let Some(m) = model_path(p, opts) {
+        inputs.push(("the input model".into(), m));
+    }
+    inputs.push(("the pipeline file".into(), p.path.clone()));
+    inputs.extend(
+        p.inputs()
+            .into_iter()
+            .map(|(what, path)| (what.to_string(), path)),
+    );
+    for (what, input) in inputs {
+        let input_at = resolve(&input);
+        let how = if input_at == target {
+            "is"
+        } else if input_at.starts_with(&target) {
+            "would replace a directory holding"
+        } else {
+            continue;
+        };
+        return Err(RunError::Output(format!(
+            "{}: {how} {what} ({}), which the run reads; write the output elsewhere",
+            out.display(),
+            input_at.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Checks that a checkpoint given to `--resume` was written by one of the pipeline's passes
 /// as it is now (same position, pass and options), before anything runs.
 pub fn check_resume(p: &Pipeline, checkpoint: &Path) -> Result<(), RunError> {
@@ -164,7 +219,9 @@ pub fn run(
     if let Some(c) = &opts.resume {
         check_resume(p, c)?;
     }
-    // Before any pass runs: an output that cannot hold what the passes leave.
+    // Before any pass runs: an output that would overwrite an input, or cannot hold what the
+    // passes leave.
+    check_output_paths(p, opts)?;
     if let Some(out) = opts.out.as_ref().or(p.output.as_ref()) {
         check_output(p.output_format_for(out), p.leaves_adapters(), out)?;
     }

@@ -538,7 +538,7 @@ fn step<B: Backend>(
         Op::Attention(spec) => {
             let tables = spec.rope.map(|r| {
                 rope.entry((r.theta.to_bits(), r.dim))
-                    .or_insert_with(|| rope_tables::<B>(r.theta, r.dim, len, device))
+                    .or_insert_with(|| rope_tables::<B>(r.theta, r.dim, 0, len, device))
                     .clone()
             });
             let (q, k, v) = (hidden(0)?, hidden(1)?, hidden(2)?);

@@ -70,13 +70,32 @@ pub fn perplexity<B: Backend>(
         Scoring::SecondHalf => opts.ctx / 2,
     };
     let n = opts.ctx - 1 - first;
+    if n == 0 {
+        return Err(RuntimeError::Input(format!(
+            "ctx {} scores no prediction with this scoring; use a ctx of at least {}",
+            opts.ctx,
+            if first == 0 { 2 } else { 3 }
+        )));
+    }
     let mut nll = 0.0f64;
     let mut count = 0u64;
     for c in 0..n_chunks {
         let chunk = &tokens[c * opts.ctx..(c + 1) * opts.ctx];
         let logits = model.forward_rows(&[chunk.to_vec()], None, Some(first..first + n))?;
         let targets = &chunk[first + 1..first + 1 + n];
-        for lp in target_log_probs(logits, targets, model.device())? {
+        for (i, lp) in target_log_probs(logits, targets, model.device())?
+            .into_iter()
+            .enumerate()
+        {
+            // A NaN or infinite logit is a broken model, never a perplexity.
+            if !lp.is_finite() {
+                return Err(RuntimeError::Input(format!(
+                    "the model's log-probability of token {} in chunk {} is {lp}: its logits are \
+                     not finite (NaN or infinity)",
+                    first + 1 + i,
+                    c + 1
+                )));
+            }
             nll -= lp;
             count += 1;
         }

@@ -273,8 +273,9 @@ pub struct Interpreter<B: Backend> {
     attention_layers: usize,
     vocab: usize,
     max_positions: usize,
-    /// `cos`/`sin` tables `[max_positions, rope_dim/2]` per distinct (theta, dim).
-    rope: HashMap<(u32, usize), (Tensor<B, 2>, Tensor<B, 2>)>,
+    /// The distinct RoPE (theta, dim) pairs; their tables are made per call for the positions
+    /// it uses, never for the declared context (a config may claim billions of positions).
+    rope: Vec<(f32, usize)>,
 }
 
 pub(crate) fn upload<B: Backend, const D: usize>(
@@ -391,7 +392,7 @@ impl<B: Backend> Interpreter<B> {
             .get("context_length")
             .and_then(|s| s.parse().ok())
             .unwrap_or(usize::MAX);
-        let mut rope = HashMap::new();
+        let mut rope: Vec<(f32, usize)> = Vec::new();
         for id in order {
             let Some(node) = graph.node(id) else { continue };
             let kernel = match &node.op {
@@ -446,12 +447,8 @@ impl<B: Backend> Interpreter<B> {
                 Op::Split { sizes } => Kernel::Split(sizes.clone()),
                 Op::Attention(spec) => {
                     if let Some(r) = spec.rope {
-                        let key = (r.theta.to_bits(), r.dim);
-                        if !rope.contains_key(&key) && max_positions != usize::MAX {
-                            rope.insert(
-                                key,
-                                rope_tables::<B>(r.theta, r.dim, max_positions, device),
-                            );
+                        if !rope.contains(&(r.theta, r.dim)) {
+                            rope.push((r.theta, r.dim));
                         }
                     }
                     attention_layers += 1;
@@ -485,11 +482,7 @@ impl<B: Backend> Interpreter<B> {
                     && graph.feeds_only_outputs(id),
             });
         }
-        if rope.is_empty()
-            && steps
-                .iter()
-                .any(|s| matches!(&s.kernel, Kernel::Attention { spec, .. } if spec.rope.is_some()))
-        {
+        if !rope.is_empty() && max_positions == usize::MAX {
             return Err(RuntimeError::Input(
                 "the model uses RoPE but declares no context_length".into(),
             ));
@@ -703,6 +696,12 @@ impl<B: Backend> Interpreter<B> {
             }
             upload::<B, 2>(bias, [s, t], &self.device)
         });
+        // RoPE tables for positions `past..past + s` alone.
+        let rope_now: Vec<((f32, usize), (Tensor<B, 2>, Tensor<B, 2>))> = self
+            .rope
+            .iter()
+            .map(|&(theta, dim)| ((theta, dim), rope_tables(theta, dim, past, s, &self.device)))
+            .collect();
         let mut slots: Vec<Option<Val<B>>> = (0..self.n_slots).map(|_| None).collect();
         let mut out = None;
         for step in &self.steps {
@@ -789,9 +788,12 @@ impl<B: Backend> Interpreter<B> {
                 }
                 Kernel::Attention { spec, layer } => {
                     let kv = cache.as_deref_mut().map(|c| &mut c.layers[*layer]);
-                    let rope = spec
-                        .rope
-                        .and_then(|r| self.rope.get(&(r.theta.to_bits(), r.dim)));
+                    let rope = spec.rope.and_then(|r| {
+                        rope_now
+                            .iter()
+                            .find(|(k, _)| *k == (r.theta, r.dim))
+                            .map(|(_, t)| t)
+                    });
                     vec![Val::Hidden(attention(
                         hidden(0)?,
                         hidden(1)?,
@@ -847,10 +849,11 @@ impl<B: Backend> Interpreter<B> {
 pub(crate) fn rope_tables<B: Backend>(
     theta: f32,
     dim: usize,
+    first: usize,
     positions: usize,
     device: &B::Device,
 ) -> (Tensor<B, 2>, Tensor<B, 2>) {
-    let (cos, sin) = rope_cos_sin(theta, dim, 0, positions);
+    let (cos, sin) = rope_cos_sin(theta, dim, first, positions);
     let half = dim / 2;
     (
         upload::<B, 2>(cos, [positions, half], device),
@@ -978,17 +981,17 @@ pub(crate) fn activate<B: Backend>(x: Tensor<B, 3>, a: Activation) -> Tensor<B, 
     }
 }
 
-/// Applies rotary embedding to `x [b, h, s, d]` for positions `past..past+s`.
+/// Applies rotary embedding to `x [b, h, s, d]`; `tables` start at the position of x's first
+/// row.
 pub(crate) fn apply_rope<B: Backend>(
     x: Tensor<B, 4>,
     tables: &(Tensor<B, 2>, Tensor<B, 2>),
-    past: usize,
 ) -> Tensor<B, 4> {
     let [_, _, s, d] = x.dims();
     let half = tables.0.dims()[1];
     let rot = 2 * half;
-    let cos = tables.0.clone().narrow(0, past, s).unsqueeze::<4>();
-    let sin = tables.1.clone().narrow(0, past, s).unsqueeze::<4>();
+    let cos = tables.0.clone().narrow(0, 0, s).unsqueeze::<4>();
+    let sin = tables.1.clone().narrow(0, 0, s).unsqueeze::<4>();
     let (xr, pass) = if rot < d {
         (x.clone().narrow(3, 0, rot), Some(x.narrow(3, rot, d - rot)))
     } else {
@@ -1054,8 +1057,8 @@ pub(crate) fn attention_ops<B: Backend>(
     let mut k = k.reshape([b, s, kvh, d]).swap_dims(1, 2);
     let mut v = v.reshape([b, s, kvh, d]).swap_dims(1, 2);
     if let Some(t) = rope {
-        q = apply_rope(q, t, past);
-        k = apply_rope(k, t, past);
+        q = apply_rope(q, t);
+        k = apply_rope(k, t);
     }
     if let Some(slot) = cache {
         if let Some((pk, pv)) = slot.take() {
@@ -1206,7 +1209,7 @@ mod tests {
                 upload::<Cpu, 3>(x, [b, s, n * d], &device)
             };
             let (q, k, v) = (make(heads, 1), make(kv_heads, 2), make(kv_heads, 3));
-            let tables = rope.map(|dim| rope_tables::<Cpu>(10000.0, dim, s, &device));
+            let tables = rope.map(|dim| rope_tables::<Cpu>(10000.0, dim, 0, s, &device));
             let mut bias = vec![0.0f32; s * s];
             for i in 0..s {
                 for j in i + 1..s {
