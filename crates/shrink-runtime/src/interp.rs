@@ -278,6 +278,9 @@ pub struct Interpreter<B: Backend> {
     rope: Vec<(f32, usize)>,
 }
 
+/// RoPE's `cos` and `sin` tables, `[positions, rope_dim/2]`.
+pub(crate) type RopeTables<B> = (Tensor<B, 2>, Tensor<B, 2>);
+
 pub(crate) fn upload<B: Backend, const D: usize>(
     values: Vec<f32>,
     shape: [usize; D],
@@ -697,7 +700,7 @@ impl<B: Backend> Interpreter<B> {
             upload::<B, 2>(bias, [s, t], &self.device)
         });
         // RoPE tables for positions `past..past + s` alone.
-        let rope_now: Vec<((f32, usize), (Tensor<B, 2>, Tensor<B, 2>))> = self
+        let rope_now: Vec<((f32, usize), RopeTables<B>)> = self
             .rope
             .iter()
             .map(|&(theta, dim)| ((theta, dim), rope_tables(theta, dim, past, s, &self.device)))
