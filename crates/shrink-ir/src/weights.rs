@@ -7,6 +7,7 @@ use std::sync::Arc;
 use half::{bf16, f16};
 
 use crate::types::{DType, ParamType};
+use crate::QuantScheme;
 
 /// Bytes of one tensor: owned, or a range of a memory-mapped file.
 #[derive(Clone, Debug)]
@@ -17,6 +18,71 @@ enum Bytes {
         start: usize,
         len: usize,
     },
+}
+
+/// Index of the first ggml block of `BLOCK` bytes whose leading `HALVES` f16 values (scale,
+/// minimum) are not finite. A branch-free pass first (most files have none), then the search.
+fn first_bad_block<const BLOCK: usize, const HALVES: usize>(b: &[u8]) -> Option<usize> {
+    let bad = |blk: &[u8]| {
+        let mut any = false;
+        for h in 0..HALVES {
+            any |= u16::from_le_bytes([blk[2 * h], blk[2 * h + 1]]) & 0x7c00 == 0x7c00;
+        }
+        any
+    };
+    let mut any = false;
+    for blk in b.chunks_exact(BLOCK) {
+        any |= bad(blk);
+    }
+    if any {
+        b.chunks_exact(BLOCK).position(bad)
+    } else {
+        None
+    }
+}
+
+/// Index of the first `lane`-byte little-endian element of `b` whose `exponent` bits are all
+/// set. Eight bytes at a time (a lane of all-ones exponent is a zero lane of
+/// `(x & m) ^ m`, found by the carry trick), the exact element found by a rescan.
+fn first_all_ones(b: &[u8], lane: usize, exponent: u64) -> Option<usize> {
+    let bits = 8 * lane as u32;
+    let lanes = 8 / lane;
+    let (mut m, mut low, mut high) = (0u64, 0u64, 0u64);
+    for k in 0..lanes as u32 {
+        m |= exponent << (k * bits);
+        low |= 1 << (k * bits);
+        high |= 1 << (k * bits + bits - 1);
+    }
+    let scalar = |chunk: &[u8], first: usize| {
+        chunk
+            .chunks_exact(lane)
+            .position(|c| {
+                let mut v = 0u64;
+                for (i, byte) in c.iter().enumerate() {
+                    v |= u64::from(*byte) << (8 * i);
+                }
+                v & exponent == exponent
+            })
+            .map(|i| first + i)
+    };
+    const BLOCK: usize = 64;
+    let whole = b.len() / BLOCK * BLOCK;
+    for (k, block) in b[..whole].chunks_exact(BLOCK).enumerate() {
+        let mut hit = 0u64;
+        for w in block.chunks_exact(8) {
+            let x = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+            // Lanes of y stay below their top bit (the exponent masks exclude the sign), so a
+            // borrow reaches a top bit only from a zero lane.
+            let y = (x & m) ^ m;
+            hit |= y.wrapping_sub(low) & !y & high;
+        }
+        if hit != 0 {
+            if let Some(i) = scalar(block, k * BLOCK / lane) {
+                return Some(i);
+            }
+        }
+    }
+    scalar(&b[whole..], whole / lane)
 }
 
 /// f32 values dequantized at a time by [`TensorData::first_non_finite`].
@@ -115,6 +181,17 @@ impl TensorData {
     pub fn first_non_finite(&self) -> Option<usize> {
         let b = self.bytes();
         if let Some(q) = self.ty.quant {
+            // ggml's blocks of 32: every value is `d·q (+ m)` with f16 `d` (and `m`) and small
+            // integer codes, finite exactly when those halves are.
+            let ggml = match q {
+                QuantScheme::Q8_0 => Some(first_bad_block::<34, 1>(b)),
+                QuantScheme::Q4_0 => Some(first_bad_block::<18, 1>(b)),
+                QuantScheme::Q4_1 => Some(first_bad_block::<20, 2>(b)),
+                _ => None,
+            };
+            if let Some(block) = ggml {
+                return block.map(|i| i * 32);
+            }
             let (rows, cols) = match self.ty.shape.as_slice() {
                 [r, c] => (*r, *c),
                 _ => {
@@ -137,18 +214,13 @@ impl TensorData {
             return None;
         }
         // A float is non-finite exactly when its exponent bits are all ones.
-        match self.ty.dtype {
-            DType::F32 => b.chunks_exact(4).position(|c| {
-                u32::from_le_bytes([c[0], c[1], c[2], c[3]]) & 0x7f80_0000 == 0x7f80_0000
-            }),
-            DType::F16 => b
-                .chunks_exact(2)
-                .position(|c| u16::from_le_bytes([c[0], c[1]]) & 0x7c00 == 0x7c00),
-            DType::BF16 => b
-                .chunks_exact(2)
-                .position(|c| u16::from_le_bytes([c[0], c[1]]) & 0x7f80 == 0x7f80),
-            DType::I64 => None,
-        }
+        let (lane, exponent) = match self.ty.dtype {
+            DType::F32 => (4, 0x7f80_0000u64),
+            DType::F16 => (2, 0x7c00),
+            DType::BF16 => (2, 0x7f80),
+            DType::I64 => return None,
+        };
+        first_all_ones(b, lane, exponent)
     }
 
     /// The values as f32 (exact for every float dtype; quantized data dequantized).
@@ -351,6 +423,57 @@ impl WeightStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn first_non_finite_reads_ggml_block_scales() {
+        let w: Vec<f32> = (0..4 * 64).map(|i| (i as f32 * 0.37).sin()).collect();
+        for (scheme, block, halves) in [
+            (QuantScheme::Q8_0, 34, 1),
+            (QuantScheme::Q4_0, 18, 1),
+            (QuantScheme::Q4_1, 20, 2),
+        ] {
+            let packed = scheme.quantize(&[4, 64], &w).unwrap();
+            let t = TensorData::quantized(scheme, vec![4, 64], packed.clone()).unwrap();
+            assert_eq!(t.first_non_finite(), None, "{scheme}");
+            for h in 0..halves {
+                // Block 5 (row 2, columns 32..64): its scale or minimum made NaN.
+                let mut bad = packed.clone();
+                bad[5 * block + 2 * h..5 * block + 2 * h + 2]
+                    .copy_from_slice(&0x7e00u16.to_le_bytes());
+                let t = TensorData::quantized(scheme, vec![4, 64], bad).unwrap();
+                assert_eq!(t.first_non_finite(), Some(160), "{scheme} half {h}");
+                assert!(
+                    !t.to_f32()[160..192].iter().all(|v| v.is_finite()),
+                    "{scheme}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn first_non_finite_finds_every_position_in_every_dtype() {
+        // Each dtype's largest finite values, negatives and subnormals around the planted one.
+        for (dtype, background) in [
+            (DType::F32, [f32::MAX, -f32::MAX, 1e-40, -0.0, 1.0, 3.3e38]),
+            (DType::BF16, [3.38e38, -3.38e38, 1e-40, -0.0, 1.0, 2.0e38]),
+            (DType::F16, [65504.0, -65504.0, 6e-8, -0.0, 1.0, 60000.0]),
+        ] {
+            for n in [1usize, 7, 33, 100] {
+                let base: Vec<f32> = (0..n).map(|i| background[i % background.len()]).collect();
+                let clean = TensorData::from_f32(dtype, vec![n], &base).unwrap();
+                assert!(clean.to_f32().iter().all(|v| v.is_finite()), "{dtype:?}");
+                assert_eq!(clean.first_non_finite(), None, "{dtype:?} n={n}");
+                for at in 0..n {
+                    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                        let mut v = base.clone();
+                        v[at] = bad;
+                        let t = TensorData::from_f32(dtype, vec![n], &v).unwrap();
+                        assert_eq!(t.first_non_finite(), Some(at), "{dtype:?} n={n} at={at}");
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn masks_follow_their_parameter() {
