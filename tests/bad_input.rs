@@ -313,36 +313,21 @@ fn a_context_of_billions_of_positions_runs_on_the_context_used() {
         "max_position_embeddings",
         4_000_000_000u64.into(),
     );
-    let (code, stdout, stderr) = shrink(&[
-        "eval",
-        "--model",
-        dir.to_str().expect("utf-8"),
-        "--data",
-        "data/tinyshakespeare/heldout.txt",
-        "--ctx",
-        "64",
-        "--chunks",
-        "2",
-        "--json",
-    ]);
-    assert_eq!(code, 0, "{stderr}");
-    let r: serde_json::Value = serde_json::from_str(&stdout).expect("json");
-    let ppl = r["ppl"].as_f64().expect("ppl");
+    let ppl = |model: &str| {
+        let data = "data/tinyshakespeare/heldout.txt";
+        let args = [
+            "eval", "--model", model, "--data", data, "--ctx", "64", "--chunks", "2",
+        ];
+        let (code, stdout, stderr) = shrink(&[&args[..], &["--json"]].concat());
+        assert_eq!(code, 0, "{stderr}");
+        let r: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+        r["ppl"].as_f64().expect("ppl")
+    };
     // The same weights as the fixture: the same perplexity.
-    let (_, stdout, _) = shrink(&[
-        "eval",
-        "--model",
-        "fixtures/tiny-llama",
-        "--data",
-        "data/tinyshakespeare/heldout.txt",
-        "--ctx",
-        "64",
-        "--chunks",
-        "2",
-        "--json",
-    ]);
-    let base: serde_json::Value = serde_json::from_str(&stdout).expect("json");
-    assert_eq!(ppl, base["ppl"].as_f64().expect("ppl"));
+    assert_eq!(
+        ppl(dir.to_str().expect("utf-8")),
+        ppl("fixtures/tiny-llama")
+    );
 }
 
 #[test]

@@ -351,14 +351,24 @@ fn transpose(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     t
 }
 
-#[test]
-fn awq_matches_the_reference() {
+/// The AWQ reference layer (`awq.w`, `awq.x`) and shrink's scale search on it, int4_g32_asym,
+/// 20 ratios.
+struct AwqFixture {
+    w: Vec<f32>,
+    x: Vec<f32>,
+    n: usize,
+    rows: usize,
+    cols: usize,
+    gram: Vec<f32>,
+    found: awq::ScaleSearch,
+}
+
+fn awq_fixture() -> AwqFixture {
     let w = f32s("awq.w");
     let (xs, x) = g("awq.x");
     let x: Vec<f32> = x.into_iter().map(|v| v as f32).collect();
     let (n, cols) = (xs[0], xs[1]);
     let rows = w.len() / cols;
-    let s = scheme("int4_g32_asym");
     let gram = gptq::host_matmul(&transpose(&x, n, cols), &x, cols, n, cols);
     let abs_mean: Vec<f32> = (0..cols)
         .map(|c| (0..n).map(|t| x[t * cols + c].abs() as f64).sum::<f64>() as f32 / n as f32)
@@ -369,10 +379,33 @@ fn awq_matches_the_reference() {
         &gram,
         n,
         &abs_mean,
-        s,
+        scheme("int4_g32_asym"),
         20,
         &gptq::host_matmul,
     );
+    AwqFixture {
+        w,
+        x,
+        n,
+        rows,
+        cols,
+        gram,
+        found,
+    }
+}
+
+#[test]
+fn awq_matches_the_reference() {
+    let AwqFixture {
+        w,
+        x,
+        n,
+        rows,
+        cols,
+        gram,
+        found,
+    } = awq_fixture();
+    let s = scheme("int4_g32_asym");
     let want_ratio = f32s("awq.best_ratio")[0];
     assert!(
         (found.ratio - want_ratio).abs() < 1e-6,
@@ -781,25 +814,7 @@ fn gptq_agrees_with_gptqmodel_and_llm_compressor() {
 /// llm-awq): the same best ratio and the same per-channel scales.
 #[test]
 fn awq_scale_search_agrees_with_autoawq() {
-    let w = f32s("awq.w");
-    let (xs, x) = g("awq.x");
-    let x: Vec<f32> = x.into_iter().map(|v| v as f32).collect();
-    let (n, cols) = (xs[0], xs[1]);
-    let rows = w.len() / cols;
-    let gram = gptq::host_matmul(&transpose(&x, n, cols), &x, cols, n, cols);
-    let abs_mean: Vec<f32> = (0..cols)
-        .map(|c| (0..n).map(|t| x[t * cols + c].abs() as f64).sum::<f64>() as f32 / n as f32)
-        .collect();
-    let found = awq::search_scales(
-        &[(&w, rows)],
-        cols,
-        &gram,
-        n,
-        &abs_mean,
-        scheme("int4_g32_asym"),
-        20,
-        &gptq::host_matmul,
-    );
+    let AwqFixture { rows, found, .. } = awq_fixture();
     let ratio = published("autoawq.awq.best_ratio")[0];
     assert!(
         (found.ratio - ratio).abs() < 1e-6,
