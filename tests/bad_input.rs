@@ -541,7 +541,7 @@ fn a_panic_is_reported_in_one_line_with_status_70() {
     assert_eq!(out.status.code(), Some(70), "{stderr}");
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
     assert!(
-        stderr.starts_with("internal error: SHRINK_TEST_PANIC is set (1 more lines")
+        stderr.starts_with("internal error: SHRINK_TEST_PANIC is set\\nsecond line at ")
             && stderr.contains("(a bug: please report it with this input)"),
         "{stderr}"
     );

@@ -190,7 +190,7 @@ pub fn main() -> i32 {
             .map_or(String::new(), |l| format!(" at {}:{}", l.file(), l.line()));
         eprintln!(
             "internal error: {}{at} (a bug: please report it with this input)",
-            one_line(&what)
+            what.replace('\n', "\\n")
         );
     }));
     std::panic::catch_unwind(run_cli).unwrap_or(EXIT_INTERNAL)

@@ -333,7 +333,16 @@ fn parse_config(path: &Path, json: Value) -> Result<HfArch> {
         HfArch::Llama(l) => l.validate(),
         HfArch::Gpt2(g) => g.validate(),
     };
-    check.map_err(|m| c.err("config", m))?;
+    // The message starts with the field it is about, when it is one of the file's.
+    check.map_err(|m| {
+        let field = m
+            .split_whitespace()
+            .next()
+            .filter(|w| c.json.contains_key(*w))
+            .unwrap_or("config")
+            .to_string();
+        c.err(&field, m)
+    })?;
     Ok(arch)
 }
 
