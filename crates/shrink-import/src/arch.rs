@@ -193,28 +193,10 @@ impl LlamaConfig {
         Ok(())
     }
 
-    /// Parameters of the model, in checked arithmetic (a config's sizes are untrusted).
+    /// Parameters of the model, counted from the graph it builds in checked arithmetic (a
+    /// config's sizes are untrusted; the graph declares shapes and allocates no weights).
     pub fn param_count(&self) -> Result<u64, String> {
-        let (d, hd, v) = (self.hidden_size, self.head_dim, self.vocab_size);
-        let mut terms: Vec<[usize; 3]> = vec![[v, d, 1], [d, 1, 1]];
-        if !self.tie_word_embeddings {
-            terms.push([v, d, 1]);
-        }
-        for l in &self.layers {
-            let q = l.num_heads.saturating_mul(hd);
-            let kv = l.num_kv_heads.saturating_mul(hd);
-            terms.extend([
-                [2, d, 1],
-                [q, d, 2],
-                [kv, d, 2],
-                [l.intermediate_size, d, 3],
-            ]);
-            if self.attention_qkv_bias {
-                terms.push([q.saturating_add(kv.saturating_mul(2)), 1, 1]);
-            }
-        }
-        let refs: Vec<&[usize]> = terms.iter().map(|t| &t[..]).collect();
-        crate::limits::params(&refs)
+        crate::limits::graph_params(&self.build())
     }
 
     pub fn build(&self) -> Graph {
@@ -371,20 +353,9 @@ impl Gpt2Config {
         Ok(())
     }
 
-    /// Parameters of the model, in checked arithmetic.
+    /// Parameters of the model, counted from the graph it builds in checked arithmetic.
     pub fn param_count(&self) -> Result<u64, String> {
-        let (d, f) = (self.n_embd, self.n_inner);
-        let biases = d.saturating_mul(5).saturating_add(f);
-        let v = self.vocab_size;
-        let mut terms: Vec<[usize; 3]> = vec![[v, d, 1], [self.n_positions, d, 1], [2, d, 1]];
-        if self.untied_head {
-            terms.push([v, d, 1]);
-        }
-        for _ in 0..self.n_layer {
-            terms.extend([[4, d, 1], [4, d, d], [2, d, f], [biases, 1, 1]]);
-        }
-        let refs: Vec<&[usize]> = terms.iter().map(|t| &t[..]).collect();
-        crate::limits::params(&refs)
+        crate::limits::graph_params(&self.build())
     }
 
     pub fn build(&self) -> Graph {

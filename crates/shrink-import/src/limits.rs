@@ -76,6 +76,16 @@ pub fn finite(data: &shrink_ir::TensorData) -> Result<(), String> {
     ))
 }
 
+/// The parameters a graph declares, within [`MAX_PARAMS`].
+pub fn graph_params(graph: &shrink_ir::Graph) -> Result<u64, String> {
+    let shapes: Vec<&[usize]> = graph
+        .params()
+        .values()
+        .map(|t| t.shape.as_slice())
+        .collect();
+    params(&shapes)
+}
+
 /// Bytes of memory available to this process (Linux `MemAvailable`), if known.
 pub fn available_memory() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
