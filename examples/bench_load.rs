@@ -3,15 +3,17 @@
 //!   cargo run --release --example bench_load -- make-qwen DIR   # a 1.5B bf16 model, random
 //!   cargo run --release --example bench_load -- MODEL [REPEATS]
 //!
-//! Per repeat: the import (`shrink::import::load`, the checks included), the engine built for
-//! evaluation (`Engine::new`, what `shrink eval` waits for before it scores), and the checks
-//! alone run again over every tensor of the loaded store. Prints each, the medians, and the
-//! checks' share of import + engine. docs/BENCHMARKS.md records a run.
+//! Per repeat: the import with the checks (`shrink::import::load`) and without them
+//! (`load_with`, `check_finite: false`), in alternating order; the engine built for evaluation
+//! (`Engine::new`, what `shrink eval` waits for before it scores); and the checks alone run
+//! again over every tensor of the loaded store. Prints each, the medians, and how much longer
+//! import + engine take with the checks. docs/BENCHMARKS.md records a run.
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use shrink::import::LoadOptions;
 use shrink::runtime::{Device, Engine};
 
 fn main() -> Result<()> {
@@ -35,47 +37,62 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn bench(model: &Path, repeats: usize) -> Result<()> {
-    let (mut import, mut engine, mut check) = (Vec::new(), Vec::new(), Vec::new());
+    let unchecked = LoadOptions {
+        check_finite: false,
+    };
+    let (mut with, mut without, mut engine, mut check) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     println!(
-        "{:>6} {:>10} {:>10} {:>10}",
-        "repeat", "import s", "engine s", "checks s"
+        "{:>6} {:>12} {:>12} {:>10} {:>12}",
+        "repeat", "import s", "unchecked s", "engine s", "checks s"
     );
     for r in 0..repeats {
-        let t0 = Instant::now();
-        let loaded = shrink::import::load(model)?;
-        let t1 = Instant::now();
-        let e = Engine::new(&loaded.model, Device::Cpu)?;
-        let t2 = Instant::now();
-        drop(e);
-        let t3 = Instant::now();
+        // Alternate which load goes first, so neither always finds the caches the other left.
+        let time = |opts: &LoadOptions| -> Result<(f64, shrink::import::Loaded)> {
+            let t = Instant::now();
+            let loaded = shrink::import::load_with(model, opts)?;
+            Ok((t.elapsed().as_secs_f64(), loaded))
+        };
+        let ((a, loaded), (b, _)) = if r % 2 == 0 {
+            let x = time(&LoadOptions::default())?;
+            (x, time(&unchecked)?)
+        } else {
+            let y = time(&unchecked)?;
+            (time(&LoadOptions::default())?, y)
+        };
+        let t = Instant::now();
+        drop(Engine::new(&loaded.model, Device::Cpu)?);
+        let e = t.elapsed().as_secs_f64();
+        let t = Instant::now();
         let mut bad = 0;
         for (_, data) in loaded.model.weights.iter() {
             bad += usize::from(data.first_non_finite().is_some());
         }
-        let t4 = Instant::now();
+        let c = t.elapsed().as_secs_f64();
         if bad > 0 {
             bail!("{bad} tensors hold non-finite values, yet the import accepted them");
         }
-        let (a, b, c) = (
-            (t1 - t0).as_secs_f64(),
-            (t2 - t1).as_secs_f64(),
-            (t4 - t3).as_secs_f64(),
-        );
-        println!("{r:>6} {a:>10.3} {b:>10.3} {c:>10.3}");
-        import.push(a);
-        engine.push(b);
+        println!("{r:>6} {a:>12.4} {b:>12.4} {e:>10.4} {c:>12.4}");
+        with.push(a);
+        without.push(b);
+        engine.push(e);
         check.push(c);
     }
-    let (a, b, c) = (median(&mut import), median(&mut engine), median(&mut check));
+    let (a, b, e, c) = (
+        median(&mut with),
+        median(&mut without),
+        median(&mut engine),
+        median(&mut check),
+    );
     let size = shrink::import::load(model)?.model.size();
     println!(
-        "{}: {} params, {:.2} GB stored; medians: import {a:.3} s, engine {b:.3} s, checks {c:.3} s \
-         = {:.2}% of import + engine ({:.1}% of the import alone)",
+        "{}: {} params, {:.2} GB stored; medians: import {a:.4} s, without the checks {b:.4} s, \
+         engine {e:.4} s, the checks alone {c:.4} s; load (import + engine) with the checks \
+         {:+.2}% against without",
         model.display(),
         size.params,
         size.bytes as f64 / 1e9,
-        100.0 * c / (a + b),
-        100.0 * c / a
+        100.0 * (a - b) / (b + e),
     );
     Ok(())
 }

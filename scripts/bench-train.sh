@@ -30,7 +30,7 @@ for mode in distill finetune; do
     head="(pass: \"finetune\", options: (train: "
   fi
   cat > "$OUT/$mode.ron" <<RON
-(passes: [$head(data: "../../data/wikitext-2/valid.txt", steps: $STEPS, batch: $BATCH, seq_len: $SEQ, lr: 1e-4, warmup: 1)))])
+(passes: [$head(data: "../../data/wikitext-2/calib.txt", steps: $STEPS, batch: $BATCH, seq_len: $SEQ, lr: 1e-4, warmup: 1)))])
 RON
   ./target/release/shrink run "$OUT/$mode.ron" --model "$PRUNED" --json > "$OUT/$mode.json"
   shrink_s=$(jq '[.passes[0].stats.curve[1:][].seconds] | add / length' "$OUT/$mode.json")

@@ -28,7 +28,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 p = argparse.ArgumentParser()
 p.add_argument("--model", default="models/SmolLM2-135M-Instruct.Q4_1.gguf")
 p.add_argument("--pruned", default=None)
-p.add_argument("--data", default="data/wikitext-2/valid.txt")
+p.add_argument("--data", default="data/wikitext-2/calib.txt")
 p.add_argument("--batch", type=int, default=4)
 p.add_argument("--seq-len", type=int, default=256)
 p.add_argument("--steps", type=int, default=5)

@@ -304,14 +304,14 @@ fn bad_training_options_fail_before_anything_runs() {
 fn smollm2_distillation_recovers_a_damaged_prune() {
     let dir = scratch("distill-smollm2");
     let model = crate::common::smollm2();
-    let valid = data("wikitext-2/valid.txt");
+    let calib = data("wikitext-2/calib.txt");
     let test = data("wikitext-2/test.txt");
     // 10% of every layer's MLP channels by weight norm (uniform): the damaging prune of the
     // pruning issue, milder. Then 6 steps of 2 × 128 tokens of pure KL.
     let pipeline = format!(
         r#"(passes: [
             (pass: "prune-structured", options: (target: mlp, ratio: 0.1, importance: magnitude, allocation: uniform)),
-            (pass: "distill", options: (alpha: 0.0, temperature: 1.0, train: (data: {valid:?}, steps: 6, batch: 2, seq_len: 128, lr: 1e-4, warmup: 1,
+            (pass: "distill", options: (alpha: 0.0, temperature: 1.0, train: (data: {calib:?}, steps: 6, batch: 2, seq_len: 128, lr: 1e-4, warmup: 1,
                 heldout: (data: {test:?}, ctx: 256, chunks: 2, second_half: true)))),
         ])"#
     );

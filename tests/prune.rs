@@ -527,7 +527,7 @@ fn smollm2_sparsegpt_beats_wanda_beats_magnitude() {
     let pipeline = |crit: &str| {
         format!(
             "(passes: [(pass: \"prune\", options: (criterion: {crit}, sparsity: 0.5, \
-             calibration: (data: \"DATA/valid.txt\", samples: 16, seq_len: 256)))], \
+             calibration: (data: \"DATA/calib.txt\", samples: 16, seq_len: 256)))], \
              eval: (data: \"DATA/test.txt\", ctx: 512, chunks: 8, score: \"second-half\"))"
         )
     };

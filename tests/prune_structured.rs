@@ -469,7 +469,7 @@ fn smollm2_sensitivity_protects_layer_0() {
             probe_samples: 2,
             calibration: shrink::passes::calibration::CalibrationOptions {
                 data: Some(shrink::passes::calibration::TextFiles::One(
-                    crate::common::data("wikitext-2/valid.txt")
+                    crate::common::data("wikitext-2/calib.txt")
                         .to_string_lossy()
                         .into_owned(),
                 )),

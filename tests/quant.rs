@@ -715,7 +715,7 @@ fn smollm2_gptq_beats_round_to_nearest() {
     let pipeline = |method: &str| {
         format!(
             "(passes: [(pass: \"quantize\", options: (method: {method}, scheme: \"int4_g64\", \
-             calibration: (data: \"DATA/valid.txt\", samples: 16, seq_len: 256)))], \
+             calibration: (data: \"DATA/calib.txt\", samples: 16, seq_len: 256)))], \
              eval: (data: \"DATA/test.txt\", ctx: 512, chunks: 8, score: \"second-half\"))"
         )
     };

@@ -42,9 +42,28 @@ pub struct Loaded {
     pub path: PathBuf,
 }
 
+/// How [`load_with`] loads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Check every imported float tensor for NaN and infinity (on by default; off only to
+    /// measure what the checks cost, as `examples/bench_load.rs` does).
+    pub check_finite: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { check_finite: true }
+    }
+}
+
 /// Loads a GGUF file, a Hugging Face model directory, or a `config.json` alone (random
-/// weights, see [`hf::load_config_random`]).
+/// weights, see [`hf::load_config_random`]), every check on.
 pub fn load(path: &Path) -> Result<Loaded> {
+    load_with(path, &LoadOptions::default())
+}
+
+/// [`load`] with options. The tokenizer is built on a second thread while the weights load.
+pub fn load_with(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
     let meta = std::fs::metadata(path).map_err(|source| ImportError::Io {
         path: path.to_path_buf(),
         source,
@@ -53,41 +72,40 @@ pub fn load(path: &Path) -> Result<Loaded> {
         && path
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("json"));
-    // A Hugging Face model with the `tokenizer.json` in `dir`, if there is one.
-    let hf = |model: Model, dir: &Path| -> Result<Loaded> {
+    // A Hugging Face model, with the `tokenizer.json` in `dir` if there is one.
+    let hf = |dir: &Path, model: &dyn Fn() -> Result<Model>| -> Result<Loaded> {
         let tj = dir.join("tokenizer.json");
-        let tokenizer = if tj.exists() {
-            Some(Tokenizer::from_file(&tj)?)
-        } else {
-            None
-        };
+        let (model, tokenizer) = concurrently(model, || {
+            tj.exists().then(|| Tokenizer::from_file(&tj)).transpose()
+        });
         Ok(Loaded {
-            model,
-            tokenizer,
+            model: model?,
+            tokenizer: tokenizer?,
             format: SourceFormat::HuggingFace,
             path: path.to_path_buf(),
         })
     };
     let loaded = if is_config {
         // A `config.json` alone: the architecture with seeded random weights (seed 0).
-        hf(
-            hf::load_config_random(path, 0)?,
-            path.parent().unwrap_or(Path::new("")),
-        )?
+        hf(path.parent().unwrap_or(Path::new("")), &|| {
+            hf::load_config_random(path, 0)
+        })?
     } else if meta.is_dir() {
         if !path.join("config.json").exists() {
             return Err(ImportError::UnknownFormat {
                 path: path.to_path_buf(),
             });
         }
-        hf(hf::load_model(path)?, path)?
+        hf(path, &|| hf::load_model(path, opts))?
     } else {
         let file = gguf_import::open(path)?;
-        let model = gguf_import::load_model(&file)?;
-        let tokenizer = Some(Tokenizer::from_gguf(&file)?);
+        let (model, tokenizer) = concurrently(
+            || gguf_import::load_model(&file, opts),
+            || Tokenizer::from_gguf(&file),
+        );
         Loaded {
-            model,
-            tokenizer,
+            model: model?,
+            tokenizer: Some(tokenizer?),
             format: SourceFormat::Gguf,
             path: path.to_path_buf(),
         }
@@ -100,4 +118,15 @@ pub fn load(path: &Path) -> Result<Loaded> {
             errors,
         })?;
     Ok(loaded)
+}
+
+/// Runs `a` on this thread and `b` on a scoped second one (the checks of a model's weights then
+/// overlap the tokenizer's build). A panic in `b` is resumed here.
+fn concurrently<A: Send, B: Send>(a: impl FnOnce() -> A, b: impl FnOnce() -> B + Send) -> (A, B) {
+    std::thread::scope(|s| {
+        let b = s.spawn(b);
+        let a = a();
+        let b = b.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+        (a, b)
+    })
 }
