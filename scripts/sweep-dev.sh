@@ -5,7 +5,8 @@
 # per value. The variants are the committed file with one literal substitution each, written to
 # target/sweep/NAME/ next to their --json reports; nothing else is edited.
 #   bash scripts/sweep-dev.sh gptq-rounds|gptq-tuned|distill-alpha|lora-steps [VALUE...]
-# With VALUEs, only those candidates run (the table then has only their rows).
+# With VALUEs, only those candidates run (the table then has only their rows). A sweep whose
+# variants share a training pass before the swept one resumes its last checkpoint after the first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -19,8 +20,8 @@ only=("$@")
 case "$name" in
   gptq-rounds)
     pipeline=pipelines/smollm2-q4_0-gptq.ron
-    from='embedding: "q8_0",'
-    to='embedding: "q8_0", gptq: (rounds: VALUE),'
+    from='gptq: (rounds: 3),'
+    to='gptq: (rounds: VALUE),'
     values=(1 2 3) ;;
   gptq-tuned) # steps/lr pairs
     pipeline=pipelines/smollm2-q4_0-gptq-tuned.ron
@@ -37,7 +38,9 @@ case "$name" in
     pipeline=pipelines/smollm2-prune-mlp25-distill.ron
     from='alpha: 0.75,'
     to='alpha: VALUE,'
-    values=(0.25 0.5 0.75 1.0) ;;
+    values=(0.25 0.5 0.75 1.0)
+    # The teacher correction is the same in every variant: the later ones resume its last step.
+    resume=smollm2-prune-mlp25-teacher/step-000048.safetensors ;;
   lora-steps)
     pipeline=pipelines/smollm2-lora-shakespeare.ron
     from='steps: 300,'
@@ -46,6 +49,7 @@ case "$name" in
   *) echo "unknown sweep $name" >&2; exit 1 ;;
 esac
 [[ ${#only[@]} -gt 0 ]] && values=("${only[@]}")
+resume=${resume:-}
 
 bash scripts/fetch-smollm2.sh >/dev/null
 cargo build --release --quiet --bin shrink
@@ -74,13 +78,19 @@ text = text.replace("tinyshakespeare/heldout.txt", "tinyshakespeare/dev.txt")
 for held in ("test.txt", "heldout.txt"):
     if held in text:
         sys.exit(f"{dst} still names {held}")
-# Paths relative to the committed file, now from target/sweep/NAME; checkpoints per variant.
+# Paths relative to the committed file, now from target/sweep/NAME; checkpoints in one directory
+# of the sweep (every variant's passes before the swept one are the same, and so are theirs).
 text = text.replace('"../', f'"{root}/')
-text = text.replace("/target/checkpoints/", f"/target/sweep/{name}/checkpoints-{value.replace('/', '_')}-")
+text = text.replace("/target/checkpoints/", f"/target/sweep/{name}/checkpoints/")
 open(dst, "w").write(text)
 PY
   report="${variant%.ron}.json"
-  ./target/release/shrink run "$variant" --model "$MODEL" --out "${variant%.ron}.gguf" --json > "$report"
+  from_checkpoint=()
+  if [[ -n "$resume" && -f "$out/checkpoints/$resume" ]]; then
+    from_checkpoint=(--resume "$out/checkpoints/$resume")
+  fi
+  ./target/release/shrink run "$variant" --model "$MODEL" --out "${variant%.ron}.gguf" --json \
+    "${from_checkpoint[@]}" > "$report"
   printf '| %s | %s | %s |\n' "$v" \
     "$(jq -r '.eval.ppl * 1000 | round / 1000' "$report")" \
     "$(jq -r '[.passes[] | select(.stats.heldout_ppl_after != null) | "\(.name) \(.stats.heldout_ppl_after * 1000 | round / 1000) (\(.seconds | round) s)"] | join(", ")' "$report")"
