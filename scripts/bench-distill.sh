@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Recovery after structured pruning: pipelines/smollm2-prune-mlp25-{distill,finetune}.ron on SmolLM2-135M-Instruct
-# (teacher correction: 48 steps of 4 × 256 tokens of WikiText-2 valid on the unpruned model; 25% of MLP channels
+# (teacher correction: 48 steps of 4 × 256 tokens of WikiText-2 calib on the unpruned model; 25% of MLP channels
 # removed; then 96 steps of the same data: distillation against the corrected unpruned model, or plain
-# cross-entropy, same start, budget, data, schedule and seed). Each training pass reports WikiText-2 test
-# perplexity (ctx 512, 20 chunks, second half scored) before and after. Writes target/distill/<name>.json and
-# prints the table rows (gap recovered in log-ppl, to the corrected teacher) and the loss curves.
+# cross-entropy, same start, budget, data, schedule and seed). Each training pass scores the WikiText-2 dev
+# split (ctx 512, 20 chunks, second half scored) before and after; the pipeline's eval scores test once, at
+# the end. Writes target/distill/<name>.json and prints the table rows (dev figures, the gap recovered in
+# dev log-ppl to the corrected teacher, then test) and the loss curves.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=models/SmolLM2-135M-Instruct.Q4_1.gguf
@@ -20,12 +21,12 @@ TEACHER=target/checkpoints/smollm2-prune-mlp25-teacher/step-000048.safetensors
   --out "$OUT/smollm2-prune-mlp25-distill.gguf" --json > "$OUT/distill.json"
 ./target/release/shrink run pipelines/smollm2-prune-mlp25-finetune.ron --model "$MODEL" --resume "$TEACHER" \
   --out "$OUT/smollm2-prune-mlp25-finetune.gguf" --json > "$OUT/finetune.json"
-echo "| pipeline | teacher before → after correction | pruned | recovered | gap recovered (log-ppl) | train s | s/step |"
-echo "| --- | --- | --- | --- | --- | --- | --- |"
+echo "| pipeline | dev: teacher before → after correction | dev: pruned | dev: recovered | gap recovered (dev log-ppl) | test | train s | s/step |"
+echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
 for kind in distill finetune; do
   jq -r --arg k "$kind" '.passes[0].stats as $t | .passes[2] as $p | $p.stats as $s
     | def r: . * 1000 | round / 1000;
-    "| smollm2-prune-mlp25-\($k) | \($t.heldout_ppl_before | r) → \($t.heldout_ppl_after | r) | \($s.heldout_ppl_before | r) | \($s.heldout_ppl_after | r) | \((($s.heldout_ppl_before | log) - ($s.heldout_ppl_after | log)) / (($s.heldout_ppl_before | log) - ($t.heldout_ppl_after | log)) * 1000 | round / 10)% | \($p.seconds | round) | \($s.seconds_per_step * 10 | round / 10) |"' "$OUT/$kind.json"
+    "| smollm2-prune-mlp25-\($k) | \($t.heldout_ppl_before | r) → \($t.heldout_ppl_after | r) | \($s.heldout_ppl_before | r) | \($s.heldout_ppl_after | r) | \((($s.heldout_ppl_before | log) - ($s.heldout_ppl_after | log)) / (($s.heldout_ppl_before | log) - ($t.heldout_ppl_after | log)) * 1000 | round / 10)% | \(.eval.ppl | r) | \($p.seconds | round) | \($s.seconds_per_step * 10 | round / 10) |"' "$OUT/$kind.json"
 done
 for kind in distill finetune; do
   echo "curve $kind (step loss ce kl):"

@@ -61,7 +61,7 @@ echo "| --- | --- | --- |"
 for v in "${values[@]}"; do
   variant="$out/$(echo "$v" | tr '/' '_').ron"
   python3 - "$pipeline" "$variant" "$from" "$to" "$v" "$root" "$name" <<'PY'
-import sys, re
+import sys
 src, dst, old, new, value, root, name = sys.argv[1:]
 text = open(src).read()
 if text.count(old) != 1:
