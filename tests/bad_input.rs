@@ -407,6 +407,12 @@ fn non_finite_weights_are_refused_naming_the_tensor() {
                 ],
             );
         }
+        // What examples/bench_load.rs times as "without the checks" really skips them.
+        let unchecked = shrink::import::LoadOptions {
+            check_finite: false,
+        };
+        assert!(shrink::import::load_with(&dir, &unchecked).is_ok());
+        assert!(shrink::import::load_with(&dir, &Default::default()).is_err());
     }
 }
 
