@@ -28,12 +28,12 @@ case "$name" in
     from='steps: 128,
                 batch: 4,
                 seq_len: 256,
-                lr: 5e-4,'
+                lr: 1e-3,'
     to='steps: STEPS,
                 batch: 4,
                 seq_len: 256,
                 lr: LR,'
-    values=(128/2.5e-4 128/5e-4 128/1e-3 64/5e-4) ;;
+    values=(128/2.5e-4 128/5e-4 128/1e-3 64/1e-3) ;;
   distill-alpha)
     pipeline=pipelines/smollm2-prune-mlp25-distill.ron
     from='alpha: 0.75,'
