@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # LoRA fine-tune of SmolLM2-135M-Instruct on tiny Shakespeare: pipelines/smollm2-lora-shakespeare.ron (r=8,
 # alpha=16 on q/k/v/o and the MLP projections; 300 steps of 2 × 512 tokens of train.txt; folded).
-# The finetune pass scores the dev lines (ctx 512, every chunk, second half scored) before and after; the
-# pipeline's eval scores the held-out last 4,000 lines once, after the fold. The adapter file size is that of the same adapters written as a PEFT directory
+# The finetune pass scores the dev lines (ctx 512, every chunk, second half scored) before and after;
+# the pipeline's eval scores the held-out last 4,000 lines once, after the fold. The adapter file size
+# is that of the same adapters written as a PEFT directory
 # (pipelines/smollm2-lora-random.ron: same targets and rank, so the same tensors and bytes).
 # Writes target/lora/*.json and prints the table row, the adapter size and the loss curve.
 set -euo pipefail
