@@ -31,6 +31,7 @@ fn main() -> Result<()> {
             tokenizer: loaded.tokenizer.as_ref(),
             rng: rand::rngs::StdRng::seed_from_u64(index as u64),
             base_dir: std::path::Path::new("."),
+            load_model: None,
             progress: &mut progress,
         };
         let report = pass.run(&mut model, &mut cx)?;

@@ -151,6 +151,7 @@ fn fold_pass(model: &Model, options: &str) -> Result<(Model, Value), String> {
         tokenizer: None,
         rng: <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0),
         base_dir: &repo,
+        load_model: None,
         progress: &mut progress,
     };
     let report = pass.run(&mut out, &mut cx).map_err(|e| e.to_string())?;

@@ -44,6 +44,7 @@ fn run(
         tokenizer: loaded.tokenizer.as_ref(),
         rng: rand::rngs::StdRng::seed_from_u64(7),
         base_dir: std::path::Path::new("."),
+        load_model: None,
         progress: &mut progress,
     };
     let r = PruneStructured(o).run(model, &mut cx)?;
@@ -280,7 +281,7 @@ fn removed_layers_leave_a_renumbered_model() {
     assert!(d < 1e-4, "max logit difference {d}");
     insta::assert_snapshot!("tiny_llama_depth1", shrink::ir::text::print(&model.graph));
     // A single-layer config reads back for the exporters.
-    let cfg = shrink::import::arch::LlamaConfig::from_graph(&model.graph).expect("config");
+    let cfg = shrink::arch::LlamaConfig::from_graph(&model.graph).expect("config");
     assert_eq!(cfg.num_layers(), 1);
 }
 

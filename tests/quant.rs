@@ -694,7 +694,7 @@ fn smollm2_q8_0_rtn_export_is_llama_cpps_q8_0_byte_for_byte() {
         &std::fs::read_to_string(fixture("smollm2/llamacpp-q8_0-tensors.json")).expect("hashes"),
     )
     .expect("json");
-    let file = shrink::import::gguf::GgufFile::open(&out).expect("export opens");
+    let file = shrink::formats::gguf::GgufFile::open(&out).expect("export opens");
     assert_eq!(file.tensors.len(), want.as_object().expect("object").len());
     for t in &file.tensors {
         let hash = format!("{:x}", sha2::Sha256::digest(file.tensor_data(t)));

@@ -1,7 +1,7 @@
 //! Tokenizers against their references: transformers for tokenizer.json, and the GGUF-rebuilt
 //! tokenizer against the same vocabulary.
 
-use shrink_import::Tokenizer;
+use shrink_formats::Tokenizer;
 
 use crate::common::fixture;
 
@@ -43,7 +43,7 @@ fn tokenizer_json_matches_transformers() {
 #[test]
 fn gguf_tokenizer_matches_transformers() {
     let file =
-        shrink_import::gguf::GgufFile::open(&fixture("tiny-llama/tiny-llama.gguf")).expect("gguf");
+        shrink_formats::gguf::GgufFile::open(&fixture("tiny-llama/tiny-llama.gguf")).expect("gguf");
     let mut tok = Tokenizer::from_gguf(&file).expect("tokenizer");
     check(&mut tok, &golden("tiny-tokenizer-golden.json"), true);
 }

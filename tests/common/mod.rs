@@ -129,7 +129,7 @@ pub fn run_in_process(model: &Path, passes: &str) -> Result<InProcess, String> {
 /// Runs `passes` on `model` in-process (errors as the pass manager words them).
 pub fn run_on(
     model: shrink::ir::Model,
-    tokenizer: Option<&shrink::import::Tokenizer>,
+    tokenizer: Option<&shrink::formats::Tokenizer>,
     passes: &str,
 ) -> Result<InProcess, String> {
     use shrink::pipeline::{run_passes, Pipeline, RunContext};
@@ -147,6 +147,7 @@ pub fn run_on(
         seed: 0,
         base_dir: &repo(),
         resume: None,
+        load_model: None,
         progress: &mut progress,
         input_ppl: None,
         evaluate: None,

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
-use shrink_import::{Loaded, Tokenizer};
+use shrink_formats::Tokenizer;
+use shrink_import::Loaded;
 use shrink_ir::{Op, SizeStats};
 use shrink_runtime::{Device, Engine, ExecOptions, PerplexityOptions, SampleOptions, Scoring};
 

@@ -15,7 +15,7 @@
 //! A LLaMA-family model whose layers differ in size (structured pruning) writes
 //! `intermediate_size`, `num_attention_heads` and `num_key_value_heads` as lists, one entry per
 //! layer, beside the explicit `head_dim`. Stock transformers' `LlamaForCausalLM` needs uniform
-//! sizes and cannot load such a directory; `shrink_import::load` can, and [`crate::gguf::write`]
+//! sizes and cannot load such a directory; `shrink_import::load` can, and [`shrink_formats::gguf::write`]
 //! (llama.cpp's `deci` architecture) is the way to llama.cpp.
 //!
 //! `model.safetensors` is written by [`write_safetensors`]: the layout of the `safetensors`
@@ -29,9 +29,9 @@ use std::path::{Path, PathBuf};
 
 use safetensors::tensor::Dtype;
 use serde_json::{json, Map, Value};
-use shrink_import::arch::{gpt2_is_conv1d, Gpt2Config, LlamaConfig, LlamaLayer};
-use shrink_import::hf::{transpose_bytes, QUANT_METADATA_KEY, QUANT_METHOD};
-use shrink_import::Tokenizer;
+use shrink_arch::{gpt2_is_conv1d, Gpt2Config, LlamaConfig, LlamaLayer};
+use shrink_formats::safetensors::{transpose_bytes, QUANT_METADATA_KEY, QUANT_METHOD};
+use shrink_formats::Tokenizer;
 use shrink_ir::{Activation, DType, Model, TensorData, Verified};
 
 use crate::atomic::Staged;

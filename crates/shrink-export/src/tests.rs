@@ -13,16 +13,17 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use shrink_import::arch::LlamaConfig;
-use shrink_import::gguf::{GgmlType, GgufFile, MetaValue};
-use shrink_import::gguf_import::{gguf_name, permute_rows};
-use shrink_import::{load, Loaded, Tokenizer};
+use shrink_arch::LlamaConfig;
+use shrink_arch::{gguf_name, permute_rows};
+use shrink_formats::gguf::{GgmlType, GgufFile, MetaValue};
+use shrink_formats::Tokenizer;
+use shrink_import::{load, Loaded};
 use shrink_ir::text::print;
 use shrink_ir::{DType, Graph, Model, QuantScheme, TensorData, WeightStore};
 use shrink_runtime::{Device, Engine};
 
-use crate::gguf::GgufWriter;
 use crate::{gguf, hf};
+use shrink_formats::gguf::GgufWriter;
 
 /// `meta` keys that differ between formats (see the module doc).
 const FORMAT_META: [&str; 2] = ["source_format", "name"];
@@ -998,7 +999,7 @@ fn gguf_round_trip_keeps_ggml_quantized_weights_bit_for_bit() {
 
 #[test]
 fn file_type_is_the_type_holding_most_matrix_elements() {
-    let t = |ggml_type, dims: &[u64]| gguf::GgufTensor {
+    let t = |ggml_type, dims: &[u64]| shrink_formats::gguf::GgufTensor {
         name: String::new(),
         ggml_type,
         dims: dims.to_vec(),

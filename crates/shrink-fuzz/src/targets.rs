@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use rand::rngs::StdRng;
 use rand::Rng;
 use serde_json::Value;
-use shrink_import::Tokenizer;
+use shrink_formats::Tokenizer;
 use shrink_ir::Model;
 
 use crate::mutate;

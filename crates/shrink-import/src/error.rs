@@ -2,7 +2,8 @@
 
 use std::path::PathBuf;
 
-use crate::gguf::GgufError;
+use shrink_formats::gguf::GgufError;
+use shrink_formats::TokenizerError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
@@ -38,8 +39,8 @@ pub enum ImportError {
     },
     #[error(transparent)]
     Gguf(#[from] GgufError),
-    #[error("{}: tokenizer: {}", .path.display(), line(.message))]
-    Tokenizer { path: PathBuf, message: String },
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
     #[error("{}: the imported graph fails verification:\n{errors}", .path.display())]
     Verify {
         path: PathBuf,

@@ -14,93 +14,12 @@ use std::path::Path;
 
 use shrink_ir::{DType, Model, ParamType, QuantScheme, TensorData, WeightStore};
 
-use crate::arch::{LlamaConfig, LlamaLayer};
 use crate::error::{ImportError, Result};
-use crate::gguf::{GgmlType, GgufFile, MetaValue};
+use shrink_arch::{gguf_name, rope_permuted_heads, unpermute_rows, LlamaConfig, LlamaLayer};
+use shrink_formats::gguf::{GgmlType, GgufFile, MetaValue};
 
 /// Architectures this front end reads, by `general.architecture`.
 pub const SUPPORTED: &str = "llama, deci";
-
-/// The GGUF name of a Hugging Face LLaMA parameter (the map is one-to-one).
-pub fn gguf_name(hf: &str) -> Option<String> {
-    let fixed = match hf {
-        "model.embed_tokens.weight" => Some("token_embd.weight"),
-        "model.norm.weight" => Some("output_norm.weight"),
-        "lm_head.weight" => Some("output.weight"),
-        _ => None,
-    };
-    if let Some(f) = fixed {
-        return Some(f.to_string());
-    }
-    let rest = hf.strip_prefix("model.layers.")?;
-    let (layer, rest) = rest.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
-    let (module, suffix) = rest.rsplit_once('.')?;
-    let g = match module {
-        "input_layernorm" => "attn_norm",
-        "self_attn.q_proj" => "attn_q",
-        "self_attn.k_proj" => "attn_k",
-        "self_attn.v_proj" => "attn_v",
-        "self_attn.o_proj" => "attn_output",
-        "post_attention_layernorm" => "ffn_norm",
-        "mlp.gate_proj" => "ffn_gate",
-        "mlp.up_proj" => "ffn_up",
-        "mlp.down_proj" => "ffn_down",
-        _ => return None,
-    };
-    Some(format!("blk.{layer}.{g}.{suffix}"))
-}
-
-/// For a parameter whose rows GGUF stores in llama.cpp's interleaved RoPE order (Q and K
-/// weights, and their biases), the number of heads its rows split into; `None` otherwise.
-/// Each layer's own head counts apply.
-pub fn rope_permuted_heads(hf_name: &str, cfg: &LlamaConfig) -> Option<usize> {
-    let rest = hf_name.strip_prefix("model.layers.")?;
-    let (i, rest) = rest.split_once('.')?;
-    let layer = cfg.layers.get(i.parse::<usize>().ok()?)?;
-    if rest.starts_with("self_attn.q_proj.") {
-        Some(layer.num_heads)
-    } else if rest.starts_with("self_attn.k_proj.") {
-        Some(layer.num_kv_heads)
-    } else {
-        None
-    }
-}
-
-/// Reorders the rows of a `[heads*head_dim, cols]` Q or K weight from llama.cpp's interleaved
-/// pairs (row `2j + t` of a head) to the halves of Hugging Face (row `t*head_dim/2 + j`).
-pub fn unpermute_rows<T: Copy>(w: &[T], heads: usize, head_dim: usize, cols: usize) -> Vec<T> {
-    let mut out = w.to_vec();
-    let half = head_dim / 2;
-    for h in 0..heads {
-        for j in 0..half {
-            for t in 0..2 {
-                let src = (h * head_dim + 2 * j + t) * cols;
-                let dst = (h * head_dim + t * half + j) * cols;
-                out[dst..dst + cols].copy_from_slice(&w[src..src + cols]);
-            }
-        }
-    }
-    out
-}
-
-/// The inverse of [`unpermute_rows`]: reorders the rows of a `[heads*head_dim, cols]` Q or K
-/// weight from Hugging Face's halves (row `t*head_dim/2 + j` of a head) into llama.cpp's
-/// interleaved pairs (row `2j + t`), as `convert_hf_to_gguf.py` does for the `llama` architecture.
-pub fn permute_rows<T: Copy>(w: &[T], heads: usize, head_dim: usize, cols: usize) -> Vec<T> {
-    let mut out = w.to_vec();
-    let half = head_dim / 2;
-    for h in 0..heads {
-        for j in 0..half {
-            for t in 0..2 {
-                let src = (h * head_dim + t * half + j) * cols;
-                let dst = (h * head_dim + 2 * j + t) * cols;
-                out[dst..dst + cols].copy_from_slice(&w[src..src + cols]);
-            }
-        }
-    }
-    out
-}
 
 /// A per-layer size of a `deci` (or `llama`) file: a scalar for every layer, or an array of
 /// `layers` integers, as llama.cpp's `get_key_or_arr` reads it. `None` when absent.
@@ -168,7 +87,7 @@ fn config(file: &GgufFile) -> Result<LlamaConfig> {
         });
     }
     let missing = |k: &str| {
-        ImportError::from(crate::gguf::GgufError::MissingKey {
+        ImportError::from(shrink_formats::gguf::GgufError::MissingKey {
             path: file.path.clone(),
             key: key(k),
         })
@@ -326,7 +245,7 @@ pub fn load_model(file: &GgufFile, opts: &crate::LoadOptions) -> Result<Model> {
         }
         .map_err(terr)?;
         if opts.check_finite {
-            crate::limits::finite(&data).map_err(terr)?;
+            shrink_arch::limits::finite(&data).map_err(terr)?;
         }
         if let Some(p) = graph.param_mut(&hf) {
             *p = data.ty.clone();
@@ -351,25 +270,6 @@ pub fn open(path: &Path) -> Result<GgufFile> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn permute_inverts_unpermute() {
-        for (heads, head_dim, cols) in [(1, 4, 1), (4, 16, 3), (3, 64, 5), (2, 8, 1)] {
-            let w: Vec<u32> = (0..(heads * head_dim * cols) as u32).collect();
-            let p = permute_rows(&w, heads, head_dim, cols);
-            assert_ne!(p, w, "{heads}x{head_dim}: permutation is not the identity");
-            assert_eq!(unpermute_rows(&p, heads, head_dim, cols), w);
-            assert_eq!(
-                permute_rows(
-                    &unpermute_rows(&w, heads, head_dim, cols),
-                    heads,
-                    head_dim,
-                    cols
-                ),
-                w
-            );
-        }
-    }
 
     #[test]
     #[ignore = "real model: run scripts/fetch-smollm2.sh, then --include-ignored"]
@@ -422,14 +322,5 @@ mod tests {
             }
             assert!(t.to_f32() == want, "{name}");
         }
-    }
-
-    #[test]
-    fn permute_matches_convert_hf_to_gguf() {
-        // LlamaModel.permute: w.reshape(heads, 2, hd/2, cols).swapaxes(1, 2).reshape(...):
-        // output row h*hd + 2j + t is input row h*hd + t*hd/2 + j.
-        let (heads, hd) = (2, 4);
-        let w: Vec<usize> = (0..heads * hd).collect();
-        assert_eq!(permute_rows(&w, heads, hd, 1), vec![0, 2, 1, 3, 4, 6, 5, 7]);
     }
 }

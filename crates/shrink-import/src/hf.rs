@@ -7,7 +7,7 @@
 //!
 //! Also shrink's own format for quantized models: the same directory, each quantized parameter
 //! stored as a 1-D `U8` tensor of its packed bytes (`docs/quantization.md`), listed in the
-//! safetensors `__metadata__` under [`QUANT_METADATA_KEY`] as a JSON object
+//! safetensors `__metadata__` under `shrink.quant` as a JSON object
 //! `{name: {"scheme": "q4_0", "shape": [out, in]}}`. Such tensors are mapped as they are (never
 //! transposed: the shape is the IR's).
 
@@ -18,17 +18,12 @@ use std::sync::Arc;
 use serde_json::Value;
 use shrink_ir::{Activation, DType, Graph, Model, ParamType, QuantScheme, TensorData, WeightStore};
 
-use crate::arch::{gpt2_is_conv1d, Gpt2Config, LlamaConfig, LlamaLayer};
 use crate::error::{ImportError, Result};
+use shrink_arch::{gpt2_is_conv1d, Gpt2Config, LlamaConfig, LlamaLayer};
+use shrink_formats::safetensors::{dtype_of, transpose_bytes, QUANT_METADATA_KEY, QUANT_METHOD};
 
 /// Architectures this front end reads, by `config.json`'s `model_type`.
 pub const SUPPORTED: &str = "llama, mistral, qwen2, gpt2";
-
-/// The safetensors `__metadata__` key listing the quantized tensors of shrink's format.
-pub const QUANT_METADATA_KEY: &str = "shrink.quant";
-
-/// `quantization_config.quant_method` of shrink's format in `config.json`.
-pub const QUANT_METHOD: &str = "shrink";
 
 /// A `config.json` with typed, path-naming accessors.
 struct Config {
@@ -59,9 +54,9 @@ impl Config {
             .ok_or_else(|| self.err(field, "missing"))
     }
 
-    /// A required size within `1..=max` ([`crate::limits`]).
+    /// A required size within `1..=max` ([`shrink_arch::limits`]).
     fn bounded(&self, field: &str, max: usize) -> Result<usize> {
-        crate::limits::dim(field, self.usize(field)?, max).map_err(|m| self.err(field, m))
+        shrink_arch::limits::dim(field, self.usize(field)?, max).map_err(|m| self.err(field, m))
     }
 
     fn opt_f32(&self, field: &str) -> Result<Option<f32>> {
@@ -210,7 +205,7 @@ fn parse_config(path: &Path, json: Value) -> Result<HfArch> {
         "llama" | "mistral" | "qwen2" => {
             let hidden = c.usize("hidden_size")?;
             // Bounded before the per-layer lists are made from it.
-            let n_layers = c.bounded("num_hidden_layers", crate::limits::MAX_LAYERS)?;
+            let n_layers = c.bounded("num_hidden_layers", shrink_arch::limits::MAX_LAYERS)?;
             let inter = c
                 .opt_per_layer("intermediate_size", n_layers)?
                 .ok_or_else(|| c.err("intermediate_size", "missing"))?;
@@ -309,7 +304,7 @@ fn parse_config(path: &Path, json: Value) -> Result<HfArch> {
             HfArch::Gpt2(Gpt2Config {
                 vocab_size: c.usize("vocab_size")?,
                 n_embd,
-                n_layer: c.bounded("n_layer", crate::limits::MAX_LAYERS)?,
+                n_layer: c.bounded("n_layer", shrink_arch::limits::MAX_LAYERS)?,
                 n_head: c.usize("n_head")?,
                 n_positions: c.usize("n_positions")?,
                 n_inner: c.opt_usize("n_inner")?.unwrap_or(n_embd.saturating_mul(4)),
@@ -520,15 +515,6 @@ fn open_shards(dir: &Path) -> Result<Vec<Shard>> {
     files.iter().map(|f| Shard::open(&dir.join(f))).collect()
 }
 
-fn dtype_of(st: &str) -> Option<DType> {
-    match st {
-        "F32" => Some(DType::F32),
-        "F16" => Some(DType::F16),
-        "BF16" => Some(DType::BF16),
-        _ => None,
-    }
-}
-
 /// Fills the weight store for the graph's declared parameters from the shards, checking each
 /// shape; Conv1D weights are transposed into `[out, in]`.
 fn load_weights(
@@ -571,7 +557,7 @@ fn load_weights(
             let data =
                 TensorData::mapped(ty.clone(), shard.map.clone(), *start, *len).map_err(terr)?;
             if check_finite {
-                crate::limits::finite(&data).map_err(terr)?;
+                shrink_arch::limits::finite(&data).map_err(terr)?;
             }
             if let Some(p) = graph.param_mut(&name) {
                 *p = ty;
@@ -608,7 +594,7 @@ fn load_weights(
         }
         .map_err(terr)?;
         if check_finite {
-            crate::limits::finite(&data).map_err(terr)?;
+            shrink_arch::limits::finite(&data).map_err(terr)?;
         }
         if let Some(p) = graph.param_mut(&name) {
             *p = ty;
@@ -616,19 +602,6 @@ fn load_weights(
         store.insert(name, data);
     }
     Ok(store)
-}
-
-/// Transposes a row-major `[rows, cols]` matrix of `elem`-byte elements.
-pub fn transpose_bytes(bytes: &[u8], rows: usize, cols: usize, elem: usize) -> Vec<u8> {
-    let mut out = vec![0u8; bytes.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            let src = (r * cols + c) * elem;
-            let dst = (c * rows + r) * elem;
-            out[dst..dst + elem].copy_from_slice(&bytes[src..src + elem]);
-        }
-    }
-    out
 }
 
 /// Loads a Hugging Face model directory into a model (weights memory-mapped where the layout
@@ -693,7 +666,7 @@ pub fn load_config_random(path: &Path, seed: u64) -> Result<Model> {
         message: m,
     })?;
     let bytes = params.saturating_mul(4);
-    if let Some(avail) = crate::limits::available_memory() {
+    if let Some(avail) = shrink_arch::limits::available_memory() {
         if bytes > avail {
             return Err(ImportError::Config {
                 path: path.to_path_buf(),

@@ -1,28 +1,24 @@
 //! Front ends of shrink: model files into the graph IR, with their tokenizer.
 //!
 //! - [`hf`]: Hugging Face directories (LLaMA family, GPT-2), safetensors memory-mapped
-//! - [`gguf`]: the GGUF v3 reader and ggml dequantizers; [`gguf_import`] maps `llama` files
-//! - [`arch`]: each architecture defined once, as a config and the graph it builds
+//! - [`gguf_import`]: GGUF files of the `llama` and `deci` architectures
 //! - [`peft`]: PEFT LoRA adapter directories applied onto a loaded model
-//! - [`limits`]: the bounds on every size a file declares, checked before allocation
-//! - [`tokenizer`]: `tokenizer.json`, or byte-level BPE rebuilt from GGUF metadata
+//!
+//! The file formats (GGUF, safetensors conventions, tokenizers) are `shrink-formats`'; what each
+//! architecture is (its config, graph and names) is `shrink-arch`'s.
 //!
 //! Every model that leaves this crate has passed the verifier.
 
-pub mod arch;
 pub mod error;
-pub mod gguf;
 pub mod gguf_import;
 pub mod hf;
-pub mod limits;
 pub mod peft;
-pub mod tokenizer;
 
 use std::path::{Path, PathBuf};
 
 pub use error::{ImportError, Result};
-pub use tokenizer::Tokenizer;
 
+use shrink_formats::Tokenizer;
 use shrink_ir::Model;
 
 /// Where a model came from.

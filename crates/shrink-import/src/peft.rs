@@ -110,7 +110,8 @@ impl AdapterConfig {
             .filter(|&r| r > 0)
             .ok_or_else(|| err("r", "missing or not a positive integer".into()))?
             as usize;
-        crate::limits::dim("r", r, crate::limits::MAX_WIDTH).map_err(|m| err("r", m))?;
+        shrink_arch::limits::dim("r", r, shrink_arch::limits::MAX_WIDTH)
+            .map_err(|m| err("r", m))?;
         let alpha = json
             .get("lora_alpha")
             .and_then(Value::as_f64)
@@ -151,7 +152,7 @@ impl AdapterConfig {
         let rank_pattern = map("rank_pattern")?
             .into_iter()
             .map(|(k, v)| {
-                if v.fract() == 0.0 && v >= 1.0 && v <= crate::limits::MAX_WIDTH as f64 {
+                if v.fract() == 0.0 && v >= 1.0 && v <= shrink_arch::limits::MAX_WIDTH as f64 {
                     Ok((k, v as usize))
                 } else {
                     Err(err(
@@ -217,7 +218,7 @@ fn to_f32(path: &Path, name: &str, view: &safetensors::tensor::TensorView<'_>) -
         view.data().to_vec(),
     )
     .map_err(err)?;
-    crate::limits::finite(&t).map_err(err)?;
+    shrink_arch::limits::finite(&t).map_err(err)?;
     Ok(t.to_f32())
 }
 

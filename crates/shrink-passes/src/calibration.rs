@@ -6,7 +6,7 @@ use std::path::Path;
 use rand::rngs::StdRng;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
-use shrink_import::Tokenizer;
+use shrink_formats::Tokenizer;
 
 /// Where calibration sequences come from.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -144,9 +144,11 @@ impl Pass for Distill {
             })?,
             (None, Some(path)) => {
                 let path = cx.base_dir.join(path);
-                loaded = shrink_import::load(&path)
-                    .map_err(|e| fail(format!("teacher_model {}: {e}", path.display())))?;
-                &loaded.model
+                let load = cx.load_model.ok_or_else(|| {
+                    fail("teacher_model: this caller loads no model files (give teacher instead)")
+                })?;
+                loaded = load(&path).map_err(|e| fail(format!("teacher_model: {e}")))?;
+                &loaded
             }
             (None, None) => original,
         };

@@ -31,7 +31,7 @@ use std::path::Path;
 
 use rand::rngs::StdRng;
 use ron::value::RawValue;
-use shrink_import::Tokenizer;
+use shrink_formats::Tokenizer;
 use shrink_ir::Model;
 use shrink_runtime::Device;
 
@@ -169,8 +169,14 @@ pub struct PassContext<'a> {
     pub rng: StdRng,
     /// Relative paths in options resolve against this (the pipeline file's directory).
     pub base_dir: &'a Path,
+    /// Loads a model file a pass names (a distillation teacher); `None` where the caller
+    /// offers none. Passes never read model files themselves: the front ends are the caller's.
+    pub load_model: Option<&'a ModelLoader>,
     pub progress: &'a mut dyn ProgressSink,
 }
+
+/// Loads a model file into a verified model, or says why not in one line.
+pub type ModelLoader = dyn Fn(&Path) -> Result<Model, String>;
 
 /// What a pass did.
 #[derive(Clone, Debug, Default, PartialEq)]

@@ -79,11 +79,13 @@ pub enum ManagerError {
 pub struct RunContext<'a> {
     pub device: Device,
     pub original: &'a Model,
-    pub tokenizer: Option<&'a shrink_import::Tokenizer>,
+    pub tokenizer: Option<&'a shrink_formats::Tokenizer>,
     pub seed: u64,
     pub base_dir: &'a std::path::Path,
     /// A training checkpoint to continue from (`--resume`).
     pub resume: Option<&'a std::path::Path>,
+    /// How passes load a model file they name (`None`: they may not).
+    pub load_model: Option<&'a shrink_passes::ModelLoader>,
     pub progress: &'a mut dyn ProgressSink,
     /// Perplexity of the input (when the pipeline evaluates after every pass), for the hooks.
     pub input_ppl: Option<f64>,
@@ -134,6 +136,7 @@ pub fn run_passes(
                 rc.seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
             ),
             base_dir: rc.base_dir,
+            load_model: rc.load_model,
             progress: &mut *rc.progress,
         };
         let start = Instant::now();

@@ -176,7 +176,7 @@ pub fn check_resume(p: &Pipeline, checkpoint: &Path) -> Result<(), RunError> {
 /// pipeline evaluations.
 pub fn evaluate(
     engine: &Engine,
-    tokenizer: &mut shrink_import::Tokenizer,
+    tokenizer: &mut shrink_formats::Tokenizer,
     data: &Path,
     text: &str,
     opts: PerplexityOptions,
@@ -280,6 +280,12 @@ pub fn run(
         ppl: input_ppl,
     };
     let base = p.path.parent().unwrap_or(Path::new("")).to_path_buf();
+    // A model file a pass names (a distillation teacher): the same front ends as the input.
+    let load_teacher = |path: &Path| -> Result<shrink_ir::Model, String> {
+        shrink_import::load(path)
+            .map(|l| l.model)
+            .map_err(|e| e.to_string())
+    };
     let passes = {
         let evaluate: Option<crate::manager::Evaluate<'_>> = if input_ppl.is_some() {
             Some(&mut score)
@@ -293,6 +299,7 @@ pub fn run(
             seed: p.seed,
             base_dir: &base,
             resume: opts.resume.as_deref(),
+            load_model: Some(&load_teacher),
             progress: &mut *progress,
             input_ppl,
             evaluate,

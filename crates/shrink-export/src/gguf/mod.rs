@@ -15,23 +15,17 @@
 //!
 //! [`prepare`] builds a [`GgufWriter`] without touching the disk, [`write`] writes it atomically.
 
-mod tokenizer;
-pub mod writer;
-
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::io::BufWriter;
 use std::path::Path;
 
-use shrink_import::arch::{LlamaConfig, LlamaLayer};
-use shrink_import::gguf::{GgmlType, MetaValue};
-use shrink_import::gguf_import::{gguf_name, permute_rows, rope_permuted_heads};
-use shrink_import::Tokenizer;
+use shrink_arch::{gguf_name, permute_rows, rope_permuted_heads, LlamaConfig, LlamaLayer};
+use shrink_formats::gguf::{GgmlType, GgufTensor, GgufWriter, MetaValue};
+use shrink_formats::tokenizer::gguf_metadata as tokenizer_metadata;
+use shrink_formats::Tokenizer;
 use shrink_ir::{DType, Model, ParamType, QuantScheme, Verified};
-
-pub use tokenizer::metadata as tokenizer_metadata;
-pub use writer::{GgufTensor, GgufWriter, ALIGNMENT};
 
 use crate::atomic::Staged;
 use crate::error::{ExportError, Result};
@@ -254,7 +248,7 @@ pub fn prepare<'m>(model: &'m Model, tokenizer: &Tokenizer, path: &Path) -> Resu
 
     let bos = g.meta.get("bos_token_id").and_then(|v| v.parse().ok());
     let eos = g.meta.get("eos_token_id").and_then(|v| v.parse().ok());
-    let tok = tokenizer::metadata(tokenizer, cfg.vocab_size, bos, eos).map_err(|message| {
+    let tok = tokenizer_metadata(tokenizer, cfg.vocab_size, bos, eos).map_err(|message| {
         ExportError::Tokenizer {
             path: path.to_path_buf(),
             message,

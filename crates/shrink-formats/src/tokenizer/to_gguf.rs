@@ -4,9 +4,9 @@
 
 use std::collections::BTreeMap;
 
+use super::Tokenizer;
+use crate::gguf::MetaValue;
 use serde_json::Value;
-use shrink_import::gguf::MetaValue;
-use shrink_import::Tokenizer;
 
 /// llama.cpp's token types.
 const NORMAL: i32 = 1;
@@ -16,7 +16,7 @@ const UNUSED: i32 = 5;
 
 /// The key/values, in the order they are written. `vocab_size` is the model's (its embedding
 /// rows): the token list must have exactly that many entries. `bos`/`eos` come from the graph.
-pub fn metadata(
+pub fn gguf_metadata(
     tok: &Tokenizer,
     vocab_size: usize,
     bos: Option<u32>,

@@ -1,16 +1,19 @@
-//! GGUF (v2/v3, little-endian) reader and ggml dequantizers.
+//! GGUF (v2/v3, little-endian): reader, writer and ggml dequantizers.
 //!
 //! [`GgufFile::open`] memory-maps a file and validates its layout; [`dequantize`] turns the raw
-//! bytes of a tensor of any common ggml type into `f32`, bit-exact with ggml's reference code.
+//! bytes of a tensor of any common ggml type into `f32`, bit-exact with ggml's reference code;
+//! [`GgufWriter`] writes v3 files.
 
 mod dequant;
 mod reader;
+mod writer;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use dequant::{dequantize, dequantize_into};
 pub use reader::{GgufFile, MAX_ARRAY_DEPTH};
+pub use writer::{GgufTensor, GgufWriter, ALIGNMENT};
 
 /// A ggml tensor element type, by ggml's numeric id.
 #[allow(non_camel_case_types)]

@@ -1,5 +1,5 @@
 //! A GGUF v3 writer: metadata key/values and tensors of any ggml type, given as
-//! `(name, type, dims, bytes)`. It knows nothing of models; [`super::write`] maps the IR onto it,
+//! `(name, type, dims, bytes)`. It knows nothing of models; `shrink-export` maps the IR onto it,
 //! and a quantizing exporter adds packed tensors through the same [`GgufWriter::add_tensor`].
 //!
 //! Layout (little-endian): `GGUF`, version 3, tensor count (u64), key/value count (u64); the
@@ -10,7 +10,7 @@
 use std::borrow::Cow;
 use std::io::{self, Write};
 
-use shrink_import::gguf::{GgmlType, MetaValue};
+use super::{GgmlType, MetaValue};
 
 /// GGUF's default alignment (written files do not set `general.alignment`).
 pub const ALIGNMENT: u64 = 32;
@@ -243,12 +243,13 @@ impl<'a> GgufWriter<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tests::Scratch;
-    use shrink_import::gguf::GgufFile;
+    use crate::gguf::GgufFile;
 
     #[test]
     fn reader_reads_back_what_the_writer_wrote() {
-        let s = Scratch::new("gguf-writer");
+        let dir =
+            std::env::temp_dir().join(format!("shrink-formats-writer-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
         let mut w = GgufWriter::new();
         let meta = [
             ("general.architecture", MetaValue::String("llama".into())),
@@ -311,7 +312,7 @@ mod tests {
             )
             .unwrap_err()
             .contains("mixes"));
-        let path = s.path().join("t.gguf");
+        let path = dir.join("t.gguf");
         let n = w
             .write_to(std::io::BufWriter::new(
                 std::fs::File::create(&path).unwrap(),
@@ -333,5 +334,7 @@ mod tests {
         assert_eq!(f.tensor_data(f.tensor("b").unwrap()), &b[..]);
         assert_eq!(f.tensor("q").unwrap().ggml_type, GgmlType::Q8_0);
         assert_eq!(f.tensor_data(f.tensor("q").unwrap()), &q[..]);
+        drop(f);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

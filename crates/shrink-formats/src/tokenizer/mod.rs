@@ -1,8 +1,10 @@
 //! Tokenizers: Hugging Face `tokenizer.json` through the `tokenizers` crate, or a byte-level BPE
 //! rebuilt from GGUF metadata that tokenizes exactly as llama.cpp does.
 
+mod to_gguf;
+
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::BPE;
@@ -12,8 +14,20 @@ use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::AddedToken;
 
-use crate::error::{ImportError, Result};
 use crate::gguf::{GgufFile, MetaValue};
+
+pub use to_gguf::gguf_metadata;
+
+/// A tokenizer that cannot be read or rebuilt, naming its file.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizerError {
+    #[error("{}: tokenizer: {}", .path.display(), .message.replace('\r', "\\r").replace('\n', "\\n"))]
+    Invalid { path: PathBuf, message: String },
+    #[error(transparent)]
+    Gguf(#[from] crate::gguf::GgufError),
+}
+
+type Result<T> = std::result::Result<T, TokenizerError>;
 
 /// GGUF pre-tokenizer names this module reproduces.
 pub const SUPPORTED_GGUF_PRE: &str = "smollm, gpt2, default";
@@ -42,10 +56,11 @@ impl std::fmt::Debug for Tokenizer {
 impl Tokenizer {
     /// Reads a Hugging Face `tokenizer.json`.
     pub fn from_file(path: &Path) -> Result<Tokenizer> {
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| ImportError::Tokenizer {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        let inner =
+            tokenizers::Tokenizer::from_file(path).map_err(|e| TokenizerError::Invalid {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
         Ok(Tokenizer {
             inner,
             bos_to_add: None,
@@ -56,7 +71,7 @@ impl Tokenizer {
 
     /// Rebuilds the tokenizer a GGUF file describes (`tokenizer.ggml.*`).
     pub fn from_gguf(file: &GgufFile) -> Result<Tokenizer> {
-        let err = |message: String| ImportError::Tokenizer {
+        let err = |message: String| TokenizerError::Invalid {
             path: file.path.clone(),
             message,
         };

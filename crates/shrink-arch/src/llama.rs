@@ -1,0 +1,430 @@
+//! The LLaMA family (Llama, SmolLM, Mistral, Qwen2): its normalised config, the graph it
+//! builds, the config read back from a graph, and its GGUF tensor names.
+
+use shrink_ir::{Activation, AttentionSpec, Graph, NormKind, Op, Rope};
+
+use crate::builder::{Builder, Meta};
+use crate::graph_read::*;
+
+/// The LLaMA family (Llama, SmolLM, Mistral, Qwen2): RMSNorm, RoPE, grouped-query attention,
+/// SwiGLU MLP. Layers may differ in MLP width and head counts (structured pruning makes such
+/// models); `head_dim` is shared.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LlamaConfig {
+    /// `llama`, `mistral` or `qwen2`: kept so exports write the same architecture back.
+    pub arch: String,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    /// One entry per decoder layer, in order: their number is `num_hidden_layers`.
+    pub layers: Vec<LlamaLayer>,
+    pub head_dim: usize,
+    pub rope_theta: f32,
+    pub rms_norm_eps: f32,
+    pub max_position_embeddings: usize,
+    pub tie_word_embeddings: bool,
+    /// Biases on q/k/v (Qwen2).
+    pub attention_qkv_bias: bool,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_id: Option<u32>,
+}
+
+/// The sizes of one LLaMA decoder layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LlamaLayer {
+    /// Rows of `gate_proj`/`up_proj`, columns of `down_proj`.
+    pub intermediate_size: usize,
+    /// Query heads; a multiple of `num_kv_heads`.
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+}
+
+impl LlamaConfig {
+    /// `num_hidden_layers`.
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Whether every layer has layer 0's sizes (what stock transformers and llama.cpp's `llama`
+    /// architecture can hold).
+    pub fn is_uniform(&self) -> bool {
+        self.layers.windows(2).all(|w| w[0] == w[1])
+    }
+
+    /// Checks the config's numbers before a graph is built from them.
+    pub fn validate(&self) -> Result<(), String> {
+        use crate::limits::{dim, MAX_HEADS, MAX_HEAD_DIM, MAX_LAYERS, MAX_VOCAB, MAX_WIDTH};
+        dim("vocab_size", self.vocab_size, MAX_VOCAB)?;
+        dim("hidden_size", self.hidden_size, MAX_WIDTH)?;
+        dim("num_hidden_layers", self.num_layers(), MAX_LAYERS)?;
+        dim("head_dim", self.head_dim, MAX_HEAD_DIM)?;
+        dim(
+            "max_position_embeddings",
+            self.max_position_embeddings,
+            crate::limits::MAX_CONTEXT,
+        )?;
+        // A uniform config's errors read as they always did, without a layer.
+        let uniform = self.is_uniform();
+        for (i, l) in self.layers.iter().enumerate() {
+            let at = if uniform {
+                String::new()
+            } else {
+                format!("layer {i}: ")
+            };
+            for (k, v, max) in [
+                ("intermediate_size", l.intermediate_size, MAX_WIDTH),
+                ("num_attention_heads", l.num_heads, MAX_HEADS),
+                ("num_key_value_heads", l.num_kv_heads, MAX_HEADS),
+            ] {
+                dim(k, v, max).map_err(|m| format!("{at}{m}"))?;
+            }
+            if !l.num_heads.is_multiple_of(l.num_kv_heads) {
+                return Err(format!(
+                    "{at}num_attention_heads ({}) is not a multiple of num_key_value_heads ({})",
+                    l.num_heads, l.num_kv_heads
+                ));
+            }
+            if uniform {
+                break;
+            }
+        }
+        if !self.head_dim.is_multiple_of(2) {
+            return Err(format!(
+                "head_dim ({}) must be even for RoPE",
+                self.head_dim
+            ));
+        }
+        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
+            return Err(format!("rope_theta ({}) must be positive", self.rope_theta));
+        }
+        crate::limits::epsilon("rms_norm_eps", self.rms_norm_eps)?;
+        self.param_count()?;
+        Ok(())
+    }
+
+    /// Parameters of the model, counted from the graph it builds in checked arithmetic (a
+    /// config's sizes are untrusted; the graph declares shapes and allocates no weights).
+    pub fn param_count(&self) -> Result<u64, String> {
+        crate::limits::graph_params(&self.build())
+    }
+
+    pub fn build(&self) -> Graph {
+        let c = self;
+        let (d, hd) = (c.hidden_size, c.head_dim);
+        let mut b = Builder { g: Graph::new() };
+        let tokens = b.op(
+            Op::Input {
+                name: "tokens".into(),
+            },
+            &[],
+        );
+        let embed = b.param("model.embed_tokens.weight", vec![c.vocab_size, d]);
+        let mut h = b.op(
+            Op::Embedding {
+                weight: embed.clone(),
+            },
+            &[tokens],
+        );
+        for (i, l) in c.layers.iter().enumerate() {
+            let attn = AttentionSpec {
+                heads: l.num_heads,
+                kv_heads: l.num_kv_heads,
+                head_dim: hd,
+                rope: Some(Rope {
+                    theta: c.rope_theta,
+                    dim: hd,
+                }),
+                causal: true,
+            };
+            let p = format!("model.layers.{i}");
+            let norm = |b: &mut Builder, x, name: &str| {
+                let weight = b.param(&format!("{p}.{name}.weight"), vec![d]);
+                b.op(
+                    Op::Norm {
+                        kind: NormKind::Rms,
+                        eps: c.rms_norm_eps,
+                        weight,
+                        bias: None,
+                    },
+                    &[x],
+                )
+            };
+            let x = norm(&mut b, h, "input_layernorm");
+            let qkv = c.attention_qkv_bias;
+            let q = b.linear(
+                x,
+                &format!("{p}.self_attn.q_proj"),
+                l.num_heads * hd,
+                d,
+                qkv,
+            );
+            let k = b.linear(
+                x,
+                &format!("{p}.self_attn.k_proj"),
+                l.num_kv_heads * hd,
+                d,
+                qkv,
+            );
+            let v = b.linear(
+                x,
+                &format!("{p}.self_attn.v_proj"),
+                l.num_kv_heads * hd,
+                d,
+                qkv,
+            );
+            let a = b.op(Op::Attention(attn), &[q, k, v]);
+            let o = b.linear(
+                a,
+                &format!("{p}.self_attn.o_proj"),
+                d,
+                l.num_heads * hd,
+                false,
+            );
+            h = b.op(Op::Add, &[h, o]);
+            let x = norm(&mut b, h, "post_attention_layernorm");
+            let gate = b.linear(
+                x,
+                &format!("{p}.mlp.gate_proj"),
+                l.intermediate_size,
+                d,
+                false,
+            );
+            let up = b.linear(
+                x,
+                &format!("{p}.mlp.up_proj"),
+                l.intermediate_size,
+                d,
+                false,
+            );
+            let gate = b.op(Op::Activation(Activation::Silu), &[gate]);
+            let m = b.op(Op::Mul, &[gate, up]);
+            let down = b.linear(
+                m,
+                &format!("{p}.mlp.down_proj"),
+                d,
+                l.intermediate_size,
+                false,
+            );
+            h = b.op(Op::Add, &[h, down]);
+        }
+        let weight = b.param("model.norm.weight", vec![d]);
+        h = b.op(
+            Op::Norm {
+                kind: NormKind::Rms,
+                eps: c.rms_norm_eps,
+                weight,
+                bias: None,
+            },
+            &[h],
+        );
+        let head = if c.tie_word_embeddings {
+            embed
+        } else {
+            b.param("lm_head.weight", vec![c.vocab_size, d])
+        };
+        b.finish(
+            h,
+            head,
+            &Meta {
+                arch: &c.arch,
+                context_length: c.max_position_embeddings,
+                tied: c.tie_word_embeddings,
+                bos: c.bos_token_id,
+                eos: c.eos_token_id,
+            },
+        )
+    }
+}
+
+/// Checks that a layer's projections have the sizes its attention op and MLP width imply, so a
+/// mismatch is reported against the tensor rather than as a structural difference.
+fn check_llama_layer(g: &Graph, i: usize, l: &LlamaLayer, hd: usize) -> Result<(), String> {
+    let p = format!("model.layers.{i}");
+    let (q, kv) = (l.num_heads * hd, l.num_kv_heads * hd);
+    let attn = format!(
+        "attention heads={} kv_heads={} head_dim={hd}",
+        l.num_heads, l.num_kv_heads
+    );
+    let inter = format!(
+        "intermediate_size {} (from '{p}.mlp.gate_proj.weight')",
+        l.intermediate_size
+    );
+    let m = l.intermediate_size;
+    // (tensor, which dimension, its implied size, what implies it)
+    let checks = [
+        ("self_attn.q_proj.weight", 0, q, &attn),
+        ("self_attn.k_proj.weight", 0, kv, &attn),
+        ("self_attn.v_proj.weight", 0, kv, &attn),
+        ("self_attn.o_proj.weight", 1, q, &attn),
+        ("mlp.up_proj.weight", 0, m, &inter),
+        ("mlp.down_proj.weight", 1, m, &inter),
+    ];
+    for (name, dim, want, why) in checks {
+        let name = format!("{p}.{name}");
+        let (rows, cols) = param_2d(g, &name)?;
+        let got = if dim == 0 { rows } else { cols };
+        if got != want {
+            let implied = if dim == 0 { [want, cols] } else { [rows, want] };
+            return Err(format!(
+                "layer {i}: parameter '{name}' has shape [{rows}, {cols}], but {why} implies {implied:?}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl LlamaConfig {
+    /// Reads the config back from a graph of this family (the inverse of [`LlamaConfig::build`],
+    /// whatever the parameters' dtypes or schemes): sizes from the parameter shapes, heads, RoPE
+    /// and norm epsilon from the ops, whether the head is tied from the output linear's weight,
+    /// and the architecture, context length and BOS/EOS from `graph.meta`. Layers may differ in
+    /// MLP width and head counts (each read from its own layer). Fails with the layer and tensor
+    /// at fault when the graph is not that shape.
+    pub fn from_graph(g: &Graph) -> Result<LlamaConfig, String> {
+        let arch = g
+            .meta
+            .get("architecture")
+            .ok_or("meta 'architecture' is missing")?
+            .clone();
+        if !matches!(arch.as_str(), "llama" | "mistral" | "qwen2") {
+            return Err(format!(
+                "architecture '{arch}' is not of the LLaMA family (llama, mistral, qwen2)"
+            ));
+        }
+        let embed = "model.embed_tokens.weight";
+        let (vocab, hidden) = param_2d(g, embed)?;
+        let layers = count_layers(g, "model.layers.")?;
+        let ops = ops_in_order(g)?;
+        let specs = layer_attention_specs(&ops, layers)?;
+        let (rope, head_dim) = (specs[0].rope, specs[0].head_dim);
+        let rope = rope.ok_or("attention has no RoPE")?;
+        if rope.dim != head_dim {
+            return Err(format!(
+                "partial rotary (rope dim {} of head_dim {head_dim}) is not supported",
+                rope.dim
+            ));
+        }
+        let eps = norm_eps(&ops, NormKind::Rms)?;
+        let qkv_bias = g.param("model.layers.0.self_attn.q_proj.bias").is_some();
+        // Each layer's sizes: MLP width from its gate projection, heads from its attention op;
+        // every other shape must agree with them (here, then against `build()` below).
+        let mut sizes = Vec::with_capacity(layers);
+        for (i, a) in specs.iter().enumerate() {
+            let (inter, _) = param_2d(g, &format!("model.layers.{i}.mlp.gate_proj.weight"))?;
+            let l = LlamaLayer {
+                intermediate_size: inter,
+                num_heads: a.heads,
+                num_kv_heads: a.kv_heads,
+            };
+            check_llama_layer(g, i, &l, head_dim)?;
+            sizes.push(l);
+        }
+        let head = head_weight(g)?;
+        let tied = head == embed;
+        if !tied && head != "lm_head.weight" {
+            return Err(format!(
+                "the output linear reads '{head}', expected '{embed}' (tied) or 'lm_head.weight'"
+            ));
+        }
+        let c = LlamaConfig {
+            arch: arch.clone(),
+            vocab_size: vocab,
+            hidden_size: hidden,
+            layers: sizes,
+            head_dim,
+            rope_theta: rope.theta,
+            rms_norm_eps: eps,
+            max_position_embeddings: meta_usize(g, "context_length")?
+                .ok_or("meta 'context_length' is missing")?,
+            tie_word_embeddings: tied,
+            attention_qkv_bias: qkv_bias,
+            bos_token_id: meta_token(g, "bos_token_id")?,
+            eos_token_id: meta_token(g, "eos_token_id")?,
+        };
+        c.validate()?;
+        same_structure(g, &c.build(), &arch)?;
+        Ok(c)
+    }
+}
+
+// ---- GGUF tensor names ----
+
+/// The GGUF name of a Hugging Face LLaMA parameter (the map is one-to-one).
+pub fn gguf_name(hf: &str) -> Option<String> {
+    let fixed = match hf {
+        "model.embed_tokens.weight" => Some("token_embd.weight"),
+        "model.norm.weight" => Some("output_norm.weight"),
+        "lm_head.weight" => Some("output.weight"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Some(f.to_string());
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let (module, suffix) = rest.rsplit_once('.')?;
+    let g = match module {
+        "input_layernorm" => "attn_norm",
+        "self_attn.q_proj" => "attn_q",
+        "self_attn.k_proj" => "attn_k",
+        "self_attn.v_proj" => "attn_v",
+        "self_attn.o_proj" => "attn_output",
+        "post_attention_layernorm" => "ffn_norm",
+        "mlp.gate_proj" => "ffn_gate",
+        "mlp.up_proj" => "ffn_up",
+        "mlp.down_proj" => "ffn_down",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{g}.{suffix}"))
+}
+
+/// For a parameter whose rows GGUF stores in llama.cpp's interleaved RoPE order (Q and K
+/// weights, and their biases), the number of heads its rows split into; `None` otherwise.
+/// Each layer's own head counts apply.
+pub fn rope_permuted_heads(hf_name: &str, cfg: &LlamaConfig) -> Option<usize> {
+    let rest = hf_name.strip_prefix("model.layers.")?;
+    let (i, rest) = rest.split_once('.')?;
+    let layer = cfg.layers.get(i.parse::<usize>().ok()?)?;
+    if rest.starts_with("self_attn.q_proj.") {
+        Some(layer.num_heads)
+    } else if rest.starts_with("self_attn.k_proj.") {
+        Some(layer.num_kv_heads)
+    } else {
+        None
+    }
+}
+
+/// Reorders the rows of a `[heads*head_dim, cols]` Q or K weight from llama.cpp's interleaved
+/// pairs (row `2j + t` of a head) to the halves of Hugging Face (row `t*head_dim/2 + j`).
+pub fn unpermute_rows<T: Copy>(w: &[T], heads: usize, head_dim: usize, cols: usize) -> Vec<T> {
+    let mut out = w.to_vec();
+    let half = head_dim / 2;
+    for h in 0..heads {
+        for j in 0..half {
+            for t in 0..2 {
+                let src = (h * head_dim + 2 * j + t) * cols;
+                let dst = (h * head_dim + t * half + j) * cols;
+                out[dst..dst + cols].copy_from_slice(&w[src..src + cols]);
+            }
+        }
+    }
+    out
+}
+
+/// The inverse of [`unpermute_rows`]: reorders the rows of a `[heads*head_dim, cols]` Q or K
+/// weight from Hugging Face's halves (row `t*head_dim/2 + j` of a head) into llama.cpp's
+/// interleaved pairs (row `2j + t`), as `convert_hf_to_gguf.py` does for the `llama` architecture.
+pub fn permute_rows<T: Copy>(w: &[T], heads: usize, head_dim: usize, cols: usize) -> Vec<T> {
+    let mut out = w.to_vec();
+    let half = head_dim / 2;
+    for h in 0..heads {
+        for j in 0..half {
+            for t in 0..2 {
+                let src = (h * head_dim + t * half + j) * cols;
+                let dst = (h * head_dim + 2 * j + t) * cols;
+                out[dst..dst + cols].copy_from_slice(&w[src..src + cols]);
+            }
+        }
+    }
+    out
+}

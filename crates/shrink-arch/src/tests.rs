@@ -1,0 +1,290 @@
+use crate::graph_read::ops_in_order;
+use crate::*;
+use shrink_ir::{Activation, DType, Op, ParamType};
+
+fn llama(arch: &str, tied: bool, bias: bool) -> LlamaConfig {
+    LlamaConfig {
+        arch: arch.into(),
+        vocab_size: 50,
+        hidden_size: 32,
+        layers: vec![
+            LlamaLayer {
+                intermediate_size: 48,
+                num_heads: 4,
+                num_kv_heads: 2,
+            };
+            3
+        ],
+        head_dim: 8,
+        rope_theta: 500000.0,
+        rms_norm_eps: 1e-6,
+        max_position_embeddings: 64,
+        tie_word_embeddings: tied,
+        attention_qkv_bias: bias,
+        bos_token_id: Some(1),
+        eos_token_id: None,
+    }
+}
+
+fn gpt2(prefix: &str, untied: bool, activation: Activation) -> Gpt2Config {
+    Gpt2Config {
+        vocab_size: 50,
+        n_embd: 32,
+        n_layer: 2,
+        n_head: 4,
+        n_positions: 40,
+        n_inner: 72,
+        layer_norm_epsilon: 1e-5,
+        activation,
+        prefix: prefix.into(),
+        untied_head: untied,
+        bos_token_id: Some(0),
+        eos_token_id: Some(0),
+    }
+}
+
+#[test]
+fn llama_config_round_trips_through_its_graph() {
+    for c in [
+        llama("llama", true, false),
+        llama("mistral", false, false),
+        llama("qwen2", false, true),
+    ] {
+        let mut g = c.build();
+        assert_eq!(LlamaConfig::from_graph(&g).unwrap(), c);
+        // Dtypes do not matter.
+        let p = g.param_mut("model.layers.1.mlp.up_proj.weight").unwrap();
+        p.dtype = DType::BF16;
+        assert_eq!(LlamaConfig::from_graph(&g).unwrap(), c);
+    }
+}
+
+/// `llama("llama", …)` with layer 0's MLP narrowed and layer 1 down to one KV group.
+fn pruned_llama(tied: bool) -> LlamaConfig {
+    let mut c = llama("llama", tied, false);
+    c.layers[0].intermediate_size = 24;
+    c.layers[1].num_heads = 2;
+    c.layers[1].num_kv_heads = 1;
+    c
+}
+
+#[test]
+fn layers_of_different_sizes_round_trip_through_their_graph() {
+    for c in [pruned_llama(true), pruned_llama(false)] {
+        assert!(!c.is_uniform());
+        c.validate().unwrap();
+        let g = c.build();
+        let shape = |n: &str| g.param(n).unwrap().shape.clone();
+        assert_eq!(shape("model.layers.0.mlp.down_proj.weight"), [32, 24]);
+        assert_eq!(shape("model.layers.1.self_attn.q_proj.weight"), [16, 32]);
+        assert_eq!(shape("model.layers.1.self_attn.k_proj.weight"), [8, 32]);
+        assert_eq!(shape("model.layers.1.self_attn.o_proj.weight"), [32, 16]);
+        assert_eq!(shape("model.layers.2.self_attn.q_proj.weight"), [32, 32]);
+        let heads: Vec<(usize, usize)> = ops_in_order(&g)
+            .unwrap()
+            .into_iter()
+            .filter_map(|op| match op {
+                Op::Attention(a) => Some((a.heads, a.kv_heads)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(heads, [(4, 2), (2, 1), (4, 2)]);
+        assert_eq!(LlamaConfig::from_graph(&g).unwrap(), c);
+    }
+    assert!(llama("llama", true, false).is_uniform());
+}
+
+#[test]
+fn validate_names_the_layer_of_a_non_uniform_config() {
+    let mut c = pruned_llama(true);
+    c.layers[2].num_heads = 3;
+    assert_eq!(
+        c.validate().unwrap_err(),
+        "layer 2: num_attention_heads (3) is not a multiple of num_key_value_heads (2)"
+    );
+    c.layers[2].num_heads = 4;
+    c.layers[0].intermediate_size = 0;
+    assert_eq!(
+        c.validate().unwrap_err(),
+        "layer 0: intermediate_size must be positive"
+    );
+    // A uniform config's errors name no layer, as before.
+    let mut c = llama("llama", true, false);
+    for l in &mut c.layers {
+        l.num_kv_heads = 3;
+    }
+    assert_eq!(
+        c.validate().unwrap_err(),
+        "num_attention_heads (4) is not a multiple of num_key_value_heads (3)"
+    );
+    c.layers.clear();
+    assert_eq!(
+        c.validate().unwrap_err(),
+        "num_hidden_layers must be positive"
+    );
+}
+
+#[test]
+fn from_graph_checks_each_layers_projections_against_its_sizes() {
+    let c = pruned_llama(true);
+    // Layer 0's up projection keeps the unpruned width.
+    let mut g = c.build();
+    g.param_mut("model.layers.0.mlp.up_proj.weight")
+        .unwrap()
+        .shape = vec![48, 32];
+    assert_eq!(
+        LlamaConfig::from_graph(&g).unwrap_err(),
+        "layer 0: parameter 'model.layers.0.mlp.up_proj.weight' has shape [48, 32], but \
+         intermediate_size 24 (from 'model.layers.0.mlp.gate_proj.weight') implies [24, 32]"
+    );
+    // Layer 1's k projection still holds two KV heads.
+    let mut g = c.build();
+    g.param_mut("model.layers.1.self_attn.k_proj.weight")
+        .unwrap()
+        .shape = vec![16, 32];
+    assert_eq!(
+        LlamaConfig::from_graph(&g).unwrap_err(),
+        "layer 1: parameter 'model.layers.1.self_attn.k_proj.weight' has shape [16, 32], \
+         but attention heads=2 kv_heads=1 head_dim=8 implies [8, 32]"
+    );
+    // head_dim is shared by every layer.
+    let mut g = c.build();
+    let id = g
+        .node_ids()
+        .into_iter()
+        .filter(|&id| matches!(g.node(id).unwrap().op, Op::Attention(_)))
+        .nth(2)
+        .unwrap();
+    if let Op::Attention(a) = &mut g.node_mut(id).unwrap().op {
+        a.head_dim = 4;
+    }
+    assert_eq!(
+        LlamaConfig::from_graph(&g).unwrap_err(),
+        "layer 2: attention head_dim=4 differs from layer 0's head_dim=8"
+    );
+}
+
+#[test]
+fn gpt2_config_round_trips_through_its_graph() {
+    for c in [
+        gpt2("transformer.", false, Activation::GeluTanh),
+        gpt2("", true, Activation::Gelu),
+    ] {
+        assert_eq!(Gpt2Config::from_graph(&c.build()).unwrap(), c);
+    }
+}
+
+#[test]
+fn node_order_does_not_matter() {
+    // Rebuild layer 0's q projection as the newest node, as a rewriting pass would.
+    let c = llama("llama", true, false);
+    let mut g = c.build();
+    let id = g
+        .node_ids()
+        .into_iter()
+        .find(|&id| {
+            matches!(&g.node(id).unwrap().op,
+                Op::Linear { weight, .. } if weight == "model.layers.0.self_attn.q_proj.weight")
+        })
+        .unwrap();
+    let node = g.node(id).unwrap().clone();
+    let new = g.add1(node.op.clone(), &node.inputs).unwrap();
+    g.replace_uses(node.outputs[0], new);
+    g.remove_node(id);
+    assert_ne!(
+        shrink_ir::text::print(&g),
+        shrink_ir::text::print(&c.build())
+    );
+    assert_eq!(LlamaConfig::from_graph(&g).unwrap(), c);
+}
+
+#[test]
+fn from_graph_names_the_layer_and_size_at_fault() {
+    let c = llama("llama", true, false);
+    let mut g = c.build();
+    g.param_mut("model.layers.2.mlp.down_proj.weight")
+        .unwrap()
+        .shape = vec![32, 40];
+    let e = LlamaConfig::from_graph(&g).unwrap_err();
+    assert!(
+        e.contains("layer 2") && e.contains("down_proj") && e.contains("[32, 48]"),
+        "{e}"
+    );
+
+    let mut g = c.build();
+    let id = g
+        .node_ids()
+        .into_iter()
+        .filter(|&id| matches!(g.node(id).unwrap().op, Op::Attention(_)))
+        .nth(1)
+        .unwrap();
+    if let Op::Attention(a) = &mut g.node_mut(id).unwrap().op {
+        a.heads = 2;
+    }
+    // Layer 1's attention now claims 2 heads, but its projections still hold 4.
+    let e = LlamaConfig::from_graph(&g).unwrap_err();
+    assert_eq!(
+        e,
+        "layer 1: parameter 'model.layers.1.self_attn.q_proj.weight' has shape [32, 32], \
+         but attention heads=2 kv_heads=2 head_dim=8 implies [16, 32]"
+    );
+
+    let mut g = c.build();
+    g.declare_param("extra.weight", ParamType::new(DType::F32, vec![3]));
+    let e = LlamaConfig::from_graph(&g).unwrap_err();
+    assert!(
+        e.contains("'extra.weight' is not part of the llama graph"),
+        "{e}"
+    );
+
+    let mut g = c.build();
+    for id in g.node_ids() {
+        if let Op::Activation(a) = &mut g.node_mut(id).unwrap().op {
+            *a = Activation::Gelu;
+        }
+    }
+    let e = LlamaConfig::from_graph(&g).unwrap_err();
+    assert!(
+        e.contains("no counterpart for") && e.contains("gelu("),
+        "{e}"
+    );
+
+    let g = gpt2("", false, Activation::GeluTanh).build();
+    let e = LlamaConfig::from_graph(&g).unwrap_err();
+    assert!(e.contains("'gpt2' is not of the LLaMA family"), "{e}");
+    let e = Gpt2Config::from_graph(&c.build()).unwrap_err();
+    assert!(e.contains("'llama' is not gpt2"), "{e}");
+
+    let mut g = c.build();
+    g.meta.remove("context_length");
+    let e = LlamaConfig::from_graph(&g).unwrap_err();
+    assert!(e.contains("context_length"), "{e}");
+}
+
+#[test]
+fn permute_inverts_unpermute() {
+    for (heads, head_dim, cols) in [(1, 4, 1), (4, 16, 3), (3, 64, 5), (2, 8, 1)] {
+        let w: Vec<u32> = (0..(heads * head_dim * cols) as u32).collect();
+        let p = permute_rows(&w, heads, head_dim, cols);
+        assert_ne!(p, w, "{heads}x{head_dim}: permutation is not the identity");
+        assert_eq!(unpermute_rows(&p, heads, head_dim, cols), w);
+        assert_eq!(
+            permute_rows(
+                &unpermute_rows(&w, heads, head_dim, cols),
+                heads,
+                head_dim,
+                cols
+            ),
+            w
+        );
+    }
+}
+
+#[test]
+fn permute_matches_convert_hf_to_gguf() {
+    // LlamaModel.permute: w.reshape(heads, 2, hd/2, cols).swapaxes(1, 2).reshape(...):
+    // output row h*hd + 2j + t is input row h*hd + t*hd/2 + j.
+    let (heads, hd) = (2, 4);
+    let w: Vec<usize> = (0..heads * hd).collect();
+    assert_eq!(permute_rows(&w, heads, hd, 1), vec![0, 2, 1, 3, 4, 6, 5, 7]);
+}
