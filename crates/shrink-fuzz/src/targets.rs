@@ -261,7 +261,7 @@ impl Env {
             }
             "ir" => [&self.base_model]
                 .into_iter()
-                .map(|m| shrink_ir::text::print_model(m))
+                .map(shrink_ir::text::print_model)
                 .chain(["llama", "gpt2", "qwen2"].iter().filter_map(|a| {
                     shrink_import::load(&seeds.join(a))
                         .ok()

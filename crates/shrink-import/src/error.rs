@@ -40,12 +40,18 @@ pub enum ImportError {
     #[error(transparent)]
     Gguf(#[from] GgufError),
     #[error(transparent)]
-    Tokenizer(#[from] TokenizerError),
+    Tokenizer(Box<TokenizerError>),
     #[error("{}: the imported graph fails verification:\n{errors}", .path.display())]
     Verify {
         path: PathBuf,
         errors: shrink_ir::VerifyErrors,
     },
+}
+
+impl From<TokenizerError> for ImportError {
+    fn from(e: TokenizerError) -> Self {
+        ImportError::Tokenizer(Box::new(e))
+    }
 }
 
 /// A message on one line: it may quote a file's text, line breaks included.
