@@ -2,8 +2,12 @@
 
 use shrink_ir::{Activation, AttentionSpec, Graph, NormKind, Op};
 
+use serde_json::{json, Map, Value};
+
 use crate::builder::{Builder, Meta};
 use crate::graph_read::*;
+use crate::hf_json::{f32_json, token_json, ConfigJson};
+use crate::{ArchId, ConfigError};
 
 /// GPT-2: LayerNorm, learned positions, fused `c_attn`, GELU-tanh.
 #[derive(Clone, Debug, PartialEq)]
@@ -126,7 +130,7 @@ impl Gpt2Config {
             h,
             head,
             &Meta {
-                arch: "gpt2",
+                arch: ArchId::Gpt2.name(),
                 context_length: c.n_positions,
                 tied: !c.untied_head,
                 bos: c.bos_token_id,
@@ -150,10 +154,9 @@ impl Gpt2Config {
     /// Reads the config back from a GPT-2 graph (the inverse of [`Gpt2Config::build`], whatever
     /// the parameters' dtypes or schemes); see [`LlamaConfig::from_graph`].
     pub fn from_graph(g: &Graph) -> Result<Gpt2Config, String> {
-        match g.meta.get("architecture").map(String::as_str) {
-            Some("gpt2") => {}
-            Some(other) => return Err(format!("architecture '{other}' is not gpt2")),
-            None => return Err("meta 'architecture' is missing".into()),
+        match ArchId::of_graph(g)? {
+            ArchId::Gpt2 => {}
+            other => return Err(format!("architecture '{other}' is not gpt2")),
         }
         let ops = ops_in_order(g)?;
         let wte = ops
@@ -229,7 +232,76 @@ impl Gpt2Config {
             eos_token_id: meta_token(g, "eos_token_id")?,
         };
         c.validate()?;
-        same_structure(g, &c.build(), "gpt2")?;
+        same_structure(g, &c.build(), ArchId::Gpt2.name())?;
         Ok(c)
+    }
+}
+
+// ---- Hugging Face config.json ----
+
+impl Gpt2Config {
+    /// The config of a GPT-2 `config.json`, before [`Gpt2Config::validate`]; the checkpoint
+    /// decides `prefix` and `untied_head`.
+    pub(crate) fn from_hf(c: &ConfigJson<'_>) -> Result<Gpt2Config, ConfigError> {
+        let n_embd = c.usize("n_embd")?;
+        let act = c.opt_str("activation_function")?.unwrap_or("gelu_new");
+        let activation = match act {
+            "gelu_new" | "gelu_pytorch_tanh" => Activation::GeluTanh,
+            "gelu" => Activation::Gelu,
+            "relu" => Activation::Relu,
+            other => {
+                return Err(c.err("activation_function", format!("'{other}' is not supported")))
+            }
+        };
+        Ok(Gpt2Config {
+            vocab_size: c.usize("vocab_size")?,
+            n_embd,
+            n_layer: c.bounded("n_layer", crate::limits::MAX_LAYERS)?,
+            n_head: c.usize("n_head")?,
+            n_positions: c.usize("n_positions")?,
+            n_inner: c.opt_usize("n_inner")?.unwrap_or(n_embd.saturating_mul(4)),
+            layer_norm_epsilon: c.opt_f32("layer_norm_epsilon")?.unwrap_or(1e-5),
+            activation,
+            prefix: String::new(),
+            untied_head: false,
+            bos_token_id: c.opt_token("bos_token_id")?,
+            eos_token_id: c.opt_token("eos_token_id")?,
+        })
+    }
+
+    /// The `config.json` transformers loads this config from, or why it cannot be written.
+    pub fn to_hf(&self, torch_dtype: &str) -> Result<Map<String, Value>, String> {
+        let act = match self.activation {
+            Activation::GeluTanh => "gelu_new",
+            Activation::Gelu => "gelu",
+            Activation::Relu => "relu",
+            other => {
+                return Err(format!(
+                    "GPT-2 with activation {} is not supported",
+                    other.name()
+                ))
+            }
+        };
+        let mut m = Map::new();
+        m.insert("architectures".into(), json!(["GPT2LMHeadModel"]));
+        m.insert("model_type".into(), json!(ArchId::Gpt2.name()));
+        m.insert("vocab_size".into(), json!(self.vocab_size));
+        m.insert("n_embd".into(), json!(self.n_embd));
+        m.insert("n_layer".into(), json!(self.n_layer));
+        m.insert("n_head".into(), json!(self.n_head));
+        m.insert("n_positions".into(), json!(self.n_positions));
+        m.insert("n_ctx".into(), json!(self.n_positions));
+        m.insert("n_inner".into(), json!(self.n_inner));
+        m.insert("activation_function".into(), json!(act));
+        m.insert(
+            "layer_norm_epsilon".into(),
+            f32_json(self.layer_norm_epsilon),
+        );
+        m.insert("tie_word_embeddings".into(), json!(!self.untied_head));
+        m.insert("bos_token_id".into(), token_json(self.bos_token_id));
+        m.insert("eos_token_id".into(), token_json(self.eos_token_id));
+        m.insert("torch_dtype".into(), json!(torch_dtype));
+        m.insert("use_cache".into(), json!(true));
+        Ok(m)
     }
 }

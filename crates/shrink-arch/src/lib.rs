@@ -1,19 +1,229 @@
 //! The architectures shrink knows, each defined once, one module per family: a normalised
 //! config, the graph it builds (parameters named as in Hugging Face checkpoints), the config
-//! read back from a graph, and the family's GGUF tensor names. Front ends (`shrink-import`) and
-//! back ends (`shrink-export`) only translate their files' configs and names into these.
+//! read back from a graph, the `config.json` read and written back, and the family's GGUF
+//! tensor names. Front ends (`shrink-import`) and back ends (`shrink-export`) only translate
+//! their files into these; no other crate matches an architecture by its name.
 
 mod builder;
 pub mod gpt2;
 mod graph_read;
+mod hf_json;
 pub mod limits;
 pub mod llama;
+
+use std::fmt;
+
+use serde_json::{Map, Value};
+use shrink_ir::Graph;
 
 pub use gpt2::{gpt2_is_conv1d, Gpt2Config};
 pub use graph_read::same_structure;
 pub use llama::{
     gguf_name, permute_rows, rope_permuted_heads, unpermute_rows, LlamaConfig, LlamaLayer,
 };
+
+/// An architecture, by the name Hugging Face's `model_type` and the IR's `architecture`
+/// metadata give it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ArchId {
+    Llama,
+    Mistral,
+    Qwen2,
+    Gpt2,
+}
+
+/// The module that defines an architecture: architectures of one family share a config type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    Llama,
+    Gpt2,
+}
+
+impl ArchId {
+    /// Every architecture, in the order error messages list them.
+    pub const ALL: [ArchId; 4] = [ArchId::Llama, ArchId::Mistral, ArchId::Qwen2, ArchId::Gpt2];
+
+    /// `model_type` in `config.json`, and the IR's `architecture`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ArchId::Llama => "llama",
+            ArchId::Mistral => "mistral",
+            ArchId::Qwen2 => "qwen2",
+            ArchId::Gpt2 => "gpt2",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<ArchId> {
+        ArchId::ALL.into_iter().find(|a| a.name() == name)
+    }
+
+    pub fn family(self) -> Family {
+        match self {
+            ArchId::Llama | ArchId::Mistral | ArchId::Qwen2 => Family::Llama,
+            ArchId::Gpt2 => Family::Gpt2,
+        }
+    }
+
+    /// The names of the architectures `keep` accepts, comma-separated (for error messages).
+    pub fn list(keep: impl Fn(ArchId) -> bool) -> String {
+        let names: Vec<&str> = ArchId::ALL
+            .into_iter()
+            .filter(|a| keep(*a))
+            .map(ArchId::name)
+            .collect();
+        names.join(", ")
+    }
+
+    /// The architecture a graph's `architecture` metadata names.
+    pub fn of_graph(g: &Graph) -> Result<ArchId, String> {
+        let name = g
+            .meta
+            .get("architecture")
+            .ok_or("meta 'architecture' is missing")?;
+        ArchId::from_name(name).ok_or_else(|| {
+            format!(
+                "unknown architecture '{name}' (known: {})",
+                ArchId::list(|_| true)
+            )
+        })
+    }
+}
+
+impl fmt::Display for ArchId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A `config.json` shrink does not read, naming the field.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("field '{field}': {message}")]
+    Field { field: String, message: String },
+    #[error("unsupported architecture '{model_type}' (supported: {supported})")]
+    UnknownModelType {
+        model_type: String,
+        supported: String,
+    },
+}
+
+/// The normalised config of a model of any architecture.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ArchConfig {
+    Llama(LlamaConfig),
+    Gpt2(Gpt2Config),
+}
+
+impl ArchConfig {
+    /// The config a Hugging Face `config.json` object describes, validated: sizes bounded by
+    /// [`limits`], every field whose value shrink would not compute as transformers does refused.
+    pub fn from_hf(json: &Map<String, Value>) -> Result<ArchConfig, ConfigError> {
+        let c = hf_json::ConfigJson { json };
+        let model_type = c
+            .opt_str("model_type")?
+            .ok_or_else(|| c.err("model_type", "missing"))?;
+        let id = ArchId::from_name(model_type).ok_or_else(|| ConfigError::UnknownModelType {
+            model_type: model_type.to_string(),
+            supported: ArchId::list(|_| true),
+        })?;
+        let config = match id.family() {
+            Family::Llama => ArchConfig::Llama(LlamaConfig::from_hf(id, &c)?),
+            Family::Gpt2 => ArchConfig::Gpt2(Gpt2Config::from_hf(&c)?),
+        };
+        // The message starts with the field it is about, when it is one of the file's.
+        config.validate().map_err(|m| {
+            let field = m
+                .split_whitespace()
+                .next()
+                .filter(|w| json.contains_key(*w))
+                .unwrap_or("config")
+                .to_string();
+            c.err(&field, m)
+        })?;
+        Ok(config)
+    }
+
+    /// The config of a graph (the inverse of [`ArchConfig::build`]), by its `architecture`.
+    pub fn from_graph(g: &Graph) -> Result<ArchConfig, String> {
+        Ok(match ArchId::of_graph(g)?.family() {
+            Family::Llama => ArchConfig::Llama(LlamaConfig::from_graph(g)?),
+            Family::Gpt2 => ArchConfig::Gpt2(Gpt2Config::from_graph(g)?),
+        })
+    }
+
+    pub fn id(&self) -> ArchId {
+        match self {
+            ArchConfig::Llama(c) => c.arch,
+            ArchConfig::Gpt2(_) => ArchId::Gpt2,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            ArchConfig::Llama(c) => c.validate(),
+            ArchConfig::Gpt2(c) => c.validate(),
+        }
+    }
+
+    pub fn build(&self) -> Graph {
+        match self {
+            ArchConfig::Llama(c) => c.build(),
+            ArchConfig::Gpt2(c) => c.build(),
+        }
+    }
+
+    /// Parameters of the model, in checked arithmetic.
+    pub fn param_count(&self) -> Result<u64, String> {
+        match self {
+            ArchConfig::Llama(c) => c.param_count(),
+            ArchConfig::Gpt2(c) => c.param_count(),
+        }
+    }
+
+    /// Decoder layers, and the `config.json` field that declares them.
+    pub fn layers(&self) -> (usize, &'static str) {
+        match self {
+            ArchConfig::Llama(c) => (c.num_layers(), "num_hidden_layers"),
+            ArchConfig::Gpt2(c) => (c.n_layer, "n_layer"),
+        }
+    }
+
+    /// Whether a parameter is stored transposed in Hugging Face checkpoints (GPT-2's `Conv1D`
+    /// weights are `[in, out]`; the IR keeps every linear weight `[out, in]`).
+    pub fn stored_transposed(&self, name: &str) -> bool {
+        matches!(self, ArchConfig::Gpt2(_)) && gpt2_is_conv1d(name)
+    }
+
+    /// The `config.json` transformers loads this model from.
+    pub fn to_hf(&self, torch_dtype: &str) -> Result<Map<String, Value>, String> {
+        match self {
+            ArchConfig::Llama(c) => c.to_hf(torch_dtype),
+            ArchConfig::Gpt2(c) => c.to_hf(torch_dtype),
+        }
+    }
+
+    pub fn bos_token_id(&self) -> Option<u32> {
+        match self {
+            ArchConfig::Llama(c) => c.bos_token_id,
+            ArchConfig::Gpt2(c) => c.bos_token_id,
+        }
+    }
+
+    pub fn eos_token_id(&self) -> Option<u32> {
+        match self {
+            ArchConfig::Llama(c) => c.eos_token_id,
+            ArchConfig::Gpt2(c) => c.eos_token_id,
+        }
+    }
+
+    /// The context the model declares (`max_position_embeddings`, GPT-2's `n_positions`).
+    pub fn context_length(&self) -> usize {
+        match self {
+            ArchConfig::Llama(c) => c.max_position_embeddings,
+            ArchConfig::Gpt2(c) => c.n_positions,
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests;

@@ -3,16 +3,20 @@
 
 use shrink_ir::{Activation, AttentionSpec, Graph, NormKind, Op, Rope};
 
+use serde_json::{json, Map, Value};
+
 use crate::builder::{Builder, Meta};
 use crate::graph_read::*;
+use crate::hf_json::{f32_json, token_json, ConfigJson};
+use crate::{ArchId, ConfigError, Family};
 
 /// The LLaMA family (Llama, SmolLM, Mistral, Qwen2): RMSNorm, RoPE, grouped-query attention,
 /// SwiGLU MLP. Layers may differ in MLP width and head counts (structured pruning makes such
 /// models); `head_dim` is shared.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LlamaConfig {
-    /// `llama`, `mistral` or `qwen2`: kept so exports write the same architecture back.
-    pub arch: String,
+    /// Llama, Mistral or Qwen2: kept so exports write the same architecture back.
+    pub arch: ArchId,
     pub vocab_size: usize,
     pub hidden_size: usize,
     /// One entry per decoder layer, in order: their number is `num_hidden_layers`.
@@ -225,7 +229,7 @@ impl LlamaConfig {
             h,
             head,
             &Meta {
-                arch: &c.arch,
+                arch: c.arch.name(),
                 context_length: c.max_position_embeddings,
                 tied: c.tie_word_embeddings,
                 bos: c.bos_token_id,
@@ -280,14 +284,11 @@ impl LlamaConfig {
     /// MLP width and head counts (each read from its own layer). Fails with the layer and tensor
     /// at fault when the graph is not that shape.
     pub fn from_graph(g: &Graph) -> Result<LlamaConfig, String> {
-        let arch = g
-            .meta
-            .get("architecture")
-            .ok_or("meta 'architecture' is missing")?
-            .clone();
-        if !matches!(arch.as_str(), "llama" | "mistral" | "qwen2") {
+        let arch = ArchId::of_graph(g)?;
+        if arch.family() != Family::Llama {
             return Err(format!(
-                "architecture '{arch}' is not of the LLaMA family (llama, mistral, qwen2)"
+                "architecture '{arch}' is not of the LLaMA family ({})",
+                ArchId::list(|a| a.family() == Family::Llama)
             ));
         }
         let embed = "model.embed_tokens.weight";
@@ -326,7 +327,7 @@ impl LlamaConfig {
             ));
         }
         let c = LlamaConfig {
-            arch: arch.clone(),
+            arch,
             vocab_size: vocab,
             hidden_size: hidden,
             layers: sizes,
@@ -341,7 +342,7 @@ impl LlamaConfig {
             eos_token_id: meta_token(g, "eos_token_id")?,
         };
         c.validate()?;
-        same_structure(g, &c.build(), &arch)?;
+        same_structure(g, &c.build(), arch.name())?;
         Ok(c)
     }
 }
@@ -427,4 +428,171 @@ pub fn permute_rows<T: Copy>(w: &[T], heads: usize, head_dim: usize, cols: usize
         }
     }
     out
+}
+
+// ---- Hugging Face config.json ----
+
+impl LlamaConfig {
+    /// The config of a `config.json` of this family (`id` is its `model_type`), before
+    /// [`LlamaConfig::validate`]. Fields whose value shrink does not compute are refused by name.
+    pub(crate) fn from_hf(id: ArchId, c: &ConfigJson<'_>) -> Result<LlamaConfig, ConfigError> {
+        let hidden = c.usize("hidden_size")?;
+        // Bounded before the per-layer lists are made from it.
+        let n_layers = c.bounded("num_hidden_layers", crate::limits::MAX_LAYERS)?;
+        let inter = c
+            .opt_per_layer("intermediate_size", n_layers)?
+            .ok_or_else(|| c.err("intermediate_size", "missing"))?;
+        let heads = c
+            .opt_per_layer("num_attention_heads", n_layers)?
+            .ok_or_else(|| c.err("num_attention_heads", "missing"))?;
+        let kv_heads = c
+            .opt_per_layer("num_key_value_heads", n_layers)?
+            .unwrap_or_else(|| heads.clone());
+        let head_dim = match (c.opt_usize("head_dim")?, heads.first()) {
+            (Some(h), _) => h,
+            // transformers' default; per-layer heads give no single quotient.
+            (None, _) if heads.windows(2).any(|w| w[0] != w[1]) => {
+                return Err(c.err(
+                    "head_dim",
+                    "missing; required when num_attention_heads differs between layers",
+                ));
+            }
+            (None, Some(&h)) if h > 0 => hidden / h,
+            (None, _) => 0,
+        };
+        let layers = (0..n_layers)
+            .map(|i| LlamaLayer {
+                intermediate_size: inter[i],
+                num_heads: heads[i],
+                num_kv_heads: kv_heads[i],
+            })
+            .collect();
+        if c.opt_f32("partial_rotary_factor")?
+            .is_some_and(|f| f != 1.0)
+        {
+            return Err(c.err("partial_rotary_factor", "only 1.0 is supported"));
+        }
+        if let Some(Value::Object(_)) = c.json.get("rope_scaling") {
+            return Err(c.err("rope_scaling", "RoPE scaling is not supported"));
+        }
+        // transformers 5 writes `rope_parameters: {rope_theta, rope_type}`; older configs a
+        // top-level `rope_theta`.
+        let rope_params = match c.json.get("rope_parameters") {
+            Some(Value::Object(m)) => Some(m),
+            _ => None,
+        };
+        if let Some(t) = rope_params
+            .and_then(|m| m.get("rope_type"))
+            .and_then(Value::as_str)
+            .filter(|t| *t != "default")
+        {
+            return Err(c.err(
+                "rope_parameters.rope_type",
+                format!("'{t}' is not supported (default)"),
+            ));
+        }
+        let rope_theta = match rope_params.and_then(|m| m.get("rope_theta")) {
+            Some(v) => Some(v.as_f64().ok_or_else(|| {
+                c.err(
+                    "rope_parameters.rope_theta",
+                    format!("expected a number, got {v}"),
+                )
+            })? as f32),
+            None => c.opt_f32("rope_theta")?,
+        };
+        if c.opt_bool("mlp_bias")? == Some(true) {
+            return Err(c.err("mlp_bias", "MLP biases are not supported"));
+        }
+        let act = c.opt_str("hidden_act")?.unwrap_or("silu");
+        if act != "silu" {
+            return Err(c.err("hidden_act", format!("'{act}' is not supported (silu)")));
+        }
+        let is_qwen = id == ArchId::Qwen2;
+        Ok(LlamaConfig {
+            arch: id,
+            vocab_size: c.usize("vocab_size")?,
+            hidden_size: hidden,
+            layers,
+            head_dim,
+            rope_theta: rope_theta.unwrap_or(10000.0),
+            rms_norm_eps: c.opt_f32("rms_norm_eps")?.unwrap_or(1e-6),
+            max_position_embeddings: c.opt_usize("max_position_embeddings")?.unwrap_or(2048),
+            tie_word_embeddings: c.opt_bool("tie_word_embeddings")?.unwrap_or(!is_qwen),
+            attention_qkv_bias: c.opt_bool("attention_bias")?.unwrap_or(is_qwen),
+            bos_token_id: c.opt_token("bos_token_id")?,
+            eos_token_id: c.opt_token("eos_token_id")?,
+        })
+    }
+
+    /// The `config.json` transformers loads this config from (`torch_dtype` as it names the
+    /// weights' type), or why it cannot be written for transformers.
+    pub fn to_hf(&self, torch_dtype: &str) -> Result<Map<String, Value>, String> {
+        let class = match (self.arch, self.attention_qkv_bias) {
+            (ArchId::Llama, false) => "LlamaForCausalLM",
+            (ArchId::Mistral, false) => "MistralForCausalLM",
+            (ArchId::Qwen2, true) => "Qwen2ForCausalLM",
+            (ArchId::Qwen2, false) => {
+                return Err(
+                    "a qwen2 graph without q/k/v biases cannot be written as Qwen2ForCausalLM"
+                        .into(),
+                )
+            }
+            (a, true) => {
+                return Err(format!(
+                    "a {a} graph with q/k/v biases (and none on o_proj) cannot be written for \
+                     transformers"
+                ))
+            }
+            (a, false) => return Err(format!("{a} is not of the LLaMA family")),
+        };
+        let mut m = Map::new();
+        m.insert("architectures".into(), json!([class]));
+        m.insert("model_type".into(), json!(self.arch.name()));
+        m.insert("vocab_size".into(), json!(self.vocab_size));
+        m.insert("hidden_size".into(), json!(self.hidden_size));
+        // Uniform layers write integers, as transformers expects; otherwise one entry per layer.
+        let per_layer = |f: fn(&LlamaLayer) -> usize| match self.layers.first() {
+            Some(l0) if self.is_uniform() => json!(f(l0)),
+            _ => json!(self.layers.iter().map(f).collect::<Vec<_>>()),
+        };
+        m.insert(
+            "intermediate_size".into(),
+            per_layer(|l| l.intermediate_size),
+        );
+        m.insert("num_hidden_layers".into(), json!(self.num_layers()));
+        m.insert("num_attention_heads".into(), per_layer(|l| l.num_heads));
+        m.insert("num_key_value_heads".into(), per_layer(|l| l.num_kv_heads));
+        m.insert("head_dim".into(), json!(self.head_dim));
+        m.insert("hidden_act".into(), json!("silu"));
+        m.insert(
+            "max_position_embeddings".into(),
+            json!(self.max_position_embeddings),
+        );
+        m.insert("rms_norm_eps".into(), f32_json(self.rms_norm_eps));
+        m.insert("rope_theta".into(), f32_json(self.rope_theta));
+        m.insert("rope_scaling".into(), Value::Null);
+        match self.arch {
+            ArchId::Llama => {
+                m.insert("attention_bias".into(), json!(false));
+                m.insert("mlp_bias".into(), json!(false));
+            }
+            ArchId::Mistral => {
+                m.insert("sliding_window".into(), Value::Null);
+            }
+            _ => {
+                m.insert("use_sliding_window".into(), json!(false));
+                m.insert("sliding_window".into(), Value::Null);
+                m.insert("max_window_layers".into(), json!(self.num_layers()));
+            }
+        }
+        m.insert(
+            "tie_word_embeddings".into(),
+            json!(self.tie_word_embeddings),
+        );
+        m.insert("bos_token_id".into(), token_json(self.bos_token_id));
+        m.insert("eos_token_id".into(), token_json(self.eos_token_id));
+        m.insert("torch_dtype".into(), json!(torch_dtype));
+        m.insert("use_cache".into(), json!(true));
+        Ok(m)
+    }
 }

@@ -4,7 +4,7 @@ use shrink_ir::{Activation, DType, Op, ParamType};
 
 fn llama(arch: &str, tied: bool, bias: bool) -> LlamaConfig {
     LlamaConfig {
-        arch: arch.into(),
+        arch: ArchId::from_name(arch).expect("a known architecture"),
         vocab_size: 50,
         hidden_size: 32,
         layers: vec![
@@ -287,4 +287,67 @@ fn permute_matches_convert_hf_to_gguf() {
     let (heads, hd) = (2, 4);
     let w: Vec<usize> = (0..heads * hd).collect();
     assert_eq!(permute_rows(&w, heads, hd, 1), vec![0, 2, 1, 3, 4, 6, 5, 7]);
+}
+
+#[test]
+fn every_architecture_round_trips_through_its_config_json() {
+    let mut pruned = llama("llama", true, false);
+    pruned.layers[1].intermediate_size = 16;
+    pruned.layers[2].num_kv_heads = 1;
+    let configs = [
+        ArchConfig::Llama(llama("llama", true, false)),
+        ArchConfig::Llama(llama("mistral", false, false)),
+        ArchConfig::Llama(llama("qwen2", false, true)),
+        ArchConfig::Llama(pruned),
+        // GPT-2's untied head is the checkpoint's to say (an `lm_head.weight` of its own), so
+        // a config.json alone reads back tied.
+        ArchConfig::Gpt2(gpt2("", false, Activation::GeluTanh)),
+        ArchConfig::Gpt2(gpt2("", false, Activation::Relu)),
+    ];
+    let mut seen = std::collections::BTreeSet::new();
+    for c in configs {
+        let json = c.to_hf("bfloat16").unwrap();
+        assert_eq!(json["model_type"], c.id().name());
+        assert_eq!(ArchConfig::from_hf(&json).unwrap(), c, "{}", c.id());
+        assert_eq!(ArchConfig::from_graph(&c.build()).unwrap().id(), c.id());
+        seen.insert(c.id());
+    }
+    assert_eq!(
+        seen.len(),
+        ArchId::ALL.len(),
+        "every architecture is covered"
+    );
+}
+
+#[test]
+fn config_json_errors_name_the_field_or_list_the_architectures() {
+    let mut json = ArchConfig::Llama(llama("llama", true, false))
+        .to_hf("float32")
+        .unwrap();
+    json.insert("model_type".into(), "mamba".into());
+    let e = ArchConfig::from_hf(&json).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "unsupported architecture 'mamba' (supported: llama, mistral, qwen2, gpt2)"
+    );
+    json.insert("model_type".into(), "qwen2".into());
+    json.insert("hidden_act".into(), "gelu".into());
+    let e = ArchConfig::from_hf(&json).unwrap_err().to_string();
+    assert_eq!(e, "field 'hidden_act': 'gelu' is not supported (silu)");
+    json.insert("hidden_act".into(), "silu".into());
+    json.insert("rope_theta".into(), (-1.0).into());
+    let e = ArchConfig::from_hf(&json).unwrap_err().to_string();
+    assert_eq!(e, "field 'rope_theta': rope_theta (-1) must be positive");
+}
+
+#[test]
+fn arch_ids_are_named_once() {
+    for a in ArchId::ALL {
+        assert_eq!(ArchId::from_name(a.name()), Some(a));
+        assert_eq!(a.to_string(), a.name());
+    }
+    assert_eq!(ArchId::from_name("Llama"), None);
+    let mut g = llama("llama", true, false).build();
+    g.meta.insert("architecture".into(), "gpt3".into());
+    assert!(ArchId::of_graph(&g).unwrap_err().contains("'gpt3'"));
 }

@@ -29,16 +29,13 @@ use std::path::{Path, PathBuf};
 
 use safetensors::tensor::Dtype;
 use serde_json::{json, Map, Value};
-use shrink_arch::{gpt2_is_conv1d, Gpt2Config, LlamaConfig, LlamaLayer};
+use shrink_arch::{ArchConfig, ArchId};
 use shrink_formats::safetensors::{transpose_bytes, QUANT_METADATA_KEY, QUANT_METHOD};
 use shrink_formats::Tokenizer;
-use shrink_ir::{Activation, DType, Model, TensorData, Verified};
+use shrink_ir::{DType, Model, TensorData, Verified};
 
 use crate::atomic::Staged;
 use crate::error::{ExportError, Result};
-
-/// Graph architectures this back end writes.
-pub const SUPPORTED: &str = "llama, mistral, qwen2, gpt2";
 
 /// One parameter as safetensors sees it.
 pub(crate) struct Tensor<'m> {
@@ -130,121 +127,6 @@ fn main_dtype(model: &Model) -> DType {
         .unwrap_or(DType::F32)
 }
 
-/// An f32 as the JSON number with the same shortest decimal form (1e-5 stays 1e-05, not
-/// 9.999999747378752e-06), which reads back to the same f32.
-fn f32_json(x: f32) -> Value {
-    x.to_string()
-        .parse::<f64>()
-        .ok()
-        .and_then(serde_json::Number::from_f64)
-        .map_or(Value::Null, Value::Number)
-}
-
-fn token_json(t: Option<u32>) -> Value {
-    t.map_or(Value::Null, |t| json!(t))
-}
-
-fn llama_config(c: &LlamaConfig, dtype: DType, dir: &Path) -> Result<Value> {
-    let unsupported = |message: String| ExportError::Unsupported {
-        path: dir.to_path_buf(),
-        message,
-    };
-    let class = match (c.arch.as_str(), c.attention_qkv_bias) {
-        ("llama", false) => "LlamaForCausalLM",
-        ("mistral", false) => "MistralForCausalLM",
-        ("qwen2", true) => "Qwen2ForCausalLM",
-        ("qwen2", false) => {
-            return Err(unsupported(
-                "a qwen2 graph without q/k/v biases cannot be written as Qwen2ForCausalLM".into(),
-            ))
-        }
-        (a @ ("llama" | "mistral"), true) => {
-            return Err(unsupported(format!(
-            "a {a} graph with q/k/v biases (and none on o_proj) cannot be written for transformers"
-        )))
-        }
-        (other, _) => return Err(unsupported(format!("unknown architecture '{other}'"))),
-    };
-    let mut m = Map::new();
-    m.insert("architectures".into(), json!([class]));
-    m.insert("model_type".into(), json!(c.arch));
-    m.insert("vocab_size".into(), json!(c.vocab_size));
-    m.insert("hidden_size".into(), json!(c.hidden_size));
-    // Uniform layers write integers, as transformers expects; otherwise one entry per layer.
-    let per_layer = |f: fn(&LlamaLayer) -> usize| match c.layers.first() {
-        Some(l0) if c.is_uniform() => json!(f(l0)),
-        _ => json!(c.layers.iter().map(f).collect::<Vec<_>>()),
-    };
-    m.insert(
-        "intermediate_size".into(),
-        per_layer(|l| l.intermediate_size),
-    );
-    m.insert("num_hidden_layers".into(), json!(c.num_layers()));
-    m.insert("num_attention_heads".into(), per_layer(|l| l.num_heads));
-    m.insert("num_key_value_heads".into(), per_layer(|l| l.num_kv_heads));
-    m.insert("head_dim".into(), json!(c.head_dim));
-    m.insert("hidden_act".into(), json!("silu"));
-    m.insert(
-        "max_position_embeddings".into(),
-        json!(c.max_position_embeddings),
-    );
-    m.insert("rms_norm_eps".into(), f32_json(c.rms_norm_eps));
-    m.insert("rope_theta".into(), f32_json(c.rope_theta));
-    m.insert("rope_scaling".into(), Value::Null);
-    match c.arch.as_str() {
-        "llama" => {
-            m.insert("attention_bias".into(), json!(false));
-            m.insert("mlp_bias".into(), json!(false));
-        }
-        "mistral" => {
-            m.insert("sliding_window".into(), Value::Null);
-        }
-        _ => {
-            m.insert("use_sliding_window".into(), json!(false));
-            m.insert("sliding_window".into(), Value::Null);
-            m.insert("max_window_layers".into(), json!(c.num_layers()));
-        }
-    }
-    m.insert("tie_word_embeddings".into(), json!(c.tie_word_embeddings));
-    m.insert("bos_token_id".into(), token_json(c.bos_token_id));
-    m.insert("eos_token_id".into(), token_json(c.eos_token_id));
-    m.insert("torch_dtype".into(), json!(torch_dtype(dtype)));
-    m.insert("use_cache".into(), json!(true));
-    Ok(Value::Object(m))
-}
-
-fn gpt2_config(c: &Gpt2Config, dtype: DType, dir: &Path) -> Result<Value> {
-    let act = match c.activation {
-        Activation::GeluTanh => "gelu_new",
-        Activation::Gelu => "gelu",
-        Activation::Relu => "relu",
-        other => {
-            return Err(ExportError::Unsupported {
-                path: dir.to_path_buf(),
-                message: format!("GPT-2 with activation {} is not supported", other.name()),
-            })
-        }
-    };
-    let mut m = Map::new();
-    m.insert("architectures".into(), json!(["GPT2LMHeadModel"]));
-    m.insert("model_type".into(), json!("gpt2"));
-    m.insert("vocab_size".into(), json!(c.vocab_size));
-    m.insert("n_embd".into(), json!(c.n_embd));
-    m.insert("n_layer".into(), json!(c.n_layer));
-    m.insert("n_head".into(), json!(c.n_head));
-    m.insert("n_positions".into(), json!(c.n_positions));
-    m.insert("n_ctx".into(), json!(c.n_positions));
-    m.insert("n_inner".into(), json!(c.n_inner));
-    m.insert("activation_function".into(), json!(act));
-    m.insert("layer_norm_epsilon".into(), f32_json(c.layer_norm_epsilon));
-    m.insert("tie_word_embeddings".into(), json!(!c.untied_head));
-    m.insert("bos_token_id".into(), token_json(c.bos_token_id));
-    m.insert("eos_token_id".into(), token_json(c.eos_token_id));
-    m.insert("torch_dtype".into(), json!(torch_dtype(dtype)));
-    m.insert("use_cache".into(), json!(true));
-    Ok(Value::Object(m))
-}
-
 /// `tokenizer.json` and `tokenizer_config.json` contents.
 fn tokenizer_files(
     tok: &Tokenizer,
@@ -313,44 +195,19 @@ pub fn write(
 ) -> Result<Vec<PathBuf>> {
     let g = &model.graph;
     crate::peft::refuse_adapters(model, dir)?;
-    let arch = g
-        .meta
-        .get("architecture")
-        .cloned()
-        .ok_or_else(|| ExportError::Unsupported {
-            path: dir.to_path_buf(),
-            message: "the graph has no meta 'architecture'".into(),
-        })?;
-    let graph_err = |message: String| ExportError::Graph {
+    let unsupported = |message: String| ExportError::Unsupported {
         path: dir.to_path_buf(),
-        arch: arch.clone(),
         message,
     };
+    let arch = ArchId::of_graph(g).map_err(unsupported)?;
+    let cfg = ArchConfig::from_graph(g).map_err(|message| ExportError::Graph {
+        path: dir.to_path_buf(),
+        arch: arch.to_string(),
+        message,
+    })?;
     let dtype = main_dtype(model);
-    let (mut config, gpt2, bos, eos, context) = match arch.as_str() {
-        "llama" | "mistral" | "qwen2" => {
-            let c = LlamaConfig::from_graph(g).map_err(graph_err)?;
-            let j = llama_config(&c, dtype, dir)?;
-            (
-                j,
-                false,
-                c.bos_token_id,
-                c.eos_token_id,
-                c.max_position_embeddings,
-            )
-        }
-        "gpt2" => {
-            let c = Gpt2Config::from_graph(g).map_err(graph_err)?;
-            let j = gpt2_config(&c, dtype, dir)?;
-            (j, true, c.bos_token_id, c.eos_token_id, c.n_positions)
-        }
-        other => {
-            return Err(ExportError::Unsupported {
-                path: dir.to_path_buf(),
-                message: format!("architecture '{other}' cannot be exported ({SUPPORTED})"),
-            })
-        }
-    };
+    let mut config = Value::Object(cfg.to_hf(torch_dtype(dtype)).map_err(unsupported)?);
+    let (bos, eos, context) = (cfg.bos_token_id(), cfg.eos_token_id(), cfg.context_length());
 
     let st_path = dir.join("model.safetensors");
     let mut tensors = Vec::new();
@@ -390,7 +247,7 @@ pub fn write(
             DType::BF16 => Dtype::BF16,
             DType::I64 => return Err(terr("dtype i64 cannot be a weight".into())),
         };
-        let transpose = gpt2 && gpt2_is_conv1d(name) && ty.shape.len() == 2;
+        let transpose = cfg.stored_transposed(name) && ty.shape.len() == 2;
         let shape = if transpose {
             ty.shape.iter().rev().copied().collect()
         } else {

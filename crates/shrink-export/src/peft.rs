@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use safetensors::tensor::Dtype;
 use serde_json::{json, Map, Value};
+use shrink_arch::ArchId;
 use shrink_ir::{lora, DType, Model};
 
 use crate::atomic::Staged;
@@ -112,7 +113,8 @@ pub fn write_adapter(model: &Model, base_model: &str, dir: &Path) -> Result<Vec<
         "alpha_pattern": alpha_pattern,
         "base_model_name_or_path": base_model,
         "bias": "none",
-        "fan_in_fan_out": model.graph.meta.get("architecture").is_some_and(|a| a == "gpt2"),
+        // PEFT's flag for base weights stored `[in, out]` (GPT-2's Conv1D).
+        "fan_in_fan_out": ArchId::of_graph(&model.graph) == Ok(ArchId::Gpt2),
         "inference_mode": true,
         "init_lora_weights": true,
         "layers_pattern": null,

@@ -27,7 +27,7 @@ pub enum ImportError {
     UnsupportedArch {
         path: PathBuf,
         arch: String,
-        supported: &'static str,
+        supported: String,
     },
     #[error("{}: invalid safetensors file: {}", .path.display(), line(.message))]
     Safetensors { path: PathBuf, message: String },

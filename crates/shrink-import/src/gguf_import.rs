@@ -67,7 +67,7 @@ fn config(file: &GgufFile) -> Result<LlamaConfig> {
         return Err(ImportError::UnsupportedArch {
             path: file.path.clone(),
             arch: arch.to_string(),
-            supported: SUPPORTED,
+            supported: SUPPORTED.to_string(),
         });
     }
     let key = |k: &str| format!("{arch}.{k}");
@@ -126,7 +126,7 @@ fn config(file: &GgufFile) -> Result<LlamaConfig> {
         .collect();
     let c = LlamaConfig {
         // A `deci` file is a LLaMA graph with per-layer sizes.
-        arch: "llama".into(),
+        arch: shrink_arch::ArchId::Llama,
         vocab_size: vocab,
         hidden_size: hidden,
         layers,

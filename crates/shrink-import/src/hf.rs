@@ -16,130 +16,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde_json::Value;
-use shrink_ir::{Activation, DType, Graph, Model, ParamType, QuantScheme, TensorData, WeightStore};
+use shrink_ir::{DType, Graph, Model, ParamType, QuantScheme, TensorData, WeightStore};
 
 use crate::error::{ImportError, Result};
-use shrink_arch::{gpt2_is_conv1d, Gpt2Config, LlamaConfig, LlamaLayer};
+use shrink_arch::{gpt2_is_conv1d, ArchConfig, ConfigError};
 use shrink_formats::safetensors::{dtype_of, transpose_bytes, QUANT_METADATA_KEY, QUANT_METHOD};
-
-/// Architectures this front end reads, by `config.json`'s `model_type`.
-pub const SUPPORTED: &str = "llama, mistral, qwen2, gpt2";
-
-/// A `config.json` with typed, path-naming accessors.
-struct Config {
-    path: PathBuf,
-    json: serde_json::Map<String, Value>,
-}
-
-impl Config {
-    fn err(&self, field: &str, message: impl Into<String>) -> ImportError {
-        ImportError::Config {
-            path: self.path.clone(),
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-
-    fn opt_usize(&self, field: &str) -> Result<Option<usize>> {
-        match self.json.get(field) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => v.as_u64().map(|n| Some(n as usize)).ok_or_else(|| {
-                self.err(field, format!("expected a non-negative integer, got {v}"))
-            }),
-        }
-    }
-
-    fn usize(&self, field: &str) -> Result<usize> {
-        self.opt_usize(field)?
-            .ok_or_else(|| self.err(field, "missing"))
-    }
-
-    /// A required size within `1..=max` ([`shrink_arch::limits`]).
-    fn bounded(&self, field: &str, max: usize) -> Result<usize> {
-        shrink_arch::limits::dim(field, self.usize(field)?, max).map_err(|m| self.err(field, m))
-    }
-
-    fn opt_f32(&self, field: &str) -> Result<Option<f32>> {
-        match self.json.get(field) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => v
-                .as_f64()
-                .map(|n| Some(n as f32))
-                .ok_or_else(|| self.err(field, format!("expected a number, got {v}"))),
-        }
-    }
-
-    fn opt_bool(&self, field: &str) -> Result<Option<bool>> {
-        match self.json.get(field) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => v
-                .as_bool()
-                .map(Some)
-                .ok_or_else(|| self.err(field, format!("expected true or false, got {v}"))),
-        }
-    }
-
-    fn opt_str(&self, field: &str) -> Result<Option<&str>> {
-        match self.json.get(field) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => v
-                .as_str()
-                .map(Some)
-                .ok_or_else(|| self.err(field, format!("expected a string, got {v}"))),
-        }
-    }
-
-    /// A per-layer size: one integer for every layer, or a list of `layers` integers (configs
-    /// of structurally pruned models). `None` when absent.
-    fn opt_per_layer(&self, field: &str, layers: usize) -> Result<Option<Vec<usize>>> {
-        match self.json.get(field) {
-            Some(Value::Array(items)) => {
-                if items.len() != layers {
-                    return Err(self.err(
-                        field,
-                        format!(
-                            "a list of {} sizes, but num_hidden_layers is {layers} (one size per \
-                             layer)",
-                            items.len()
-                        ),
-                    ));
-                }
-                items
-                    .iter()
-                    .enumerate()
-                    .map(|(i, v)| {
-                        v.as_u64().map(|n| n as usize).ok_or_else(|| {
-                            self.err(
-                                field,
-                                format!("element {i}: expected a non-negative integer, got {v}"),
-                            )
-                        })
-                    })
-                    .collect::<Result<Vec<_>>>()
-                    .map(Some)
-            }
-            _ => Ok(self.opt_usize(field)?.map(|n| vec![n; layers])),
-        }
-    }
-
-    fn token(&self, field: &str, v: &Value) -> Result<u32> {
-        v.as_u64()
-            .and_then(|n| u32::try_from(n).ok())
-            .ok_or_else(|| self.err(field, format!("expected a token id, got {v}")))
-    }
-
-    /// A token id that may be given as a list (several EOS ids): the first is taken.
-    fn opt_token(&self, field: &str) -> Result<Option<u32>> {
-        match self.json.get(field) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::Array(a)) => match a.first() {
-                None => Ok(None),
-                Some(v) => self.token(field, v).map(Some),
-            },
-            Some(v) => self.token(field, v).map(Some),
-        }
-    }
-}
 
 fn read_json(path: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(path).map_err(|source| ImportError::Io {
@@ -152,193 +33,57 @@ fn read_json(path: &Path) -> Result<Value> {
     })
 }
 
-/// The architecture a `config.json` describes, normalised.
-pub enum HfArch {
-    Llama(LlamaConfig),
-    Gpt2(Gpt2Config),
-}
-
-fn read_config(dir: &Path) -> Result<HfArch> {
+fn read_config(dir: &Path) -> Result<ArchConfig> {
     read_config_file(&dir.join("config.json"))
 }
 
-fn read_config_file(path: &Path) -> Result<HfArch> {
+fn read_config_file(path: &Path) -> Result<ArchConfig> {
     parse_config(path, read_json(path)?)
 }
 
 /// The architecture of a parsed `config.json` (`path` names it in errors).
-fn parse_config(path: &Path, json: Value) -> Result<HfArch> {
-    let path = path.to_path_buf();
-    let json = match json {
-        Value::Object(m) => m,
-        _ => {
-            return Err(ImportError::Json {
-                path,
-                message: "expected a JSON object".into(),
-            })
-        }
+fn parse_config(path: &Path, json: Value) -> Result<ArchConfig> {
+    let err = |field: &str, message: String| ImportError::Config {
+        path: path.to_path_buf(),
+        field: field.into(),
+        message,
     };
-    let c = Config { path, json };
-    match c.json.get("quantization_config") {
+    let Value::Object(json) = json else {
+        return Err(ImportError::Json {
+            path: path.to_path_buf(),
+            message: "expected a JSON object".into(),
+        });
+    };
+    // Quantization is the file format's (shrink's own), not the architecture's.
+    match json.get("quantization_config") {
         None | Some(Value::Null) => {}
         Some(q) => match q.get("quant_method").and_then(Value::as_str) {
             Some(QUANT_METHOD) => {}
             Some(m) => {
-                return Err(c.err(
+                return Err(err(
                     "quantization_config.quant_method",
                     format!("'{m}' is not supported (only shrink's own format, '{QUANT_METHOD}')"),
                 ))
             }
             None => {
-                return Err(c.err(
+                return Err(err(
                     "quantization_config.quant_method",
-                    "missing or not a string",
+                    "missing or not a string".into(),
                 ))
             }
         },
     }
-    let model_type = c
-        .opt_str("model_type")?
-        .ok_or_else(|| c.err("model_type", "missing"))?
-        .to_string();
-    let arch = match model_type.as_str() {
-        "llama" | "mistral" | "qwen2" => {
-            let hidden = c.usize("hidden_size")?;
-            // Bounded before the per-layer lists are made from it.
-            let n_layers = c.bounded("num_hidden_layers", shrink_arch::limits::MAX_LAYERS)?;
-            let inter = c
-                .opt_per_layer("intermediate_size", n_layers)?
-                .ok_or_else(|| c.err("intermediate_size", "missing"))?;
-            let heads = c
-                .opt_per_layer("num_attention_heads", n_layers)?
-                .ok_or_else(|| c.err("num_attention_heads", "missing"))?;
-            let kv_heads = c
-                .opt_per_layer("num_key_value_heads", n_layers)?
-                .unwrap_or_else(|| heads.clone());
-            let head_dim = match (c.opt_usize("head_dim")?, heads.first()) {
-                (Some(h), _) => h,
-                // transformers' default; per-layer heads give no single quotient.
-                (None, _) if heads.windows(2).any(|w| w[0] != w[1]) => {
-                    return Err(c.err(
-                        "head_dim",
-                        "missing; required when num_attention_heads differs between layers",
-                    ));
-                }
-                (None, Some(&h)) if h > 0 => hidden / h,
-                (None, _) => 0,
-            };
-            let layers = (0..n_layers)
-                .map(|i| LlamaLayer {
-                    intermediate_size: inter[i],
-                    num_heads: heads[i],
-                    num_kv_heads: kv_heads[i],
-                })
-                .collect();
-            if c.opt_f32("partial_rotary_factor")?
-                .is_some_and(|f| f != 1.0)
-            {
-                return Err(c.err("partial_rotary_factor", "only 1.0 is supported"));
-            }
-            if let Some(Value::Object(_)) = c.json.get("rope_scaling") {
-                return Err(c.err("rope_scaling", "RoPE scaling is not supported"));
-            }
-            // transformers 5 writes `rope_parameters: {rope_theta, rope_type}`; older
-            // configs a top-level `rope_theta`.
-            let rope_params = match c.json.get("rope_parameters") {
-                Some(Value::Object(m)) => Some(m),
-                _ => None,
-            };
-            if let Some(t) = rope_params
-                .and_then(|m| m.get("rope_type"))
-                .and_then(Value::as_str)
-                .filter(|t| *t != "default")
-            {
-                return Err(c.err(
-                    "rope_parameters.rope_type",
-                    format!("'{t}' is not supported (default)"),
-                ));
-            }
-            let rope_theta = match rope_params.and_then(|m| m.get("rope_theta")) {
-                Some(v) => Some(v.as_f64().ok_or_else(|| {
-                    c.err(
-                        "rope_parameters.rope_theta",
-                        format!("expected a number, got {v}"),
-                    )
-                })? as f32),
-                None => c.opt_f32("rope_theta")?,
-            };
-            if c.opt_bool("mlp_bias")? == Some(true) {
-                return Err(c.err("mlp_bias", "MLP biases are not supported"));
-            }
-            let act = c.opt_str("hidden_act")?.unwrap_or("silu");
-            if act != "silu" {
-                return Err(c.err("hidden_act", format!("'{act}' is not supported (silu)")));
-            }
-            let is_qwen = model_type == "qwen2";
-            HfArch::Llama(LlamaConfig {
-                arch: model_type.clone(),
-                vocab_size: c.usize("vocab_size")?,
-                hidden_size: hidden,
-                layers,
-                head_dim,
-                rope_theta: rope_theta.unwrap_or(10000.0),
-                rms_norm_eps: c.opt_f32("rms_norm_eps")?.unwrap_or(1e-6),
-                max_position_embeddings: c.opt_usize("max_position_embeddings")?.unwrap_or(2048),
-                tie_word_embeddings: c.opt_bool("tie_word_embeddings")?.unwrap_or(!is_qwen),
-                attention_qkv_bias: c.opt_bool("attention_bias")?.unwrap_or(is_qwen),
-                bos_token_id: c.opt_token("bos_token_id")?,
-                eos_token_id: c.opt_token("eos_token_id")?,
-            })
-        }
-        "gpt2" => {
-            let n_embd = c.usize("n_embd")?;
-            let act = c.opt_str("activation_function")?.unwrap_or("gelu_new");
-            let activation = match act {
-                "gelu_new" | "gelu_pytorch_tanh" => Activation::GeluTanh,
-                "gelu" => Activation::Gelu,
-                "relu" => Activation::Relu,
-                other => {
-                    return Err(c.err("activation_function", format!("'{other}' is not supported")))
-                }
-            };
-            HfArch::Gpt2(Gpt2Config {
-                vocab_size: c.usize("vocab_size")?,
-                n_embd,
-                n_layer: c.bounded("n_layer", shrink_arch::limits::MAX_LAYERS)?,
-                n_head: c.usize("n_head")?,
-                n_positions: c.usize("n_positions")?,
-                n_inner: c.opt_usize("n_inner")?.unwrap_or(n_embd.saturating_mul(4)),
-                layer_norm_epsilon: c.opt_f32("layer_norm_epsilon")?.unwrap_or(1e-5),
-                activation,
-                prefix: String::new(),
-                untied_head: false,
-                bos_token_id: c.opt_token("bos_token_id")?,
-                eos_token_id: c.opt_token("eos_token_id")?,
-            })
-        }
-        other => {
-            return Err(ImportError::UnsupportedArch {
-                path: c.path.clone(),
-                arch: other.to_string(),
-                supported: SUPPORTED,
-            })
-        }
-    };
-    let check = match &arch {
-        HfArch::Llama(l) => l.validate(),
-        HfArch::Gpt2(g) => g.validate(),
-    };
-    // The message starts with the field it is about, when it is one of the file's.
-    check.map_err(|m| {
-        let field = m
-            .split_whitespace()
-            .next()
-            .filter(|w| c.json.contains_key(*w))
-            .unwrap_or("config")
-            .to_string();
-        c.err(&field, m)
-    })?;
-    Ok(arch)
+    ArchConfig::from_hf(&json).map_err(|e| match e {
+        ConfigError::Field { field, message } => err(&field, message),
+        ConfigError::UnknownModelType {
+            model_type,
+            supported,
+        } => ImportError::UnsupportedArch {
+            path: path.to_path_buf(),
+            arch: model_type,
+            supported,
+        },
+    })
 }
 
 /// name → (dtype, shape, absolute start, length) of a shard's tensors.
@@ -610,10 +355,7 @@ pub fn load_model(dir: &Path, opts: &crate::LoadOptions) -> Result<Model> {
     let arch = read_config(dir)?;
     let shards = open_shards(dir)?;
     // Every layer has several tensors in the checkpoint: a larger count is not believed.
-    let (layers, field) = match &arch {
-        HfArch::Llama(c) => (c.num_layers(), "num_hidden_layers"),
-        HfArch::Gpt2(c) => (c.n_layer, "n_layer"),
-    };
+    let (layers, field) = arch.layers();
     let held: usize = shards.iter().map(|s| s.tensors.len()).sum();
     if layers > held {
         return Err(ImportError::Config {
@@ -624,14 +366,14 @@ pub fn load_model(dir: &Path, opts: &crate::LoadOptions) -> Result<Model> {
     }
     let has = |n: &str| shards.iter().any(|s| s.tensors.contains_key(n));
     let (mut graph, gpt2) = match arch {
-        HfArch::Llama(mut c) => {
+        ArchConfig::Llama(mut c) => {
             // Some checkpoints omit tie_word_embeddings but ship no lm_head.
             if !c.tie_word_embeddings && !has("lm_head.weight") {
                 c.tie_word_embeddings = true;
             }
             (c.build(), false)
         }
-        HfArch::Gpt2(mut c) => {
+        ArchConfig::Gpt2(mut c) => {
             if has("transformer.wte.weight") {
                 c.prefix = "transformer.".into();
             }
@@ -656,11 +398,7 @@ pub fn load_config_random(path: &Path, seed: u64) -> Result<Model> {
         .unwrap_or(0.02) as f32;
     let arch = parse_config(path, json)?;
     // Nothing in a file bounds a random model: its f32 weights must fit in memory.
-    let params = match &arch {
-        HfArch::Llama(c) => c.param_count(),
-        HfArch::Gpt2(c) => c.param_count(),
-    }
-    .map_err(|m| ImportError::Config {
+    let params = arch.param_count().map_err(|m| ImportError::Config {
         path: path.to_path_buf(),
         field: "config".into(),
         message: m,
@@ -681,8 +419,8 @@ pub fn load_config_random(path: &Path, seed: u64) -> Result<Model> {
         }
     }
     let graph = match arch {
-        HfArch::Llama(c) => c.build(),
-        HfArch::Gpt2(mut c) => {
+        ArchConfig::Llama(c) => c.build(),
+        ArchConfig::Gpt2(mut c) => {
             c.prefix = "transformer.".into();
             c.build()
         }

@@ -21,7 +21,7 @@ use std::fs::OpenOptions;
 use std::io::BufWriter;
 use std::path::Path;
 
-use shrink_arch::{gguf_name, permute_rows, rope_permuted_heads, LlamaConfig, LlamaLayer};
+use shrink_arch::{gguf_name, permute_rows, rope_permuted_heads, ArchId, LlamaConfig, LlamaLayer};
 use shrink_formats::gguf::{GgmlType, GgufTensor, GgufWriter, MetaValue};
 use shrink_formats::tokenizer::gguf_metadata as tokenizer_metadata;
 use shrink_formats::Tokenizer;
@@ -29,9 +29,6 @@ use shrink_ir::{DType, Model, ParamType, QuantScheme, Verified};
 
 use crate::atomic::Staged;
 use crate::error::{ExportError, Result};
-
-/// Graph architectures this back end writes (as GGUF's `llama`, or `deci` for per-layer sizes).
-pub const SUPPORTED: &str = "llama, mistral";
 
 /// `general.file_type` values (llama.cpp's `llama_ftype`) of the types a tensor can be written
 /// in: `LLAMA_FTYPE_MOSTLY_F16` = 1, `MOSTLY_BF16` = 32, `MOSTLY_Q8_0` = 7, `MOSTLY_Q4_0` = 2,
@@ -88,18 +85,16 @@ pub fn prepare<'m>(model: &'m Model, tokenizer: &Tokenizer, path: &Path) -> Resu
         message,
     };
     crate::peft::refuse_adapters(model, path)?;
-    let arch = g
-        .meta
-        .get("architecture")
-        .ok_or_else(|| unsupported("the graph has no meta 'architecture'".into()))?;
-    if !matches!(arch.as_str(), "llama" | "mistral") {
+    let arch = ArchId::of_graph(g).map_err(unsupported)?;
+    if !matches!(arch, ArchId::Llama | ArchId::Mistral) {
         return Err(unsupported(format!(
-            "GGUF export writes the llama architecture only (graphs of {SUPPORTED}); this model is '{arch}'"
+            "GGUF export writes the llama architecture only (graphs of {}); this model is '{arch}'",
+            ArchId::list(|a| matches!(a, ArchId::Llama | ArchId::Mistral))
         )));
     }
     let cfg = LlamaConfig::from_graph(g).map_err(|message| ExportError::Graph {
         path: path.to_path_buf(),
-        arch: arch.clone(),
+        arch: arch.to_string(),
         message,
     })?;
     if cfg.attention_qkv_bias {
