@@ -14,6 +14,7 @@ pub mod llama;
 use std::fmt;
 
 use serde_json::{Map, Value};
+use shrink_formats::gguf::{GgufError, GgufFile};
 use shrink_ir::Graph;
 
 pub use gpt2::{gpt2_is_conv1d, Gpt2Config};
@@ -96,7 +97,7 @@ impl fmt::Display for ArchId {
 }
 
 /// A `config.json` shrink does not read, naming the field.
-#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("field '{field}': {message}")]
     Field { field: String, message: String },
@@ -105,6 +106,15 @@ pub enum ConfigError {
         model_type: String,
         supported: String,
     },
+    /// A GGUF key missing or of the wrong type (the error names the file and the key).
+    #[error(transparent)]
+    Gguf(Box<GgufError>),
+}
+
+impl From<GgufError> for ConfigError {
+    fn from(e: GgufError) -> Self {
+        ConfigError::Gguf(Box::new(e))
+    }
 }
 
 /// The normalised config of a model of any architecture.
@@ -141,6 +151,18 @@ impl ArchConfig {
             c.err(&field, m)
         })?;
         Ok(config)
+    }
+
+    /// The config a GGUF file's metadata describes, validated, by `general.architecture`.
+    pub fn from_gguf(file: &GgufFile) -> Result<ArchConfig, ConfigError> {
+        let arch = file.get_str("general.architecture")?;
+        if llama::GGUF_ARCHS.contains(&arch) {
+            return Ok(ArchConfig::Llama(LlamaConfig::from_gguf(file)?));
+        }
+        Err(ConfigError::UnknownModelType {
+            model_type: arch.to_string(),
+            supported: llama::GGUF_ARCHS.join(", "),
+        })
     }
 
     /// The config of a graph (the inverse of [`ArchConfig::build`]), by its `architecture`.
@@ -185,6 +207,38 @@ impl ArchConfig {
         match self {
             ArchConfig::Llama(c) => (c.num_layers(), "num_hidden_layers"),
             ArchConfig::Gpt2(c) => (c.n_layer, "n_layer"),
+        }
+    }
+
+    /// What only a checkpoint's tensors say, given which tensors it `has` and whether the
+    /// head shares the embedding's data (`head_shares_embedding(prefix)`): a missing `lm_head`
+    /// ties the head (some configs omit `tie_word_embeddings`); GPT-2's key prefix and untied
+    /// head.
+    pub fn fit_checkpoint(
+        &mut self,
+        has: &dyn Fn(&str) -> bool,
+        head_shares_embedding: &dyn Fn(&str) -> bool,
+    ) {
+        match self {
+            ArchConfig::Llama(c) => {
+                if !c.tie_word_embeddings && !has("lm_head.weight") {
+                    c.tie_word_embeddings = true;
+                }
+            }
+            ArchConfig::Gpt2(c) => {
+                if has("transformer.wte.weight") {
+                    c.prefix = "transformer.".into();
+                }
+                c.untied_head = has("lm_head.weight") && !head_shares_embedding(&c.prefix);
+            }
+        }
+    }
+
+    /// Parameter names as transformers' `save_pretrained` writes them (GPT-2 under
+    /// `transformer.`), for a model that has no checkpoint to follow.
+    pub fn use_saved_names(&mut self) {
+        if let ArchConfig::Gpt2(c) = self {
+            c.prefix = "transformer.".into();
         }
     }
 

@@ -8,6 +8,8 @@ use serde_json::{json, Map, Value};
 use crate::builder::{Builder, Meta};
 use crate::graph_read::*;
 use crate::hf_json::{f32_json, token_json, ConfigJson};
+use shrink_formats::gguf::{GgufError, GgufFile, MetaValue};
+
 use crate::{ArchId, ConfigError, Family};
 
 /// The LLaMA family (Llama, SmolLM, Mistral, Qwen2): RMSNorm, RoPE, grouped-query attention,
@@ -347,7 +349,194 @@ impl LlamaConfig {
     }
 }
 
-// ---- GGUF tensor names ----
+// ---- GGUF metadata and tensor names ----
+
+/// GGUF key/values, in the order they are written.
+pub type GgufMetadata = Vec<(String, MetaValue)>;
+
+impl LlamaConfig {
+    /// `general.architecture` and the `<arch>.*` hyperparameters llama.cpp reads this config
+    /// from. Layers of different sizes need llama.cpp's `deci` architecture: the same graph,
+    /// tensor names and RoPE permutation as `llama`, with per-layer arrays for three sizes.
+    pub fn to_gguf(&self) -> Result<(&'static str, GgufMetadata), ConfigError> {
+        let gguf_arch = GGUF_ARCHS[usize::from(!self.is_uniform())];
+        let key = |k: &str| format!("{gguf_arch}.{k}");
+        let u32_of = |key: &str, v: usize| {
+            u32::try_from(v).map_err(|_| ConfigError::Field {
+                field: key.to_string(),
+                message: format!("{v} does not fit a u32"),
+            })
+        };
+        let scalar = |k: &str, v: usize| -> Result<(String, MetaValue), ConfigError> {
+            let k = key(k);
+            let v = MetaValue::U32(u32_of(&k, v)?);
+            Ok((k, v))
+        };
+        // A scalar when uniform; otherwise a u32 array, one per layer (llama.cpp's
+        // `get_key_or_arr` takes u32 or i32 elements).
+        let per_layer =
+            |k: &str, f: fn(&LlamaLayer) -> usize| -> Result<(String, MetaValue), ConfigError> {
+                match self.layers.first() {
+                    Some(l0) if self.is_uniform() => scalar(k, f(l0)),
+                    _ => {
+                        let k = key(k);
+                        let items = self
+                            .layers
+                            .iter()
+                            .map(|l| u32_of(&k, f(l)).map(MetaValue::U32))
+                            .collect::<Result<Vec<_>, _>>()?;
+                        Ok((k, MetaValue::Array(items)))
+                    }
+                }
+            };
+        let mut meta = vec![
+            scalar("block_count", self.num_layers())?,
+            scalar("context_length", self.max_position_embeddings)?,
+            scalar("embedding_length", self.hidden_size)?,
+            per_layer("feed_forward_length", |l| l.intermediate_size)?,
+            per_layer("attention.head_count", |l| l.num_heads)?,
+            per_layer("attention.head_count_kv", |l| l.num_kv_heads)?,
+            (key("rope.freq_base"), MetaValue::F32(self.rope_theta)),
+            (
+                key("attention.layer_norm_rms_epsilon"),
+                MetaValue::F32(self.rms_norm_eps),
+            ),
+        ];
+        // Written explicitly: llama.cpp would otherwise take embedding_length / layer 0's heads.
+        for k in [
+            "attention.key_length",
+            "attention.value_length",
+            "rope.dimension_count",
+        ] {
+            meta.push(scalar(k, self.head_dim)?);
+        }
+        meta.push(scalar("vocab_size", self.vocab_size)?);
+        Ok((gguf_arch, meta))
+    }
+}
+
+/// GGUF architectures this family reads, by `general.architecture`: `deci` (DeciLM /
+/// Nemotron-NAS) is llama.cpp's LLaMA graph with per-layer sizes.
+pub const GGUF_ARCHS: [&str; 2] = ["llama", "deci"];
+
+/// A per-layer size of a `deci` (or `llama`) file: a scalar for every layer, or an array of
+/// `layers` integers, as llama.cpp's `get_key_or_arr` reads it. `None` when absent.
+fn per_layer(file: &GgufFile, key: &str, layers: usize) -> Result<Option<Vec<usize>>, ConfigError> {
+    let bad = |message: String| ConfigError::Field {
+        field: key.to_string(),
+        message,
+    };
+    match file.get(key) {
+        None => Ok(None),
+        Some(MetaValue::Array(items)) => {
+            if items.len() != layers {
+                return Err(bad(format!(
+                    "an array of {} sizes, but block_count is {layers} (one size per layer)",
+                    items.len()
+                )));
+            }
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    v.as_int()
+                        .and_then(|n| u32::try_from(n).ok())
+                        .map(|n| n as usize)
+                        .ok_or_else(|| {
+                            let got = v
+                                .as_int()
+                                .map_or(v.type_name().to_string(), |n| n.to_string());
+                            bad(format!(
+                                "element {i} ({got}) is not an integer that fits a u32"
+                            ))
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some)
+        }
+        Some(_) => Ok(Some(vec![file.get_u32(key)? as usize; layers])),
+    }
+}
+
+impl LlamaConfig {
+    /// The config of a GGUF file of this family (`llama.*` or `deci.*` metadata; tied head,
+    /// q/k/v biases and tokens from the file's tensors and tokenizer), validated.
+    pub(crate) fn from_gguf(file: &GgufFile) -> Result<LlamaConfig, ConfigError> {
+        let arch = file.get_str("general.architecture")?;
+        let key = |k: &str| format!("{arch}.{k}");
+        let u = |k: &str| file.get_u32(&key(k)).map(|v| v as usize);
+        let hidden = u("embedding_length")?;
+        let n_layers = u("block_count")?;
+        // Every layer has at least its norms in the file: a larger count is not to be believed (and
+        // is not allocated for).
+        if n_layers > file.tensors.len() {
+            return Err(ConfigError::Field {
+                field: key("block_count"),
+                message: format!(
+                    "{n_layers} layers, but the file holds {} tensors",
+                    file.tensors.len()
+                ),
+            });
+        }
+        let missing = |k: &str| {
+            ConfigError::from(GgufError::MissingKey {
+                path: file.path.clone(),
+                key: key(k),
+            })
+        };
+        let ff = per_layer(file, &key("feed_forward_length"), n_layers)?
+            .ok_or_else(|| missing("feed_forward_length"))?;
+        let heads = per_layer(file, &key("attention.head_count"), n_layers)?
+            .ok_or_else(|| missing("attention.head_count"))?;
+        let kv_heads = per_layer(file, &key("attention.head_count_kv"), n_layers)?
+            .unwrap_or_else(|| heads.clone());
+        // llama.cpp's default key_length divides by layer 0's head count.
+        let head_dim = match (file.get_u32(&key("attention.key_length")), heads.first()) {
+            (Ok(v), _) => v as usize,
+            (Err(_), Some(&h)) if h > 0 => hidden / h,
+            (Err(_), _) => 0,
+        };
+        let vocab = match u("vocab_size") {
+            Ok(v) => v,
+            Err(_) => file.get_str_array("tokenizer.ggml.tokens")?.len(),
+        };
+        if let Ok(rot) = u("rope.dimension_count") {
+            if rot != head_dim {
+                return Err(ConfigError::Field {
+                    field: key("rope.dimension_count"),
+                    message: format!("partial rotary ({rot} of {head_dim}) is not supported"),
+                });
+            }
+        }
+        let layers = (0..n_layers)
+            .map(|i| LlamaLayer {
+                intermediate_size: ff[i],
+                num_heads: heads[i],
+                num_kv_heads: kv_heads[i],
+            })
+            .collect();
+        let c = LlamaConfig {
+            // A `deci` file is a LLaMA graph with per-layer sizes.
+            arch: ArchId::Llama,
+            vocab_size: vocab,
+            hidden_size: hidden,
+            layers,
+            head_dim,
+            rope_theta: file.get_f32(&key("rope.freq_base")).unwrap_or(10000.0),
+            rms_norm_eps: file.get_f32(&key("attention.layer_norm_rms_epsilon"))?,
+            max_position_embeddings: u("context_length").unwrap_or(2048),
+            tie_word_embeddings: file.tensor("output.weight").is_none(),
+            attention_qkv_bias: file.tensor("blk.0.attn_q.bias").is_some(),
+            bos_token_id: file.get_u32("tokenizer.ggml.bos_token_id").ok(),
+            eos_token_id: file.get_u32("tokenizer.ggml.eos_token_id").ok(),
+        };
+        c.validate().map_err(|m| ConfigError::Field {
+            field: key("*"),
+            message: m,
+        })?;
+        Ok(c)
+    }
+}
 
 /// The GGUF name of a Hugging Face LLaMA parameter (the map is one-to-one).
 pub fn gguf_name(hf: &str) -> Option<String> {

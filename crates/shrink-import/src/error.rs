@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use shrink_arch::ConfigError;
 use shrink_formats::gguf::GgufError;
 use shrink_formats::TokenizerError;
 
@@ -46,6 +47,28 @@ pub enum ImportError {
         path: PathBuf,
         errors: shrink_ir::VerifyErrors,
     },
+}
+
+impl ImportError {
+    /// An architecture's refusal of a config, as an error of the file it came from.
+    pub fn config(path: &std::path::Path, e: ConfigError) -> ImportError {
+        match e {
+            ConfigError::Field { field, message } => ImportError::Config {
+                path: path.to_path_buf(),
+                field,
+                message,
+            },
+            ConfigError::UnknownModelType {
+                model_type,
+                supported,
+            } => ImportError::UnsupportedArch {
+                path: path.to_path_buf(),
+                arch: model_type,
+                supported,
+            },
+            ConfigError::Gguf(e) => ImportError::Gguf(*e),
+        }
+    }
 }
 
 impl From<TokenizerError> for ImportError {

@@ -15,136 +15,23 @@ use std::path::Path;
 use shrink_ir::{DType, Model, ParamType, QuantScheme, TensorData, WeightStore};
 
 use crate::error::{ImportError, Result};
-use shrink_arch::{gguf_name, rope_permuted_heads, unpermute_rows, LlamaConfig, LlamaLayer};
-use shrink_formats::gguf::{GgmlType, GgufFile, MetaValue};
+use shrink_arch::{
+    gguf_name, rope_permuted_heads, unpermute_rows, ArchConfig, ConfigError, LlamaConfig,
+};
+use shrink_formats::gguf::{GgmlType, GgufFile};
 
-/// Architectures this front end reads, by `general.architecture`.
-pub const SUPPORTED: &str = "llama, deci";
-
-/// A per-layer size of a `deci` (or `llama`) file: a scalar for every layer, or an array of
-/// `layers` integers, as llama.cpp's `get_key_or_arr` reads it. `None` when absent.
-fn per_layer(file: &GgufFile, key: &str, layers: usize) -> Result<Option<Vec<usize>>> {
-    let bad = |message: String| ImportError::Config {
-        path: file.path.clone(),
-        field: key.to_string(),
-        message,
-    };
-    match file.get(key) {
-        None => Ok(None),
-        Some(MetaValue::Array(items)) => {
-            if items.len() != layers {
-                return Err(bad(format!(
-                    "an array of {} sizes, but block_count is {layers} (one size per layer)",
-                    items.len()
-                )));
-            }
-            items
-                .iter()
-                .enumerate()
-                .map(|(i, v)| {
-                    v.as_int()
-                        .and_then(|n| u32::try_from(n).ok())
-                        .map(|n| n as usize)
-                        .ok_or_else(|| {
-                            let got = v
-                                .as_int()
-                                .map_or(v.type_name().to_string(), |n| n.to_string());
-                            bad(format!(
-                                "element {i} ({got}) is not an integer that fits a u32"
-                            ))
-                        })
-                })
-                .collect::<Result<Vec<_>>>()
-                .map(Some)
-        }
-        Some(_) => Ok(Some(vec![file.get_u32(key)? as usize; layers])),
-    }
-}
-
+/// The config of a GGUF file, by its architecture's module.
 fn config(file: &GgufFile) -> Result<LlamaConfig> {
-    let arch = file.get_str("general.architecture")?;
-    if !matches!(arch, "llama" | "deci") {
-        return Err(ImportError::UnsupportedArch {
-            path: file.path.clone(),
-            arch: arch.to_string(),
-            supported: SUPPORTED.to_string(),
-        });
-    }
-    let key = |k: &str| format!("{arch}.{k}");
-    let u = |k: &str| file.get_u32(&key(k)).map(|v| v as usize);
-    let hidden = u("embedding_length")?;
-    let n_layers = u("block_count")?;
-    // Every layer has at least its norms in the file: a larger count is not to be believed (and
-    // is not allocated for).
-    if n_layers > file.tensors.len() {
-        return Err(ImportError::Config {
-            path: file.path.clone(),
-            field: key("block_count"),
-            message: format!(
-                "{n_layers} layers, but the file holds {} tensors",
-                file.tensors.len()
-            ),
-        });
-    }
-    let missing = |k: &str| {
-        ImportError::from(shrink_formats::gguf::GgufError::MissingKey {
-            path: file.path.clone(),
-            key: key(k),
+    ArchConfig::from_gguf(file)
+        .and_then(|c| match c {
+            ArchConfig::Llama(c) => Ok(c),
+            // No family but the LLaMA one reads GGUF yet.
+            other => Err(ConfigError::Field {
+                field: "general.architecture".into(),
+                message: format!("{} has no GGUF reader", other.id()),
+            }),
         })
-    };
-    let ff = per_layer(file, &key("feed_forward_length"), n_layers)?
-        .ok_or_else(|| missing("feed_forward_length"))?;
-    let heads = per_layer(file, &key("attention.head_count"), n_layers)?
-        .ok_or_else(|| missing("attention.head_count"))?;
-    let kv_heads = per_layer(file, &key("attention.head_count_kv"), n_layers)?
-        .unwrap_or_else(|| heads.clone());
-    // llama.cpp's default key_length divides by layer 0's head count.
-    let head_dim = match (file.get_u32(&key("attention.key_length")), heads.first()) {
-        (Ok(v), _) => v as usize,
-        (Err(_), Some(&h)) if h > 0 => hidden / h,
-        (Err(_), _) => 0,
-    };
-    let vocab = match u("vocab_size") {
-        Ok(v) => v,
-        Err(_) => file.get_str_array("tokenizer.ggml.tokens")?.len(),
-    };
-    if let Ok(rot) = u("rope.dimension_count") {
-        if rot != head_dim {
-            return Err(ImportError::Config {
-                path: file.path.clone(),
-                field: key("rope.dimension_count"),
-                message: format!("partial rotary ({rot} of {head_dim}) is not supported"),
-            });
-        }
-    }
-    let layers = (0..n_layers)
-        .map(|i| LlamaLayer {
-            intermediate_size: ff[i],
-            num_heads: heads[i],
-            num_kv_heads: kv_heads[i],
-        })
-        .collect();
-    let c = LlamaConfig {
-        // A `deci` file is a LLaMA graph with per-layer sizes.
-        arch: shrink_arch::ArchId::Llama,
-        vocab_size: vocab,
-        hidden_size: hidden,
-        layers,
-        head_dim,
-        rope_theta: file.get_f32(&key("rope.freq_base")).unwrap_or(10000.0),
-        rms_norm_eps: file.get_f32(&key("attention.layer_norm_rms_epsilon"))?,
-        max_position_embeddings: u("context_length").unwrap_or(2048),
-        tie_word_embeddings: file.tensor("output.weight").is_none(),
-        attention_qkv_bias: file.tensor("blk.0.attn_q.bias").is_some(),
-        bos_token_id: file.get_u32("tokenizer.ggml.bos_token_id").ok(),
-        eos_token_id: file.get_u32("tokenizer.ggml.eos_token_id").ok(),
-    };
-    c.validate().map_err(|m| ImportError::Config {
-        path: file.path.clone(),
-        field: key("*"),
-        message: m,
-    })?;
-    Ok(c)
+        .map_err(|e| ImportError::config(&file.path, e))
 }
 
 /// The scheme a GGUF tensor of this type keeps when it is a matrix: the ggml block types whose

@@ -19,7 +19,7 @@ use serde_json::Value;
 use shrink_ir::{DType, Graph, Model, ParamType, QuantScheme, TensorData, WeightStore};
 
 use crate::error::{ImportError, Result};
-use shrink_arch::{gpt2_is_conv1d, ArchConfig, ConfigError};
+use shrink_arch::ArchConfig;
 use shrink_formats::safetensors::{dtype_of, transpose_bytes, QUANT_METADATA_KEY, QUANT_METHOD};
 
 fn read_json(path: &Path) -> Result<Value> {
@@ -73,17 +73,7 @@ fn parse_config(path: &Path, json: Value) -> Result<ArchConfig> {
             }
         },
     }
-    ArchConfig::from_hf(&json).map_err(|e| match e {
-        ConfigError::Field { field, message } => err(&field, message),
-        ConfigError::UnknownModelType {
-            model_type,
-            supported,
-        } => ImportError::UnsupportedArch {
-            path: path.to_path_buf(),
-            arch: model_type,
-            supported,
-        },
-    })
+    ArchConfig::from_hf(&json).map_err(|e| ImportError::config(path, e))
 }
 
 /// name → (dtype, shape, absolute start, length) of a shard's tensors.
@@ -261,11 +251,11 @@ fn open_shards(dir: &Path) -> Result<Vec<Shard>> {
 }
 
 /// Fills the weight store for the graph's declared parameters from the shards, checking each
-/// shape; Conv1D weights are transposed into `[out, in]`.
+/// shape; weights the architecture stores transposed (GPT-2's Conv1D) become `[out, in]`.
 fn load_weights(
     graph: &mut Graph,
     shards: &[Shard],
-    gpt2: bool,
+    transposed: &dyn Fn(&str) -> bool,
     check_finite: bool,
 ) -> Result<WeightStore> {
     let mut store = WeightStore::new();
@@ -316,7 +306,7 @@ fn load_weights(
                  their entry in __metadata__ '{QUANT_METADATA_KEY}')"
             ))
         })?;
-        let transposed = gpt2 && gpt2_is_conv1d(&name);
+        let transposed = transposed(&name);
         let file_shape: Vec<usize> = if transposed {
             want.shape.iter().rev().copied().collect()
         } else {
@@ -365,23 +355,11 @@ pub fn load_model(dir: &Path, opts: &crate::LoadOptions) -> Result<Model> {
         });
     }
     let has = |n: &str| shards.iter().any(|s| s.tensors.contains_key(n));
-    let (mut graph, gpt2) = match arch {
-        ArchConfig::Llama(mut c) => {
-            // Some checkpoints omit tie_word_embeddings but ship no lm_head.
-            if !c.tie_word_embeddings && !has("lm_head.weight") {
-                c.tie_word_embeddings = true;
-            }
-            (c.build(), false)
-        }
-        ArchConfig::Gpt2(mut c) => {
-            if has("transformer.wte.weight") {
-                c.prefix = "transformer.".into();
-            }
-            c.untied_head = has("lm_head.weight") && !shares_data(&shards, &c.prefix);
-            (c.build(), true)
-        }
-    };
-    let weights = load_weights(&mut graph, &shards, gpt2, opts.check_finite)?;
+    let mut arch = arch;
+    arch.fit_checkpoint(&has, &|prefix| shares_data(&shards, prefix));
+    let mut graph = arch.build();
+    let transposed = |name: &str| arch.stored_transposed(name);
+    let weights = load_weights(&mut graph, &shards, &transposed, opts.check_finite)?;
     Ok(Model { graph, weights })
 }
 
@@ -418,13 +396,9 @@ pub fn load_config_random(path: &Path, seed: u64) -> Result<Model> {
             });
         }
     }
-    let graph = match arch {
-        ArchConfig::Llama(c) => c.build(),
-        ArchConfig::Gpt2(mut c) => {
-            c.prefix = "transformer.".into();
-            c.build()
-        }
-    };
+    let mut arch = arch;
+    arch.use_saved_names();
+    let graph = arch.build();
     let mut weights = WeightStore::new();
     let mut rng = Normal::new(seed);
     for (name, ty) in graph.params() {

@@ -21,7 +21,7 @@ use std::fs::OpenOptions;
 use std::io::BufWriter;
 use std::path::Path;
 
-use shrink_arch::{gguf_name, permute_rows, rope_permuted_heads, ArchId, LlamaConfig, LlamaLayer};
+use shrink_arch::{gguf_name, permute_rows, rope_permuted_heads, ArchId, ConfigError, LlamaConfig};
 use shrink_formats::gguf::{GgmlType, GgufTensor, GgufWriter, MetaValue};
 use shrink_formats::tokenizer::gguf_metadata as tokenizer_metadata;
 use shrink_formats::Tokenizer;
@@ -127,59 +127,16 @@ pub fn prepare<'m>(model: &'m Model, tokenizer: &Tokenizer, path: &Path) -> Resu
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "model".into())
     });
-    // Layers of different sizes need llama.cpp's `deci` architecture: the same graph, tensor
-    // names and RoPE permutation as `llama`, with per-layer arrays for these three sizes.
-    let gguf_arch = if cfg.is_uniform() { "llama" } else { "deci" };
+    let (gguf_arch, arch_meta) = cfg.to_gguf().map_err(|e| match e {
+        ConfigError::Field { field: k, message } => field(&k, message),
+        other => unsupported(other.to_string()),
+    })?;
     meta.push((
         "general.architecture".into(),
         MetaValue::String(gguf_arch.into()),
     ));
     meta.push(("general.name".into(), MetaValue::String(name)));
-    let key = |k: &str| format!("{gguf_arch}.{k}");
-    let u32_of = |key: &str, v: usize| {
-        u32::try_from(v).map_err(|_| field(key, format!("{v} does not fit a u32")))
-    };
-    let scalar = |k: &str, v: usize| -> Result<(String, MetaValue)> {
-        let k = key(k);
-        let v = MetaValue::U32(u32_of(&k, v)?);
-        Ok((k, v))
-    };
-    // A scalar when uniform (as today); otherwise a u32 array, one per layer (llama.cpp's
-    // `get_key_or_arr` takes u32 or i32 elements).
-    let per_layer = |k: &str, f: fn(&LlamaLayer) -> usize| -> Result<(String, MetaValue)> {
-        match cfg.layers.first() {
-            Some(l0) if cfg.is_uniform() => scalar(k, f(l0)),
-            _ => {
-                let k = key(k);
-                let items = cfg
-                    .layers
-                    .iter()
-                    .map(|l| u32_of(&k, f(l)).map(MetaValue::U32))
-                    .collect::<Result<Vec<_>>>()?;
-                Ok((k, MetaValue::Array(items)))
-            }
-        }
-    };
-    meta.push(scalar("block_count", cfg.num_layers())?);
-    meta.push(scalar("context_length", cfg.max_position_embeddings)?);
-    meta.push(scalar("embedding_length", cfg.hidden_size)?);
-    meta.push(per_layer("feed_forward_length", |l| l.intermediate_size)?);
-    meta.push(per_layer("attention.head_count", |l| l.num_heads)?);
-    meta.push(per_layer("attention.head_count_kv", |l| l.num_kv_heads)?);
-    meta.push((key("rope.freq_base"), MetaValue::F32(cfg.rope_theta)));
-    meta.push((
-        key("attention.layer_norm_rms_epsilon"),
-        MetaValue::F32(cfg.rms_norm_eps),
-    ));
-    // Written explicitly: llama.cpp would otherwise take embedding_length / layer 0's heads.
-    for k in [
-        "attention.key_length",
-        "attention.value_length",
-        "rope.dimension_count",
-    ] {
-        meta.push(scalar(k, cfg.head_dim)?);
-    }
-    meta.push(scalar("vocab_size", cfg.vocab_size)?);
+    meta.extend(arch_meta);
 
     // Tensors in the order the graph first reads them (embedding, layer by layer, head).
     let order = g
