@@ -353,6 +353,11 @@ fn bad_numbers_in_a_config_are_refused_by_field() {
         ),
         ("hidden_size", serde_json::json!(-64), "hidden_size"),
         ("hidden_size", serde_json::json!(64.5), "hidden_size"),
+        (
+            "rope_parameters",
+            serde_json::json!({"rope_theta": 1e4, "rope_type": "yarn", "factor": 4.0}),
+            "field 'rope_parameters.rope_type': 'yarn' is not supported",
+        ),
     ] {
         let dir = config_with(&format!("cfg-num-{field}"), field, value.clone());
         fails_in_one_line(
@@ -360,6 +365,57 @@ fn bad_numbers_in_a_config_are_refused_by_field() {
             &["config.json", says],
         );
     }
+}
+
+#[test]
+fn rope_scaling_a_config_asks_for_and_shrink_lacks_is_refused_by_field() {
+    // The Hub's form: top-level rope_theta and a rope_scaling object.
+    for (i, (value, says)) in [
+        (
+            serde_json::json!({"type": "dynamic", "factor": 2.0}),
+            "field 'rope_scaling.type': 'dynamic' is not supported",
+        ),
+        (
+            serde_json::json!({"rope_type": "linear", "factor": 0.0}),
+            "field 'rope_scaling.factor': 0 must be positive",
+        ),
+        (
+            serde_json::json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 4.0,
+                "high_freq_factor": 1.0, "original_max_position_embeddings": 8192}),
+            "field 'rope_scaling.high_freq_factor'",
+        ),
+        (
+            serde_json::json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0, "original_max_position_embeddings": 0.5}),
+            "field 'rope_scaling.original_max_position_embeddings'",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let dir = config_with_all(
+            &format!("cfg-rope-scaling-{i}"),
+            &[
+                ("rope_parameters", serde_json::Value::Null),
+                ("rope_theta", serde_json::json!(10000.0)),
+                ("rope_scaling", value),
+            ],
+        );
+        fails_in_one_line(
+            &["inspect", dir.to_str().expect("utf-8")],
+            &["config.json", says],
+        );
+    }
+    // Both forms at once could disagree: refused rather than one of them ignored.
+    let dir = config_with(
+        "cfg-rope-both-forms",
+        "rope_scaling",
+        serde_json::json!({"rope_type": "linear", "factor": 2.0}),
+    );
+    fails_in_one_line(
+        &["inspect", dir.to_str().expect("utf-8")],
+        &["config.json", "field 'rope_scaling'", "rope_parameters"],
+    );
 }
 
 /// Writes `value` over element `index` of tensor `name` (f32) in a copy of the tiny LLaMA.

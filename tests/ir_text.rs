@@ -5,9 +5,10 @@ use shrink_ir::{verify_graph, Op};
 
 use crate::common::fixture;
 
-const MODELS: [&str; 4] = [
+const MODELS: [&str; 5] = [
     "tiny-llama",
     "tiny-llama/tiny-llama.gguf",
+    "tiny-llama3",
     "tiny-qwen2",
     "tiny-gpt2",
 ];
@@ -22,6 +23,7 @@ fn snapshots_of_tiny_models() {
     insta::assert_snapshot!("tiny_llama", ir_of("tiny-llama"));
     insta::assert_snapshot!("tiny_qwen2", ir_of("tiny-qwen2"));
     insta::assert_snapshot!("tiny_gpt2", ir_of("tiny-gpt2"));
+    insta::assert_snapshot!("tiny_llama3", ir_of("tiny-llama3"));
 }
 
 #[test]
@@ -163,4 +165,40 @@ fn verifier_reports_missing_weight_data() {
         errs.to_string(),
         "error: parameter 'model.norm.weight' (f32[64]) has no data in the weight store"
     );
+}
+
+#[test]
+fn rope_scaling_attributes_are_parsed_and_checked() {
+    let base = ir_of("tiny-llama3");
+    let e = parse(&base.replacen("rope_scaling=llama3", "rope_scaling=yarn", 1))
+        .expect_err("unknown scaling")
+        .to_string();
+    assert!(e.contains("unknown rope_scaling 'yarn'"), "{e}");
+    let e = parse(&base.replacen(" rope_factor=8.0", "", 1))
+        .expect_err("a missing factor")
+        .to_string();
+    assert!(e.contains("needs attribute 'rope_factor'"), "{e}");
+    for (from, to, says) in [
+        (
+            "rope_factor=8.0",
+            "rope_factor=-8.0",
+            "rope factor -8 must be positive",
+        ),
+        (
+            "rope_high_freq_factor=4.0",
+            "rope_high_freq_factor=0.5",
+            "must exceed low_freq_factor",
+        ),
+        (
+            "rope_original_context=64",
+            "rope_original_context=0",
+            "original_context",
+        ),
+    ] {
+        let e = parse(&base.replacen(from, to, 1))
+            .map_err(|e| e.to_string())
+            .and_then(|g| verify_graph(&g).map_err(|e| e.to_string()))
+            .expect_err(to);
+        assert!(e.contains(says), "{to}: {e}");
+    }
 }

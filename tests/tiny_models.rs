@@ -2,7 +2,7 @@
 
 use shrink_runtime::{Device, Engine, ExecOptions, QuantExec, SampleOptions};
 
-use crate::common::{fixture, golden, golden_ids, max_abs_diff, shrink};
+use crate::common::{fixture, golden, golden_ids, max_abs_diff, scratch, shrink};
 
 /// The issue asks for 1e-4; we see about 5e-7. This also catches GELU-erf in place of GELU-tanh
 /// (about 1.2e-4 on tiny GPT-2) and an approximate reciprocal in the norms (3e-4).
@@ -32,6 +32,65 @@ fn tiny_llama_gguf_matches_transformers() {
 }
 
 #[test]
+fn tiny_llama3_rope_scaling_matches_transformers_from_both_config_forms() {
+    // transformers 5's form, as the fixture was saved: `rope_parameters` with rope_type llama3.
+    check("tiny-llama3", "tiny-llama3");
+    // The Hub's form of the same config: top-level `rope_theta` and a `rope_scaling` object.
+    let dir = scratch("tiny-llama3-v4");
+    for f in ["model.safetensors", "tokenizer.json"] {
+        std::fs::copy(fixture("tiny-llama3").join(f), dir.join(f)).expect("copy");
+    }
+    let mut config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("tiny-llama3/config.json")).expect("config"),
+    )
+    .expect("json");
+    let mut rope = config["rope_parameters"].take();
+    config
+        .as_object_mut()
+        .expect("object")
+        .remove("rope_parameters");
+    config["rope_theta"] = rope["rope_theta"].take();
+    rope.as_object_mut().expect("object").remove("rope_theta");
+    config["rope_scaling"] = rope;
+    std::fs::write(dir.join("config.json"), config.to_string()).expect("write");
+    let v4 = shrink_import::load(&dir).expect("load the v4 form");
+    let v5 = shrink_import::load(&fixture("tiny-llama3")).expect("load");
+    assert_eq!(
+        shrink_ir::text::print(&v4.model.graph),
+        shrink_ir::text::print(&v5.model.graph)
+    );
+    let engine = Engine::new(&v4.model, Device::Cpu).expect("engine");
+    let g = fixture("tiny-llama3/golden.safetensors");
+    let d = max_abs_diff(
+        &engine.logits(&golden_ids(&g)).expect("forward"),
+        &golden(&g, "logits").1,
+    );
+    assert!(d < TOL, "v4 form: max |logit - transformers| = {d:e}");
+}
+
+#[test]
+fn tiny_llama3_exports_its_rope_scaling_to_hugging_face_and_refuses_gguf() {
+    let loaded = shrink_import::load(&fixture("tiny-llama3")).expect("load");
+    let proof = loaded.model.verify().expect("verifies");
+    let tok = loaded.tokenizer.as_ref().expect("tokenizer");
+    let dir = scratch("tiny-llama3-export");
+    shrink_export::hf::write(&loaded.model, &proof, Some(tok), &dir.join("hf")).expect("export");
+    let back = shrink_import::load(&dir.join("hf")).expect("reimport");
+    let ids = vec![(0..20u32).map(|i| (i * 53 + 7) % 384).collect::<Vec<_>>()];
+    let before = Engine::new(&loaded.model, Device::Cpu).expect("engine");
+    let after = Engine::new(&back.model, Device::Cpu).expect("engine");
+    assert_eq!(
+        before.logits(&ids).expect("forward"),
+        after.logits(&ids).expect("forward")
+    );
+    let e = shrink_export::gguf::write(&loaded.model, &proof, tok, &dir.join("m.gguf"))
+        .expect_err("no GGUF form yet")
+        .to_string();
+    assert!(e.contains("field 'rope_scaling'"), "{e}");
+    assert!(!dir.join("m.gguf").exists());
+}
+
+#[test]
 fn tiny_qwen2_sharded_bf16_with_biases_matches_transformers() {
     check("tiny-qwen2", "tiny-qwen2");
 }
@@ -43,8 +102,15 @@ fn tiny_gpt2_matches_transformers() {
 
 #[test]
 fn incremental_decoding_equals_full_forward() {
-    // The KV-cache path must give the logits of a full forward at every position.
-    let loaded = shrink_import::load(&fixture("tiny-llama")).expect("load");
+    // The KV-cache path must give the logits of a full forward at every position (RoPE tables
+    // made for the positions of each call, scaled or not).
+    for model in ["tiny-llama", "tiny-llama3"] {
+        incremental_equals_full(model);
+    }
+}
+
+fn incremental_equals_full(model: &str) {
+    let loaded = shrink_import::load(&fixture(model)).expect("load");
     let engine = Engine::new(&loaded.model, Device::Cpu).expect("engine");
     #[allow(irrefutable_let_patterns)] // refutable with the `cuda` feature
     let Engine::Cpu(interp) = &engine
@@ -69,7 +135,7 @@ fn incremental_decoding_equals_full_forward() {
     assert_eq!(got.len(), 12 * v);
     let want: Vec<f64> = full.iter().map(|&x| x as f64).collect();
     let d = max_abs_diff(&got, &want);
-    assert!(d < 1e-5, "cache vs full: {d:e}");
+    assert!(d < 1e-5, "{model}: cache vs full: {d:e}");
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! The LLaMA family (Llama, SmolLM, Mistral, Qwen2): its normalised config, the graph it
 //! builds, the config read back from a graph, and its GGUF tensor names.
 
-use shrink_ir::{Activation, AttentionSpec, Graph, NormKind, Op, Rope};
+use shrink_ir::{Activation, AttentionSpec, Graph, NormKind, Op, Rope, RopeScaling};
 
 use serde_json::{json, Map, Value};
 
@@ -25,6 +25,8 @@ pub struct LlamaConfig {
     pub layers: Vec<LlamaLayer>,
     pub head_dim: usize,
     pub rope_theta: f32,
+    /// `rope_scaling` (Llama 3.1's `llama3`, or `linear`).
+    pub rope_scaling: RopeScaling,
     pub rms_norm_eps: f32,
     pub max_position_embeddings: usize,
     pub tie_word_embeddings: bool,
@@ -138,6 +140,7 @@ impl LlamaConfig {
                 rope: Some(Rope {
                     theta: c.rope_theta,
                     dim: hd,
+                    scaling: c.rope_scaling,
                 }),
                 causal: true,
             };
@@ -335,6 +338,7 @@ impl LlamaConfig {
             layers: sizes,
             head_dim,
             rope_theta: rope.theta,
+            rope_scaling: rope.scaling,
             rms_norm_eps: eps,
             max_position_embeddings: meta_usize(g, "context_length")?
                 .ok_or("meta 'context_length' is missing")?,
@@ -359,6 +363,15 @@ impl LlamaConfig {
     /// from. Layers of different sizes need llama.cpp's `deci` architecture: the same graph,
     /// tensor names and RoPE permutation as `llama`, with per-layer arrays for three sizes.
     pub fn to_gguf(&self) -> Result<(&'static str, GgufMetadata), ConfigError> {
+        if self.rope_scaling != RopeScaling::None {
+            return Err(ConfigError::Field {
+                field: "rope_scaling".into(),
+                message: format!(
+                    "{:?} has no GGUF export yet (llama.cpp needs a rope_freqs tensor)",
+                    self.rope_scaling
+                ),
+            });
+        }
         let gguf_arch = GGUF_ARCHS[usize::from(!self.is_uniform())];
         let key = |k: &str| format!("{gguf_arch}.{k}");
         let u32_of = |key: &str, v: usize| {
@@ -500,6 +513,24 @@ impl LlamaConfig {
             Ok(v) => v,
             Err(_) => file.get_str_array("tokenizer.ggml.tokens")?.len(),
         };
+        // llama.cpp's RoPE scaling (a `rope_freqs` tensor of per-frequency factors, or a
+        // scaling type) is not read yet: refused rather than computed without it.
+        if file.tensor("rope_freqs.weight").is_some() {
+            return Err(ConfigError::Field {
+                field: "rope_freqs.weight".into(),
+                message: "RoPE frequency factors (Llama 3.1's rope scaling) are not supported \
+                          in GGUF import yet; import the Hugging Face checkpoint"
+                    .into(),
+            });
+        }
+        if let Ok(t) = file.get_str(&key("rope.scaling.type")) {
+            if t != "none" {
+                return Err(ConfigError::Field {
+                    field: key("rope.scaling.type"),
+                    message: format!("'{t}' is not supported in GGUF import yet (none)"),
+                });
+            }
+        }
         if let Ok(rot) = u("rope.dimension_count") {
             if rot != head_dim {
                 return Err(ConfigError::Field {
@@ -523,6 +554,7 @@ impl LlamaConfig {
             layers,
             head_dim,
             rope_theta: file.get_f32(&key("rope.freq_base")).unwrap_or(10000.0),
+            rope_scaling: RopeScaling::None,
             rms_norm_eps: file.get_f32(&key("attention.layer_norm_rms_epsilon"))?,
             max_position_embeddings: u("context_length").unwrap_or(2048),
             tie_word_embeddings: file.tensor("output.weight").is_none(),
@@ -661,34 +693,7 @@ impl LlamaConfig {
         {
             return Err(c.err("partial_rotary_factor", "only 1.0 is supported"));
         }
-        if let Some(Value::Object(_)) = c.json.get("rope_scaling") {
-            return Err(c.err("rope_scaling", "RoPE scaling is not supported"));
-        }
-        // transformers 5 writes `rope_parameters: {rope_theta, rope_type}`; older configs a
-        // top-level `rope_theta`.
-        let rope_params = match c.json.get("rope_parameters") {
-            Some(Value::Object(m)) => Some(m),
-            _ => None,
-        };
-        if let Some(t) = rope_params
-            .and_then(|m| m.get("rope_type"))
-            .and_then(Value::as_str)
-            .filter(|t| *t != "default")
-        {
-            return Err(c.err(
-                "rope_parameters.rope_type",
-                format!("'{t}' is not supported (default)"),
-            ));
-        }
-        let rope_theta = match rope_params.and_then(|m| m.get("rope_theta")) {
-            Some(v) => Some(v.as_f64().ok_or_else(|| {
-                c.err(
-                    "rope_parameters.rope_theta",
-                    format!("expected a number, got {v}"),
-                )
-            })? as f32),
-            None => c.opt_f32("rope_theta")?,
-        };
+        let (rope_theta, rope_scaling) = rope_from_hf(c)?;
         if c.opt_bool("mlp_bias")? == Some(true) {
             return Err(c.err("mlp_bias", "MLP biases are not supported"));
         }
@@ -704,6 +709,7 @@ impl LlamaConfig {
             layers,
             head_dim,
             rope_theta: rope_theta.unwrap_or(10000.0),
+            rope_scaling,
             rms_norm_eps: c.opt_f32("rms_norm_eps")?.unwrap_or(1e-6),
             max_position_embeddings: c.opt_usize("max_position_embeddings")?.unwrap_or(2048),
             tie_word_embeddings: c.opt_bool("tie_word_embeddings")?.unwrap_or(!is_qwen),
@@ -759,7 +765,7 @@ impl LlamaConfig {
         );
         m.insert("rms_norm_eps".into(), f32_json(self.rms_norm_eps));
         m.insert("rope_theta".into(), f32_json(self.rope_theta));
-        m.insert("rope_scaling".into(), Value::Null);
+        m.insert("rope_scaling".into(), rope_scaling_to_hf(self.rope_scaling));
         match self.arch {
             ArchId::Llama => {
                 m.insert("attention_bias".into(), json!(false));
@@ -783,5 +789,113 @@ impl LlamaConfig {
         m.insert("torch_dtype".into(), json!(torch_dtype));
         m.insert("use_cache".into(), json!(true));
         Ok(m)
+    }
+}
+
+/// RoPE's base and scaling from either form of `config.json`: transformers 5's
+/// `rope_parameters: {rope_type, rope_theta, factor, …}`, or the Hub's top-level `rope_theta`
+/// with `rope_scaling: {rope_type (or type), factor, …}` (null or absent: none).
+fn rope_from_hf(c: &ConfigJson<'_>) -> Result<(Option<f32>, RopeScaling), ConfigError> {
+    let (field, params) = match (c.json.get("rope_parameters"), c.json.get("rope_scaling")) {
+        (Some(Value::Object(_)), Some(Value::Object(_))) => {
+            return Err(c.err(
+                "rope_scaling",
+                "given beside rope_parameters: give one of the two forms",
+            ))
+        }
+        (Some(Value::Object(m)), _) => ("rope_parameters", Some(m)),
+        (_, Some(Value::Object(m))) => ("rope_scaling", Some(m)),
+        (_, None | Some(Value::Null)) => ("rope_scaling", None),
+        (_, Some(v)) => return Err(c.err("rope_scaling", format!("expected an object, got {v}"))),
+    };
+    let err = |k: &str, message: String| c.err(&format!("{field}.{k}"), message);
+    let num = |k: &str| -> Result<Option<f64>, ConfigError> {
+        match params.and_then(|m| m.get(k)) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| err(k, format!("expected a number, got {v}"))),
+        }
+    };
+    // A required factor: present, finite and positive.
+    let need = |k: &str| -> Result<f64, ConfigError> {
+        match num(k)? {
+            None => Err(err(k, "missing".into())),
+            Some(v) if v.is_finite() && v > 0.0 => Ok(v),
+            Some(v) => Err(err(k, format!("{v} must be positive"))),
+        }
+    };
+    let theta = match (field, num("rope_theta")?) {
+        ("rope_parameters", Some(t)) => Some(t as f32),
+        _ => c.opt_f32("rope_theta")?,
+    };
+    let Some(m) = params else {
+        return Ok((theta, RopeScaling::None));
+    };
+    let (type_key, kind) = match (m.get("rope_type"), m.get("type")) {
+        (Some(v), _) => ("rope_type", v),
+        (None, Some(v)) => ("type", v),
+        (None, None) => return Err(err("rope_type", "missing".into())),
+    };
+    let kind = kind
+        .as_str()
+        .ok_or_else(|| err(type_key, format!("expected a string, got {kind}")))?;
+    let scaling = match kind {
+        "default" => RopeScaling::None,
+        "linear" => RopeScaling::Linear {
+            factor: need("factor")? as f32,
+        },
+        "llama3" => {
+            let context = need("original_max_position_embeddings")?;
+            if !(context >= 1.0 && context.fract() == 0.0 && context <= u32::MAX as f64) {
+                return Err(err(
+                    "original_max_position_embeddings",
+                    format!("{context} is not a positive integer"),
+                ));
+            }
+            let (low, high) = (need("low_freq_factor")?, need("high_freq_factor")?);
+            if high <= low {
+                return Err(err(
+                    "high_freq_factor",
+                    format!("{high} must exceed low_freq_factor ({low})"),
+                ));
+            }
+            RopeScaling::Llama3 {
+                factor: need("factor")? as f32,
+                low_freq_factor: low as f32,
+                high_freq_factor: high as f32,
+                original_context: context as usize,
+            }
+        }
+        other => {
+            return Err(err(
+                type_key,
+                format!("'{other}' is not supported (default, linear, llama3)"),
+            ))
+        }
+    };
+    Ok((theta, scaling))
+}
+
+/// `rope_scaling` as the Hub's configs write it (transformers 4 and 5 both read this form).
+fn rope_scaling_to_hf(s: RopeScaling) -> Value {
+    match s {
+        RopeScaling::None => Value::Null,
+        RopeScaling::Linear { factor } => {
+            json!({"rope_type": "linear", "factor": f32_json(factor)})
+        }
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_context,
+        } => json!({
+            "rope_type": "llama3",
+            "factor": f32_json(factor),
+            "low_freq_factor": f32_json(low_freq_factor),
+            "high_freq_factor": f32_json(high_freq_factor),
+            "original_max_position_embeddings": original_context,
+        }),
     }
 }

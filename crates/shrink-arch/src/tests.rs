@@ -17,6 +17,7 @@ fn llama(arch: &str, tied: bool, bias: bool) -> LlamaConfig {
         ],
         head_dim: 8,
         rope_theta: 500000.0,
+        rope_scaling: shrink_ir::RopeScaling::None,
         rms_norm_eps: 1e-6,
         max_position_embeddings: 64,
         tie_word_embeddings: tied,

@@ -23,7 +23,7 @@ pub mod weights;
 
 pub use graph::{Graph, Node, NodeId, ValueId};
 pub use model::{Model, SizeStats};
-pub use op::{Activation, AttentionSpec, Lora, NormKind, Op, Rope};
+pub use op::{Activation, AttentionSpec, Lora, NormKind, Op, Rope, RopeScaling};
 pub use quant::QuantScheme;
 pub use types::{DType, Dim, ParamType, ValueType};
 pub use verify::{verify_graph, verify_model, Verified, VerifyError, VerifyErrors};

@@ -50,6 +50,107 @@ pub struct Rope {
     pub theta: f32,
     /// Rotated features per head (even, at most `head_dim`); the rest pass through.
     pub dim: usize,
+    pub scaling: RopeScaling,
+}
+
+/// How a RoPE's inverse frequencies are rescaled for a longer context than the model was first
+/// trained on (transformers' `rope_type`).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum RopeScaling {
+    /// `theta^(-2i/dim)` as it is (`default`).
+    #[default]
+    None,
+    /// Every inverse frequency divided by `factor` (`linear`: positions interpolated).
+    Linear { factor: f32 },
+    /// Llama 3.1's: frequencies whose wavelength exceeds `original_context / low_freq_factor`
+    /// divided by `factor`, those below `original_context / high_freq_factor` kept, the band
+    /// between interpolated smoothly (`llama3`).
+    Llama3 {
+        factor: f32,
+        low_freq_factor: f32,
+        high_freq_factor: f32,
+        original_context: usize,
+    },
+}
+
+impl Rope {
+    /// The `dim/2` inverse frequencies, computed in f32 in transformers' order of operations
+    /// (`_compute_default_rope_parameters` and its scaled variants), so angles match to the bit.
+    pub fn inv_freqs(&self) -> Vec<f32> {
+        let dim = self.dim as f32;
+        (0..self.dim / 2)
+            .map(|i| {
+                let inv = 1.0f32 / self.theta.powf((2 * i) as f32 / dim);
+                match self.scaling {
+                    RopeScaling::None => inv,
+                    RopeScaling::Linear { factor } => inv / factor,
+                    RopeScaling::Llama3 {
+                        factor,
+                        low_freq_factor: low,
+                        high_freq_factor: high,
+                        original_context,
+                    } => {
+                        // torch computes `scalar / tensor` as `reciprocal(tensor) * scalar`,
+                        // and the wavelength bounds in f64 before comparing in f32.
+                        let old = original_context as f64;
+                        let wavelen = (1.0 / inv) * (2.0 * std::f64::consts::PI) as f32;
+                        if wavelen < (old / high as f64) as f32 {
+                            inv
+                        } else if wavelen > (old / low as f64) as f32 {
+                            inv / factor
+                        } else {
+                            let smooth = ((1.0 / wavelen) * old as f32 - low)
+                                / (high as f64 - low as f64) as f32;
+                            (1.0 - smooth) * inv / factor + smooth * inv
+                        }
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// Why the attribute is invalid, if it is.
+    pub fn check(&self, head_dim: usize) -> Result<(), String> {
+        if self.dim == 0 || !self.dim.is_multiple_of(2) || self.dim > head_dim {
+            return Err(format!(
+                "rope dim {} must be even and at most head_dim {head_dim}",
+                self.dim
+            ));
+        }
+        if !(self.theta.is_finite() && self.theta > 0.0) {
+            return Err(format!("rope theta {} must be positive", self.theta));
+        }
+        let positive = |name: &str, v: f32| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(format!("rope {name} {v} must be positive"))
+            }
+        };
+        match self.scaling {
+            RopeScaling::None => Ok(()),
+            RopeScaling::Linear { factor } => positive("factor", factor),
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_context,
+            } => {
+                positive("factor", factor)?;
+                positive("low_freq_factor", low_freq_factor)?;
+                positive("high_freq_factor", high_freq_factor)?;
+                if high_freq_factor <= low_freq_factor {
+                    return Err(format!(
+                        "rope high_freq_factor {high_freq_factor} must exceed low_freq_factor                          {low_freq_factor}"
+                    ));
+                }
+                if original_context == 0 {
+                    return Err("rope original_context must be positive".into());
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 /// Scaled dot-product attention over already projected q, k, v, with its head layout.
@@ -337,15 +438,7 @@ impl Op {
                     }
                 }
                 if let Some(r) = a.rope {
-                    if r.dim == 0 || r.dim % 2 != 0 || r.dim > a.head_dim {
-                        return Err(format!(
-                            "rope dim {} must be even and at most head_dim {}",
-                            r.dim, a.head_dim
-                        ));
-                    }
-                    if !(r.theta.is_finite() && r.theta > 0.0) {
-                        return Err(format!("rope theta {} must be positive", r.theta));
-                    }
+                    r.check(a.head_dim)?;
                 }
                 Ok(vec![ValueType::hidden(q)])
             }

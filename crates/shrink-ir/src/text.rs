@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 
 use crate::graph::{Graph, NodeId, ValueId};
-use crate::op::{Activation, AttentionSpec, Lora, NormKind, Op, Rope};
+use crate::op::{Activation, AttentionSpec, Lora, NormKind, Op, Rope, RopeScaling};
 use crate::quant::QuantScheme;
 use crate::types::{DType, Dim, ParamType, ValueType};
 
@@ -168,6 +168,25 @@ fn attrs(op: &Op) -> Vec<(&'static str, String)> {
             if let Some(r) = at.rope {
                 a.push(("rope_theta", format!("{:?}", r.theta)));
                 a.push(("rope_dim", r.dim.to_string()));
+                match r.scaling {
+                    RopeScaling::None => {}
+                    RopeScaling::Linear { factor } => {
+                        a.push(("rope_scaling", "linear".into()));
+                        a.push(("rope_factor", format!("{factor:?}")));
+                    }
+                    RopeScaling::Llama3 {
+                        factor,
+                        low_freq_factor,
+                        high_freq_factor,
+                        original_context,
+                    } => {
+                        a.push(("rope_scaling", "llama3".into()));
+                        a.push(("rope_factor", format!("{factor:?}")));
+                        a.push(("rope_low_freq_factor", format!("{low_freq_factor:?}")));
+                        a.push(("rope_high_freq_factor", format!("{high_freq_factor:?}")));
+                        a.push(("rope_original_context", original_context.to_string()));
+                    }
+                }
             }
             a.push(("causal", at.causal.to_string()));
         }
@@ -760,9 +779,32 @@ fn build_op(name: &str, a: &mut Attrs) -> Result<Op, ParseError> {
         }
         "attention" => {
             let rope = if a.map.contains_key("rope_theta") || a.map.contains_key("rope_dim") {
+                let col = a.map.get("rope_scaling").map_or(a.end_col, |t| t.1);
+                let scaling = match a.opt_name("rope_scaling", name)?.as_deref() {
+                    None => RopeScaling::None,
+                    Some("linear") => RopeScaling::Linear {
+                        factor: a.num("rope_factor", name)?,
+                    },
+                    Some("llama3") => RopeScaling::Llama3 {
+                        factor: a.num("rope_factor", name)?,
+                        low_freq_factor: a.num("rope_low_freq_factor", name)?,
+                        high_freq_factor: a.num("rope_high_freq_factor", name)?,
+                        original_context: a.num("rope_original_context", name)?,
+                    },
+                    Some(other) => {
+                        return Err(ParseError {
+                            line: a.line,
+                            col,
+                            message: format!(
+                                "unknown rope_scaling '{other}' (linear, llama3, or none given)"
+                            ),
+                        })
+                    }
+                };
                 Some(Rope {
                     theta: a.num("rope_theta", name)?,
                     dim: a.num("rope_dim", name)?,
+                    scaling,
                 })
             } else {
                 None

@@ -298,7 +298,7 @@ fn run_on<B: Backend>(
     // The float model's stream, beside the one the hook rewrites, for hooks that fit the
     // compressed layers to the original's outputs.
     let reference = hook.wants_reference().then(|| model.clone());
-    let mut rope = HashMap::new();
+    let mut rope: RopeCache<B> = Vec::new();
     let mut vals: HashMap<ValueId, Val<B>> = HashMap::new();
     let mut ref_vals: HashMap<ValueId, Val<B>> = HashMap::new();
     let mut sites_done = 0;
@@ -373,8 +373,8 @@ fn run_on<B: Backend>(
     Ok(())
 }
 
-/// RoPE's cos/sin tables by (theta bits, dim).
-type RopeCache<B> = HashMap<(u32, usize), (Tensor<B, 2>, Tensor<B, 2>)>;
+/// RoPE's cos/sin tables, by RoPE (a model has one or two).
+type RopeCache<B> = Vec<(shrink_ir::Rope, (Tensor<B, 2>, Tensor<B, 2>))>;
 
 /// What every node of a calibration run shares.
 struct Cx<'a, B: Backend> {
@@ -537,9 +537,14 @@ fn step<B: Backend>(
         }
         Op::Attention(spec) => {
             let tables = spec.rope.map(|r| {
-                rope.entry((r.theta.to_bits(), r.dim))
-                    .or_insert_with(|| rope_tables::<B>(r.theta, r.dim, 0, len, device))
-                    .clone()
+                let i = match rope.iter().position(|(k, _)| *k == r) {
+                    Some(i) => i,
+                    None => {
+                        rope.push((r, rope_tables::<B>(&r, 0, len, device)));
+                        rope.len() - 1
+                    }
+                };
+                rope[i].1.clone()
             });
             let (q, k, v) = (hidden(0)?, hidden(1)?, hidden(2)?);
             vec![Val::Hidden(

@@ -23,7 +23,7 @@ pub(crate) fn attention<B: Backend>(
     k: &Tensor<B, 3>,
     v: &Tensor<B, 3>,
     spec: &AttentionSpec,
-    rope: Option<(f32, usize)>,
+    rope: Option<shrink_ir::Rope>,
     past: usize,
     causal: bool,
 ) -> Option<Tensor<B, 3>> {
@@ -72,7 +72,7 @@ fn compute(
     k: &[f32],
     v: &[f32],
     sh: Shape,
-    rope: Option<(f32, usize)>,
+    rope: Option<shrink_ir::Rope>,
     past: usize,
     causal: bool,
 ) -> Vec<f32> {
@@ -363,15 +363,13 @@ fn per_head(
     n: usize,
     heads: usize,
     d: usize,
-    rope: Option<(f32, usize)>,
+    rope: Option<shrink_ir::Rope>,
     first: usize,
     scale: f32,
 ) -> Vec<f32> {
     let mut out = vec![0.0f32; b * heads * n * d];
-    let half = rope.map_or(0, |(_, dim)| dim / 2);
-    let (cos, sin) = rope.map_or((Vec::new(), Vec::new()), |(theta, dim)| {
-        rope_cos_sin(theta, dim, first, n)
-    });
+    let half = rope.map_or(0, |r| r.dim / 2);
+    let (cos, sin) = rope.map_or((Vec::new(), Vec::new()), |r| rope_cos_sin(&r, first, n));
     for p in 0..n {
         let (cos, sin) = (
             &cos[p * half..(p + 1) * half],

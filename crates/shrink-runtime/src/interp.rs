@@ -273,9 +273,9 @@ pub struct Interpreter<B: Backend> {
     attention_layers: usize,
     vocab: usize,
     max_positions: usize,
-    /// The distinct RoPE (theta, dim) pairs; their tables are made per call for the positions
-    /// it uses, never for the declared context (a config may claim billions of positions).
-    rope: Vec<(f32, usize)>,
+    /// The distinct RoPEs; their tables are made per call for the positions it uses, never
+    /// for the declared context (a config may claim billions of positions).
+    rope: Vec<shrink_ir::Rope>,
 }
 
 /// RoPE's `cos` and `sin` tables, `[positions, rope_dim/2]`.
@@ -395,7 +395,7 @@ impl<B: Backend> Interpreter<B> {
             .get("context_length")
             .and_then(|s| s.parse().ok())
             .unwrap_or(usize::MAX);
-        let mut rope: Vec<(f32, usize)> = Vec::new();
+        let mut rope: Vec<shrink_ir::Rope> = Vec::new();
         for id in order {
             let Some(node) = graph.node(id) else { continue };
             let kernel = match &node.op {
@@ -450,8 +450,8 @@ impl<B: Backend> Interpreter<B> {
                 Op::Split { sizes } => Kernel::Split(sizes.clone()),
                 Op::Attention(spec) => {
                     if let Some(r) = spec.rope {
-                        if !rope.contains(&(r.theta, r.dim)) {
-                            rope.push((r.theta, r.dim));
+                        if !rope.contains(&r) {
+                            rope.push(r);
                         }
                     }
                     attention_layers += 1;
@@ -700,10 +700,10 @@ impl<B: Backend> Interpreter<B> {
             upload::<B, 2>(bias, [s, t], &self.device)
         });
         // RoPE tables for positions `past..past + s` alone.
-        let rope_now: Vec<((f32, usize), RopeTables<B>)> = self
+        let rope_now: Vec<(shrink_ir::Rope, RopeTables<B>)> = self
             .rope
             .iter()
-            .map(|&(theta, dim)| ((theta, dim), rope_tables(theta, dim, past, s, &self.device)))
+            .map(|r| (*r, rope_tables(r, past, s, &self.device)))
             .collect();
         let mut slots: Vec<Option<Val<B>>> = (0..self.n_slots).map(|_| None).collect();
         let mut out = None;
@@ -791,12 +791,9 @@ impl<B: Backend> Interpreter<B> {
                 }
                 Kernel::Attention { spec, layer } => {
                     let kv = cache.as_deref_mut().map(|c| &mut c.layers[*layer]);
-                    let rope = spec.rope.and_then(|r| {
-                        rope_now
-                            .iter()
-                            .find(|(k, _)| *k == (r.theta, r.dim))
-                            .map(|(_, t)| t)
-                    });
+                    let rope = spec
+                        .rope
+                        .and_then(|r| rope_now.iter().find(|(k, _)| *k == r).map(|(_, t)| t));
                     vec![Val::Hidden(attention(
                         hidden(0)?,
                         hidden(1)?,
@@ -850,14 +847,13 @@ impl<B: Backend> Interpreter<B> {
 }
 
 pub(crate) fn rope_tables<B: Backend>(
-    theta: f32,
-    dim: usize,
+    rope: &shrink_ir::Rope,
     first: usize,
     positions: usize,
     device: &B::Device,
 ) -> (Tensor<B, 2>, Tensor<B, 2>) {
-    let (cos, sin) = rope_cos_sin(theta, dim, first, positions);
-    let half = dim / 2;
+    let (cos, sin) = rope_cos_sin(rope, first, positions);
+    let half = rope.dim / 2;
     (
         upload::<B, 2>(cos, [positions, half], device),
         upload::<B, 2>(sin, [positions, half], device),
@@ -866,14 +862,14 @@ pub(crate) fn rope_tables<B: Backend>(
 
 /// RoPE's `cos` and `sin` of positions `first..first + n`, `[n, dim/2]` row-major: the one
 /// definition the tensor-op and the host attention share.
-pub(crate) fn rope_cos_sin(theta: f32, dim: usize, first: usize, n: usize) -> (Vec<f32>, Vec<f32>) {
-    let half = dim / 2;
+pub(crate) fn rope_cos_sin(rope: &shrink_ir::Rope, first: usize, n: usize) -> (Vec<f32>, Vec<f32>) {
+    let inv_freqs = rope.inv_freqs();
+    let half = inv_freqs.len();
     let mut cos = Vec::with_capacity(n * half);
     let mut sin = Vec::with_capacity(n * half);
     for p in first..first + n {
-        for i in 0..half {
-            // As transformers: inverse frequency and angle in f32.
-            let inv_freq = 1.0f32 / theta.powf((2 * i) as f32 / dim as f32);
+        for &inv_freq in &inv_freqs {
+            // As transformers: the angle in f32.
             let angle = p as f32 * inv_freq;
             cos.push(angle.cos());
             sin.push(angle.sin());
@@ -1028,10 +1024,7 @@ pub(crate) fn attention<B: Backend>(
 ) -> Tensor<B, 3> {
     if cache.is_none() {
         let causal = spec.causal && mask.is_some();
-        let host_rope = spec
-            .rope
-            .filter(|_| rope.is_some())
-            .map(|r| (r.theta, r.dim));
+        let host_rope = spec.rope.filter(|_| rope.is_some());
         if let Some(out) =
             crate::host_attention::attention(&q, &k, &v, spec, host_rope, past, causal)
         {
@@ -1202,6 +1195,7 @@ mod tests {
                 rope: rope.map(|dim| shrink_ir::Rope {
                     theta: 10000.0,
                     dim,
+                    scaling: shrink_ir::RopeScaling::None,
                 }),
                 causal: true,
             };
@@ -1212,7 +1206,7 @@ mod tests {
                 upload::<Cpu, 3>(x, [b, s, n * d], &device)
             };
             let (q, k, v) = (make(heads, 1), make(kv_heads, 2), make(kv_heads, 3));
-            let tables = rope.map(|dim| rope_tables::<Cpu>(10000.0, dim, 0, s, &device));
+            let tables = spec.rope.map(|r| rope_tables::<Cpu>(&r, 0, s, &device));
             let mut bias = vec![0.0f32; s * s];
             for i in 0..s {
                 for j in i + 1..s {
