@@ -152,8 +152,13 @@ const IR_WORDS: [&str; 16] = [
     "heads=",
 ];
 
-/// A config.json of the smallest LLaMA-family or GPT-2 model, over the tiny tokenizer.
-fn micro_config(model_type: &str) -> Value {
+/// The Hugging Face seed models, by `micro_config` name.
+const SEED_MODELS: [&str; 5] = ["llama", "llama3", "qwen2", "mistral", "gpt2"];
+
+/// A config.json of the smallest LLaMA-family or GPT-2 model, over the tiny tokenizer;
+/// `llama3` is a Llama with Llama 3.1's RoPE scaling.
+fn micro_config(seed: &str) -> Value {
+    let model_type = if seed == "llama3" { "llama" } else { seed };
     let mut c = serde_json::json!({
         "model_type": model_type,
         "vocab_size": 384,
@@ -174,6 +179,12 @@ fn micro_config(model_type: &str) -> Value {
     if let (Value::Object(m), Value::Object(f)) = (&mut c, fields) {
         m.extend(f);
     }
+    if seed == "llama3" {
+        c["rope_scaling"] = serde_json::json!({
+            "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 16,
+        });
+    }
     c
 }
 
@@ -183,7 +194,7 @@ impl Env {
         std::fs::create_dir_all(work.join("seeds"))?;
         let tj_path = repo.join("fixtures/tiny-llama/tokenizer.json");
         let tok_json = Tokenizer::from_file(&tj_path)?;
-        for arch in ["llama", "qwen2", "mistral", "gpt2"] {
+        for arch in SEED_MODELS {
             let cfg = work.join(format!("seeds/{arch}.json"));
             std::fs::write(&cfg, serde_json::to_vec_pretty(&micro_config(arch))?)?;
             let model = shrink_import::hf::load_config_random(&cfg, 1)?;
@@ -221,7 +232,7 @@ impl Env {
                     read(repo.join("fixtures/gguf-blocks/tiny.gguf"))?,
                 ),
             ],
-            "safetensors" => ["llama", "qwen2", "mistral", "gpt2"]
+            "safetensors" => SEED_MODELS
                 .iter()
                 .map(|a| {
                     Ok(Input {
