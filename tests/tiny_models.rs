@@ -91,6 +91,50 @@ fn tiny_llama3_exports_its_rope_scaling_to_hugging_face_and_refuses_gguf() {
 }
 
 #[test]
+fn a_sliding_window_is_kept_and_sequences_beyond_it_are_refused() {
+    // transformers' Mistral is Llama with a sliding window: over sequences no longer than the
+    // window it computes what Llama does, so tiny-llama's golden holds for these weights.
+    let dir = scratch("tiny-mistral-window");
+    for f in ["model.safetensors", "tokenizer.json"] {
+        std::fs::copy(fixture("tiny-llama").join(f), dir.join(f)).expect("copy");
+    }
+    let mut config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("tiny-llama/config.json")).expect("config"),
+    )
+    .expect("json");
+    config["model_type"] = "mistral".into();
+    config["architectures"] = serde_json::json!(["MistralForCausalLM"]);
+    config["sliding_window"] = 24.into();
+    std::fs::write(dir.join("config.json"), config.to_string()).expect("write");
+    let loaded = shrink_import::load(&dir).expect("load");
+    let text = shrink_ir::text::print(&loaded.model.graph);
+    assert_eq!(text.matches(" window=24").count(), 2, "{text}");
+    let engine = Engine::new(&loaded.model, Device::Cpu).expect("engine");
+    let g = fixture("tiny-llama/golden.safetensors");
+    let ids = golden_ids(&g);
+    assert_eq!(ids[0].len(), 24);
+    let d = max_abs_diff(
+        &engine.logits(&ids).expect("forward"),
+        &golden(&g, "logits").1,
+    );
+    assert!(d < TOL, "max |logit - transformers| = {d:e}");
+    let longer = vec![vec![1u32; 25]];
+    let e = engine
+        .logits(&longer)
+        .expect_err("beyond the window")
+        .to_string();
+    assert!(e.contains("sliding window of 24 positions"), "{e}");
+    // The config is written back as transformers reads it.
+    let proof = loaded.model.verify().expect("verifies");
+    shrink_export::hf::write(&loaded.model, &proof, None, &dir.join("out")).expect("export");
+    let back: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("out/config.json")).expect("config"),
+    )
+    .expect("json");
+    assert_eq!(back["sliding_window"], 24);
+}
+
+#[test]
 fn tiny_qwen2_sharded_bf16_with_biases_matches_transformers() {
     check("tiny-qwen2", "tiny-qwen2");
 }

@@ -109,6 +109,7 @@ impl Gpt2Config {
                     head_dim: d / c.n_head,
                     rope: None,
                     causal: true,
+                    window: None,
                 }),
                 &[parts[0], parts[1], parts[2]],
             );

@@ -44,6 +44,15 @@ pub struct LlamaLayer {
     /// Query heads; a multiple of `num_kv_heads`.
     pub num_heads: usize,
     pub num_kv_heads: usize,
+    /// Sliding-window attention over this many positions (Mistral; Qwen2's upper layers).
+    pub sliding_window: Option<usize>,
+}
+
+impl LlamaLayer {
+    /// The sizes alone (what per-layer config lists and llama.cpp's `deci` describe).
+    fn sizes(&self) -> (usize, usize, usize) {
+        (self.intermediate_size, self.num_heads, self.num_kv_heads)
+    }
 }
 
 impl LlamaConfig {
@@ -55,7 +64,7 @@ impl LlamaConfig {
     /// Whether every layer has layer 0's sizes (what stock transformers and llama.cpp's `llama`
     /// architecture can hold).
     pub fn is_uniform(&self) -> bool {
-        self.layers.windows(2).all(|w| w[0] == w[1])
+        self.layers.windows(2).all(|w| w[0].sizes() == w[1].sizes())
     }
 
     /// Checks the config's numbers before a graph is built from them.
@@ -143,6 +152,7 @@ impl LlamaConfig {
                     scaling: c.rope_scaling,
                 }),
                 causal: true,
+                window: l.sliding_window,
             };
             let p = format!("model.layers.{i}");
             let norm = |b: &mut Builder, x, name: &str| {
@@ -320,6 +330,7 @@ impl LlamaConfig {
                 intermediate_size: inter,
                 num_heads: a.heads,
                 num_kv_heads: a.kv_heads,
+                sliding_window: a.window,
             };
             check_llama_layer(g, i, &l, head_dim)?;
             sizes.push(l);
@@ -363,6 +374,15 @@ impl LlamaConfig {
     /// from. Layers of different sizes need llama.cpp's `deci` architecture: the same graph,
     /// tensor names and RoPE permutation as `llama`, with per-layer arrays for three sizes.
     pub fn to_gguf(&self) -> Result<(&'static str, GgufMetadata), ConfigError> {
+        if let Some(w) = self.layers.iter().find_map(|l| l.sliding_window) {
+            return Err(ConfigError::Field {
+                field: "sliding_window".into(),
+                message: format!(
+                    "sliding-window attention ({w} positions) has no form in llama.cpp's llama \
+                     architecture"
+                ),
+            });
+        }
         if self.rope_scaling != RopeScaling::None {
             return Err(ConfigError::Field {
                 field: "rope_scaling".into(),
@@ -544,6 +564,8 @@ impl LlamaConfig {
                 intermediate_size: ff[i],
                 num_heads: heads[i],
                 num_kv_heads: kv_heads[i],
+                // llama.cpp's `llama` graph has no sliding window.
+                sliding_window: None,
             })
             .collect();
         let c = LlamaConfig {
@@ -681,11 +703,13 @@ impl LlamaConfig {
             (None, Some(&h)) if h > 0 => hidden / h,
             (None, _) => 0,
         };
+        let windows = sliding_windows_from_hf(id, c, n_layers)?;
         let layers = (0..n_layers)
             .map(|i| LlamaLayer {
                 intermediate_size: inter[i],
                 num_heads: heads[i],
                 num_kv_heads: kv_heads[i],
+                sliding_window: windows[i],
             })
             .collect();
         if c.opt_f32("partial_rotary_factor")?
@@ -766,18 +790,43 @@ impl LlamaConfig {
         m.insert("rms_norm_eps".into(), f32_json(self.rms_norm_eps));
         m.insert("rope_theta".into(), f32_json(self.rope_theta));
         m.insert("rope_scaling".into(), rope_scaling_to_hf(self.rope_scaling));
+        let windows: Vec<Option<usize>> = self.layers.iter().map(|l| l.sliding_window).collect();
+        let window = windows.iter().flatten().next().copied();
+        if windows.iter().flatten().any(|&w| Some(w) != window) {
+            return Err("layers with sliding windows of different sizes cannot be written".into());
+        }
         match self.arch {
             ArchId::Llama => {
+                if window.is_some() {
+                    return Err("a llama graph with a sliding window cannot be written".into());
+                }
                 m.insert("attention_bias".into(), json!(false));
                 m.insert("mlp_bias".into(), json!(false));
             }
             ArchId::Mistral => {
-                m.insert("sliding_window".into(), Value::Null);
+                if windows.iter().any(|w| w.is_none()) && window.is_some() {
+                    return Err(
+                        "a mistral graph windowed in some layers only cannot be written".into(),
+                    );
+                }
+                m.insert("sliding_window".into(), json!(window));
             }
             _ => {
-                m.insert("use_sliding_window".into(), json!(false));
-                m.insert("sliding_window".into(), Value::Null);
-                m.insert("max_window_layers".into(), json!(self.num_layers()));
+                m.insert("use_sliding_window".into(), json!(window.is_some()));
+                m.insert("sliding_window".into(), json!(window));
+                let first = windows.iter().position(Option::is_some);
+                m.insert(
+                    "max_window_layers".into(),
+                    json!(first.unwrap_or(self.num_layers())),
+                );
+                let types: Vec<&str> = windows
+                    .iter()
+                    .map(|w| match w {
+                        Some(_) => "sliding_attention",
+                        None => "full_attention",
+                    })
+                    .collect();
+                m.insert("layer_types".into(), json!(types));
             }
         }
         m.insert(
@@ -897,5 +946,58 @@ fn rope_scaling_to_hf(s: RopeScaling) -> Value {
             "high_freq_factor": f32_json(high_freq_factor),
             "original_max_position_embeddings": original_context,
         }),
+    }
+}
+
+/// Each layer's sliding window as transformers reads the config: Mistral's `sliding_window`
+/// applies to every layer; Qwen2's, when `use_sliding_window` is set, to the layers
+/// `layer_types` marks `sliding_attention` (by default those from `max_window_layers` on).
+fn sliding_windows_from_hf(
+    id: ArchId,
+    c: &ConfigJson<'_>,
+    layers: usize,
+) -> Result<Vec<Option<usize>>, ConfigError> {
+    let window = |field: &str| -> Result<Option<usize>, ConfigError> {
+        match c.opt_usize(field)? {
+            Some(0) => Err(c.err(field, "a sliding window must span at least one position")),
+            w => Ok(w),
+        }
+    };
+    match id {
+        ArchId::Mistral => Ok(vec![window("sliding_window")?; layers]),
+        ArchId::Qwen2 => {
+            let on = c.opt_bool("use_sliding_window")?.unwrap_or(false);
+            let w = if on { window("sliding_window")? } else { None };
+            let sliding: Vec<bool> = match c.json.get("layer_types") {
+                None | Some(Value::Null) => {
+                    let from = c.opt_usize("max_window_layers")?.unwrap_or(28);
+                    (0..layers).map(|i| i >= from).collect()
+                }
+                Some(Value::Array(items)) if items.len() == layers => items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| match t.as_str() {
+                        Some("full_attention") => Ok(false),
+                        Some("sliding_attention") => Ok(true),
+                        _ => Err(c.err(
+                            "layer_types",
+                            format!(
+                                "element {i}: {t} is not supported (full_attention, \
+                                 sliding_attention)"
+                            ),
+                        )),
+                    })
+                    .collect::<Result<_, _>>()?,
+                Some(v) => {
+                    return Err(c.err(
+                        "layer_types",
+                        format!("expected a list of {layers} layer types, got {v}"),
+                    ))
+                }
+            };
+            Ok(sliding.into_iter().map(|s| w.filter(|_| s)).collect())
+        }
+        // Llama and the others have no sliding window in transformers.
+        _ => Ok(vec![None; layers]),
     }
 }

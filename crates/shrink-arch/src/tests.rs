@@ -12,6 +12,7 @@ fn llama(arch: &str, tied: bool, bias: bool) -> LlamaConfig {
                 intermediate_size: 48,
                 num_heads: 4,
                 num_kv_heads: 2,
+                sliding_window: None,
             };
             3
         ],
@@ -295,7 +296,15 @@ fn every_architecture_round_trips_through_its_config_json() {
     let mut pruned = llama("llama", true, false);
     pruned.layers[1].intermediate_size = 16;
     pruned.layers[2].num_kv_heads = 1;
+    let mut mistral_swa = llama("mistral", false, false);
+    for l in &mut mistral_swa.layers {
+        l.sliding_window = Some(4096);
+    }
+    let mut qwen2_swa = llama("qwen2", false, true);
+    qwen2_swa.layers[2].sliding_window = Some(64);
     let configs = [
+        ArchConfig::Llama(mistral_swa),
+        ArchConfig::Llama(qwen2_swa),
         ArchConfig::Llama(llama("llama", true, false)),
         ArchConfig::Llama(llama("mistral", false, false)),
         ArchConfig::Llama(llama("qwen2", false, true)),
@@ -351,4 +360,48 @@ fn arch_ids_are_named_once() {
     let mut g = llama("llama", true, false).build();
     g.meta.insert("architecture".into(), "gpt3".into());
     assert!(ArchId::of_graph(&g).unwrap_err().contains("'gpt3'"));
+}
+
+#[test]
+fn sliding_windows_follow_transformers_per_architecture() {
+    let base = ArchConfig::Llama(llama("qwen2", false, true))
+        .to_hf("float32")
+        .unwrap();
+    let windows =
+        |json: &serde_json::Map<String, serde_json::Value>| match ArchConfig::from_hf(json) {
+            Ok(ArchConfig::Llama(c)) => Ok(c.layers.iter().map(|l| l.sliding_window).collect()),
+            Ok(_) => unreachable!(),
+            Err(e) => Err(e.to_string()),
+        };
+    // Qwen2: off unless use_sliding_window; then from max_window_layers on, or by layer_types.
+    let mut j = base.clone();
+    j.remove("layer_types");
+    j.insert("sliding_window".into(), 32.into());
+    j.insert("max_window_layers".into(), 1.into());
+    assert_eq!(windows(&j), Ok(vec![None; 3]));
+    j.insert("use_sliding_window".into(), true.into());
+    assert_eq!(windows(&j), Ok(vec![None, Some(32), Some(32)]));
+    j.insert(
+        "layer_types".into(),
+        serde_json::json!(["sliding_attention", "full_attention", "sliding_attention"]),
+    );
+    assert_eq!(windows(&j), Ok(vec![Some(32), None, Some(32)]));
+    j.insert(
+        "layer_types".into(),
+        serde_json::json!(["chunked_attention", "full_attention", "full_attention"]),
+    );
+    assert!(windows(&j)
+        .unwrap_err()
+        .starts_with("field 'layer_types': element 0"));
+    // Mistral: every layer, when given.
+    let mut m = ArchConfig::Llama(llama("mistral", false, false))
+        .to_hf("float32")
+        .unwrap();
+    assert_eq!(windows(&m), Ok(vec![None; 3]));
+    m.insert("sliding_window".into(), 4096.into());
+    assert_eq!(windows(&m), Ok(vec![Some(4096); 3]));
+    m.insert("sliding_window".into(), 0.into());
+    assert!(windows(&m)
+        .unwrap_err()
+        .starts_with("field 'sliding_window'"));
 }

@@ -162,6 +162,9 @@ pub struct AttentionSpec {
     pub head_dim: usize,
     pub rope: Option<Rope>,
     pub causal: bool,
+    /// Sliding-window attention (Mistral, Qwen2's upper layers): query `i` sees keys
+    /// `i - window + 1 ..= i` only. `None`: every earlier key.
+    pub window: Option<usize>,
 }
 
 /// A LoRA adapter on a linear (Hu et al., 2021): `y += scale · (dropout(x) Aᵀ) Bᵀ` with
@@ -439,6 +442,12 @@ impl Op {
                 }
                 if let Some(r) = a.rope {
                     r.check(a.head_dim)?;
+                }
+                if a.window == Some(0) {
+                    return Err("a sliding window must span at least one position".into());
+                }
+                if a.window.is_some() && !a.causal {
+                    return Err("a sliding window needs causal attention".into());
                 }
                 Ok(vec![ValueType::hidden(q)])
             }

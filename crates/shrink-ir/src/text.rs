@@ -189,6 +189,9 @@ fn attrs(op: &Op) -> Vec<(&'static str, String)> {
                 }
             }
             a.push(("causal", at.causal.to_string()));
+            if let Some(w) = at.window {
+                a.push(("window", w.to_string()));
+            }
         }
         Op::Activation(_) | Op::Add | Op::Mul => {}
     }
@@ -815,6 +818,11 @@ fn build_op(name: &str, a: &mut Attrs) -> Result<Op, ParseError> {
                 head_dim: a.num("head_dim", name)?,
                 rope,
                 causal: a.num("causal", name)?,
+                window: if a.map.contains_key("window") {
+                    Some(a.num("window", name)?)
+                } else {
+                    None
+                },
             })
         }
         "add" => Op::Add,

@@ -276,6 +276,9 @@ pub struct Interpreter<B: Backend> {
     /// The distinct RoPEs; their tables are made per call for the positions it uses, never
     /// for the declared context (a config may claim billions of positions).
     rope: Vec<shrink_ir::Rope>,
+    /// The narrowest sliding window of any attention layer: longer sequences are refused
+    /// until windowed attention is computed.
+    window: Option<usize>,
 }
 
 /// RoPE's `cos` and `sin` tables, `[positions, rope_dim/2]`.
@@ -510,6 +513,7 @@ impl<B: Backend> Interpreter<B> {
             vocab,
             max_positions,
             rope,
+            window: graph.narrowest_window(),
         })
     }
 
@@ -674,6 +678,12 @@ impl<B: Backend> Interpreter<B> {
             return Err(RuntimeError::TooLong {
                 len: past + s,
                 max: self.max_positions,
+            });
+        }
+        if let Some(window) = self.window.filter(|&w| past + s > w) {
+            return Err(RuntimeError::BeyondWindow {
+                len: past + s,
+                window,
             });
         }
         let mut flat = Vec::with_capacity(b * s);
@@ -1198,6 +1208,7 @@ mod tests {
                     scaling: shrink_ir::RopeScaling::None,
                 }),
                 causal: true,
+                window: None,
             };
             let make = |n: usize, seed: usize| {
                 let x: Vec<f32> = (0..b * s * n * d)
