@@ -392,7 +392,18 @@ impl LlamaConfig {
                 ),
             });
         }
-        let gguf_arch = GGUF_ARCHS[usize::from(!self.is_uniform())];
+        let gguf_arch = match self.arch {
+            ArchId::Qwen2 if !self.is_uniform() => {
+                return Err(ConfigError::Field {
+                    field: "qwen2".into(),
+                    message: "layers of different sizes have no form in llama.cpp's qwen2 \
+                              architecture"
+                        .into(),
+                });
+            }
+            ArchId::Qwen2 => "qwen2",
+            _ => GGUF_ARCHS[usize::from(!self.is_uniform())],
+        };
         let key = |k: &str| format!("{gguf_arch}.{k}");
         let u32_of = |key: &str, v: usize| {
             u32::try_from(v).map_err(|_| ConfigError::Field {
@@ -450,7 +461,9 @@ impl LlamaConfig {
 
 /// GGUF architectures this family reads, by `general.architecture`: `deci` (DeciLM /
 /// Nemotron-NAS) is llama.cpp's LLaMA graph with per-layer sizes.
-pub const GGUF_ARCHS: [&str; 2] = ["llama", "deci"];
+/// `qwen2` is Qwen2's: the same tensors and keys, q/k/v biases, and Hugging Face's row order
+/// (llama.cpp rotates it NeoX-style), so its Q/K rows are not permuted.
+pub const GGUF_ARCHS: [&str; 3] = ["llama", "deci", "qwen2"];
 
 /// A per-layer size of a `deci` (or `llama`) file: a scalar for every layer, or an array of
 /// `layers` integers, as llama.cpp's `get_key_or_arr` reads it. `None` when absent.
@@ -570,7 +583,11 @@ impl LlamaConfig {
             .collect();
         let c = LlamaConfig {
             // A `deci` file is a LLaMA graph with per-layer sizes.
-            arch: ArchId::Llama,
+            arch: if arch == "qwen2" {
+                ArchId::Qwen2
+            } else {
+                ArchId::Llama
+            },
             vocab_size: vocab,
             hidden_size: hidden,
             layers,
@@ -626,6 +643,10 @@ pub fn gguf_name(hf: &str) -> Option<String> {
 /// weights, and their biases), the number of heads its rows split into; `None` otherwise.
 /// Each layer's own head counts apply.
 pub fn rope_permuted_heads(hf_name: &str, cfg: &LlamaConfig) -> Option<usize> {
+    // llama.cpp runs qwen2 with NeoX RoPE, on Hugging Face's own row order.
+    if cfg.arch == ArchId::Qwen2 {
+        return None;
+    }
     let rest = hf_name.strip_prefix("model.layers.")?;
     let (i, rest) = rest.split_once('.')?;
     let layer = cfg.layers.get(i.parse::<usize>().ok()?)?;

@@ -86,10 +86,12 @@ pub fn prepare<'m>(model: &'m Model, tokenizer: &Tokenizer, path: &Path) -> Resu
     };
     crate::peft::refuse_adapters(model, path)?;
     let arch = ArchId::of_graph(g).map_err(unsupported)?;
-    if !matches!(arch, ArchId::Llama | ArchId::Mistral) {
+    let writable = |a: ArchId| matches!(a, ArchId::Llama | ArchId::Mistral | ArchId::Qwen2);
+    if !writable(arch) {
         return Err(unsupported(format!(
-            "GGUF export writes the llama architecture only (graphs of {}); this model is '{arch}'",
-            ArchId::list(|a| matches!(a, ArchId::Llama | ArchId::Mistral))
+            "GGUF export writes llama.cpp's llama and qwen2 architectures (graphs of {}); this \
+             model is '{arch}'",
+            ArchId::list(writable)
         )));
     }
     let cfg = LlamaConfig::from_graph(g).map_err(|message| ExportError::Graph {
@@ -97,7 +99,7 @@ pub fn prepare<'m>(model: &'m Model, tokenizer: &Tokenizer, path: &Path) -> Resu
         arch: arch.to_string(),
         message,
     })?;
-    if cfg.attention_qkv_bias {
+    if cfg.attention_qkv_bias && arch != ArchId::Qwen2 {
         return Err(unsupported(
             "q/k/v biases are not supported in GGUF export (their rows would need llama.cpp's \
              RoPE permutation too)"
@@ -169,8 +171,18 @@ pub fn prepare<'m>(model: &'m Model, tokenizer: &Tokenizer, path: &Path) -> Resu
             .ok_or_else(|| terr("has no data in the weight store".into()))?;
         let gname =
             gguf_name(hf).ok_or_else(|| terr("has no GGUF name in the llama layout".into()))?;
-        let ty = ggml_type(&data.ty).map_err(terr)?;
+        let mut ty = ggml_type(&data.ty).map_err(terr)?;
         let dims: Vec<u64> = data.ty.shape.iter().rev().map(|&d| d as u64).collect();
+        // ggml adds and multiplies 1-D tensors (norms, biases) only as F32, so llama.cpp's
+        // converter writes them so whatever the checkpoint's type; so does this.
+        let widened =
+            (dims.len() == 1 && matches!(ty, GgmlType::F16 | GgmlType::BF16)).then(|| {
+                ty = GgmlType::F32;
+                data.to_f32()
+                    .iter()
+                    .flat_map(|x| x.to_le_bytes())
+                    .collect::<Vec<u8>>()
+            });
         // q/k biases were refused above, so only their weights match here.
         let heads = rope_permuted_heads(hf, &cfg);
         let bytes = match (heads, data.ty.shape.as_slice()) {
@@ -188,7 +200,10 @@ pub fn prepare<'m>(model: &'m Model, tokenizer: &Tokenizer, path: &Path) -> Resu
                     cfg.head_dim
                 )))
             }
-            (None, _) => Cow::Borrowed(data.bytes()),
+            (None, _) => match widened {
+                Some(f32_bytes) => Cow::Owned(f32_bytes),
+                None => Cow::Borrowed(data.bytes()),
+            },
         };
         w.add_tensor(gname, ty, dims, bytes).map_err(terr)?;
     }
