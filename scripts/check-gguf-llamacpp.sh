@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# shrink's GGUF export of each tiny fixture family, scored by llama.cpp's llama-perplexity beside
+# `shrink eval` on the same file, text and settings (ctx 128, 8 chunks, second half scored).
+# Prints one row per family and fails if the two differ by more than 0.5%.
+#   LLAMACPP=<dir of llama.cpp's tools> bash scripts/check-gguf-llamacpp.sh
+# (llama.cpp: the CPU tools built from the llama-cpp-python==0.3.36 sdist, vendor/llama.cpp.)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+: "${LLAMACPP:?set LLAMACPP to the directory holding llama-perplexity}"
+SHRINK=${SHRINK:-target/release/shrink}
+[[ -n "${SHRINK_PREBUILT:-}" ]] || cargo build --release --quiet --bin shrink
+out=target/check-gguf-llamacpp
+mkdir -p "$out"
+head -c 20000 data/wikitext-2/test.txt > "$out/text.txt"
+printf '(passes: [(pass: "dead-code")])\n' > "$out/noop.ron"
+echo "| fixture | architecture | ppl shrink | ppl llama.cpp | difference |"
+echo "| --- | --- | --- | --- | --- |"
+status=0
+for m in tiny-llama tiny-qwen2; do
+  gguf="$out/$m.gguf"
+  "$SHRINK" run "$out/noop.ron" --model "fixtures/$m" --out "$gguf" >/dev/null 2>&1
+  ours=$("$SHRINK" eval --model "$gguf" --data "$out/text.txt" --ctx 128 --chunks 8 \
+    --score second-half --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["ppl"])')
+  theirs=$("$LLAMACPP/llama-perplexity" -m "$gguf" -f "$out/text.txt" -c 128 --chunks 8 -t "$(nproc)" 2>&1 |
+    sed -n 's/.*Final estimate: PPL = \([0-9.]*\).*/\1/p')
+  arch=$("$SHRINK" inspect "$gguf" --json |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["architecture"])')
+  row=$(python3 - "$ours" "$theirs" <<'PY'
+import sys
+a, b = (float(x) for x in sys.argv[1:])
+d = abs(a - b) / b * 100
+print(f"{a:.4f} | {b:.4f} | {d:.3f}% | {'ok' if d <= 0.5 else 'FAIL'}")
+PY
+)
+  echo "| $m | $arch | ${row% | *} |"
+  [[ "$row" == *FAIL ]] && status=1
+done
+exit $status
