@@ -36,7 +36,7 @@ case "$name" in
     values=(128/2.5e-4 128/5e-4 128/1e-3 64/1e-3) ;;
   distill-alpha)
     pipeline=pipelines/smollm2-prune-mlp25-distill.ron
-    from='alpha: 0.75,'
+    from='alpha: 0.5,'
     to='alpha: VALUE,'
     values=(0.25 0.5 0.75 1.0)
     # The teacher correction is the same in every variant: the later ones resume its last step.
