@@ -20,6 +20,16 @@ fn check(model: &str, golden_dir: &str) {
     assert!(d < TOL, "{model}: max |logit - transformers| = {d:e}");
 }
 
+/// A scratch copy of a fixture's weights and tokenizer, and its config.json to edit and write.
+fn copy_with_config(model: &str, name: &str) -> (std::path::PathBuf, serde_json::Value) {
+    let dir = scratch(name);
+    for f in ["model.safetensors", "tokenizer.json"] {
+        std::fs::copy(fixture(model).join(f), dir.join(f)).expect("copy");
+    }
+    let text = std::fs::read_to_string(fixture(model).join("config.json")).expect("config");
+    (dir, serde_json::from_str(&text).expect("json"))
+}
+
 #[test]
 fn tiny_llama_hf_matches_transformers() {
     check("tiny-llama", "tiny-llama");
@@ -36,14 +46,7 @@ fn tiny_llama3_rope_scaling_matches_transformers_from_both_config_forms() {
     // transformers 5's form, as the fixture was saved: `rope_parameters` with rope_type llama3.
     check("tiny-llama3", "tiny-llama3");
     // The Hub's form of the same config: top-level `rope_theta` and a `rope_scaling` object.
-    let dir = scratch("tiny-llama3-v4");
-    for f in ["model.safetensors", "tokenizer.json"] {
-        std::fs::copy(fixture("tiny-llama3").join(f), dir.join(f)).expect("copy");
-    }
-    let mut config: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture("tiny-llama3/config.json")).expect("config"),
-    )
-    .expect("json");
+    let (dir, mut config) = copy_with_config("tiny-llama3", "tiny-llama3-v4");
     let mut rope = config["rope_parameters"].take();
     config
         .as_object_mut()
@@ -94,14 +97,7 @@ fn tiny_llama3_exports_its_rope_scaling_to_hugging_face_and_refuses_gguf() {
 fn a_sliding_window_is_kept_and_sequences_beyond_it_are_refused() {
     // transformers' Mistral is Llama with a sliding window: over sequences no longer than the
     // window it computes what Llama does, so tiny-llama's golden holds for these weights.
-    let dir = scratch("tiny-mistral-window");
-    for f in ["model.safetensors", "tokenizer.json"] {
-        std::fs::copy(fixture("tiny-llama").join(f), dir.join(f)).expect("copy");
-    }
-    let mut config: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture("tiny-llama/config.json")).expect("config"),
-    )
-    .expect("json");
+    let (dir, mut config) = copy_with_config("tiny-llama", "tiny-mistral-window");
     config["model_type"] = "mistral".into();
     config["architectures"] = serde_json::json!(["MistralForCausalLM"]);
     config["sliding_window"] = 24.into();
