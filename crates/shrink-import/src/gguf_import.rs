@@ -1,4 +1,5 @@
-//! GGUF files of the `llama` architecture into the IR: hyperparameters from `llama.*` metadata,
+//! GGUF files into the IR, the architecture's config read by `shrink-arch` (`LlamaConfig::from_gguf`):
+//! hyperparameters from `llama.*` metadata,
 //! tensor names mapped to Hugging Face names, Q8_0/Q4_0/Q4_1 matrices kept quantized (their
 //! packed bytes are those of shrink's `q8_0`/`q4_0`/`q4_1` schemes), every other tensor
 //! dequantized to f32 (F16/BF16 kept), and the Q/K rows that GGUF conversion permutes for
@@ -8,7 +9,8 @@
 //! Files of llama.cpp's `deci` architecture (DeciLM/Nemotron-NAS; what shrink writes for layers
 //! of different sizes) are read the same way from `deci.*`, into a `llama` graph: their
 //! `feed_forward_length`, `attention.head_count` and `attention.head_count_kv` may be scalars or
-//! per-layer arrays, as llama.cpp's `get_key_or_arr` reads them.
+//! per-layer arrays, as llama.cpp's `get_key_or_arr` reads them. Files of `qwen2` are read from
+//! `qwen2.*` into a `qwen2` graph, their Q/K rows as they are (llama.cpp rotates them NeoX-style).
 
 use std::path::Path;
 

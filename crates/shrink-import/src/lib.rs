@@ -1,7 +1,7 @@
 //! Front ends of shrink: model files into the graph IR, with their tokenizer.
 //!
 //! - [`hf`]: Hugging Face directories (LLaMA family, GPT-2), safetensors memory-mapped
-//! - [`gguf_import`]: GGUF files of the `llama` and `deci` architectures
+//! - [`gguf_import`]: GGUF files of the `llama`, `deci` and `qwen2` architectures
 //! - [`peft`]: PEFT LoRA adapter directories applied onto a loaded model
 //!
 //! The file formats (GGUF, safetensors conventions, tokenizers) are `shrink-formats`'; what each
