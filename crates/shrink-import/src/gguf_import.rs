@@ -1,4 +1,4 @@
-//! GGUF files into the IR, the architecture's config read by `shrink-arch` (`LlamaConfig::from_gguf`):
+//! GGUF files into the IR, the config read by `shrink-arch` (`LlamaConfig::from_gguf`):
 //! hyperparameters from `llama.*` metadata,
 //! tensor names mapped to Hugging Face names, Q8_0/Q4_0/Q4_1 matrices kept quantized (their
 //! packed bytes are those of shrink's `q8_0`/`q4_0`/`q4_1` schemes), every other tensor

@@ -141,7 +141,7 @@ impl Rope {
                 positive("high_freq_factor", high_freq_factor)?;
                 if high_freq_factor <= low_freq_factor {
                     return Err(format!(
-                        "rope high_freq_factor {high_freq_factor} must exceed low_freq_factor                          {low_freq_factor}"
+                        "rope high_freq_factor {high_freq_factor} must exceed low_freq_factor {low_freq_factor}"
                     ));
                 }
                 if original_context == 0 {
