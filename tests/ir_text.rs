@@ -5,11 +5,12 @@ use shrink_ir::{verify_graph, Op};
 
 use crate::common::fixture;
 
-const MODELS: [&str; 5] = [
+const MODELS: [&str; 6] = [
     "tiny-llama",
     "tiny-llama/tiny-llama.gguf",
     "tiny-llama3",
     "tiny-qwen2",
+    "tiny-qwen3",
     "tiny-gpt2",
 ];
 
@@ -24,6 +25,7 @@ fn snapshots_of_tiny_models() {
     insta::assert_snapshot!("tiny_qwen2", ir_of("tiny-qwen2"));
     insta::assert_snapshot!("tiny_gpt2", ir_of("tiny-gpt2"));
     insta::assert_snapshot!("tiny_llama3", ir_of("tiny-llama3"));
+    insta::assert_snapshot!("tiny_qwen3", ir_of("tiny-qwen3"));
 }
 
 #[test]
@@ -201,4 +203,30 @@ fn rope_scaling_attributes_are_parsed_and_checked() {
             .expect_err(to);
         assert!(e.contains(says), "{to}: {e}");
     }
+}
+
+#[test]
+fn norm_groups_are_parsed_and_checked() {
+    let base = ir_of("tiny-qwen3");
+    // A group that does not divide the q projection's 96 features, and a weight of the wrong
+    // length for its group.
+    for (from, to, says) in [
+        (
+            " group=24",
+            " group=7",
+            "norm group 7 does not divide the operand's 96 features",
+        ),
+        (" group=24", " group=0", "norm group 0 does not divide"),
+        (" group=24", " group=48", "expected [48]"),
+    ] {
+        let e = parse(&base.replacen(from, to, 1))
+            .map_err(|e| e.to_string())
+            .and_then(|g| verify_graph(&g).map_err(|e| e.to_string()))
+            .expect_err(to);
+        assert!(e.contains(says), "{to}: {e}");
+    }
+    let e = parse(&base.replacen(" group=24", " group=x", 1))
+        .expect_err("not a number")
+        .to_string();
+    assert!(e.contains("group"), "{e}");
 }

@@ -179,9 +179,10 @@ fn pruned_mlp_computes_the_original_with_those_channels_silenced() {
     insta::assert_snapshot!("tiny_llama_mlp50", shrink::ir::text::print(&model.graph));
 }
 
-#[test]
-fn pruned_heads_drop_whole_kv_groups() {
-    let loaded = tiny();
+/// Prunes one KV group (of two) in each layer of `fixture` (4 heads over 2 KV heads) and checks
+/// that the model computes the original with that group's query heads silenced at o_proj.
+fn prune_one_kv_group(fixture_name: &str, head_dim: usize) -> Model {
+    let loaded = shrink::import::load(&fixture(fixture_name)).expect("load");
     let mut model = loaded.model.clone();
     run(
         &loaded,
@@ -198,17 +199,18 @@ fn pruned_heads_drop_whole_kv_groups() {
     let mut silenced = loaded.model.clone();
     for i in 0..2 {
         let k = format!("model.layers.{i}.self_attn.k_proj.weight");
-        assert_eq!(model.graph.param(&k).expect("k").shape, vec![16, 64]);
-        // The removed KV group is whichever k rows 0..16 or 16..32 are gone.
+        assert_eq!(model.graph.param(&k).expect("k").shape, vec![head_dim, 64]);
+        // The removed KV group is whichever half of k's rows is gone.
         let removed = removed_rows(
             &loaded.model.weights.get(&k).expect("k").to_f32(),
             &model.weights.get(&k).expect("k").to_f32(),
             64,
         );
-        assert_eq!(removed.len(), 16);
-        let group = removed[0] / 16;
-        // Its two query heads (16 features each) feed o_proj columns 32·group..32·group+32.
-        let cols: Vec<usize> = (32 * group..32 * group + 32).collect();
+        assert_eq!(removed.len(), head_dim);
+        let group = removed[0] / head_dim;
+        // Its two query heads feed o_proj columns 2·head_dim·group.. (two heads' worth).
+        let w = 2 * head_dim;
+        let cols: Vec<usize> = (w * group..w * group + w).collect();
         zero_cols(
             &mut silenced,
             &format!("model.layers.{i}.self_attn.o_proj.weight"),
@@ -226,11 +228,34 @@ fn pruned_heads_drop_whole_kv_groups() {
         .collect();
     assert_eq!(attn, vec![(2, 1), (2, 1)]);
     let d = max_diff(&logits(&model), &logits(&silenced));
-    assert!(d < 1e-4, "max logit difference {d}");
+    assert!(d < 1e-4, "{fixture_name}: max logit difference {d}");
+    model
+}
+
+#[test]
+fn pruned_heads_drop_whole_kv_groups() {
+    let model = prune_one_kv_group("tiny-llama", 16);
     insta::assert_snapshot!(
         "tiny_llama_heads1of2",
         shrink::ir::text::print(&model.graph)
     );
+}
+
+#[test]
+fn heads_are_pruned_through_per_head_qk_norms() {
+    // Qwen3: q and k pass through RMSNorms over each head (one [24] weight shared by every
+    // head), which pruning keeps whole.
+    let model = prune_one_kv_group("tiny-qwen3", 24);
+    let q_norm = model
+        .graph
+        .param("model.layers.0.self_attn.q_norm.weight")
+        .expect("q_norm");
+    assert_eq!(q_norm.shape, vec![24]);
+    let q = model
+        .graph
+        .param("model.layers.0.self_attn.q_proj.weight")
+        .expect("q");
+    assert_eq!(q.shape, vec![48, 64]);
 }
 
 #[test]

@@ -136,6 +136,19 @@ fn tiny_qwen2_sharded_bf16_with_biases_matches_transformers() {
 }
 
 #[test]
+fn tiny_qwen3_per_head_qk_norms_match_transformers() {
+    check("tiny-qwen3", "tiny-qwen3");
+    let text = shrink_ir::text::print(
+        &shrink_import::load(&fixture("tiny-qwen3"))
+            .expect("load")
+            .model
+            .graph,
+    );
+    // One q and one k norm per layer, over each head of 24 features.
+    assert_eq!(text.matches(" group=24").count(), 4, "{text}");
+}
+
+#[test]
 fn tiny_gpt2_matches_transformers() {
     check("tiny-gpt2", "tiny-gpt2");
 }
@@ -143,8 +156,8 @@ fn tiny_gpt2_matches_transformers() {
 #[test]
 fn incremental_decoding_equals_full_forward() {
     // The KV-cache path must give the logits of a full forward at every position (RoPE tables
-    // made for the positions of each call, scaled or not).
-    for model in ["tiny-llama", "tiny-llama3"] {
+    // made for the positions of each call, scaled or not; q/k norms before the cache).
+    for model in ["tiny-llama", "tiny-llama3", "tiny-qwen3"] {
         incremental_equals_full(model);
     }
 }

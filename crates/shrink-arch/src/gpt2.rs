@@ -90,6 +90,7 @@ impl Gpt2Config {
                     eps: c.layer_norm_epsilon,
                     weight,
                     bias,
+                    group: None,
                 },
                 &[x],
             )

@@ -30,6 +30,7 @@ pub enum ArchId {
     Llama,
     Mistral,
     Qwen2,
+    Qwen3,
     Gpt2,
 }
 
@@ -42,7 +43,13 @@ pub enum Family {
 
 impl ArchId {
     /// Every architecture, in the order error messages list them.
-    pub const ALL: [ArchId; 4] = [ArchId::Llama, ArchId::Mistral, ArchId::Qwen2, ArchId::Gpt2];
+    pub const ALL: [ArchId; 5] = [
+        ArchId::Llama,
+        ArchId::Mistral,
+        ArchId::Qwen2,
+        ArchId::Qwen3,
+        ArchId::Gpt2,
+    ];
 
     /// `model_type` in `config.json`, and the IR's `architecture`.
     pub fn name(self) -> &'static str {
@@ -50,6 +57,7 @@ impl ArchId {
             ArchId::Llama => "llama",
             ArchId::Mistral => "mistral",
             ArchId::Qwen2 => "qwen2",
+            ArchId::Qwen3 => "qwen3",
             ArchId::Gpt2 => "gpt2",
         }
     }
@@ -60,7 +68,7 @@ impl ArchId {
 
     pub fn family(self) -> Family {
         match self {
-            ArchId::Llama | ArchId::Mistral | ArchId::Qwen2 => Family::Llama,
+            ArchId::Llama | ArchId::Mistral | ArchId::Qwen2 | ArchId::Qwen3 => Family::Llama,
             ArchId::Gpt2 => Family::Gpt2,
         }
     }

@@ -1,4 +1,4 @@
-//! The LLaMA family (Llama, SmolLM, Mistral, Qwen2): its normalised config, the graph it
+//! The LLaMA family (Llama, SmolLM, Mistral, Qwen2, Qwen3): its normalised config, the graph it
 //! builds, the config read back from a graph, and its GGUF tensor names.
 
 use shrink_ir::{Activation, AttentionSpec, Graph, NormKind, Op, Rope, RopeScaling};
@@ -12,12 +12,12 @@ use shrink_formats::gguf::{GgufError, GgufFile, MetaValue};
 
 use crate::{ArchId, ConfigError, Family};
 
-/// The LLaMA family (Llama, SmolLM, Mistral, Qwen2): RMSNorm, RoPE, grouped-query attention,
-/// SwiGLU MLP. Layers may differ in MLP width and head counts (structured pruning makes such
+/// The LLaMA family (Llama, SmolLM, Mistral, Qwen2, Qwen3): RMSNorm, RoPE, grouped-query
+/// attention, SwiGLU MLP. Layers may differ in MLP width and head counts (structured pruning makes such
 /// models); `head_dim` is shared.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LlamaConfig {
-    /// Llama, Mistral or Qwen2: kept so exports write the same architecture back.
+    /// Llama, Mistral, Qwen2 or Qwen3: kept so exports write the same architecture back.
     pub arch: ArchId,
     pub vocab_size: usize,
     pub hidden_size: usize,
@@ -32,6 +32,9 @@ pub struct LlamaConfig {
     pub tie_word_embeddings: bool,
     /// Biases on q/k/v (Qwen2).
     pub attention_qkv_bias: bool,
+    /// RMSNorm over each head of q and k before RoPE, one `[head_dim]` weight per layer for
+    /// each (Qwen3's `q_norm`/`k_norm`).
+    pub qk_norm: bool,
     pub bos_token_id: Option<u32>,
     pub eos_token_id: Option<u32>,
 }
@@ -163,26 +166,44 @@ impl LlamaConfig {
                         eps: c.rms_norm_eps,
                         weight,
                         bias: None,
+                        group: None,
                     },
                     &[x],
                 )
             };
             let x = norm(&mut b, h, "input_layernorm");
             let qkv = c.attention_qkv_bias;
-            let q = b.linear(
+            let mut q = b.linear(
                 x,
                 &format!("{p}.self_attn.q_proj"),
                 l.num_heads * hd,
                 d,
                 qkv,
             );
-            let k = b.linear(
+            let mut k = b.linear(
                 x,
                 &format!("{p}.self_attn.k_proj"),
                 l.num_kv_heads * hd,
                 d,
                 qkv,
             );
+            if c.qk_norm {
+                let head_norm = |b: &mut Builder, x, name: &str| {
+                    let weight = b.param(&format!("{p}.self_attn.{name}.weight"), vec![hd]);
+                    b.op(
+                        Op::Norm {
+                            kind: NormKind::Rms,
+                            eps: c.rms_norm_eps,
+                            weight,
+                            bias: None,
+                            group: Some(hd),
+                        },
+                        &[x],
+                    )
+                };
+                q = head_norm(&mut b, q, "q_norm");
+                k = head_norm(&mut b, k, "k_norm");
+            }
             let v = b.linear(
                 x,
                 &format!("{p}.self_attn.v_proj"),
@@ -232,6 +253,7 @@ impl LlamaConfig {
                 eps: c.rms_norm_eps,
                 weight,
                 bias: None,
+                group: None,
             },
             &[h],
         );
@@ -321,6 +343,7 @@ impl LlamaConfig {
         }
         let eps = norm_eps(&ops, NormKind::Rms)?;
         let qkv_bias = g.param("model.layers.0.self_attn.q_proj.bias").is_some();
+        let qk_norm = g.param("model.layers.0.self_attn.q_norm.weight").is_some();
         // Each layer's sizes: MLP width from its gate projection, heads from its attention op;
         // every other shape must agree with them (here, then against `build()` below).
         let mut sizes = Vec::with_capacity(layers);
@@ -355,6 +378,7 @@ impl LlamaConfig {
                 .ok_or("meta 'context_length' is missing")?,
             tie_word_embeddings: tied,
             attention_qkv_bias: qkv_bias,
+            qk_norm,
             bos_token_id: meta_token(g, "bos_token_id")?,
             eos_token_id: meta_token(g, "eos_token_id")?,
         };
@@ -393,17 +417,36 @@ impl LlamaConfig {
             });
         }
         let gguf_arch = match self.arch {
-            ArchId::Qwen2 if !self.is_uniform() => {
+            a @ (ArchId::Qwen2 | ArchId::Qwen3) if !self.is_uniform() => {
                 return Err(ConfigError::Field {
-                    field: "qwen2".into(),
-                    message: "layers of different sizes have no form in llama.cpp's qwen2 \
-                              architecture"
-                        .into(),
+                    field: a.name().into(),
+                    message: format!(
+                        "layers of different sizes have no form in llama.cpp's {a} architecture"
+                    ),
                 });
             }
             ArchId::Qwen2 => "qwen2",
+            ArchId::Qwen3 => "qwen3",
             _ => GGUF_ARCHS[usize::from(!self.is_uniform())],
         };
+        // llama.cpp reads q/k/v biases only in qwen2, and q/k norms only in qwen3.
+        if self.attention_qkv_bias && gguf_arch != "qwen2" {
+            return Err(ConfigError::Field {
+                field: "attention_bias".into(),
+                message: format!(
+                    "q/k/v biases have no form in llama.cpp's {gguf_arch} architecture"
+                ),
+            });
+        }
+        if self.qk_norm != (gguf_arch == "qwen3") {
+            return Err(ConfigError::Field {
+                field: "q_norm".into(),
+                message: format!(
+                    "llama.cpp's {gguf_arch} architecture {} per-head q/k norms",
+                    if self.qk_norm { "has no" } else { "needs" }
+                ),
+            });
+        }
         let key = |k: &str| format!("{gguf_arch}.{k}");
         let u32_of = |key: &str, v: usize| {
             u32::try_from(v).map_err(|_| ConfigError::Field {
@@ -462,8 +505,9 @@ impl LlamaConfig {
 /// GGUF architectures this family reads, by `general.architecture`: `deci` (DeciLM /
 /// Nemotron-NAS) is llama.cpp's LLaMA graph with per-layer sizes.
 /// `qwen2` is Qwen2's: the same tensors and keys, q/k/v biases, and Hugging Face's row order
-/// (llama.cpp rotates it NeoX-style), so its Q/K rows are not permuted.
-pub const GGUF_ARCHS: [&str; 3] = ["llama", "deci", "qwen2"];
+/// (llama.cpp rotates it NeoX-style), so its Q/K rows are not permuted. `qwen3` is the same
+/// with per-head q/k norms (`attn_q_norm`, `attn_k_norm`) and no biases.
+pub const GGUF_ARCHS: [&str; 4] = ["llama", "deci", "qwen2", "qwen3"];
 
 /// A per-layer size of a `deci` (or `llama`) file: a scalar for every layer, or an array of
 /// `layers` integers, as llama.cpp's `get_key_or_arr` reads it. `None` when absent.
@@ -583,10 +627,10 @@ impl LlamaConfig {
             .collect();
         let c = LlamaConfig {
             // A `deci` file is a LLaMA graph with per-layer sizes.
-            arch: if arch == "qwen2" {
-                ArchId::Qwen2
-            } else {
-                ArchId::Llama
+            arch: match arch {
+                "qwen2" => ArchId::Qwen2,
+                "qwen3" => ArchId::Qwen3,
+                _ => ArchId::Llama,
             },
             vocab_size: vocab,
             hidden_size: hidden,
@@ -598,6 +642,7 @@ impl LlamaConfig {
             max_position_embeddings: u("context_length").unwrap_or(2048),
             tie_word_embeddings: file.tensor("output.weight").is_none(),
             attention_qkv_bias: file.tensor("blk.0.attn_q.bias").is_some(),
+            qk_norm: file.tensor("blk.0.attn_q_norm.weight").is_some(),
             bos_token_id: file.get_u32("tokenizer.ggml.bos_token_id").ok(),
             eos_token_id: file.get_u32("tokenizer.ggml.eos_token_id").ok(),
         };
@@ -627,6 +672,8 @@ pub fn gguf_name(hf: &str) -> Option<String> {
     let g = match module {
         "input_layernorm" => "attn_norm",
         "self_attn.q_proj" => "attn_q",
+        "self_attn.q_norm" => "attn_q_norm",
+        "self_attn.k_norm" => "attn_k_norm",
         "self_attn.k_proj" => "attn_k",
         "self_attn.v_proj" => "attn_v",
         "self_attn.o_proj" => "attn_output",
@@ -643,8 +690,8 @@ pub fn gguf_name(hf: &str) -> Option<String> {
 /// weights, and their biases), the number of heads its rows split into; `None` otherwise.
 /// Each layer's own head counts apply.
 pub fn rope_permuted_heads(hf_name: &str, cfg: &LlamaConfig) -> Option<usize> {
-    // llama.cpp runs qwen2 with NeoX RoPE, on Hugging Face's own row order.
-    if cfg.arch == ArchId::Qwen2 {
+    // llama.cpp runs qwen2 and qwen3 with NeoX RoPE, on Hugging Face's own row order.
+    if matches!(cfg.arch, ArchId::Qwen2 | ArchId::Qwen3) {
         return None;
     }
     let rest = hf_name.strip_prefix("model.layers.")?;
@@ -746,7 +793,7 @@ impl LlamaConfig {
         if act != "silu" {
             return Err(c.err("hidden_act", format!("'{act}' is not supported (silu)")));
         }
-        let is_qwen = id == ArchId::Qwen2;
+        let is_qwen2 = id == ArchId::Qwen2;
         Ok(LlamaConfig {
             arch: id,
             vocab_size: c.usize("vocab_size")?,
@@ -757,8 +804,12 @@ impl LlamaConfig {
             rope_scaling,
             rms_norm_eps: c.opt_f32("rms_norm_eps")?.unwrap_or(1e-6),
             max_position_embeddings: c.opt_usize("max_position_embeddings")?.unwrap_or(2048),
-            tie_word_embeddings: c.opt_bool("tie_word_embeddings")?.unwrap_or(!is_qwen),
-            attention_qkv_bias: c.opt_bool("attention_bias")?.unwrap_or(is_qwen),
+            // transformers' defaults: Qwen2 and Qwen3 untied, Qwen2 alone with q/k/v biases.
+            tie_word_embeddings: c
+                .opt_bool("tie_word_embeddings")?
+                .unwrap_or(!matches!(id, ArchId::Qwen2 | ArchId::Qwen3)),
+            attention_qkv_bias: c.opt_bool("attention_bias")?.unwrap_or(is_qwen2),
+            qk_norm: id == ArchId::Qwen3,
             bos_token_id: c.opt_token("bos_token_id")?,
             eos_token_id: c.opt_token("eos_token_id")?,
         })
@@ -767,8 +818,16 @@ impl LlamaConfig {
     /// The `config.json` transformers loads this config from (`torch_dtype` as it names the
     /// weights' type), or why it cannot be written for transformers.
     pub fn to_hf(&self, torch_dtype: &str) -> Result<Map<String, Value>, String> {
+        if self.qk_norm != (self.arch == ArchId::Qwen3) {
+            return Err(format!(
+                "a {} graph {} per-head q/k norms cannot be written for transformers",
+                self.arch,
+                if self.qk_norm { "with" } else { "without" }
+            ));
+        }
         let class = match (self.arch, self.attention_qkv_bias) {
             (ArchId::Llama, false) => "LlamaForCausalLM",
+            (ArchId::Qwen3, false) => "Qwen3ForCausalLM",
             (ArchId::Mistral, false) => "MistralForCausalLM",
             (ArchId::Qwen2, true) => "Qwen2ForCausalLM",
             (ArchId::Qwen2, false) => {
@@ -833,6 +892,9 @@ impl LlamaConfig {
                 m.insert("sliding_window".into(), json!(window));
             }
             _ => {
+                if self.arch == ArchId::Qwen3 {
+                    m.insert("attention_bias".into(), json!(false));
+                }
                 m.insert("use_sliding_window".into(), json!(window.is_some()));
                 m.insert("sliding_window".into(), json!(window));
                 let first = windows.iter().position(Option::is_some);
@@ -971,7 +1033,7 @@ fn rope_scaling_to_hf(s: RopeScaling) -> Value {
 }
 
 /// Each layer's sliding window as transformers reads the config: Mistral's `sliding_window`
-/// applies to every layer; Qwen2's, when `use_sliding_window` is set, to the layers
+/// applies to every layer; Qwen2's and Qwen3's, when `use_sliding_window` is set, to the layers
 /// `layer_types` marks `sliding_attention` (by default those from `max_window_layers` on).
 fn sliding_windows_from_hf(
     id: ArchId,
@@ -986,7 +1048,7 @@ fn sliding_windows_from_hf(
     };
     match id {
         ArchId::Mistral => Ok(vec![window("sliding_window")?; layers]),
-        ArchId::Qwen2 => {
+        ArchId::Qwen2 | ArchId::Qwen3 => {
             let on = c.opt_bool("use_sliding_window")?.unwrap_or(false);
             let w = if on { window("sliding_window")? } else { None };
             let sliding: Vec<bool> = match c.json.get("layer_types") {

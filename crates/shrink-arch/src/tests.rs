@@ -23,6 +23,7 @@ fn llama(arch: &str, tied: bool, bias: bool) -> LlamaConfig {
         max_position_embeddings: 64,
         tie_word_embeddings: tied,
         attention_qkv_bias: bias,
+        qk_norm: arch == "qwen3",
         bos_token_id: Some(1),
         eos_token_id: None,
     }
@@ -51,6 +52,7 @@ fn llama_config_round_trips_through_its_graph() {
         llama("llama", true, false),
         llama("mistral", false, false),
         llama("qwen2", false, true),
+        llama("qwen3", true, false),
     ] {
         let mut g = c.build();
         assert_eq!(LlamaConfig::from_graph(&g).unwrap(), c);
@@ -308,6 +310,8 @@ fn every_architecture_round_trips_through_its_config_json() {
         ArchConfig::Llama(llama("llama", true, false)),
         ArchConfig::Llama(llama("mistral", false, false)),
         ArchConfig::Llama(llama("qwen2", false, true)),
+        ArchConfig::Llama(llama("qwen3", false, false)),
+        ArchConfig::Llama(llama("qwen3", true, false)),
         ArchConfig::Llama(pruned),
         // GPT-2's untied head is the checkpoint's to say (an `lm_head.weight` of its own), so
         // a config.json alone reads back tied.
@@ -338,7 +342,7 @@ fn config_json_errors_name_the_field_or_list_the_architectures() {
     let e = ArchConfig::from_hf(&json).unwrap_err().to_string();
     assert_eq!(
         e,
-        "unsupported architecture 'mamba' (supported: llama, mistral, qwen2, gpt2)"
+        "unsupported architecture 'mamba' (supported: llama, mistral, qwen2, qwen3, gpt2)"
     );
     json.insert("model_type".into(), "qwen2".into());
     json.insert("hidden_act".into(), "gelu".into());
@@ -404,4 +408,50 @@ fn sliding_windows_follow_transformers_per_architecture() {
     assert!(windows(&m)
         .unwrap_err()
         .starts_with("field 'sliding_window'"));
+}
+
+#[test]
+fn qwen3_has_per_head_qk_norms_and_refuses_what_its_formats_cannot_hold() {
+    let c = llama("qwen3", false, false);
+    let g = c.build();
+    for name in ["q_norm", "k_norm"] {
+        let p = g
+            .param(&format!("model.layers.2.self_attn.{name}.weight"))
+            .unwrap();
+        assert_eq!(p.shape, vec![8]);
+    }
+    let (arch, meta) = c.to_gguf().unwrap();
+    assert_eq!(arch, "qwen3");
+    assert!(meta.iter().any(|(k, _)| k == "qwen3.attention.key_length"));
+    assert_eq!(
+        gguf_name("model.layers.3.self_attn.k_norm.weight").as_deref(),
+        Some("blk.3.attn_k_norm.weight")
+    );
+    assert_eq!(
+        rope_permuted_heads("model.layers.0.self_attn.q_proj.weight", &c),
+        None
+    );
+    // transformers' Qwen3 has no q/k/v biases; llama.cpp's qwen3 reads none either.
+    let mut biased = c.clone();
+    biased.attention_qkv_bias = true;
+    assert!(biased.to_hf("float32").unwrap_err().contains("biases"));
+    assert!(biased
+        .to_gguf()
+        .unwrap_err()
+        .to_string()
+        .contains("q/k/v biases"));
+    // q/k norms on another architecture have no form in either format.
+    let mut normed = llama("llama", true, false);
+    normed.qk_norm = true;
+    assert!(normed.to_hf("float32").unwrap_err().contains("q/k norms"));
+    assert!(normed
+        .to_gguf()
+        .unwrap_err()
+        .to_string()
+        .contains("q/k norms"));
+    // transformers' default for an absent tie_word_embeddings is untied.
+    let mut json = ArchConfig::Llama(c.clone()).to_hf("float32").unwrap();
+    json.remove("tie_word_embeddings");
+    json.remove("attention_bias");
+    assert_eq!(ArchConfig::from_hf(&json).unwrap(), ArchConfig::Llama(c));
 }

@@ -256,6 +256,19 @@ fn hf_round_trip_tiny_qwen2() {
 }
 
 #[test]
+fn hf_round_trip_tiny_qwen3() {
+    let (_s, out) = hf_round_trip("tiny-qwen3", "tiny-qwen3");
+    same_tensors_as_fixture(&out.join("model.safetensors"), "tiny-qwen3");
+    let c = read_json(&out.join("config.json"));
+    assert_eq!(c["architectures"][0], "Qwen3ForCausalLM");
+    assert_eq!(c["model_type"], "qwen3");
+    assert_eq!(c["head_dim"], 24);
+    assert_eq!(c["attention_bias"], false);
+    assert_eq!(c["tie_word_embeddings"], true);
+    assert_eq!(c["use_sliding_window"], false);
+}
+
+#[test]
 fn hf_round_trip_tiny_gpt2() {
     // Conv1D weights go back to [in, out]: the comparison with the fixture checks it.
     let (_s, out) = hf_round_trip("tiny-gpt2", "tiny-gpt2");
@@ -432,6 +445,42 @@ fn gguf_round_trip_tiny_qwen2_keeps_its_rows_and_biases() {
 }
 
 #[test]
+fn gguf_round_trip_tiny_qwen3_writes_its_qk_norms() {
+    let (_s, out) = gguf_round_trip("tiny-qwen3");
+    let f = GgufFile::open(&out).expect("open export");
+    assert_eq!(
+        f.get("general.architecture"),
+        Some(&MetaValue::String("qwen3".into()))
+    );
+    assert_eq!(
+        f.get("qwen3.attention.key_length"),
+        Some(&MetaValue::U32(24))
+    );
+    // NeoX RoPE in llama.cpp's qwen3: Q/K rows in Hugging Face's order; the per-head norms
+    // under llama.cpp's names.
+    let hf = load_fixture("tiny-qwen3");
+    for (name, gguf) in [
+        (
+            "model.layers.0.self_attn.q_proj.weight",
+            "blk.0.attn_q.weight",
+        ),
+        (
+            "model.layers.1.self_attn.q_norm.weight",
+            "blk.1.attn_q_norm.weight",
+        ),
+        (
+            "model.layers.0.self_attn.k_norm.weight",
+            "blk.0.attn_k_norm.weight",
+        ),
+    ] {
+        let t = f.tensor(gguf).unwrap_or_else(|| panic!("{gguf} missing"));
+        let want = hf.model.weights.get(name).expect("hf tensor");
+        assert!(f.tensor_data(t) == want.bytes(), "{gguf}: bytes differ");
+    }
+    assert!(f.tensor("blk.0.attn_q.bias").is_none());
+}
+
+#[test]
 fn gguf_round_trip_tiny_llama_from_gguf() {
     let (_s, out) = gguf_round_trip("tiny-llama/tiny-llama.gguf");
     same_as_converter(&out, &LLAMA_KEYS);
@@ -462,7 +511,7 @@ fn gguf_export_of_gpt2_fails_clearly_and_leaves_the_output_alone() {
         .expect_err("must fail");
     let msg = e.to_string();
     assert!(
-        msg.contains("llama and qwen2 architectures") && msg.contains(&format!("'{arch}'")),
+        msg.contains("LLaMA-family architectures") && msg.contains(&format!("'{arch}'")),
         "{msg}"
     );
     assert!(msg.starts_with(&out.display().to_string()), "{msg}");
@@ -1238,7 +1287,7 @@ fn directory_round_trip_keeps_quantized_weights_bit_for_bit() {
 
 #[test]
 fn safetensors_of_float_models_are_those_of_the_safetensors_crate() {
-    for rel in ["tiny-llama", "tiny-qwen2", "tiny-gpt2"] {
+    for rel in ["tiny-llama", "tiny-qwen2", "tiny-qwen3", "tiny-gpt2"] {
         let l = load_fixture(rel);
         let proof = l.model.verify().expect("verified");
         let s = Scratch::new(&format!("st-{rel}"));

@@ -195,11 +195,15 @@ pub enum Op {
     PositionEmbedding {
         weight: String,
     },
+    /// Normalises each row of the last axis; with `group`, each run of `group` consecutive
+    /// features separately (Qwen3's per-head q/k RMSNorm: `group = head_dim`, one weight shared
+    /// by every head). `weight` and `bias` have the length of what is normalised.
     Norm {
         kind: NormKind,
         eps: f32,
         weight: String,
         bias: Option<String>,
+        group: Option<usize>,
     },
     /// `y = x Wᵀ + b` with `weight[out, in]`, plus a LoRA adapter's update when one is
     /// attached.
@@ -356,12 +360,26 @@ impl Op {
                 let w = get(weight, 2)?;
                 Ok(vec![ValueType::hidden(w.shape[1])])
             }
-            Op::Norm { weight, bias, .. } => {
+            Op::Norm {
+                weight,
+                bias,
+                group,
+                ..
+            } => {
                 let d = hidden(0)?;
+                let n = match *group {
+                    None => d,
+                    Some(g) if g > 0 && d.is_multiple_of(g) => g,
+                    Some(g) => {
+                        return Err(format!(
+                            "norm group {g} does not divide the operand's {d} features"
+                        ))
+                    }
+                };
                 for name in std::iter::once(weight).chain(bias) {
                     let p = get(name, 1)?;
-                    if p.shape[0] != d {
-                        return Err(format!("parameter '{name}' has shape {p}, expected [{d}]"));
+                    if p.shape[0] != n {
+                        return Err(format!("parameter '{name}' has shape {p}, expected [{n}]"));
                     }
                 }
                 Ok(vec![ValueType::hidden(d)])

@@ -137,12 +137,19 @@ fn attrs(op: &Op) -> Vec<(&'static str, String)> {
             a.push(("weight", word(weight)))
         }
         Op::Norm {
-            eps, weight, bias, ..
+            eps,
+            weight,
+            bias,
+            group,
+            ..
         } => {
             a.push(("eps", format!("{eps:?}")));
             a.push(("weight", word(weight)));
             if let Some(b) = bias {
                 a.push(("bias", word(b)));
+            }
+            if let Some(g) = group {
+                a.push(("group", g.to_string()));
             }
         }
         Op::Linear { weight, bias, lora } => {
@@ -732,6 +739,11 @@ fn build_op(name: &str, a: &mut Attrs) -> Result<Op, ParseError> {
             eps: a.num("eps", name)?,
             weight: a.name("weight", name)?,
             bias: a.opt_name("bias", name)?,
+            group: if a.map.contains_key("group") {
+                Some(a.num("group", name)?)
+            } else {
+                None
+            },
         })
     };
     Ok(match name {

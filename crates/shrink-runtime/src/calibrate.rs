@@ -479,6 +479,7 @@ fn step<B: Backend>(
             eps,
             weight,
             bias,
+            group,
         } => {
             let w = vector::<B>(model, weight, device)?;
             let b = bias
@@ -488,7 +489,7 @@ fn step<B: Backend>(
             vec![Val::Hidden(
                 hidden(0)?
                     .into_iter()
-                    .map(|x| norm(x, *kind, *eps, &w, b.as_ref()))
+                    .map(|x| norm(x, *kind, *eps, &w, b.as_ref(), *group))
                     .collect(),
             )]
         }

@@ -453,6 +453,7 @@ mod tests {
                     1e-5,
                     &g_ops,
                     with_bias.then_some(&s_ops),
+                    None,
                 ));
                 let got = super::norm(
                     &host(&x, [b, s, d]),
@@ -464,6 +465,38 @@ mod tests {
                 let got = values(got.expect("the host path runs on the CPU backend"));
                 assert!(max_diff(&got, &want) < 1e-5, "{kind:?}, bias {with_bias}");
             }
+        }
+        // A grouped RMSNorm (Qwen3's per-head q/k norm) normalises each run of `g` features
+        // with one shared `[g]` weight, on both paths, as written out by hand here.
+        let g = 8;
+        let gw = data(g, 6);
+        let mut want = x.clone();
+        for (i, run) in want.chunks_mut(g).enumerate() {
+            let ms = x[i * g..(i + 1) * g].iter().map(|v| v * v).sum::<f32>() / g as f32;
+            let r = 1.0 / (ms + 1e-6).sqrt();
+            for (v, w) in run.iter_mut().zip(&gw) {
+                *v *= r * w;
+            }
+        }
+        for got in [
+            values(norm(
+                host(&x, [b, s, d]),
+                NormKind::Rms,
+                1e-6,
+                &upload::<Cpu, 1>(gw.clone(), [g], &Default::default()),
+                None,
+                Some(g),
+            )),
+            values(norm(
+                ops(&x, [b, s, d]),
+                NormKind::Rms,
+                1e-6,
+                &upload::<Ops, 1>(gw.clone(), [g], &Default::default()),
+                None,
+                Some(g),
+            )),
+        ] {
+            assert!(max_diff(&got, &want) < 1e-5, "grouped rms norm");
         }
         let want = values(activate(ops(&x, [b, s, d]), Activation::Silu));
         let got = values(

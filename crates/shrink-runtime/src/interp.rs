@@ -193,6 +193,7 @@ enum Kernel {
         eps: f32,
         weight: usize,
         bias: Option<usize>,
+        group: Option<usize>,
     },
     Linear {
         weight: usize,
@@ -424,9 +425,11 @@ impl<B: Backend> Interpreter<B> {
                     eps,
                     weight,
                     bias,
+                    group,
                 } => Kernel::Norm {
                     kind: *kind,
                     eps: *eps,
+                    group: *group,
                     weight: entry(weight, false, true)?,
                     bias: bias.as_deref().map(|b| entry(b, false, true)).transpose()?,
                 },
@@ -762,12 +765,14 @@ impl<B: Backend> Interpreter<B> {
                     eps,
                     weight,
                     bias,
+                    group,
                 } => vec![Val::Hidden(norm(
                     hidden(0)?,
                     *kind,
                     *eps,
                     &self.vector(*weight),
                     bias.map(|b| self.vector(b)).as_ref(),
+                    *group,
                 ))],
                 Kernel::Linear { weight, bias, lora } => {
                     let x = match &rows {
@@ -951,7 +956,15 @@ pub(crate) fn norm<B: Backend>(
     eps: f32,
     weight: &Tensor<B, 1>,
     bias: Option<&Tensor<B, 1>>,
+    group: Option<usize>,
 ) -> Tensor<B, 3> {
+    // A grouped norm is the plain one over rows of `group` features (the verifier checked
+    // that the group divides the width).
+    let [b, s, d] = x.dims();
+    if let Some(g) = group.filter(|&g| g != d && g > 0) {
+        let rows = x.reshape([b, s * (d / g), g]);
+        return norm(rows, kind, eps, weight, bias, None).reshape([b, s, d]);
+    }
     if let Some(y) = crate::cpu::norm(&x, kind, eps, weight, bias) {
         return y;
     }

@@ -1036,8 +1036,9 @@ mod tests {
     type F64 = NdArray<f64>;
 
     /// A tiny model using every op the interpreter differentiates: embedding, position
-    /// embedding, layer and RMS norm, linear with and without bias, split, grouped-query
-    /// attention with full or partial RoPE, `act` in a gated MLP, add, mul and a tied head.
+    /// embedding, layer and RMS norm, per-head RMS norms on q and k (grouped norms), linear
+    /// with and without bias, split, grouped-query attention with full or partial RoPE, `act`
+    /// in a gated MLP, add, mul and a tied head.
     fn tiny(act: &str, rope_dim: usize, seed: u64) -> Model {
         let text = format!(
             "shrink-ir 1
@@ -1048,6 +1049,8 @@ param ln.weight: f32[8]
 param ln.bias: f32[8]
 param qkv.weight: f32[16, 8]
 param qkv.bias: f32[16]
+param qn.weight: f32[4]
+param kn.weight: f32[4]
 param o.weight: f32[8, 8]
 param rms.weight: f32[8]
 param gate.weight: f32[12, 8]
@@ -1061,7 +1064,9 @@ param final.weight: f32[8]
 %4: f32[b, s, 8] = layer_norm(%3) eps=1e-5 weight=ln.weight bias=ln.bias
 %5: f32[b, s, 16] = linear(%4) weight=qkv.weight bias=qkv.bias
 %6: f32[b, s, 8], %7: f32[b, s, 4], %8: f32[b, s, 4] = split(%5) sizes=[8, 4, 4]
-%9: f32[b, s, 8] = attention(%6, %7, %8) heads=2 kv_heads=1 head_dim=4 rope_theta=10000.0 rope_dim={rope_dim} causal=true
+%21: f32[b, s, 8] = rms_norm(%6) eps=1e-5 weight=qn.weight group=4
+%22: f32[b, s, 4] = rms_norm(%7) eps=1e-5 weight=kn.weight group=4
+%9: f32[b, s, 8] = attention(%21, %22, %8) heads=2 kv_heads=1 head_dim=4 rope_theta=10000.0 rope_dim={rope_dim} causal=true
 %10: f32[b, s, 8] = linear(%9) weight=o.weight
 %11: f32[b, s, 8] = add(%3, %10)
 %12: f32[b, s, 8] = rms_norm(%11) eps=1e-5 weight=rms.weight

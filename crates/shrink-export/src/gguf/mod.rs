@@ -21,7 +21,9 @@ use std::fs::OpenOptions;
 use std::io::BufWriter;
 use std::path::Path;
 
-use shrink_arch::{gguf_name, permute_rows, rope_permuted_heads, ArchId, ConfigError, LlamaConfig};
+use shrink_arch::{
+    gguf_name, permute_rows, rope_permuted_heads, ArchId, ConfigError, Family, LlamaConfig,
+};
 use shrink_formats::gguf::{GgmlType, GgufTensor, GgufWriter, MetaValue};
 use shrink_formats::tokenizer::gguf_metadata as tokenizer_metadata;
 use shrink_formats::Tokenizer;
@@ -86,10 +88,10 @@ pub fn prepare<'m>(model: &'m Model, tokenizer: &Tokenizer, path: &Path) -> Resu
     };
     crate::peft::refuse_adapters(model, path)?;
     let arch = ArchId::of_graph(g).map_err(unsupported)?;
-    let writable = |a: ArchId| matches!(a, ArchId::Llama | ArchId::Mistral | ArchId::Qwen2);
+    let writable = |a: ArchId| a.family() == Family::Llama;
     if !writable(arch) {
         return Err(unsupported(format!(
-            "GGUF export writes llama.cpp's llama and qwen2 architectures (graphs of {}); this \
+            "GGUF export writes llama.cpp's LLaMA-family architectures (graphs of {}); this \
              model is '{arch}'",
             ArchId::list(writable)
         )));
@@ -99,13 +101,6 @@ pub fn prepare<'m>(model: &'m Model, tokenizer: &Tokenizer, path: &Path) -> Resu
         arch: arch.to_string(),
         message,
     })?;
-    if cfg.attention_qkv_bias && arch != ArchId::Qwen2 {
-        return Err(unsupported(
-            "q/k/v biases are not supported in GGUF export (their rows would need llama.cpp's \
-             RoPE permutation too)"
-                .into(),
-        ));
-    }
 
     // Every parameter must have a GGUF type: checked before anything else is built.
     for (hf, ty) in g.params() {

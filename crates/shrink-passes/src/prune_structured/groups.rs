@@ -238,14 +238,35 @@ fn head_group(g: &Graph, id: NodeId, spec: AttentionSpec) -> Result<HeadGroup, S
     let n = g.node(id).ok_or("a removed node")?;
     let mut qkv = Vec::new();
     for (k, v) in n.inputs.iter().enumerate() {
-        let p = g.producer(*v).ok_or("a dangling operand")?;
+        let (mut value, mut reader) = (*v, id);
+        let mut p = g.producer(value).ok_or("a dangling operand")?;
+        // A per-head norm (Qwen3's q/k norm, one group per head) keeps each head's features
+        // together and its weight is shared by all heads: heads are pruned through it.
+        if let Some(Op::Norm {
+            group: Some(gs), ..
+        }) = g.node(p).map(|n| &n.op)
+        {
+            if *gs == spec.head_dim {
+                if g.users(value) != vec![id] {
+                    return Err(format!(
+                        "the per-head norm of operand {k} is read elsewhere too"
+                    ));
+                }
+                reader = p;
+                value = *g
+                    .node(p)
+                    .and_then(|n| n.inputs.first())
+                    .ok_or("a norm without an operand")?;
+                p = g.producer(value).ok_or("a dangling operand")?;
+            }
+        }
         let lp = linear_params(g, p).ok_or_else(|| {
             format!(
                 "operand {k} is made by {}, not a linear",
                 g.node(p).map_or("?", |n| n.op.name())
             )
         })?;
-        if g.users(*v) != vec![id] || readers(g, &lp.weight) > 1 {
+        if g.users(value) != vec![reader] || readers(g, &lp.weight) > 1 {
             return Err(format!("'{}' is read elsewhere too", lp.weight));
         }
         qkv.push(lp);

@@ -610,7 +610,13 @@ fn fold_target(model: &Model, value: ValueId, linears: &[SiteLinear]) -> Option<
     };
     let producer = g.node(g.producer(value)?)?;
     match &producer.op {
-        Op::Norm { weight, bias, .. } if used_once(weight) => Some(Fold::Norm {
+        // A grouped norm has one weight per group position, not per feature: not foldable.
+        Op::Norm {
+            weight,
+            bias,
+            group: None,
+            ..
+        } if used_once(weight) => Some(Fold::Norm {
             weight: weight.clone(),
             bias: bias.clone(),
         }),
