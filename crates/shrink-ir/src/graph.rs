@@ -305,17 +305,6 @@ impl Graph {
         ids
     }
 
-    /// The narrowest sliding window of the graph's attention ops, if any has one.
-    pub fn narrowest_window(&self) -> Option<usize> {
-        self.node_ids()
-            .into_iter()
-            .filter_map(|id| match self.node(id).map(|n| &n.op) {
-                Some(crate::Op::Attention(a)) => a.window,
-                _ => None,
-            })
-            .min()
-    }
-
     pub fn node_count(&self) -> usize {
         self.nodes.node_count()
     }

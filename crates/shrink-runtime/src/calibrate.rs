@@ -230,9 +230,6 @@ fn run_on<B: Backend>(
             "calibration needs a non-empty set of equally long sequences".into(),
         ));
     }
-    if let Some(window) = model.graph.narrowest_window().filter(|&w| len > w) {
-        return Err(RuntimeError::BeyondWindow { len, window });
-    }
     let order = model
         .graph
         .order()

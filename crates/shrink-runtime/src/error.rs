@@ -12,11 +12,6 @@ pub enum RuntimeError {
     TokenOutOfRange { id: u32, vocab: usize },
     #[error("sequence of {len} tokens exceeds the model's {max} positions")]
     TooLong { len: usize, max: usize },
-    #[error(
-        "sequence of {len} tokens exceeds the model's sliding window of {window} positions: \
-         attention beyond the window is not computed yet (use a context of at most {window})"
-    )]
-    BeyondWindow { len: usize, window: usize },
     #[error("{0}")]
     Input(String),
     #[error("device: {0}")]

@@ -42,7 +42,8 @@ pub(crate) fn attention<B: Backend>(
                     kv_heads,
                     d,
                 };
-                compute(q, k, v, shape, rope, past, causal)
+                let window = spec.window.filter(|_| causal);
+                compute(q, k, v, shape, rope, past, causal, window)
             })
         })
     })
@@ -66,7 +67,8 @@ struct Shape {
 /// `q [b, s, heads·d]`, `k`, `v [b, t, kv_heads·d]` (rows of tokens, heads side by side) →
 /// `[b, s, heads·d]`. RoPE (`theta`, rotated dims) applies at positions `past..` to queries
 /// and keys alike (no cache: the keys are the queries' own positions); with `causal`, query `i`
-/// sees keys `0..=past + i`.
+/// sees keys `0..=past + i`, and with a sliding `window` only the last `window` of those.
+#[allow(clippy::too_many_arguments)]
 fn compute(
     q: &[f32],
     k: &[f32],
@@ -75,6 +77,7 @@ fn compute(
     rope: Option<shrink_ir::Rope>,
     past: usize,
     causal: bool,
+    window: Option<usize>,
 ) -> Vec<f32> {
     let Shape {
         b,
@@ -131,6 +134,7 @@ fn compute(
                         let r0 = chunk * ROWS_PER_ITEM;
                         let r1 = (r0 + ROWS_PER_ITEM).min(s);
                         let seen = |i: usize| if causal { (past + i + 1).min(t) } else { t };
+                        let first = |i: usize| window.map_or(0, |w| seen(i).saturating_sub(w));
                         let mut out = vec![0.0f32; (r1 - r0) * d];
                         let mut i = r0;
                         while i < r1 {
@@ -138,11 +142,21 @@ fn compute(
                             if tiled && i + ROWS <= r1 {
                                 let q = &qh[(bh * s + i) * d..(bh * s + i + ROWS) * d];
                                 let seen: [usize; ROWS] = std::array::from_fn(|r| seen(i + r));
-                                rows_tiled(q, keys, values, seen, &mut scores, &mut o[..ROWS * d]);
+                                let first: [usize; ROWS] = std::array::from_fn(|r| first(i + r));
+                                rows_tiled(
+                                    q,
+                                    keys,
+                                    values,
+                                    (first, seen),
+                                    &mut scores,
+                                    &mut o[..ROWS * d],
+                                );
                                 i += ROWS;
                             } else {
                                 let qi = &qh[(bh * s + i) * d..(bh * s + i + 1) * d];
-                                row(qi, keys, tp, values, &mut scores[..seen(i)], &mut o[..d]);
+                                let (lo, hi) = (first(i), seen(i));
+                                let sc = &mut scores[..hi - lo];
+                                row(qi, keys, tp, values, lo, sc, &mut o[..d]);
                                 i += 1;
                             }
                         }
@@ -191,7 +205,7 @@ fn tiles_fit(d: usize) -> bool {
     }
 }
 
-/// `ROWS` query rows at once (`q [ROWS, d]`), row `r` seeing keys `0..seen[r]`: the same
+/// `ROWS` query rows at once (`q [ROWS, d]`), row `r` seeing keys `first[r]..seen[r]`: the same
 /// result as `row` for each, with every key and value loaded once per tile of rows, so the
 /// products run from registers rather than from the score and output rows. `keys_t` is
 /// `[d, tp]` (zero-padded keys), `scores` at least `ROWS × tp`. Only called after `tiles_fit`.
@@ -199,18 +213,18 @@ fn rows_tiled(
     q: &[f32],
     keys_t: &[f32],
     values: &[f32],
-    seen: [usize; ROWS],
+    range: ([usize; ROWS], [usize; ROWS]),
     scores: &mut [f32],
     out: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: `tiles_fit` checked AVX2, FMA and `d % KEY_TILE == 0` before this is reached.
     unsafe {
-        rows_tiled_avx2(q, keys_t, values, seen, scores, out)
+        rows_tiled_avx2(q, keys_t, values, range, scores, out)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (q, keys_t, values, seen, scores, out);
+        let _ = (q, keys_t, values, range, scores, out);
         unreachable!("tiles_fit is false off x86-64")
     }
 }
@@ -221,7 +235,7 @@ unsafe fn rows_tiled_avx2(
     q: &[f32],
     keys_t: &[f32],
     values: &[f32],
-    seen: [usize; ROWS],
+    (first, seen): ([usize; ROWS], [usize; ROWS]),
     scores: &mut [f32],
     out: &mut [f32],
 ) {
@@ -229,8 +243,11 @@ unsafe fn rows_tiled_avx2(
     let d = q.len() / ROWS;
     let tp = keys_t.len() / d;
     let most = seen.iter().copied().max().unwrap_or(0);
+    // Keys before every row's window are skipped a whole tile at a time.
+    let least = first.iter().copied().min().unwrap_or(0) / KEY_TILE * KEY_TILE;
     assert!(
         most <= tp
+            && (0..ROWS).all(|r| first[r] < seen[r])
             && scores.len() >= ROWS * tp
             && out.len() == ROWS * d
             && values.len() >= most * d
@@ -245,7 +262,7 @@ unsafe fn rows_tiled_avx2(
     // `t` are zero padding, and those past a row's `seen` are dropped by the softmax below.
     // SAFETY (pointer reads and writes here and below): j + 16 ≤ tp by the padding, c < d,
     // r < ROWS, and `scores`, `out`, `values` were sized by the assert above.
-    for j in (0..most).step_by(KEY_TILE) {
+    for j in (least..most).step_by(KEY_TILE) {
         let mut acc = [[_mm256_setzero_ps(); 2]; ROWS];
         for c in 0..d {
             let k0 = _mm256_loadu_ps(kp.add(c * tp + j));
@@ -261,23 +278,25 @@ unsafe fn rows_tiled_avx2(
             _mm256_storeu_ps(sp.add(r * tp + j + 8), a[1]);
         }
     }
-    // Softmax of each row over the keys it sees; zero weight for the rest of the tile's keys.
+    // Softmax of each row over the keys it sees; zero weight for the rest of the tiles' keys.
     let mut sums = [0.0f32; ROWS];
     for (r, sum) in sums.iter_mut().enumerate() {
-        let row = &mut scores[r * tp..r * tp + most];
-        let (live, dead) = row.split_at_mut(seen[r]);
+        let row = &mut scores[r * tp + least..r * tp + most];
+        let (before, rest) = row.split_at_mut(first[r] - least);
+        let (live, after) = rest.split_at_mut(seen[r] - first[r]);
         let max = live.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
         for sc in live.iter_mut() {
             *sc = (*sc - max).exp();
             *sum += *sc;
         }
-        dead.fill(0.0);
+        before.fill(0.0);
+        after.fill(0.0);
     }
     // Output: tiles of ROWS × KEY_TILE features, accumulated over the keys.
     let sp = scores.as_ptr();
     for f in (0..d).step_by(KEY_TILE) {
         let mut acc = [[_mm256_setzero_ps(); 2]; ROWS];
-        for j in 0..most {
+        for j in least..most {
             let v0 = _mm256_loadu_ps(vp.add(j * d + f));
             let v1 = _mm256_loadu_ps(vp.add(j * d + f + 8));
             for (r, a) in acc.iter_mut().enumerate() {
@@ -295,15 +314,23 @@ unsafe fn rows_tiled_avx2(
     }
 }
 
-/// One query row: scores against `scores.len()` keys, softmax, weighted sum of values.
-/// `keys_t` is `[d, tp]`.
-fn row(qi: &[f32], keys_t: &[f32], tp: usize, values: &[f32], scores: &mut [f32], out: &mut [f32]) {
+/// One query row: scores against the `scores.len()` keys from key `first`, softmax, weighted
+/// sum of values. `keys_t` is `[d, tp]`.
+fn row(
+    qi: &[f32],
+    keys_t: &[f32],
+    tp: usize,
+    values: &[f32],
+    first: usize,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has AVX2, checked just above.
-        return unsafe { row_avx2(qi, keys_t, tp, values, scores, out) };
+        return unsafe { row_avx2(qi, keys_t, tp, values, first, scores, out) };
     }
-    row_portable(qi, keys_t, tp, values, scores, out)
+    row_portable(qi, keys_t, tp, values, first, scores, out)
 }
 
 /// `row` compiled for AVX2 (8 lanes): the build targets baseline x86-64 (4-lane SSE2).
@@ -314,10 +341,11 @@ unsafe fn row_avx2(
     keys_t: &[f32],
     tp: usize,
     values: &[f32],
+    first: usize,
     scores: &mut [f32],
     out: &mut [f32],
 ) {
-    row_portable(qi, keys_t, tp, values, scores, out)
+    row_portable(qi, keys_t, tp, values, first, scores, out)
 }
 
 #[inline(always)]
@@ -326,13 +354,15 @@ fn row_portable(
     keys_t: &[f32],
     t: usize,
     values: &[f32],
+    first: usize,
     scores: &mut [f32],
     out: &mut [f32],
 ) {
     let d = qi.len();
+    let values = &values[first * d..];
     scores.fill(0.0);
     for (k, &qk) in qi.iter().enumerate() {
-        let kr = &keys_t[k * t..k * t + scores.len()];
+        let kr = &keys_t[k * t + first..k * t + first + scores.len()];
         for (sc, &x) in scores.iter_mut().zip(kr) {
             *sc += qk * x;
         }

@@ -277,9 +277,6 @@ pub struct Interpreter<B: Backend> {
     /// The distinct RoPEs; their tables are made per call for the positions it uses, never
     /// for the declared context (a config may claim billions of positions).
     rope: Vec<shrink_ir::Rope>,
-    /// The narrowest sliding window of any attention layer: longer sequences are refused
-    /// until windowed attention is computed.
-    window: Option<usize>,
 }
 
 /// RoPE's `cos` and `sin` tables, `[positions, rope_dim/2]`.
@@ -516,7 +513,6 @@ impl<B: Backend> Interpreter<B> {
             vocab,
             max_positions,
             rope,
-            window: graph.narrowest_window(),
         })
     }
 
@@ -681,12 +677,6 @@ impl<B: Backend> Interpreter<B> {
             return Err(RuntimeError::TooLong {
                 len: past + s,
                 max: self.max_positions,
-            });
-        }
-        if let Some(window) = self.window.filter(|&w| past + s > w) {
-            return Err(RuntimeError::BeyondWindow {
-                len: past + s,
-                window,
             });
         }
         let mut flat = Vec::with_capacity(b * s);
@@ -1091,6 +1081,7 @@ pub(crate) fn attention_ops<B: Backend>(
     // Query heads of one KV group side by side: [b, kvh, g, s, d] against [b, kvh, t, d].
     let q = q.reshape([b, kvh, g, s, d]);
     let causal_mask = mask.filter(|_| spec.causal);
+    let window = spec.window.filter(|_| spec.causal);
     let blocks: Vec<(usize, usize)> = match causal_mask {
         Some(_) => (0..s)
             .step_by(QUERY_BLOCK)
@@ -1101,15 +1092,37 @@ pub(crate) fn attention_ops<B: Backend>(
     let mut outs = Vec::with_capacity(blocks.len());
     for (i0, i1) in blocks {
         let n = i1 - i0;
-        // Keys after the block's last query are masked for every row of it: skip them.
+        // Keys after the block's last query are masked for every row of it, and with a sliding
+        // window so are those before its first query's window: skip them.
         let tb = if causal_mask.is_some() { past + i1 } else { t };
+        let lo = window.map_or(0, |w| (past + i0 + 1).saturating_sub(w));
         let qb = q.clone().narrow(3, i0, n).reshape([b, kvh, g * n, d]);
-        let kb = k.clone().narrow(2, 0, tb);
-        let vb = v.clone().narrow(2, 0, tb);
+        let kb = k.clone().narrow(2, lo, tb - lo);
+        let vb = v.clone().narrow(2, lo, tb - lo);
         let mut scores = qb.matmul(kb.swap_dims(2, 3)) * scale;
-        if let Some(m) = causal_mask {
-            let bias = m.clone().narrow(0, i0, n).narrow(1, 0, tb).unsqueeze::<5>();
-            scores = (scores.reshape([b, kvh, g, n, tb]) + bias).reshape([b, kvh, g * n, tb]);
+        let bias = match (causal_mask, window) {
+            // A single query (decoding) sees exactly keys `lo..t`: nothing to mask.
+            (None, _) => None,
+            (Some(m), None) => Some(m.clone().narrow(0, i0, n).narrow(1, 0, tb)),
+            (Some(_), Some(w)) => {
+                let cols = tb - lo;
+                let mut bias = vec![0.0f32; n * cols];
+                for (r, row) in bias.chunks_exact_mut(cols).enumerate() {
+                    let at = past + i0 + r;
+                    for (c, x) in row.iter_mut().enumerate() {
+                        let j = lo + c;
+                        if j > at || j + w <= at {
+                            *x = f32::NEG_INFINITY;
+                        }
+                    }
+                }
+                Some(upload::<B, 2>(bias, [n, cols], &scores.device()))
+            }
+        };
+        if let Some(bias) = bias {
+            let cols = tb - lo;
+            let bias = bias.unsqueeze::<5>();
+            scores = (scores.reshape([b, kvh, g, n, cols]) + bias).reshape([b, kvh, g * n, cols]);
         }
         let probs = activation::softmax(scores, 3);
         outs.push(probs.matmul(vb).reshape([b, kvh, g, n, d]));

@@ -1035,11 +1035,30 @@ mod tests {
 
     type F64 = NdArray<f64>;
 
-    /// A tiny model using every op the interpreter differentiates: embedding, position
-    /// embedding, layer and RMS norm, per-head RMS norms on q and k (grouped norms), linear
-    /// with and without bias, split, grouped-query attention with full or partial RoPE, `act`
-    /// in a gated MLP, add, mul and a tied head.
+    /// A tiny model: embedding, position embedding, layer and RMS norm, linear with and
+    /// without bias, split, grouped-query attention with full or partial RoPE, `act` in a gated
+    /// MLP, add, mul and a tied head.
     fn tiny(act: &str, rope_dim: usize, seed: u64) -> Model {
+        tiny_with(act, rope_dim, "", false, seed)
+    }
+
+    /// `tiny`, optionally with attention `window` attributes and per-head RMS norms on q and k
+    /// (grouped norms): every op the interpreter differentiates.
+    fn tiny_with(act: &str, rope_dim: usize, window: &str, qk_norm: bool, seed: u64) -> Model {
+        let (q, k) = if qk_norm {
+            ("%21", "%22")
+        } else {
+            ("%6", "%7")
+        };
+        let (norm_params, norms) = if qk_norm {
+            (
+                "param qn.weight: f32[4]\nparam kn.weight: f32[4]\n",
+                "%21: f32[b, s, 8] = rms_norm(%6) eps=1e-5 weight=qn.weight group=4\n\
+                 %22: f32[b, s, 4] = rms_norm(%7) eps=1e-5 weight=kn.weight group=4\n",
+            )
+        } else {
+            ("", "")
+        };
         let text = format!(
             "shrink-ir 1
 meta context_length = \"16\"
@@ -1049,9 +1068,7 @@ param ln.weight: f32[8]
 param ln.bias: f32[8]
 param qkv.weight: f32[16, 8]
 param qkv.bias: f32[16]
-param qn.weight: f32[4]
-param kn.weight: f32[4]
-param o.weight: f32[8, 8]
+{norm_params}param o.weight: f32[8, 8]
 param rms.weight: f32[8]
 param gate.weight: f32[12, 8]
 param up.weight: f32[12, 8]
@@ -1064,9 +1081,7 @@ param final.weight: f32[8]
 %4: f32[b, s, 8] = layer_norm(%3) eps=1e-5 weight=ln.weight bias=ln.bias
 %5: f32[b, s, 16] = linear(%4) weight=qkv.weight bias=qkv.bias
 %6: f32[b, s, 8], %7: f32[b, s, 4], %8: f32[b, s, 4] = split(%5) sizes=[8, 4, 4]
-%21: f32[b, s, 8] = rms_norm(%6) eps=1e-5 weight=qn.weight group=4
-%22: f32[b, s, 4] = rms_norm(%7) eps=1e-5 weight=kn.weight group=4
-%9: f32[b, s, 8] = attention(%21, %22, %8) heads=2 kv_heads=1 head_dim=4 rope_theta=10000.0 rope_dim={rope_dim} causal=true
+{norms}%9: f32[b, s, 8] = attention({q}, {k}, %8) heads=2 kv_heads=1 head_dim=4 rope_theta=10000.0 rope_dim={rope_dim} causal=true{window}
 %10: f32[b, s, 8] = linear(%9) weight=o.weight
 %11: f32[b, s, 8] = add(%3, %10)
 %12: f32[b, s, 8] = rms_norm(%11) eps=1e-5 weight=rms.weight
@@ -1162,12 +1177,18 @@ output(%20) name=\"logits\"
             alpha: 0.3,
             temperature: 2.0,
         };
-        for (case, (act, rope_dim)) in [("silu", 4), ("gelu", 2), ("gelu_tanh", 4), ("relu", 2)]
-            .into_iter()
-            .enumerate()
+        // Two cases with a sliding window shorter than the batch's 5 positions.
+        for (case, (act, rope_dim, window)) in [
+            ("silu", 4, ""),
+            ("gelu", 2, " window=2"),
+            ("gelu_tanh", 4, " window=3"),
+            ("relu", 2, ""),
+        ]
+        .into_iter()
+        .enumerate()
         {
-            let model = tiny(act, rope_dim, case as u64);
-            let teacher = tiny(act, rope_dim, 100 + case as u64);
+            let model = tiny_with(act, rope_dim, window, true, case as u64);
+            let teacher = tiny_with(act, rope_dim, window, true, 100 + case as u64);
             let teacher = Interpreter::<F64>::new(&teacher, &device).expect("teacher");
             let mut st =
                 Student::<Autodiff<F64>>::new(&model, &device, &|_| true, false).expect("st");
