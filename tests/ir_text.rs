@@ -5,12 +5,13 @@ use shrink_ir::{verify_graph, Op};
 
 use crate::common::fixture;
 
-const MODELS: [&str; 6] = [
+const MODELS: [&str; 7] = [
     "tiny-llama",
     "tiny-llama/tiny-llama.gguf",
     "tiny-llama3",
     "tiny-qwen2",
     "tiny-qwen3",
+    "tiny-phi3",
     "tiny-gpt2",
 ];
 

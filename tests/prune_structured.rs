@@ -519,3 +519,23 @@ fn smollm2_sensitivity_protects_layer_0() {
     assert_eq!(kept["model.layers.0.mlp.down_proj.weight"], 1536, "{kept}");
     assert_eq!(report.stats["units_removed"], 11520);
 }
+
+#[test]
+fn pruned_phi3_heads_are_stacked_back_into_a_smaller_qkv_proj() {
+    // Phi-3's fused qkv_proj is split on import, so its heads prune as any model's; the export
+    // stacks the smaller q/k/v back, and the directory loads to the same logits.
+    let model = prune_one_kv_group("tiny-phi3", 16);
+    let proof = model.verify().expect("verifies");
+    let dir = crate::common::scratch("phi3-heads-pruned");
+    shrink::export::hf::write(&model, &proof, None, &dir).expect("export");
+    let back = shrink::import::load(&dir).expect("reload");
+    assert_eq!(
+        back.model
+            .graph
+            .param("model.layers.0.self_attn.q_proj.weight")
+            .expect("q")
+            .shape,
+        vec![32, 64]
+    );
+    assert_eq!(logits(&back.model), logits(&model));
+}

@@ -168,6 +168,28 @@ fn tiny_qwen3_per_head_qk_norms_match_transformers() {
 }
 
 #[test]
+fn tiny_phi3_split_projections_and_window_match_transformers() {
+    check("tiny-phi3", "tiny-phi3");
+    let loaded = shrink_import::load(&fixture("tiny-phi3")).expect("load");
+    let g = &loaded.model.graph;
+    // The fused qkv_proj [128, 64] and gate_up_proj [320, 64] come in as ordinary linears.
+    for (name, shape) in [
+        ("model.layers.1.self_attn.q_proj.weight", [64, 64]),
+        ("model.layers.1.self_attn.k_proj.weight", [32, 64]),
+        ("model.layers.1.self_attn.v_proj.weight", [32, 64]),
+        ("model.layers.1.mlp.gate_proj.weight", [160, 64]),
+        ("model.layers.1.mlp.up_proj.weight", [160, 64]),
+    ] {
+        assert_eq!(g.param(name).expect(name).shape, shape, "{name}");
+    }
+    assert!(g
+        .param("model.layers.1.self_attn.qkv_proj.weight")
+        .is_none());
+    let text = shrink_ir::text::print(g);
+    assert_eq!(text.matches(" window=16").count(), 2, "{text}");
+}
+
+#[test]
 fn tiny_gpt2_matches_transformers() {
     check("tiny-gpt2", "tiny-gpt2");
 }

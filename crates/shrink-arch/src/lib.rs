@@ -31,6 +31,7 @@ pub enum ArchId {
     Mistral,
     Qwen2,
     Qwen3,
+    Phi3,
     Gpt2,
 }
 
@@ -43,11 +44,12 @@ pub enum Family {
 
 impl ArchId {
     /// Every architecture, in the order error messages list them.
-    pub const ALL: [ArchId; 5] = [
+    pub const ALL: [ArchId; 6] = [
         ArchId::Llama,
         ArchId::Mistral,
         ArchId::Qwen2,
         ArchId::Qwen3,
+        ArchId::Phi3,
         ArchId::Gpt2,
     ];
 
@@ -58,6 +60,7 @@ impl ArchId {
             ArchId::Mistral => "mistral",
             ArchId::Qwen2 => "qwen2",
             ArchId::Qwen3 => "qwen3",
+            ArchId::Phi3 => "phi3",
             ArchId::Gpt2 => "gpt2",
         }
     }
@@ -68,7 +71,9 @@ impl ArchId {
 
     pub fn family(self) -> Family {
         match self {
-            ArchId::Llama | ArchId::Mistral | ArchId::Qwen2 | ArchId::Qwen3 => Family::Llama,
+            ArchId::Llama | ArchId::Mistral | ArchId::Qwen2 | ArchId::Qwen3 | ArchId::Phi3 => {
+                Family::Llama
+            }
             ArchId::Gpt2 => Family::Gpt2,
         }
     }
@@ -123,6 +128,13 @@ impl From<GgufError> for ConfigError {
     fn from(e: GgufError) -> Self {
         ConfigError::Gguf(Box::new(e))
     }
+}
+
+/// A checkpoint tensor made of IR parameters' rows, stacked in the order of `parts`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FusedTensor {
+    pub name: String,
+    pub parts: Vec<String>,
 }
 
 /// The normalised config of a model of any architecture.
@@ -254,6 +266,16 @@ impl ArchConfig {
     /// weights are `[in, out]`; the IR keeps every linear weight `[out, in]`).
     pub fn stored_transposed(&self, name: &str) -> bool {
         matches!(self, ArchConfig::Gpt2(_)) && gpt2_is_conv1d(name)
+    }
+
+    /// Checkpoint tensors that hold several IR parameters, their rows stacked in order
+    /// (Phi-3's `qkv_proj` and `gate_up_proj`): split on import so every pass sees ordinary
+    /// q/k/v and gate/up linears, stacked again on export.
+    pub fn fused_tensors(&self) -> Vec<FusedTensor> {
+        match self {
+            ArchConfig::Llama(c) => c.fused_tensors(),
+            ArchConfig::Gpt2(_) => Vec::new(),
+        }
     }
 
     /// The `config.json` transformers loads this model from.

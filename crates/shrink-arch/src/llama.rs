@@ -1,4 +1,4 @@
-//! The LLaMA family (Llama, SmolLM, Mistral, Qwen2, Qwen3): its normalised config, the graph it
+//! The LLaMA family (Llama, SmolLM, Mistral, Qwen2, Qwen3, Phi-3): its normalised config, the graph it
 //! builds, the config read back from a graph, and its GGUF tensor names.
 
 use shrink_ir::{Activation, AttentionSpec, Graph, NormKind, Op, Rope, RopeScaling};
@@ -10,14 +10,14 @@ use crate::graph_read::*;
 use crate::hf_json::{f32_json, token_json, ConfigJson};
 use shrink_formats::gguf::{GgufError, GgufFile, MetaValue};
 
-use crate::{ArchId, ConfigError, Family};
+use crate::{ArchId, ConfigError, Family, FusedTensor};
 
-/// The LLaMA family (Llama, SmolLM, Mistral, Qwen2, Qwen3): RMSNorm, RoPE, grouped-query
+/// The LLaMA family (Llama, SmolLM, Mistral, Qwen2, Qwen3, Phi-3): RMSNorm, RoPE, grouped-query
 /// attention, SwiGLU MLP. Layers may differ in MLP width and head counts (structured pruning makes such
 /// models); `head_dim` is shared.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LlamaConfig {
-    /// Llama, Mistral, Qwen2 or Qwen3: kept so exports write the same architecture back.
+    /// Llama, Mistral, Qwen2, Qwen3 or Phi-3: kept so exports write the same architecture back.
     pub arch: ArchId,
     pub vocab_size: usize,
     pub hidden_size: usize,
@@ -119,6 +119,27 @@ impl LlamaConfig {
         crate::limits::epsilon("rms_norm_eps", self.rms_norm_eps)?;
         self.param_count()?;
         Ok(())
+    }
+
+    /// Phi-3's checkpoints stack q/k/v in `qkv_proj` and gate/up in `gate_up_proj`, per layer.
+    pub fn fused_tensors(&self) -> Vec<FusedTensor> {
+        if self.arch != ArchId::Phi3 {
+            return Vec::new();
+        }
+        let mut fused = Vec::with_capacity(2 * self.num_layers());
+        for i in 0..self.num_layers() {
+            let p = format!("model.layers.{i}");
+            let names = |fused: &str, parts: &[&str]| FusedTensor {
+                name: format!("{p}.{fused}.weight"),
+                parts: parts.iter().map(|m| format!("{p}.{m}.weight")).collect(),
+            };
+            fused.push(names(
+                "self_attn.qkv_proj",
+                &["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+            ));
+            fused.push(names("mlp.gate_up_proj", &["mlp.gate_proj", "mlp.up_proj"]));
+        }
+        fused
     }
 
     /// Parameters of the model, counted from the graph it builds in checked arithmetic (a
@@ -398,6 +419,14 @@ impl LlamaConfig {
     /// from. Layers of different sizes need llama.cpp's `deci` architecture: the same graph,
     /// tensor names and RoPE permutation as `llama`, with per-layer arrays for three sizes.
     pub fn to_gguf(&self) -> Result<(&'static str, GgufMetadata), ConfigError> {
+        if self.arch == ArchId::Phi3 {
+            return Err(ConfigError::Field {
+                field: "phi3".into(),
+                message: "llama.cpp's phi3 architecture (fused attn_qkv and ffn_up) has no GGUF \
+                          export yet; write a Hugging Face directory"
+                    .into(),
+            });
+        }
         if let Some(w) = self.layers.iter().find_map(|l| l.sliding_window) {
             return Err(ConfigError::Field {
                 field: "sliding_window".into(),
@@ -785,6 +814,20 @@ impl LlamaConfig {
         {
             return Err(c.err("partial_rotary_factor", "only 1.0 is supported"));
         }
+        // transformers 5 also writes it inside `rope_parameters`.
+        if let Some(f) = c
+            .json
+            .get("rope_parameters")
+            .and_then(|r| r.get("partial_rotary_factor"))
+            .filter(|f| !f.is_null())
+        {
+            if f.as_f64() != Some(1.0) {
+                return Err(c.err(
+                    "rope_parameters.partial_rotary_factor",
+                    format!("{f}: only 1.0 is supported"),
+                ));
+            }
+        }
         let (rope_theta, rope_scaling) = rope_from_hf(c)?;
         if c.opt_bool("mlp_bias")? == Some(true) {
             return Err(c.err("mlp_bias", "MLP biases are not supported"));
@@ -807,7 +850,7 @@ impl LlamaConfig {
             // transformers' defaults: Qwen2 and Qwen3 untied, Qwen2 alone with q/k/v biases.
             tie_word_embeddings: c
                 .opt_bool("tie_word_embeddings")?
-                .unwrap_or(!matches!(id, ArchId::Qwen2 | ArchId::Qwen3)),
+                .unwrap_or(!matches!(id, ArchId::Qwen2 | ArchId::Qwen3 | ArchId::Phi3)),
             attention_qkv_bias: c.opt_bool("attention_bias")?.unwrap_or(is_qwen2),
             qk_norm: id == ArchId::Qwen3,
             bos_token_id: c.opt_token("bos_token_id")?,
@@ -828,6 +871,7 @@ impl LlamaConfig {
         let class = match (self.arch, self.attention_qkv_bias) {
             (ArchId::Llama, false) => "LlamaForCausalLM",
             (ArchId::Qwen3, false) => "Qwen3ForCausalLM",
+            (ArchId::Phi3, false) => "Phi3ForCausalLM",
             (ArchId::Mistral, false) => "MistralForCausalLM",
             (ArchId::Qwen2, true) => "Qwen2ForCausalLM",
             (ArchId::Qwen2, false) => {
@@ -883,11 +927,12 @@ impl LlamaConfig {
                 m.insert("attention_bias".into(), json!(false));
                 m.insert("mlp_bias".into(), json!(false));
             }
-            ArchId::Mistral => {
+            ArchId::Mistral | ArchId::Phi3 => {
                 if windows.iter().any(|w| w.is_none()) && window.is_some() {
-                    return Err(
-                        "a mistral graph windowed in some layers only cannot be written".into(),
-                    );
+                    return Err(format!(
+                        "a {} graph windowed in some layers only cannot be written",
+                        self.arch
+                    ));
                 }
                 m.insert("sliding_window".into(), json!(window));
             }
@@ -1032,8 +1077,8 @@ fn rope_scaling_to_hf(s: RopeScaling) -> Value {
     }
 }
 
-/// Each layer's sliding window as transformers reads the config: Mistral's `sliding_window`
-/// applies to every layer; Qwen2's and Qwen3's, when `use_sliding_window` is set, to the layers
+/// Each layer's sliding window as transformers reads the config: Mistral's and Phi-3's
+/// `sliding_window` applies to every layer; Qwen2's and Qwen3's, when `use_sliding_window` is set, to the layers
 /// `layer_types` marks `sliding_attention` (by default those from `max_window_layers` on).
 fn sliding_windows_from_hf(
     id: ArchId,
@@ -1047,7 +1092,7 @@ fn sliding_windows_from_hf(
         }
     };
     match id {
-        ArchId::Mistral => Ok(vec![window("sliding_window")?; layers]),
+        ArchId::Mistral | ArchId::Phi3 => Ok(vec![window("sliding_window")?; layers]),
         ArchId::Qwen2 | ArchId::Qwen3 => {
             let on = c.opt_bool("use_sliding_window")?.unwrap_or(false);
             let w = if on { window("sliding_window")? } else { None };

@@ -53,6 +53,7 @@ fn llama_config_round_trips_through_its_graph() {
         llama("mistral", false, false),
         llama("qwen2", false, true),
         llama("qwen3", true, false),
+        llama("phi3", false, false),
     ] {
         let mut g = c.build();
         assert_eq!(LlamaConfig::from_graph(&g).unwrap(), c);
@@ -302,6 +303,10 @@ fn every_architecture_round_trips_through_its_config_json() {
     for l in &mut mistral_swa.layers {
         l.sliding_window = Some(4096);
     }
+    let mut phi3_swa = llama("phi3", false, false);
+    for l in &mut phi3_swa.layers {
+        l.sliding_window = Some(2047);
+    }
     let mut qwen2_swa = llama("qwen2", false, true);
     qwen2_swa.layers[2].sliding_window = Some(64);
     let configs = [
@@ -312,6 +317,7 @@ fn every_architecture_round_trips_through_its_config_json() {
         ArchConfig::Llama(llama("qwen2", false, true)),
         ArchConfig::Llama(llama("qwen3", false, false)),
         ArchConfig::Llama(llama("qwen3", true, false)),
+        ArchConfig::Llama(phi3_swa),
         ArchConfig::Llama(pruned),
         // GPT-2's untied head is the checkpoint's to say (an `lm_head.weight` of its own), so
         // a config.json alone reads back tied.
@@ -342,7 +348,7 @@ fn config_json_errors_name_the_field_or_list_the_architectures() {
     let e = ArchConfig::from_hf(&json).unwrap_err().to_string();
     assert_eq!(
         e,
-        "unsupported architecture 'mamba' (supported: llama, mistral, qwen2, qwen3, gpt2)"
+        "unsupported architecture 'mamba' (supported: llama, mistral, qwen2, qwen3, phi3, gpt2)"
     );
     json.insert("model_type".into(), "qwen2".into());
     json.insert("hidden_act".into(), "gelu".into());
@@ -454,4 +460,37 @@ fn qwen3_has_per_head_qk_norms_and_refuses_what_its_formats_cannot_hold() {
     json.remove("tie_word_embeddings");
     json.remove("attention_bias");
     assert_eq!(ArchConfig::from_hf(&json).unwrap(), ArchConfig::Llama(c));
+}
+
+#[test]
+fn phi3_checkpoints_stack_qkv_and_gate_up() {
+    let c = ArchConfig::Llama(llama("phi3", false, false));
+    let fused = c.fused_tensors();
+    assert_eq!(fused.len(), 2 * 3);
+    assert_eq!(fused[0].name, "model.layers.0.self_attn.qkv_proj.weight");
+    assert_eq!(
+        fused[0].parts,
+        [
+            "model.layers.0.self_attn.q_proj.weight",
+            "model.layers.0.self_attn.k_proj.weight",
+            "model.layers.0.self_attn.v_proj.weight"
+        ]
+    );
+    assert_eq!(fused[5].name, "model.layers.2.mlp.gate_up_proj.weight");
+    assert!(ArchConfig::Llama(llama("llama", true, false))
+        .fused_tensors()
+        .is_empty());
+    // A partial rotary factor in either place is refused by name.
+    let mut json = c.to_hf("float32").unwrap();
+    json.insert(
+        "rope_parameters".into(),
+        serde_json::json!({"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.75}),
+    );
+    json.remove("rope_theta");
+    json.remove("rope_scaling");
+    let e = ArchConfig::from_hf(&json).unwrap_err().to_string();
+    assert!(
+        e.starts_with("field 'rope_parameters.partial_rotary_factor'"),
+        "{e}"
+    );
 }

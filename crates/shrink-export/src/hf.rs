@@ -1,5 +1,6 @@
 //! Hugging Face directory export: `config.json`, `model.safetensors` (every parameter in its
-//! stored dtype under its IR name; GPT-2's `Conv1D` weights transposed back to `[in, out]`; no
+//! stored dtype under its IR name; GPT-2's `Conv1D` weights transposed back to `[in, out]`;
+//! Phi-3's q/k/v and gate/up stacked back into `qkv_proj` and `gate_up_proj`; no
 //! `lm_head.weight` when the head is tied), and, given a tokenizer, `tokenizer.json` and a
 //! minimal `tokenizer_config.json`. transformers loads the directory with
 //! `AutoModelForCausalLM.from_pretrained(dir)`, and so does `shrink_import::load`.
@@ -45,6 +46,8 @@ pub(crate) struct Tensor<'m> {
     shape: Vec<usize>,
     /// Write the `[rows, cols]` IR matrix transposed.
     transpose: bool,
+    /// Parameters whose rows follow `data`'s in the file (a fused checkpoint tensor).
+    stacked: Vec<&'m TensorData>,
 }
 
 impl<'m> Tensor<'m> {
@@ -55,10 +58,22 @@ impl<'m> Tensor<'m> {
             dtype,
             shape,
             transpose: false,
+            stacked: Vec::new(),
         }
     }
 
+    fn nbytes(&self) -> usize {
+        self.data.nbytes() + self.stacked.iter().map(|d| d.nbytes()).sum::<usize>()
+    }
+
     fn data(&self) -> Cow<'_, [u8]> {
+        if !self.stacked.is_empty() {
+            let mut all = self.data.bytes().to_vec();
+            for d in &self.stacked {
+                all.extend_from_slice(d.bytes());
+            }
+            return Cow::Owned(all);
+        }
         match (self.transpose, self.data.ty.shape.as_slice()) {
             (true, [rows, cols]) => Cow::Owned(transpose_bytes(
                 self.data.bytes(),
@@ -87,7 +102,7 @@ pub(crate) fn write_safetensors(
     }
     let mut offset = 0usize;
     for (name, t) in &order {
-        let end = offset + t.data.nbytes();
+        let end = offset + t.nbytes();
         header.insert(
             name.clone(),
             json!({"dtype": t.dtype, "shape": t.shape, "data_offsets": [offset, end]}),
@@ -184,6 +199,60 @@ fn tokenizer_files(
     Ok((text, config))
 }
 
+/// The fused checkpoint tensor `f`: its parts' rows stacked, all of one float dtype and width.
+fn stacked<'m>(
+    model: &'m Model,
+    f: &shrink_arch::FusedTensor,
+    st_path: &Path,
+) -> Result<Tensor<'m>> {
+    let terr = |message: String| ExportError::Tensor {
+        path: st_path.to_path_buf(),
+        tensor: f.name.clone(),
+        message,
+    };
+    let mut parts = Vec::with_capacity(f.parts.len());
+    for p in &f.parts {
+        let d = model
+            .weights
+            .get(p)
+            .ok_or_else(|| terr(format!("its part '{p}' has no data in the weight store")))?;
+        if d.ty.quant.is_some() {
+            return Err(terr(format!(
+                "its part '{p}' is quantized ({}), and parts are stacked only as floats",
+                d.ty
+            )));
+        }
+        parts.push(d);
+    }
+    let first = parts.first().ok_or_else(|| terr("has no parts".into()))?;
+    let (dtype, cols) = (first.ty.dtype, first.ty.shape[1]);
+    if let Some((p, d)) = f
+        .parts
+        .iter()
+        .zip(&parts)
+        .find(|(_, d)| d.ty.dtype != dtype || d.ty.shape[1] != cols)
+    {
+        return Err(terr(format!(
+            "its part '{p}' is {}, unlike '{}' ({})",
+            d.ty, f.parts[0], first.ty
+        )));
+    }
+    let st_dtype = match dtype {
+        DType::F32 => Dtype::F32,
+        DType::F16 => Dtype::F16,
+        DType::BF16 => Dtype::BF16,
+        DType::I64 => return Err(terr("dtype i64 cannot be a weight".into())),
+    };
+    let rows = parts.iter().map(|d| d.ty.shape[0]).sum();
+    Ok(Tensor {
+        data: first,
+        dtype: st_dtype,
+        shape: vec![rows, cols],
+        transpose: false,
+        stacked: parts[1..].to_vec(),
+    })
+}
+
 /// Writes `model` (and its tokenizer, if given) as a Hugging Face directory `dir`, atomically:
 /// into a temporary directory beside it, renamed into place when complete (an existing `dir` is
 /// replaced only then). Returns the paths of the files written.
@@ -213,7 +282,12 @@ pub fn write(
     let mut tensors = Vec::new();
     let mut quant = Map::new();
     let mut schemes = Map::new();
-    for (name, ty) in g.params() {
+    let fused = cfg.fused_tensors();
+    let is_part = |n: &str| fused.iter().any(|f| f.parts.iter().any(|p| p == n));
+    for f in &fused {
+        tensors.push((f.name.clone(), stacked(model, f, &st_path)?));
+    }
+    for (name, ty) in g.params().iter().filter(|(n, _)| !is_part(n)) {
         let terr = |message: String| ExportError::Tensor {
             path: st_path.clone(),
             tensor: name.clone(),
@@ -260,6 +334,7 @@ pub fn write(
                 dtype,
                 shape,
                 transpose,
+                stacked: Vec::new(),
             },
         ));
     }

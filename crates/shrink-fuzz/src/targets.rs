@@ -153,7 +153,9 @@ const IR_WORDS: [&str; 16] = [
 ];
 
 /// The Hugging Face seed models, by `micro_config` name.
-const SEED_MODELS: [&str; 6] = ["llama", "llama3", "qwen2", "qwen3", "mistral", "gpt2"];
+const SEED_MODELS: [&str; 7] = [
+    "llama", "llama3", "qwen2", "qwen3", "phi3", "mistral", "gpt2",
+];
 
 /// A config.json of the smallest LLaMA-family or GPT-2 model, over the tiny tokenizer;
 /// `llama3` is a Llama with Llama 3.1's RoPE scaling.
@@ -173,7 +175,7 @@ fn micro_config(seed: &str) -> Value {
             "hidden_size": 16, "num_hidden_layers": 1, "intermediate_size": 32,
             "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 8,
             "max_position_embeddings": 64, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
-            "tie_word_embeddings": !model_type.starts_with("qwen"),
+            "tie_word_embeddings": !matches!(model_type, "qwen2" | "qwen3" | "phi3"),
         }),
     };
     if let (Value::Object(m), Value::Object(f)) = (&mut c, fields) {

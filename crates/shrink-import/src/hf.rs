@@ -250,12 +250,45 @@ fn open_shards(dir: &Path) -> Result<Vec<Shard>> {
     files.iter().map(|f| Shard::open(&dir.join(f))).collect()
 }
 
+/// Where a parameter's rows lie in a fused checkpoint tensor: its name, the parameter's first
+/// row, and the tensor's rows in all.
+struct RowsOf {
+    tensor: String,
+    first: usize,
+    rows: usize,
+}
+
+/// The fused checkpoint tensor each split parameter comes from (Phi-3's `qkv_proj`), from the
+/// parts' declared shapes.
+fn fused_rows(graph: &Graph, fused: &[shrink_arch::FusedTensor]) -> BTreeMap<String, RowsOf> {
+    let mut of = BTreeMap::new();
+    for f in fused {
+        let rows = |n: &String| graph.param(n).map_or(0, |p| p.shape[0]);
+        let total = f.parts.iter().map(rows).sum();
+        let mut first = 0;
+        for part in &f.parts {
+            of.insert(
+                part.clone(),
+                RowsOf {
+                    tensor: f.name.clone(),
+                    first,
+                    rows: total,
+                },
+            );
+            first += rows(part);
+        }
+    }
+    of
+}
+
 /// Fills the weight store for the graph's declared parameters from the shards, checking each
-/// shape; weights the architecture stores transposed (GPT-2's Conv1D) become `[out, in]`.
+/// shape; weights the architecture stores transposed (GPT-2's Conv1D) become `[out, in]`, and
+/// those it stores fused (Phi-3's `qkv_proj`) are their rows of the fused tensor, mapped in place.
 fn load_weights(
     graph: &mut Graph,
     shards: &[Shard],
     transposed: &dyn Fn(&str) -> bool,
+    fused: &[shrink_arch::FusedTensor],
     check_finite: bool,
 ) -> Result<WeightStore> {
     let mut store = WeightStore::new();
@@ -264,23 +297,62 @@ fn load_weights(
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
+    let fused = fused_rows(graph, fused);
     for (name, want) in declared {
+        let rows_of = fused.get(&name);
+        let stored = rows_of.map_or(&name, |r| &r.tensor);
         let Some((shard, (st_dtype, shape, start, len))) = shards
             .iter()
-            .find_map(|s| s.tensors.get(&name).map(|t| (s, t)))
+            .find_map(|s| s.tensors.get(stored).map(|t| (s, t)))
         else {
             let path = shards.first().map(|s| s.path.clone()).unwrap_or_default();
             return Err(ImportError::Tensor {
                 path,
-                tensor: name,
+                tensor: stored.clone(),
                 message: "missing from the checkpoint".into(),
             });
         };
         let terr = |message: String| ImportError::Tensor {
             path: shard.path.clone(),
-            tensor: name.clone(),
+            tensor: stored.clone(),
             message,
         };
+        if let Some(r) = rows_of {
+            if shard.quant.contains_key(stored) {
+                return Err(terr(
+                    "a fused tensor in shrink's quantized format is not supported".into(),
+                ));
+            }
+            let dtype = dtype_of(st_dtype).ok_or_else(|| {
+                terr(format!(
+                    "dtype {st_dtype} is not supported (F32, F16, BF16)"
+                ))
+            })?;
+            let cols = want.shape[1];
+            if *shape != [r.rows, cols] {
+                return Err(terr(format!(
+                    "shape {shape:?} does not match the config, which implies {:?}",
+                    [r.rows, cols]
+                )));
+            }
+            let row_bytes = cols * dtype.size();
+            let ty = ParamType::new(dtype, want.shape.clone());
+            let data = TensorData::mapped(
+                ty.clone(),
+                shard.map.clone(),
+                start + r.first * row_bytes,
+                want.shape[0] * row_bytes,
+            )
+            .map_err(terr)?;
+            if check_finite {
+                shrink_arch::limits::finite(&data).map_err(terr)?;
+            }
+            if let Some(p) = graph.param_mut(&name) {
+                *p = ty;
+            }
+            store.insert(name, data);
+            continue;
+        }
         if let Some((scheme, qshape)) = shard.quant.get(&name) {
             if *qshape != want.shape {
                 return Err(terr(format!(
@@ -359,7 +431,8 @@ pub fn load_model(dir: &Path, opts: &crate::LoadOptions) -> Result<Model> {
     arch.fit_checkpoint(&has, &|prefix| shares_data(&shards, prefix));
     let mut graph = arch.build();
     let transposed = |name: &str| arch.stored_transposed(name);
-    let weights = load_weights(&mut graph, &shards, &transposed, opts.check_finite)?;
+    let fused = arch.fused_tensors();
+    let weights = load_weights(&mut graph, &shards, &transposed, &fused, opts.check_finite)?;
     Ok(Model { graph, weights })
 }
 
