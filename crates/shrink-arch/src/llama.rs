@@ -142,6 +142,18 @@ impl LlamaConfig {
         fused
     }
 
+    /// GGUF tensors that hold several IR parameters (llama.cpp's phi3: `attn_qkv` and the
+    /// gate/up `ffn_up`), by their GGUF names.
+    pub fn gguf_fused_tensors(&self) -> Vec<FusedTensor> {
+        self.fused_tensors()
+            .into_iter()
+            .filter_map(|f| {
+                let name = gguf_name(&f.name.replace("gate_up_proj", "up_proj"))?;
+                Some(FusedTensor { name, ..f })
+            })
+            .collect()
+    }
+
     /// Parameters of the model, counted from the graph it builds in checked arithmetic (a
     /// config's sizes are untrusted; the graph declares shapes and allocates no weights).
     pub fn param_count(&self) -> Result<u64, String> {
@@ -420,14 +432,37 @@ impl LlamaConfig {
     /// tensor names and RoPE permutation as `llama`, with per-layer arrays for three sizes.
     pub fn to_gguf(&self) -> Result<(&'static str, GgufMetadata), ConfigError> {
         if self.arch == ArchId::Phi3 {
+            let l0 = self.layers.first();
+            // llama.cpp's phi3 has one size per model and an output projection of
+            // [hidden, hidden].
+            if !self.is_uniform()
+                || l0.is_some_and(|l| l.num_heads * self.head_dim != self.hidden_size)
+            {
+                return Err(ConfigError::Field {
+                    field: "phi3".into(),
+                    message: "llama.cpp's phi3 architecture needs layers of one size with \
+                              heads × head_dim = hidden_size"
+                        .into(),
+                });
+            }
+        }
+        let phi3_window = self
+            .layers
+            .iter()
+            .find_map(|l| l.sliding_window)
+            .filter(|_| self.arch == ArchId::Phi3);
+        if phi3_window.is_some() && self.layers.iter().any(|l| l.sliding_window != phi3_window) {
             return Err(ConfigError::Field {
-                field: "phi3".into(),
-                message: "llama.cpp's phi3 architecture (fused attn_qkv and ffn_up) has no GGUF \
-                          export yet; write a Hugging Face directory"
-                    .into(),
+                field: "phi3.attention.sliding_window".into(),
+                message: "llama.cpp's phi3 has one sliding window for every layer".into(),
             });
         }
-        if let Some(w) = self.layers.iter().find_map(|l| l.sliding_window) {
+        if let Some(w) = self
+            .layers
+            .iter()
+            .find_map(|l| l.sliding_window)
+            .filter(|_| phi3_window.is_none())
+        {
             return Err(ConfigError::Field {
                 field: "sliding_window".into(),
                 message: format!(
@@ -456,6 +491,7 @@ impl LlamaConfig {
             }
             ArchId::Qwen2 => "qwen2",
             ArchId::Qwen3 => "qwen3",
+            ArchId::Phi3 => "phi3",
             _ => GGUF_ARCHS[usize::from(!self.is_uniform())],
         };
         // llama.cpp reads q/k/v biases only in qwen2, and q/k norms only in qwen3.
@@ -527,6 +563,10 @@ impl LlamaConfig {
             meta.push(scalar(k, self.head_dim)?);
         }
         meta.push(scalar("vocab_size", self.vocab_size)?);
+        // As llama.cpp's converter writes it (llama.cpp itself computes Phi-3 without it).
+        if let Some(w) = phi3_window {
+            meta.push(scalar("attention.sliding_window", w)?);
+        }
         Ok((gguf_arch, meta))
     }
 }
@@ -535,8 +575,9 @@ impl LlamaConfig {
 /// Nemotron-NAS) is llama.cpp's LLaMA graph with per-layer sizes.
 /// `qwen2` is Qwen2's: the same tensors and keys, q/k/v biases, and Hugging Face's row order
 /// (llama.cpp rotates it NeoX-style), so its Q/K rows are not permuted. `qwen3` is the same
-/// with per-head q/k norms (`attn_q_norm`, `attn_k_norm`) and no biases.
-pub const GGUF_ARCHS: [&str; 4] = ["llama", "deci", "qwen2", "qwen3"];
+/// with per-head q/k norms (`attn_q_norm`, `attn_k_norm`) and no biases. `phi3` stacks q/k/v in
+/// `attn_qkv` and gate/up in `ffn_up` ([`LlamaConfig::gguf_fused_tensors`]), NeoX RoPE.
+pub const GGUF_ARCHS: [&str; 5] = ["llama", "deci", "qwen2", "qwen3", "phi3"];
 
 /// A per-layer size of a `deci` (or `llama`) file: a scalar for every layer, or an array of
 /// `layers` integers, as llama.cpp's `get_key_or_arr` reads it. `None` when absent.
@@ -645,13 +686,18 @@ impl LlamaConfig {
                 });
             }
         }
+        let phi3_window = match file.get_u32(&key("attention.sliding_window")) {
+            Ok(w) if arch == "phi3" && w > 0 => Some(w as usize),
+            _ => None,
+        };
         let layers = (0..n_layers)
             .map(|i| LlamaLayer {
                 intermediate_size: ff[i],
                 num_heads: heads[i],
                 num_kv_heads: kv_heads[i],
-                // llama.cpp's `llama` graph has no sliding window.
-                sliding_window: None,
+                // llama.cpp's `llama` graph has no sliding window; Phi-3's config has one for
+                // every layer, which the converter records.
+                sliding_window: phi3_window,
             })
             .collect();
         let c = LlamaConfig {
@@ -659,6 +705,7 @@ impl LlamaConfig {
             arch: match arch {
                 "qwen2" => ArchId::Qwen2,
                 "qwen3" => ArchId::Qwen3,
+                "phi3" => ArchId::Phi3,
                 _ => ArchId::Llama,
             },
             vocab_size: vocab,
@@ -701,6 +748,7 @@ pub fn gguf_name(hf: &str) -> Option<String> {
     let g = match module {
         "input_layernorm" => "attn_norm",
         "self_attn.q_proj" => "attn_q",
+        "self_attn.qkv_proj" => "attn_qkv",
         "self_attn.q_norm" => "attn_q_norm",
         "self_attn.k_norm" => "attn_k_norm",
         "self_attn.k_proj" => "attn_k",
@@ -719,8 +767,8 @@ pub fn gguf_name(hf: &str) -> Option<String> {
 /// weights, and their biases), the number of heads its rows split into; `None` otherwise.
 /// Each layer's own head counts apply.
 pub fn rope_permuted_heads(hf_name: &str, cfg: &LlamaConfig) -> Option<usize> {
-    // llama.cpp runs qwen2 and qwen3 with NeoX RoPE, on Hugging Face's own row order.
-    if matches!(cfg.arch, ArchId::Qwen2 | ArchId::Qwen3) {
+    // llama.cpp runs qwen2, qwen3 and phi3 with NeoX RoPE, on Hugging Face's own row order.
+    if matches!(cfg.arch, ArchId::Qwen2 | ArchId::Qwen3 | ArchId::Phi3) {
         return None;
     }
     let rest = hf_name.strip_prefix("model.layers.")?;

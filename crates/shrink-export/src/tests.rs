@@ -277,20 +277,42 @@ fn hf_round_trip_tiny_phi3_stacks_its_fused_projections_back() {
     let c = read_json(&out.join("config.json"));
     assert_eq!(c["architectures"][0], "Phi3ForCausalLM");
     assert_eq!(c["sliding_window"], 16);
-    // No GGUF form yet: refused by name, nothing written.
-    let l = load_fixture("tiny-phi3");
-    let proof = l.model.verify().expect("verified");
-    let s = Scratch::new("gguf-phi3");
-    let e = gguf::write(
-        &l.model,
-        &proof,
-        l.tokenizer.as_ref().expect("tok"),
-        &s.path().join("m.gguf"),
-    )
-    .expect_err("no phi3 GGUF yet")
-    .to_string();
-    assert!(e.contains("phi3"), "{e}");
-    assert!(entries(s.path()).is_empty());
+}
+
+#[test]
+fn gguf_round_trip_tiny_phi3_stacks_attn_qkv_and_ffn_up() {
+    let (_s, out) = gguf_round_trip("tiny-phi3");
+    let f = GgufFile::open(&out).expect("open export");
+    assert_eq!(
+        f.get("general.architecture"),
+        Some(&MetaValue::String("phi3".into()))
+    );
+    assert_eq!(
+        f.get("phi3.attention.sliding_window"),
+        Some(&MetaValue::U32(16))
+    );
+    // As llama.cpp's converter lays them out: the checkpoint's fused tensors, rows unpermuted.
+    let st = fs::read(fixtures().join("tiny-phi3/model.safetensors")).expect("read");
+    let st = safetensors::SafeTensors::deserialize(&st).expect("safetensors");
+    for (hf, gguf) in [
+        (
+            "model.layers.1.self_attn.qkv_proj.weight",
+            "blk.1.attn_qkv.weight",
+        ),
+        (
+            "model.layers.0.mlp.gate_up_proj.weight",
+            "blk.0.ffn_up.weight",
+        ),
+    ] {
+        let t = f.tensor(gguf).unwrap_or_else(|| panic!("{gguf} missing"));
+        assert!(
+            f.tensor_data(t) == st.tensor(hf).expect(hf).data(),
+            "{gguf}"
+        );
+    }
+    for absent in ["blk.0.attn_q.weight", "blk.0.ffn_gate.weight"] {
+        assert!(f.tensor(absent).is_none(), "{absent}");
+    }
 }
 
 #[test]
@@ -1560,4 +1582,23 @@ fn write_exports_for_the_check_script() {
     )
     .expect("write");
     eprintln!("wrote {}", root.display());
+}
+
+#[test]
+fn quantized_phi3_parts_stack_into_ggml_rows_and_split_back_bit_for_bit() {
+    let mut l = load_fixture("tiny-phi3");
+    assert_eq!(quantize_linears(&mut l.model, QuantScheme::Q8_0), 14);
+    let proof = l.model.verify().expect("verified");
+    let s = Scratch::new("gguf-phi3-q8_0");
+    let out = s.path().join("q.gguf");
+    gguf::write(&l.model, &proof, l.tokenizer.as_ref().expect("tok"), &out).expect("export");
+    let f = GgufFile::open(&out).expect("open");
+    let qkv = f.tensor("blk.0.attn_qkv.weight").expect("attn_qkv");
+    assert_eq!(
+        (qkv.ggml_type, qkv.dims.clone()),
+        (GgmlType::Q8_0, vec![64, 128])
+    );
+    // Split back into mapped row ranges of the packed tensor, each part's bytes as they were.
+    let back = load(&out).expect("load");
+    same_params(&l.model, &back.model);
 }

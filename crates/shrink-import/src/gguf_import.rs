@@ -12,6 +12,7 @@
 //! per-layer arrays, as llama.cpp's `get_key_or_arr` reads them. Files of `qwen2` are read from
 //! `qwen2.*` into a `qwen2` graph, their Q/K rows as they are (llama.cpp rotates them NeoX-style).
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use shrink_ir::{DType, Model, ParamType, QuantScheme, TensorData, WeightStore};
@@ -20,7 +21,7 @@ use crate::error::{ImportError, Result};
 use shrink_arch::{
     gguf_name, rope_permuted_heads, unpermute_rows, ArchConfig, ConfigError, LlamaConfig,
 };
-use shrink_formats::gguf::{GgmlType, GgufFile};
+use shrink_formats::gguf::{GgmlType, GgufFile, TensorInfo};
 
 /// The config of a GGUF file, by its architecture's module.
 fn config(file: &GgufFile) -> Result<LlamaConfig> {
@@ -59,8 +60,25 @@ pub fn load_model(file: &GgufFile, opts: &crate::LoadOptions) -> Result<Model> {
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
+    let fused = fused_rows(file, &cfg, &graph);
     for (hf, want) in names {
         let gname = gguf_name(&hf).unwrap_or_else(|| hf.clone());
+        if let Some((info, first)) = fused.get(&hf) {
+            let terr = |message: String| ImportError::Tensor {
+                path: file.path.clone(),
+                tensor: info.name.clone(),
+                message,
+            };
+            let data = rows_of(file, info, *first, &want.shape).map_err(terr)?;
+            if opts.check_finite {
+                shrink_arch::limits::finite(&data).map_err(terr)?;
+            }
+            if let Some(p) = graph.param_mut(&hf) {
+                *p = data.ty.clone();
+            }
+            store.insert(hf, data);
+            continue;
+        }
         let terr = |message: String| ImportError::Tensor {
             path: file.path.clone(),
             tensor: gname.clone(),
@@ -152,6 +170,81 @@ pub fn load_model(file: &GgufFile, opts: &crate::LoadOptions) -> Result<Model> {
 }
 
 /// Opens a GGUF file.
+/// For each parameter stored as rows of a fused tensor the file holds (llama.cpp's phi3
+/// `attn_qkv`, `ffn_up`), that tensor and the parameter's first row. A fused name the file lacks,
+/// or whose rows are not the parts' together, leaves its parts to their own names.
+fn fused_rows<'f>(
+    file: &'f GgufFile,
+    cfg: &LlamaConfig,
+    graph: &shrink_ir::Graph,
+) -> BTreeMap<String, (&'f TensorInfo, usize)> {
+    let mut of = BTreeMap::new();
+    for f in cfg.gguf_fused_tensors() {
+        let Some(info) = file.tensor(&f.name) else {
+            continue;
+        };
+        let rows = |p: &String| graph.param(p).map_or(0, |t| t.shape[0]);
+        let total: usize = f.parts.iter().map(rows).sum();
+        if info.dims.len() != 2 || info.dims[1] as usize != total {
+            continue;
+        }
+        let mut first = 0;
+        for p in &f.parts {
+            of.insert(p.clone(), (info, first));
+            first += rows(p);
+        }
+    }
+    of
+}
+
+/// Rows `first..first + shape[0]` of the 2-D tensor `info`, as [`load_model`] keeps its type:
+/// ggml's Q8_0/Q4_0/Q4_1 mapped in place (whole packed rows), F16/BF16 copied, the rest
+/// dequantized.
+fn rows_of(
+    file: &GgufFile,
+    info: &TensorInfo,
+    first: usize,
+    shape: &[usize],
+) -> std::result::Result<TensorData, String> {
+    let [rows, cols] = *shape else {
+        return Err(format!("a part of shape {shape:?} is not a matrix"));
+    };
+    if info.dims.first().map(|&c| c as usize) != Some(cols) {
+        return Err(format!(
+            "{} columns, but the metadata implies {cols}",
+            info.dims.first().copied().unwrap_or(0)
+        ));
+    }
+    let range = file
+        .tensor_range(info)
+        .ok_or("its data lies outside the file")?;
+    if let Some(scheme) = kept_scheme(info.ggml_type) {
+        let rb = scheme.row_bytes(cols);
+        let ty = ParamType::quantized(scheme, shape.to_vec());
+        return TensorData::mapped(ty, file.map().clone(), range.start + first * rb, rows * rb);
+    }
+    match info.ggml_type {
+        GgmlType::F16 | GgmlType::BF16 => {
+            let dtype = if info.ggml_type == GgmlType::F16 {
+                DType::F16
+            } else {
+                DType::BF16
+            };
+            let rb = cols * 2;
+            let bytes = file.tensor_data(info)[first * rb..(first + rows) * rb].to_vec();
+            TensorData::from_bytes(ParamType::new(dtype, shape.to_vec()), bytes)
+        }
+        _ => {
+            let v = file.dequantize(info).map_err(|e| e.to_string())?;
+            TensorData::from_f32(
+                DType::F32,
+                shape.to_vec(),
+                &v[first * cols..(first + rows) * cols],
+            )
+        }
+    }
+}
+
 pub fn open(path: &Path) -> Result<GgufFile> {
     Ok(GgufFile::open(path)?)
 }

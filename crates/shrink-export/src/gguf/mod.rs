@@ -154,12 +154,22 @@ pub fn prepare<'m>(model: &'m Model, tokenizer: &Tokenizer, path: &Path) -> Resu
             names.push(p);
         }
     }
+    let fused = cfg.gguf_fused_tensors();
     for hf in names {
         let terr = |message: String| ExportError::Tensor {
             path: path.to_path_buf(),
             tensor: hf.to_string(),
             message,
         };
+        // A part of a fused GGUF tensor: the whole tensor is written at its first part.
+        if let Some(f) = fused.iter().find(|f| f.parts.iter().any(|p| p == hf)) {
+            if f.parts[0] == hf {
+                let (ty, dims, bytes) = stacked(model, f).map_err(terr)?;
+                w.add_tensor(f.name.clone(), ty, dims, bytes)
+                    .map_err(terr)?;
+            }
+            continue;
+        }
         let data = model
             .weights
             .get(hf)
@@ -221,6 +231,40 @@ pub fn prepare<'m>(model: &'m Model, tokenizer: &Tokenizer, path: &Path) -> Resu
         w.add_metadata(k.clone(), v).map_err(|m| field(&k, m))?;
     }
     Ok(w)
+}
+
+/// A GGUF tensor to write: its type, dims (innermost first) and bytes.
+type GgufTensorParts<'m> = (GgmlType, Vec<u64>, Cow<'m, [u8]>);
+
+/// The GGUF tensor `f`: its parts' rows stacked (whole packed rows for a ggml type), all of one
+/// type and width.
+fn stacked<'m>(
+    model: &'m Model,
+    f: &shrink_arch::FusedTensor,
+) -> std::result::Result<GgufTensorParts<'m>, String> {
+    let mut parts = Vec::with_capacity(f.parts.len());
+    for p in &f.parts {
+        let d = model
+            .weights
+            .get(p)
+            .ok_or_else(|| format!("'{p}' has no data in the weight store"))?;
+        parts.push((p, d, ggml_type(&d.ty)?));
+    }
+    let (p0, d0, ty) = parts[0];
+    let cols = d0.ty.shape[1];
+    let mut rows = 0;
+    let mut bytes = Vec::new();
+    for (p, d, t) in &parts {
+        if *t != ty || d.ty.shape[1] != cols {
+            return Err(format!(
+                "'{p}' ({}) cannot be stacked with '{p0}' ({}) into {}",
+                d.ty, d0.ty, f.name
+            ));
+        }
+        rows += d.ty.shape[0];
+        bytes.extend_from_slice(d.bytes());
+    }
+    Ok((ty, vec![cols as u64, rows as u64], Cow::Owned(bytes)))
 }
 
 /// Writes `model` as a GGUF v3 file at `path` (atomically: a temporary beside it, renamed at the
