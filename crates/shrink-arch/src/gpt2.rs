@@ -111,6 +111,7 @@ impl Gpt2Config {
                     rope: None,
                     causal: true,
                     window: None,
+                    scale: None,
                 }),
                 &[parts[0], parts[1], parts[2]],
             );

@@ -189,6 +189,7 @@ impl LlamaConfig {
                 }),
                 causal: true,
                 window: l.sliding_window,
+                scale: None,
             };
             let p = format!("model.layers.{i}");
             let norm = |b: &mut Builder, x, name: &str| {

@@ -165,6 +165,16 @@ pub struct AttentionSpec {
     /// Sliding-window attention (Mistral, Qwen2's upper layers): query `i` sees keys
     /// `i - window + 1 ..= i` only. `None`: every earlier key.
     pub window: Option<usize>,
+    /// The factor on `q·k` (Gemma's `query_pre_attn_scalar^-0.5`); `None`: `1/sqrt(head_dim)`.
+    pub scale: Option<f32>,
+}
+
+impl AttentionSpec {
+    /// The factor the scores `q·k` are multiplied by.
+    pub fn score_scale(&self) -> f32 {
+        self.scale
+            .unwrap_or_else(|| 1.0 / (self.head_dim as f32).sqrt())
+    }
 }
 
 /// A LoRA adapter on a linear (Hu et al., 2021): `y += scale · (dropout(x) Aᵀ) Bᵀ` with
@@ -221,6 +231,10 @@ pub enum Op {
     Activation(Activation),
     Add,
     Mul,
+    /// `x · factor` (Gemma's embedding scaled by √hidden).
+    Scale {
+        factor: f32,
+    },
     /// Graph output (a sink, no results).
     Output {
         name: String,
@@ -247,6 +261,7 @@ impl Op {
             Op::Attention(_) => "attention",
             Op::Activation(a) => a.name(),
             Op::Add => "add",
+            Op::Scale { .. } => "scale",
             Op::Mul => "mul",
             Op::Output { .. } => "output",
         }
@@ -467,9 +482,18 @@ impl Op {
                 if a.window.is_some() && !a.causal {
                     return Err("a sliding window needs causal attention".into());
                 }
+                if let Some(s) = a.scale.filter(|s| !(s.is_finite() && *s > 0.0)) {
+                    return Err(format!("attention scale {s} must be positive"));
+                }
                 Ok(vec![ValueType::hidden(q)])
             }
             Op::Activation(_) => Ok(vec![ValueType::hidden(hidden(0)?)]),
+            Op::Scale { factor } => {
+                if !factor.is_finite() {
+                    return Err(format!("scale factor {factor} is not finite"));
+                }
+                Ok(vec![ValueType::hidden(hidden(0)?)])
+            }
             Op::Add | Op::Mul => {
                 let (x, y) = (hidden(0)?, hidden(1)?);
                 if x != y {

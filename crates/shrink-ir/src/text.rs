@@ -199,8 +199,12 @@ fn attrs(op: &Op) -> Vec<(&'static str, String)> {
             if let Some(w) = at.window {
                 a.push(("window", w.to_string()));
             }
+            if let Some(s) = at.scale {
+                a.push(("scale", format!("{s:?}")));
+            }
         }
         Op::Activation(_) | Op::Add | Op::Mul => {}
+        Op::Scale { factor } => a.push(("factor", format!("{factor:?}"))),
     }
     a
 }
@@ -835,9 +839,17 @@ fn build_op(name: &str, a: &mut Attrs) -> Result<Op, ParseError> {
                 } else {
                     None
                 },
+                scale: if a.map.contains_key("scale") {
+                    Some(a.num("scale", name)?)
+                } else {
+                    None
+                },
             })
         }
         "add" => Op::Add,
+        "scale" => Op::Scale {
+            factor: a.num("factor", name)?,
+        },
         "mul" => Op::Mul,
         other => match Activation::ALL.into_iter().find(|x| x.name() == other) {
             Some(act) => Op::Activation(act),

@@ -571,6 +571,12 @@ fn step<B: Backend>(
                     .collect(),
             )]
         }
+        Op::Scale { factor } => vec![Val::Hidden(
+            hidden(0)?
+                .into_iter()
+                .map(|x| x.mul_scalar(*factor))
+                .collect(),
+        )],
         Op::Output { .. } => vec![],
     })
 }

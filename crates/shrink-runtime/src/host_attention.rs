@@ -41,6 +41,7 @@ pub(crate) fn attention<B: Backend>(
                     heads,
                     kv_heads,
                     d,
+                    scale: spec.score_scale(),
                 };
                 let window = spec.window.filter(|_| causal);
                 compute(q, k, v, shape, rope, past, causal, window)
@@ -62,6 +63,8 @@ struct Shape {
     heads: usize,
     kv_heads: usize,
     d: usize,
+    /// The factor on `q·k`.
+    scale: f32,
 }
 
 /// `q [b, s, heads·d]`, `k`, `v [b, t, kv_heads·d]` (rows of tokens, heads side by side) →
@@ -86,10 +89,11 @@ fn compute(
         heads,
         kv_heads,
         d,
+        ..
     } = sh;
     let g = heads / kv_heads.max(1);
     // Per head, contiguous `[positions, d]`, rotated; queries also scaled.
-    let scale = 1.0 / (d as f32).sqrt();
+    let scale = sh.scale;
     let qh = per_head(q, b, s, heads, d, rope, past, scale);
     // Keys transposed, `[d, tp]` per head with the key axis padded with zeros to a multiple of
     // the tiles' width: a row's scores are then `d` vector updates of the score row instead of

@@ -214,6 +214,7 @@ enum Kernel {
     },
     Activation(Activation),
     Add,
+    Scale(f32),
     Mul,
     Output,
 }
@@ -466,6 +467,7 @@ impl<B: Backend> Interpreter<B> {
                 Op::Activation(a) => Kernel::Activation(*a),
                 Op::Add => Kernel::Add,
                 Op::Mul => Kernel::Mul,
+                Op::Scale { factor } => Kernel::Scale(*factor),
                 Op::Output { .. } => Kernel::Output,
             };
             let inputs = node.inputs.iter().map(|v| slot_of[v]).collect();
@@ -813,6 +815,7 @@ impl<B: Backend> Interpreter<B> {
                 Kernel::Activation(a) => vec![Val::Hidden(activate(hidden(0)?, *a))],
                 Kernel::Add => vec![Val::Hidden(hidden(0)? + hidden(1)?)],
                 Kernel::Mul => vec![Val::Hidden(hidden(0)? * hidden(1)?)],
+                Kernel::Scale(f) => vec![Val::Hidden(hidden(0)?.mul_scalar(*f))],
                 Kernel::Output => {
                     let y = hidden(0)?;
                     out = Some(match &rows {
@@ -1077,7 +1080,7 @@ pub(crate) fn attention_ops<B: Backend>(
         *slot = Some((k.clone(), v.clone()));
     }
     let t = k.dims()[2];
-    let scale = 1.0 / (d as f64).sqrt();
+    let scale = f64::from(spec.score_scale());
     // Query heads of one KV group side by side: [b, kvh, g, s, d] against [b, kvh, t, d].
     let q = q.reshape([b, kvh, g, s, d]);
     let causal_mask = mask.filter(|_| spec.causal);
@@ -1235,6 +1238,7 @@ mod tests {
                 }),
                 causal: true,
                 window: None,
+                scale: None,
             };
             let make = |n: usize, seed: usize| {
                 let x: Vec<f32> = (0..b * s * n * d)
@@ -1251,8 +1255,20 @@ mod tests {
                 }
             }
             let mask = upload::<Cpu, 2>(bias, [s, s], &device);
-            for causal in [true, false] {
-                let spec = AttentionSpec { causal, ..spec };
+            // Causal or not; sliding windows (over the two query blocks of 128), one with a
+            // score scale of its own.
+            for (causal, window, scale) in [
+                (true, None, None),
+                (false, None, None),
+                (true, Some(40), None),
+                (true, Some(7), Some(0.3)),
+            ] {
+                let spec = AttentionSpec {
+                    causal,
+                    window,
+                    scale,
+                    ..spec
+                };
                 let run = |host: bool| -> Vec<f32> {
                     let (q, k, v) = (q.clone(), k.clone(), v.clone());
                     let m = Some(&mask);
@@ -1270,7 +1286,10 @@ mod tests {
                     .zip(&want)
                     .map(|(a, b)| (a - b).abs())
                     .fold(0.0, f32::max);
-                assert!(d < 1e-5, "heads {heads}, causal {causal}: {d}");
+                assert!(
+                    d < 1e-5,
+                    "heads {heads}, causal {causal}, window {window:?}, scale {scale:?}: {d}"
+                );
             }
         }
     }

@@ -1042,22 +1042,25 @@ mod tests {
         tiny_with(act, rope_dim, "", false, seed)
     }
 
-    /// `tiny`, optionally with attention `window` attributes and per-head RMS norms on q and k
-    /// (grouped norms): every op the interpreter differentiates.
+    /// `tiny`, optionally with extra attention attributes (`window`, `scale`) and with a scaled
+    /// embedding and per-head RMS norms on q and k (grouped norms): every op the interpreter
+    /// differentiates.
     fn tiny_with(act: &str, rope_dim: usize, window: &str, qk_norm: bool, seed: u64) -> Model {
         let (q, k) = if qk_norm {
             ("%21", "%22")
         } else {
             ("%6", "%7")
         };
-        let (norm_params, norms) = if qk_norm {
+        let (norm_params, norms, emb, scaled) = if qk_norm {
             (
                 "param qn.weight: f32[4]\nparam kn.weight: f32[4]\n",
                 "%21: f32[b, s, 8] = rms_norm(%6) eps=1e-5 weight=qn.weight group=4\n\
                  %22: f32[b, s, 4] = rms_norm(%7) eps=1e-5 weight=kn.weight group=4\n",
+                "%23",
+                "%23: f32[b, s, 8] = scale(%1) factor=1.5\n",
             )
         } else {
-            ("", "")
+            ("", "", "%1", "")
         };
         let text = format!(
             "shrink-ir 1
@@ -1077,7 +1080,7 @@ param final.weight: f32[8]
 %0: i64[b, s] = input() name=\"tokens\"
 %1: f32[b, s, 8] = embedding(%0) weight=emb
 %2: f32[b, s, 8] = position_embedding(%0) weight=pos
-%3: f32[b, s, 8] = add(%1, %2)
+{scaled}%3: f32[b, s, 8] = add({emb}, %2)
 %4: f32[b, s, 8] = layer_norm(%3) eps=1e-5 weight=ln.weight bias=ln.bias
 %5: f32[b, s, 16] = linear(%4) weight=qkv.weight bias=qkv.bias
 %6: f32[b, s, 8], %7: f32[b, s, 4], %8: f32[b, s, 4] = split(%5) sizes=[8, 4, 4]
@@ -1180,7 +1183,7 @@ output(%20) name=\"logits\"
         // Two cases with a sliding window shorter than the batch's 5 positions.
         for (case, (act, rope_dim, window)) in [
             ("silu", 4, ""),
-            ("gelu", 2, " window=2"),
+            ("gelu", 2, " window=2 scale=0.4"),
             ("gelu_tanh", 4, " window=3"),
             ("relu", 2, ""),
         ]
