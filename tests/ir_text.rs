@@ -5,13 +5,14 @@ use shrink_ir::{verify_graph, Op};
 
 use crate::common::fixture;
 
-const MODELS: [&str; 7] = [
+const MODELS: [&str; 8] = [
     "tiny-llama",
     "tiny-llama/tiny-llama.gguf",
     "tiny-llama3",
     "tiny-qwen2",
     "tiny-qwen3",
     "tiny-phi3",
+    "tiny-gemma3",
     "tiny-gpt2",
 ];
 
@@ -27,6 +28,7 @@ fn snapshots_of_tiny_models() {
     insta::assert_snapshot!("tiny_gpt2", ir_of("tiny-gpt2"));
     insta::assert_snapshot!("tiny_llama3", ir_of("tiny-llama3"));
     insta::assert_snapshot!("tiny_qwen3", ir_of("tiny-qwen3"));
+    insta::assert_snapshot!("tiny_gemma3", ir_of("tiny-gemma3"));
 }
 
 #[test]

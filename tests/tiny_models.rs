@@ -190,6 +190,18 @@ fn tiny_phi3_split_projections_and_window_match_transformers() {
 }
 
 #[test]
+fn tiny_gemma3_matches_transformers() {
+    // (1 + w) norms, √hidden embedding scale, sandwich norms, per-head q/k norms, GeGLU-tanh,
+    // query_pre_attn_scalar, local layers with a window and their own RoPE base; bf16 weights.
+    check("tiny-gemma3", "tiny-gemma3");
+    let loaded = shrink_import::load(&fixture("tiny-gemma3")).expect("load");
+    let text = shrink_ir::text::print(&loaded.model.graph);
+    assert_eq!(text.matches(" window=8").count(), 2, "{text}");
+    assert_eq!(text.matches("rope_theta=10000.0").count(), 2, "{text}");
+    assert_eq!(text.matches("rms_norm(").count(), 3 * 6 + 1, "{text}");
+}
+
+#[test]
 fn tiny_gpt2_matches_transformers() {
     check("tiny-gpt2", "tiny-gpt2");
 }
@@ -198,7 +210,7 @@ fn tiny_gpt2_matches_transformers() {
 fn incremental_decoding_equals_full_forward() {
     // The KV-cache path must give the logits of a full forward at every position (RoPE tables
     // made for the positions of each call, scaled or not; q/k norms before the cache).
-    for model in ["tiny-llama", "tiny-llama3", "tiny-qwen3"] {
+    for model in ["tiny-llama", "tiny-llama3", "tiny-qwen3", "tiny-gemma3"] {
         incremental_equals_full(&fixture(model));
     }
 }

@@ -5,6 +5,7 @@
 //! their files into these; no other crate matches an architecture by its name.
 
 mod builder;
+pub mod gemma;
 pub mod gpt2;
 mod graph_read;
 mod hf_json;
@@ -17,6 +18,7 @@ use serde_json::{Map, Value};
 use shrink_formats::gguf::{GgufError, GgufFile};
 use shrink_ir::Graph;
 
+pub use gemma::GemmaConfig;
 pub use gpt2::{gpt2_is_conv1d, Gpt2Config};
 pub use graph_read::same_structure;
 pub use llama::{
@@ -32,6 +34,7 @@ pub enum ArchId {
     Qwen2,
     Qwen3,
     Phi3,
+    Gemma3,
     Gpt2,
 }
 
@@ -39,17 +42,19 @@ pub enum ArchId {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Family {
     Llama,
+    Gemma,
     Gpt2,
 }
 
 impl ArchId {
     /// Every architecture, in the order error messages list them.
-    pub const ALL: [ArchId; 6] = [
+    pub const ALL: [ArchId; 7] = [
         ArchId::Llama,
         ArchId::Mistral,
         ArchId::Qwen2,
         ArchId::Qwen3,
         ArchId::Phi3,
+        ArchId::Gemma3,
         ArchId::Gpt2,
     ];
 
@@ -61,6 +66,7 @@ impl ArchId {
             ArchId::Qwen2 => "qwen2",
             ArchId::Qwen3 => "qwen3",
             ArchId::Phi3 => "phi3",
+            ArchId::Gemma3 => "gemma3_text",
             ArchId::Gpt2 => "gpt2",
         }
     }
@@ -74,6 +80,7 @@ impl ArchId {
             ArchId::Llama | ArchId::Mistral | ArchId::Qwen2 | ArchId::Qwen3 | ArchId::Phi3 => {
                 Family::Llama
             }
+            ArchId::Gemma3 => Family::Gemma,
             ArchId::Gpt2 => Family::Gpt2,
         }
     }
@@ -141,6 +148,7 @@ pub struct FusedTensor {
 #[derive(Clone, Debug, PartialEq)]
 pub enum ArchConfig {
     Llama(LlamaConfig),
+    Gemma(GemmaConfig),
     Gpt2(Gpt2Config),
 }
 
@@ -158,6 +166,7 @@ impl ArchConfig {
         })?;
         let config = match id.family() {
             Family::Llama => ArchConfig::Llama(LlamaConfig::from_hf(id, &c)?),
+            Family::Gemma => ArchConfig::Gemma(GemmaConfig::from_hf(&c)?),
             Family::Gpt2 => ArchConfig::Gpt2(Gpt2Config::from_hf(&c)?),
         };
         // The message starts with the field it is about, when it is one of the file's.
@@ -189,6 +198,7 @@ impl ArchConfig {
     pub fn from_graph(g: &Graph) -> Result<ArchConfig, String> {
         Ok(match ArchId::of_graph(g)?.family() {
             Family::Llama => ArchConfig::Llama(LlamaConfig::from_graph(g)?),
+            Family::Gemma => ArchConfig::Gemma(GemmaConfig::from_graph(g)?),
             Family::Gpt2 => ArchConfig::Gpt2(Gpt2Config::from_graph(g)?),
         })
     }
@@ -196,6 +206,7 @@ impl ArchConfig {
     pub fn id(&self) -> ArchId {
         match self {
             ArchConfig::Llama(c) => c.arch,
+            ArchConfig::Gemma(_) => ArchId::Gemma3,
             ArchConfig::Gpt2(_) => ArchId::Gpt2,
         }
     }
@@ -203,6 +214,7 @@ impl ArchConfig {
     pub fn validate(&self) -> Result<(), String> {
         match self {
             ArchConfig::Llama(c) => c.validate(),
+            ArchConfig::Gemma(c) => c.validate(),
             ArchConfig::Gpt2(c) => c.validate(),
         }
     }
@@ -210,6 +222,7 @@ impl ArchConfig {
     pub fn build(&self) -> Graph {
         match self {
             ArchConfig::Llama(c) => c.build(),
+            ArchConfig::Gemma(c) => c.build(),
             ArchConfig::Gpt2(c) => c.build(),
         }
     }
@@ -218,6 +231,7 @@ impl ArchConfig {
     pub fn param_count(&self) -> Result<u64, String> {
         match self {
             ArchConfig::Llama(c) => c.param_count(),
+            ArchConfig::Gemma(c) => c.param_count(),
             ArchConfig::Gpt2(c) => c.param_count(),
         }
     }
@@ -226,6 +240,7 @@ impl ArchConfig {
     pub fn layers(&self) -> (usize, &'static str) {
         match self {
             ArchConfig::Llama(c) => (c.num_layers(), "num_hidden_layers"),
+            ArchConfig::Gemma(c) => (c.num_layers(), "num_hidden_layers"),
             ArchConfig::Gpt2(c) => (c.n_layer, "n_layer"),
         }
     }
@@ -241,6 +256,11 @@ impl ArchConfig {
     ) {
         match self {
             ArchConfig::Llama(c) => {
+                if !c.tie_word_embeddings && !has("lm_head.weight") {
+                    c.tie_word_embeddings = true;
+                }
+            }
+            ArchConfig::Gemma(c) => {
                 if !c.tie_word_embeddings && !has("lm_head.weight") {
                     c.tie_word_embeddings = true;
                 }
@@ -268,13 +288,22 @@ impl ArchConfig {
         matches!(self, ArchConfig::Gpt2(_)) && gpt2_is_conv1d(name)
     }
 
+    /// What is added to a parameter's checkpoint values to give the IR's (Gemma's norms store
+    /// `w` of `1 + w`); 0 for the rest.
+    pub fn stored_offset(&self, name: &str) -> f32 {
+        match self {
+            ArchConfig::Gemma(_) if GemmaConfig::is_offset_norm(name) => GemmaConfig::NORM_OFFSET,
+            _ => 0.0,
+        }
+    }
+
     /// Checkpoint tensors that hold several IR parameters, their rows stacked in order
     /// (Phi-3's `qkv_proj` and `gate_up_proj`): split on import so every pass sees ordinary
     /// q/k/v and gate/up linears, stacked again on export.
     pub fn fused_tensors(&self) -> Vec<FusedTensor> {
         match self {
             ArchConfig::Llama(c) => c.fused_tensors(),
-            ArchConfig::Gpt2(_) => Vec::new(),
+            ArchConfig::Gemma(_) | ArchConfig::Gpt2(_) => Vec::new(),
         }
     }
 
@@ -282,6 +311,7 @@ impl ArchConfig {
     pub fn to_hf(&self, torch_dtype: &str) -> Result<Map<String, Value>, String> {
         match self {
             ArchConfig::Llama(c) => c.to_hf(torch_dtype),
+            ArchConfig::Gemma(c) => c.to_hf(torch_dtype),
             ArchConfig::Gpt2(c) => c.to_hf(torch_dtype),
         }
     }
@@ -289,6 +319,7 @@ impl ArchConfig {
     pub fn bos_token_id(&self) -> Option<u32> {
         match self {
             ArchConfig::Llama(c) => c.bos_token_id,
+            ArchConfig::Gemma(c) => c.bos_token_id,
             ArchConfig::Gpt2(c) => c.bos_token_id,
         }
     }
@@ -296,6 +327,7 @@ impl ArchConfig {
     pub fn eos_token_id(&self) -> Option<u32> {
         match self {
             ArchConfig::Llama(c) => c.eos_token_id,
+            ArchConfig::Gemma(c) => c.eos_token_id,
             ArchConfig::Gpt2(c) => c.eos_token_id,
         }
     }
@@ -304,6 +336,7 @@ impl ArchConfig {
     pub fn context_length(&self) -> usize {
         match self {
             ArchConfig::Llama(c) => c.max_position_embeddings,
+            ArchConfig::Gemma(c) => c.max_position_embeddings,
             ArchConfig::Gpt2(c) => c.n_positions,
         }
     }

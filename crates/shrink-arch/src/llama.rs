@@ -1034,9 +1034,28 @@ fn rope_from_hf(c: &ConfigJson<'_>) -> Result<(Option<f32>, RopeScaling), Config
         (_, None | Some(Value::Null)) => ("rope_scaling", None),
         (_, Some(v)) => return Err(c.err("rope_scaling", format!("expected an object, got {v}"))),
     };
+    let Some(m) = params else {
+        return Ok((c.opt_f32("rope_theta")?, RopeScaling::None));
+    };
+    let (theta, scaling) = rope_object(c, field, m)?;
+    let theta = match (field, theta) {
+        ("rope_parameters", Some(t)) => Some(t),
+        _ => c.opt_f32("rope_theta")?,
+    };
+    Ok((theta, scaling))
+}
+
+/// The base (when the object gives one) and scaling of one RoPE object of `config.json`
+/// (`rope_parameters`, one of its per-layer-type entries, or the Hub's `rope_scaling`), named
+/// `field` in errors.
+pub(crate) fn rope_object(
+    c: &ConfigJson<'_>,
+    field: &str,
+    m: &Map<String, Value>,
+) -> Result<(Option<f32>, RopeScaling), ConfigError> {
     let err = |k: &str, message: String| c.err(&format!("{field}.{k}"), message);
     let num = |k: &str| -> Result<Option<f64>, ConfigError> {
-        match params.and_then(|m| m.get(k)) {
+        match m.get(k) {
             None | Some(Value::Null) => Ok(None),
             Some(v) => v
                 .as_f64()
@@ -1052,13 +1071,7 @@ fn rope_from_hf(c: &ConfigJson<'_>) -> Result<(Option<f32>, RopeScaling), Config
             Some(v) => Err(err(k, format!("{v} must be positive"))),
         }
     };
-    let theta = match (field, num("rope_theta")?) {
-        ("rope_parameters", Some(t)) => Some(t as f32),
-        _ => c.opt_f32("rope_theta")?,
-    };
-    let Some(m) = params else {
-        return Ok((theta, RopeScaling::None));
-    };
+    let theta = num("rope_theta")?.map(|t| t as f32);
     let (type_key, kind) = match (m.get("rope_type"), m.get("type")) {
         (Some(v), _) => ("rope_type", v),
         (None, Some(v)) => ("type", v),
@@ -1105,7 +1118,7 @@ fn rope_from_hf(c: &ConfigJson<'_>) -> Result<(Option<f32>, RopeScaling), Config
 }
 
 /// `rope_scaling` as the Hub's configs write it (transformers 4 and 5 both read this form).
-fn rope_scaling_to_hf(s: RopeScaling) -> Value {
+pub(crate) fn rope_scaling_to_hf(s: RopeScaling) -> Value {
     match s {
         RopeScaling::None => Value::Null,
         RopeScaling::Linear { factor } => {

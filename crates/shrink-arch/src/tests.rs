@@ -29,6 +29,27 @@ fn llama(arch: &str, tied: bool, bias: bool) -> LlamaConfig {
     }
 }
 
+fn gemma(tied: bool) -> GemmaConfig {
+    GemmaConfig {
+        vocab_size: 50,
+        hidden_size: 32,
+        intermediate_size: 48,
+        num_heads: 4,
+        num_kv_heads: 2,
+        head_dim: 16,
+        sliding: vec![true, true, false],
+        sliding_window: 16,
+        rope_global: (1_000_000.0, shrink_ir::RopeScaling::Linear { factor: 8.0 }),
+        rope_local: (10_000.0, shrink_ir::RopeScaling::None),
+        query_pre_attn_scalar: 256.0,
+        rms_norm_eps: 1e-6,
+        max_position_embeddings: 64,
+        tie_word_embeddings: tied,
+        bos_token_id: Some(2),
+        eos_token_id: Some(1),
+    }
+}
+
 fn gpt2(prefix: &str, untied: bool, activation: Activation) -> Gpt2Config {
     Gpt2Config {
         vocab_size: 50,
@@ -318,6 +339,8 @@ fn every_architecture_round_trips_through_its_config_json() {
         ArchConfig::Llama(llama("qwen3", false, false)),
         ArchConfig::Llama(llama("qwen3", true, false)),
         ArchConfig::Llama(phi3_swa),
+        ArchConfig::Gemma(gemma(true)),
+        ArchConfig::Gemma(gemma(false)),
         ArchConfig::Llama(pruned),
         // GPT-2's untied head is the checkpoint's to say (an `lm_head.weight` of its own), so
         // a config.json alone reads back tied.
@@ -348,7 +371,7 @@ fn config_json_errors_name_the_field_or_list_the_architectures() {
     let e = ArchConfig::from_hf(&json).unwrap_err().to_string();
     assert_eq!(
         e,
-        "unsupported architecture 'mamba' (supported: llama, mistral, qwen2, qwen3, phi3, gpt2)"
+        "unsupported architecture 'mamba' (supported: llama, mistral, qwen2, qwen3, phi3, gemma3_text, gpt2)"
     );
     json.insert("model_type".into(), "qwen2".into());
     json.insert("hidden_act".into(), "gelu".into());
@@ -492,5 +515,51 @@ fn phi3_checkpoints_stack_qkv_and_gate_up() {
     assert!(
         e.starts_with("field 'rope_parameters.partial_rotary_factor'"),
         "{e}"
+    );
+}
+
+#[test]
+fn gemma3_reads_both_config_forms_and_keeps_norm_offsets_to_its_norms() {
+    let c = gemma(true);
+    assert_eq!(GemmaConfig::from_graph(&c.build()).unwrap(), c);
+    let hub = ArchConfig::Gemma(c.clone()).to_hf("bfloat16").unwrap();
+    // transformers 5's form: one RoPE object per layer type; no layer_types (the default
+    // pattern: every 6th layer global).
+    let mut v5 = hub.clone();
+    for k in [
+        "rope_theta",
+        "rope_local_base_freq",
+        "rope_scaling",
+        "layer_types",
+    ] {
+        v5.remove(k);
+    }
+    v5.insert(
+        "rope_parameters".into(),
+        serde_json::json!({
+            "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+        }),
+    );
+    v5.insert("sliding_window_pattern".into(), 3.into());
+    assert_eq!(
+        ArchConfig::from_hf(&v5).unwrap(),
+        ArchConfig::Gemma(c.clone())
+    );
+    // Soft-capping (Gemma 2) is refused by name.
+    let mut capped = hub.clone();
+    capped.insert("final_logit_softcapping".into(), 30.0.into());
+    let e = ArchConfig::from_hf(&capped).unwrap_err().to_string();
+    assert!(e.starts_with("field 'final_logit_softcapping'"), "{e}");
+    let arch = ArchConfig::Gemma(c);
+    assert_eq!(
+        arch.stored_offset("model.layers.0.self_attn.q_norm.weight"),
+        1.0
+    );
+    assert_eq!(arch.stored_offset("model.norm.weight"), 1.0);
+    assert_eq!(arch.stored_offset("model.layers.0.mlp.up_proj.weight"), 0.0);
+    assert_eq!(
+        ArchConfig::Llama(llama("llama", true, false)).stored_offset("model.norm.weight"),
+        0.0
     );
 }

@@ -284,6 +284,31 @@ pub fn write(
     let mut schemes = Map::new();
     let fused = cfg.fused_tensors();
     let is_part = |n: &str| fused.iter().any(|f| f.parts.iter().any(|p| p == n));
+    // Gemma's norms go back to the checkpoint's `w` of `1 + w`, in the checkpoint's dtype.
+    let mut shifted = BTreeMap::new();
+    for (name, ty) in g.params() {
+        let off = cfg.stored_offset(name);
+        if off == 0.0 {
+            continue;
+        }
+        let terr = |message: String| ExportError::Tensor {
+            path: st_path.clone(),
+            tensor: name.clone(),
+            message,
+        };
+        let data = model
+            .weights
+            .get(name)
+            .ok_or_else(|| terr("has no data in the weight store".into()))?;
+        if ty.quant.is_some() {
+            return Err(terr(format!(
+                "is quantized ({ty}); a norm weight must be a float"
+            )));
+        }
+        let v: Vec<f32> = data.to_f32().iter().map(|x| x - off).collect();
+        let back = TensorData::from_f32(dtype, ty.shape.clone(), &v).map_err(terr)?;
+        shifted.insert(name.clone(), back);
+    }
     for f in &fused {
         tensors.push((f.name.clone(), stacked(model, f, &st_path)?));
     }
@@ -303,6 +328,8 @@ pub fn write(
                 data.ty
             )));
         }
+        let data = shifted.get(name).unwrap_or(data);
+        let ty = &data.ty;
         if let Some(scheme) = ty.quant {
             quant.insert(
                 name.clone(),

@@ -153,8 +153,15 @@ const IR_WORDS: [&str; 16] = [
 ];
 
 /// The Hugging Face seed models, by `micro_config` name.
-const SEED_MODELS: [&str; 7] = [
-    "llama", "llama3", "qwen2", "qwen3", "phi3", "mistral", "gpt2",
+const SEED_MODELS: [&str; 8] = [
+    "llama",
+    "llama3",
+    "qwen2",
+    "qwen3",
+    "phi3",
+    "gemma3_text",
+    "mistral",
+    "gpt2",
 ];
 
 /// A config.json of the smallest LLaMA-family or GPT-2 model, over the tiny tokenizer;

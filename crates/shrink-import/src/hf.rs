@@ -289,6 +289,7 @@ fn load_weights(
     shards: &[Shard],
     transposed: &dyn Fn(&str) -> bool,
     fused: &[shrink_arch::FusedTensor],
+    offset: &dyn Fn(&str) -> f32,
     check_finite: bool,
 ) -> Result<WeightStore> {
     let mut store = WeightStore::new();
@@ -403,6 +404,16 @@ fn load_weights(
         if check_finite {
             shrink_arch::limits::finite(&data).map_err(terr)?;
         }
+        // Gemma's norms: the IR holds `1 + w` in f32, as the reference computes it.
+        let (ty, data) = match offset(&name) {
+            0.0 => (ty, data),
+            off => {
+                let v: Vec<f32> = data.to_f32().iter().map(|x| x + off).collect();
+                let data =
+                    TensorData::from_f32(DType::F32, want.shape.clone(), &v).map_err(terr)?;
+                (data.ty.clone(), data)
+            }
+        };
         if let Some(p) = graph.param_mut(&name) {
             *p = ty;
         }
@@ -432,7 +443,15 @@ pub fn load_model(dir: &Path, opts: &crate::LoadOptions) -> Result<Model> {
     let mut graph = arch.build();
     let transposed = |name: &str| arch.stored_transposed(name);
     let fused = arch.fused_tensors();
-    let weights = load_weights(&mut graph, &shards, &transposed, &fused, opts.check_finite)?;
+    let offset = |name: &str| arch.stored_offset(name);
+    let weights = load_weights(
+        &mut graph,
+        &shards,
+        &transposed,
+        &fused,
+        &offset,
+        opts.check_finite,
+    )?;
     Ok(Model { graph, weights })
 }
 

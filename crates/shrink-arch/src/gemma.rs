@@ -1,0 +1,485 @@
+//! Gemma 3 (text, `gemma3_text`): RMSNorms scaled by `(1 + w)`, the embedding scaled by
+//! √hidden, norms before and after both attention and the MLP, per-head q/k norms, GeGLU with
+//! tanh GELU, scores scaled by `query_pre_attn_scalar^-0.5`, and local layers (a sliding window,
+//! their own RoPE base) between global ones.
+//!
+//! The IR holds each norm's effective weight `1 + w` (as llama.cpp's converter stores it):
+//! [`GemmaConfig::NORM_OFFSET`] is added on import and taken off on export, so every pass sees
+//! an ordinary RMSNorm.
+
+use shrink_ir::{Activation, AttentionSpec, Graph, NormKind, Op, Rope, RopeScaling};
+
+use serde_json::{json, Map, Value};
+
+use crate::builder::{Builder, Meta};
+use crate::graph_read::*;
+use crate::hf_json::{f32_json, token_json, ConfigJson};
+use crate::llama::rope_object;
+use crate::{ArchId, ConfigError, Family};
+
+/// The normalised config of a Gemma 3 text model (layers of one size).
+#[derive(Clone, Debug, PartialEq)]
+pub struct GemmaConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    /// One entry per decoder layer: whether it is local (`sliding_attention`).
+    pub sliding: Vec<bool>,
+    pub sliding_window: usize,
+    /// RoPE of the global layers (`rope_theta`, `rope_scaling`).
+    pub rope_global: (f32, RopeScaling),
+    /// RoPE of the local layers (`rope_local_base_freq`).
+    pub rope_local: (f32, RopeScaling),
+    /// Scores are scaled by `query_pre_attn_scalar^-0.5`.
+    pub query_pre_attn_scalar: f32,
+    pub rms_norm_eps: f32,
+    pub max_position_embeddings: usize,
+    pub tie_word_embeddings: bool,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_id: Option<u32>,
+}
+
+/// The four norms of a decoder layer, in the order they apply.
+const LAYER_NORMS: [&str; 4] = [
+    "input_layernorm",
+    "post_attention_layernorm",
+    "pre_feedforward_layernorm",
+    "post_feedforward_layernorm",
+];
+
+impl GemmaConfig {
+    /// What checkpoints store of a norm's weight is the IR's minus this.
+    pub const NORM_OFFSET: f32 = 1.0;
+
+    /// Whether a checkpoint tensor is a norm weight stored as `w` of `(1 + w)`.
+    pub fn is_offset_norm(name: &str) -> bool {
+        name.ends_with("norm.weight")
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.sliding.len()
+    }
+
+    fn score_scale(&self) -> f32 {
+        self.query_pre_attn_scalar.powf(-0.5)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        use crate::limits::{dim, MAX_HEADS, MAX_HEAD_DIM, MAX_LAYERS, MAX_VOCAB, MAX_WIDTH};
+        dim("vocab_size", self.vocab_size, MAX_VOCAB)?;
+        dim("hidden_size", self.hidden_size, MAX_WIDTH)?;
+        dim("intermediate_size", self.intermediate_size, MAX_WIDTH)?;
+        dim("num_hidden_layers", self.num_layers(), MAX_LAYERS)?;
+        dim("num_attention_heads", self.num_heads, MAX_HEADS)?;
+        dim("num_key_value_heads", self.num_kv_heads, MAX_HEADS)?;
+        dim("head_dim", self.head_dim, MAX_HEAD_DIM)?;
+        dim(
+            "max_position_embeddings",
+            self.max_position_embeddings,
+            crate::limits::MAX_CONTEXT,
+        )?;
+        dim(
+            "sliding_window",
+            self.sliding_window,
+            crate::limits::MAX_CONTEXT,
+        )?;
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
+            return Err(format!(
+                "num_attention_heads ({}) is not a multiple of num_key_value_heads ({})",
+                self.num_heads, self.num_kv_heads
+            ));
+        }
+        if !self.head_dim.is_multiple_of(2) {
+            return Err(format!(
+                "head_dim ({}) must be even for RoPE",
+                self.head_dim
+            ));
+        }
+        for (field, (theta, _)) in [
+            ("rope_theta", self.rope_global),
+            ("rope_local_base_freq", self.rope_local),
+        ] {
+            if !(theta.is_finite() && theta > 0.0) {
+                return Err(format!("{field} ({theta}) must be positive"));
+            }
+        }
+        let q = self.query_pre_attn_scalar;
+        if !(q.is_finite() && q > 0.0) {
+            return Err(format!("query_pre_attn_scalar ({q}) must be positive"));
+        }
+        crate::limits::epsilon("rms_norm_eps", self.rms_norm_eps)?;
+        self.param_count()?;
+        Ok(())
+    }
+
+    pub fn param_count(&self) -> Result<u64, String> {
+        crate::limits::graph_params(&self.build())
+    }
+
+    pub fn build(&self) -> Graph {
+        let c = self;
+        let (d, hd) = (c.hidden_size, c.head_dim);
+        let mut b = Builder { g: Graph::new() };
+        let tokens = b.op(
+            Op::Input {
+                name: "tokens".into(),
+            },
+            &[],
+        );
+        let embed = b.param("model.embed_tokens.weight", vec![c.vocab_size, d]);
+        let e = b.op(
+            Op::Embedding {
+                weight: embed.clone(),
+            },
+            &[tokens],
+        );
+        let mut h = b.op(
+            Op::Scale {
+                factor: (d as f32).sqrt(),
+            },
+            &[e],
+        );
+        let norm = |b: &mut Builder, x, name: String, n: usize, group: Option<usize>| {
+            let weight = b.param(&name, vec![n]);
+            b.op(
+                Op::Norm {
+                    kind: NormKind::Rms,
+                    eps: c.rms_norm_eps,
+                    weight,
+                    bias: None,
+                    group,
+                },
+                &[x],
+            )
+        };
+        for (i, &local) in c.sliding.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            let (theta, scaling) = if local { c.rope_local } else { c.rope_global };
+            let attn = AttentionSpec {
+                heads: c.num_heads,
+                kv_heads: c.num_kv_heads,
+                head_dim: hd,
+                rope: Some(Rope {
+                    theta,
+                    dim: hd,
+                    scaling,
+                }),
+                causal: true,
+                window: local.then_some(c.sliding_window),
+                scale: Some(c.score_scale()),
+            };
+            let [pre_attn, post_attn, pre_mlp, post_mlp] =
+                LAYER_NORMS.map(|n| format!("{p}.{n}.weight"));
+            let x = norm(&mut b, h, pre_attn, d, None);
+            let (q_rows, kv_rows) = (c.num_heads * hd, c.num_kv_heads * hd);
+            let q = b.linear(x, &format!("{p}.self_attn.q_proj"), q_rows, d, false);
+            let k = b.linear(x, &format!("{p}.self_attn.k_proj"), kv_rows, d, false);
+            let q = norm(
+                &mut b,
+                q,
+                format!("{p}.self_attn.q_norm.weight"),
+                hd,
+                Some(hd),
+            );
+            let k = norm(
+                &mut b,
+                k,
+                format!("{p}.self_attn.k_norm.weight"),
+                hd,
+                Some(hd),
+            );
+            let v = b.linear(x, &format!("{p}.self_attn.v_proj"), kv_rows, d, false);
+            let a = b.op(Op::Attention(attn), &[q, k, v]);
+            let o = b.linear(a, &format!("{p}.self_attn.o_proj"), d, q_rows, false);
+            let o = norm(&mut b, o, post_attn, d, None);
+            h = b.op(Op::Add, &[h, o]);
+            let x = norm(&mut b, h, pre_mlp, d, None);
+            let m = c.intermediate_size;
+            let gate = b.linear(x, &format!("{p}.mlp.gate_proj"), m, d, false);
+            let up = b.linear(x, &format!("{p}.mlp.up_proj"), m, d, false);
+            let gate = b.op(Op::Activation(Activation::GeluTanh), &[gate]);
+            let y = b.op(Op::Mul, &[gate, up]);
+            let down = b.linear(y, &format!("{p}.mlp.down_proj"), d, m, false);
+            let down = norm(&mut b, down, post_mlp, d, None);
+            h = b.op(Op::Add, &[h, down]);
+        }
+        h = norm(&mut b, h, "model.norm.weight".into(), d, None);
+        let head = if c.tie_word_embeddings {
+            embed
+        } else {
+            b.param("lm_head.weight", vec![c.vocab_size, d])
+        };
+        b.finish(
+            h,
+            head,
+            &Meta {
+                arch: ArchId::Gemma3.name(),
+                context_length: c.max_position_embeddings,
+                tied: c.tie_word_embeddings,
+                bos: c.bos_token_id,
+                eos: c.eos_token_id,
+            },
+        )
+    }
+
+    /// Reads the config back from a graph of this family (the inverse of
+    /// [`GemmaConfig::build`]): sizes from the parameters, heads, windows, RoPEs and the score
+    /// scale from the attention ops (local layers are the windowed ones).
+    pub fn from_graph(g: &Graph) -> Result<GemmaConfig, String> {
+        let arch = ArchId::of_graph(g)?;
+        if arch.family() != Family::Gemma {
+            return Err(format!("architecture '{arch}' is not of the Gemma family"));
+        }
+        let embed = "model.embed_tokens.weight";
+        let (vocab, hidden) = param_2d(g, embed)?;
+        let layers = count_layers(g, "model.layers.")?;
+        let ops = ops_in_order(g)?;
+        // Local and global layers differ in RoPE and window: the rebuilt graph checks the rest.
+        let specs: Vec<AttentionSpec> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Attention(a) => Some(*a),
+                _ => None,
+            })
+            .collect();
+        if specs.len() != layers {
+            return Err(format!("{} attention ops for {layers} layers", specs.len()));
+        }
+        let a0 = specs.first().ok_or("the graph has no decoder layers")?;
+        let scale = a0.scale.ok_or("attention has no score scale")?;
+        // query_pre_attn_scalar is an integer in every released config: read it back as one
+        // when the scale is that integer's (the rebuilt graph is compared below).
+        let q = 1.0 / (scale * scale);
+        let q = if (q - q.round()).abs() < 1e-3 {
+            q.round()
+        } else {
+            q
+        };
+        let rope_of = |local: bool| {
+            specs
+                .iter()
+                .find(|s| s.window.is_some() == local)
+                .and_then(|s| s.rope)
+                .map(|r| (r.theta, r.scaling))
+        };
+        let window = specs.iter().find_map(|s| s.window);
+        let (inter, _) = param_2d(g, "model.layers.0.mlp.gate_proj.weight")?;
+        let head = head_weight(g)?;
+        let tied = head == embed;
+        if !tied && head != "lm_head.weight" {
+            return Err(format!(
+                "the output linear reads '{head}', expected '{embed}' (tied) or 'lm_head.weight'"
+            ));
+        }
+        let c = GemmaConfig {
+            vocab_size: vocab,
+            hidden_size: hidden,
+            intermediate_size: inter,
+            num_heads: a0.heads,
+            num_kv_heads: a0.kv_heads,
+            head_dim: a0.head_dim,
+            sliding: specs.iter().map(|s| s.window.is_some()).collect(),
+            sliding_window: window.unwrap_or(4096),
+            rope_global: rope_of(false).unwrap_or((1_000_000.0, RopeScaling::None)),
+            rope_local: rope_of(true).unwrap_or((10_000.0, RopeScaling::None)),
+            query_pre_attn_scalar: q,
+            rms_norm_eps: norm_eps(&ops, NormKind::Rms)?,
+            max_position_embeddings: meta_usize(g, "context_length")?
+                .ok_or("meta 'context_length' is missing")?,
+            tie_word_embeddings: tied,
+            bos_token_id: meta_token(g, "bos_token_id")?,
+            eos_token_id: meta_token(g, "eos_token_id")?,
+        };
+        c.validate()?;
+        same_structure(g, &c.build(), arch.name())?;
+        Ok(c)
+    }
+
+    /// The config of a `gemma3_text` `config.json`, in either form: transformers 5's
+    /// `rope_parameters` with an entry per layer type, or the Hub's `rope_theta`,
+    /// `rope_local_base_freq` and `rope_scaling` (global layers only). Local layers come from
+    /// `layer_types`, or every `sliding_window_pattern`-th layer is global (default 6).
+    pub(crate) fn from_hf(c: &ConfigJson<'_>) -> Result<GemmaConfig, ConfigError> {
+        let n_layers = c.bounded("num_hidden_layers", crate::limits::MAX_LAYERS)?;
+        for field in ["attn_logit_softcapping", "final_logit_softcapping"] {
+            if c.opt_f32(field)?.is_some() {
+                return Err(c.err(field, "soft-capping is not supported yet (Gemma 2)"));
+            }
+        }
+        if c.opt_bool("use_bidirectional_attention")? == Some(true) {
+            return Err(c.err(
+                "use_bidirectional_attention",
+                "only causal attention is supported",
+            ));
+        }
+        if c.opt_bool("attention_bias")? == Some(true) {
+            return Err(c.err("attention_bias", "attention biases are not supported"));
+        }
+        let act = c
+            .opt_str("hidden_activation")?
+            .unwrap_or("gelu_pytorch_tanh");
+        if act != "gelu_pytorch_tanh" {
+            return Err(c.err(
+                "hidden_activation",
+                format!("'{act}' is not supported (gelu_pytorch_tanh)"),
+            ));
+        }
+        let sliding: Vec<bool> = match c.json.get("layer_types") {
+            None | Some(Value::Null) => {
+                let every = c.opt_usize("sliding_window_pattern")?.unwrap_or(6);
+                if every == 0 {
+                    return Err(c.err("sliding_window_pattern", "must be at least 1"));
+                }
+                (0..n_layers).map(|i| (i + 1) % every != 0).collect()
+            }
+            Some(Value::Array(items)) if items.len() == n_layers => items
+                .iter()
+                .enumerate()
+                .map(|(i, t)| match t.as_str() {
+                    Some("full_attention") => Ok(false),
+                    Some("sliding_attention") => Ok(true),
+                    _ => Err(c.err(
+                        "layer_types",
+                        format!(
+                            "element {i}: {t} is not supported (full_attention, \
+                             sliding_attention)"
+                        ),
+                    )),
+                })
+                .collect::<Result<_, _>>()?,
+            Some(v) => {
+                return Err(c.err(
+                    "layer_types",
+                    format!("expected a list of {n_layers} layer types, got {v}"),
+                ))
+            }
+        };
+        let (rope_global, rope_local) = match c.json.get("rope_parameters") {
+            Some(Value::Object(m)) => {
+                let entry = |t: &str, default: f32| -> Result<(f32, RopeScaling), ConfigError> {
+                    let field = format!("rope_parameters.{t}");
+                    match m.get(t) {
+                        Some(Value::Object(o)) => {
+                            let (theta, s) = rope_object(c, &field, o)?;
+                            Ok((theta.unwrap_or(default), s))
+                        }
+                        None | Some(Value::Null) => Ok((default, RopeScaling::None)),
+                        Some(v) => Err(c.err(&field, format!("expected an object, got {v}"))),
+                    }
+                };
+                (
+                    entry("full_attention", 1_000_000.0)?,
+                    entry("sliding_attention", 10_000.0)?,
+                )
+            }
+            _ => {
+                let scaling = match c.json.get("rope_scaling") {
+                    Some(Value::Object(o)) => rope_object(c, "rope_scaling", o)?.1,
+                    None | Some(Value::Null) => RopeScaling::None,
+                    Some(v) => {
+                        return Err(c.err("rope_scaling", format!("expected an object, got {v}")))
+                    }
+                };
+                (
+                    (c.opt_f32("rope_theta")?.unwrap_or(1_000_000.0), scaling),
+                    (
+                        c.opt_f32("rope_local_base_freq")?.unwrap_or(10_000.0),
+                        RopeScaling::None,
+                    ),
+                )
+            }
+        };
+        let window = match c.opt_usize("sliding_window")? {
+            Some(0) => {
+                return Err(c.err(
+                    "sliding_window",
+                    "a sliding window must span at least one position",
+                ))
+            }
+            w => w.unwrap_or(4096),
+        };
+        let heads = c.usize("num_attention_heads")?;
+        Ok(GemmaConfig {
+            vocab_size: c.usize("vocab_size")?,
+            hidden_size: c.usize("hidden_size")?,
+            intermediate_size: c.usize("intermediate_size")?,
+            num_heads: heads,
+            num_kv_heads: c.opt_usize("num_key_value_heads")?.unwrap_or(heads),
+            head_dim: c.opt_usize("head_dim")?.unwrap_or(256),
+            sliding,
+            sliding_window: window,
+            rope_global,
+            rope_local,
+            query_pre_attn_scalar: c.opt_f32("query_pre_attn_scalar")?.unwrap_or(256.0),
+            rms_norm_eps: c.opt_f32("rms_norm_eps")?.unwrap_or(1e-6),
+            max_position_embeddings: c.opt_usize("max_position_embeddings")?.unwrap_or(131_072),
+            tie_word_embeddings: c.opt_bool("tie_word_embeddings")?.unwrap_or(true),
+            bos_token_id: c.opt_token("bos_token_id")?,
+            eos_token_id: c.opt_token("eos_token_id")?,
+        })
+    }
+
+    /// The `config.json` transformers loads this config from, in the Hub's form (which
+    /// transformers 4 and 5 both read).
+    pub fn to_hf(&self, torch_dtype: &str) -> Result<Map<String, Value>, String> {
+        if self.rope_local.1 != RopeScaling::None {
+            return Err(
+                "local layers with RoPE scaling cannot be written in the Hub's form".into(),
+            );
+        }
+        let mut m = Map::new();
+        m.insert("architectures".into(), json!(["Gemma3ForCausalLM"]));
+        m.insert("model_type".into(), json!(ArchId::Gemma3.name()));
+        m.insert("vocab_size".into(), json!(self.vocab_size));
+        m.insert("hidden_size".into(), json!(self.hidden_size));
+        m.insert("intermediate_size".into(), json!(self.intermediate_size));
+        m.insert("num_hidden_layers".into(), json!(self.num_layers()));
+        m.insert("num_attention_heads".into(), json!(self.num_heads));
+        m.insert("num_key_value_heads".into(), json!(self.num_kv_heads));
+        m.insert("head_dim".into(), json!(self.head_dim));
+        m.insert("hidden_activation".into(), json!("gelu_pytorch_tanh"));
+        m.insert(
+            "max_position_embeddings".into(),
+            json!(self.max_position_embeddings),
+        );
+        m.insert("rms_norm_eps".into(), f32_json(self.rms_norm_eps));
+        m.insert("rope_theta".into(), f32_json(self.rope_global.0));
+        m.insert("rope_local_base_freq".into(), f32_json(self.rope_local.0));
+        m.insert(
+            "rope_scaling".into(),
+            crate::llama::rope_scaling_to_hf(self.rope_global.1),
+        );
+        m.insert(
+            "query_pre_attn_scalar".into(),
+            f32_json(self.query_pre_attn_scalar),
+        );
+        m.insert("sliding_window".into(), json!(self.sliding_window));
+        let types: Vec<&str> = self
+            .sliding
+            .iter()
+            .map(|&s| {
+                if s {
+                    "sliding_attention"
+                } else {
+                    "full_attention"
+                }
+            })
+            .collect();
+        m.insert("layer_types".into(), json!(types));
+        m.insert("attention_bias".into(), json!(false));
+        m.insert("attn_logit_softcapping".into(), Value::Null);
+        m.insert("final_logit_softcapping".into(), Value::Null);
+        m.insert(
+            "tie_word_embeddings".into(),
+            json!(self.tie_word_embeddings),
+        );
+        m.insert("bos_token_id".into(), token_json(self.bos_token_id));
+        m.insert("eos_token_id".into(), token_json(self.eos_token_id));
+        m.insert("torch_dtype".into(), json!(torch_dtype));
+        m.insert("use_cache".into(), json!(true));
+        Ok(m)
+    }
+}
