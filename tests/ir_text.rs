@@ -5,13 +5,14 @@ use shrink_ir::{verify_graph, Op};
 
 use crate::common::fixture;
 
-const MODELS: [&str; 8] = [
+const MODELS: [&str; 9] = [
     "tiny-llama",
     "tiny-llama/tiny-llama.gguf",
     "tiny-llama3",
     "tiny-qwen2",
     "tiny-qwen3",
     "tiny-phi3",
+    "tiny-gemma2",
     "tiny-gemma3",
     "tiny-gpt2",
 ];

@@ -202,6 +202,16 @@ fn tiny_gemma3_matches_transformers() {
 }
 
 #[test]
+fn tiny_gemma2_soft_capping_matches_transformers() {
+    check("tiny-gemma2", "tiny-gemma2");
+    let loaded = shrink_import::load(&fixture("tiny-gemma2")).expect("load");
+    let text = shrink_ir::text::print(&loaded.model.graph);
+    assert_eq!(text.matches(" softcap=2.0").count(), 2, "{text}");
+    assert_eq!(text.matches("= softcap(").count(), 1, "{text}");
+    assert!(!text.contains("q_norm"), "{text}");
+}
+
+#[test]
 fn tiny_gpt2_matches_transformers() {
     check("tiny-gpt2", "tiny-gpt2");
 }
@@ -210,7 +220,13 @@ fn tiny_gpt2_matches_transformers() {
 fn incremental_decoding_equals_full_forward() {
     // The KV-cache path must give the logits of a full forward at every position (RoPE tables
     // made for the positions of each call, scaled or not; q/k norms before the cache).
-    for model in ["tiny-llama", "tiny-llama3", "tiny-qwen3", "tiny-gemma3"] {
+    for model in [
+        "tiny-llama",
+        "tiny-llama3",
+        "tiny-qwen3",
+        "tiny-gemma2",
+        "tiny-gemma3",
+    ] {
         incremental_equals_full(&fixture(model));
     }
 }

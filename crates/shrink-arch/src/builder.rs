@@ -15,12 +15,14 @@ pub(crate) struct Meta<'a> {
     pub(crate) tied: bool,
     pub(crate) bos: Option<u32>,
     pub(crate) eos: Option<u32>,
+    /// Gemma 2's `final_logit_softcapping`.
+    pub(crate) logit_softcap: Option<f32>,
 }
 
 impl Builder {
     /// The output head over the final hidden state `h`, the `logits` output, and the metadata.
     pub(crate) fn finish(mut self, h: ValueId, head: String, meta: &Meta<'_>) -> Graph {
-        let logits = self.op(
+        let mut logits = self.op(
             Op::Linear {
                 weight: head,
                 bias: None,
@@ -28,6 +30,9 @@ impl Builder {
             },
             &[h],
         );
+        if let Some(cap) = meta.logit_softcap {
+            logits = self.op(Op::SoftCap { cap }, &[logits]);
+        }
         self.g.add_typed(
             Op::Output {
                 name: "logits".into(),

@@ -1,7 +1,8 @@
-//! Gemma 3 (text, `gemma3_text`): RMSNorms scaled by `(1 + w)`, the embedding scaled by
-//! √hidden, norms before and after both attention and the MLP, per-head q/k norms, GeGLU with
-//! tanh GELU, scores scaled by `query_pre_attn_scalar^-0.5`, and local layers (a sliding window,
-//! their own RoPE base) between global ones.
+//! Gemma 2 and Gemma 3 (text, `gemma3_text`): RMSNorms scaled by `(1 + w)`, the embedding
+//! scaled by √hidden, norms before and after both attention and the MLP, GeGLU with tanh GELU,
+//! scores scaled by `query_pre_attn_scalar^-0.5`, and local layers (a sliding window) between
+//! global ones. Gemma 2 soft-caps the attention scores and the logits; Gemma 3 has per-head q/k
+//! norms instead and gives its local layers their own RoPE base.
 //!
 //! The IR holds each norm's effective weight `1 + w` (as llama.cpp's converter stores it):
 //! [`GemmaConfig::NORM_OFFSET`] is added on import and taken off on export, so every pass sees
@@ -14,12 +15,14 @@ use serde_json::{json, Map, Value};
 use crate::builder::{Builder, Meta};
 use crate::graph_read::*;
 use crate::hf_json::{f32_json, token_json, ConfigJson};
-use crate::llama::rope_object;
+use crate::llama::{rope_from_hf, rope_object};
 use crate::{ArchId, ConfigError, Family};
 
-/// The normalised config of a Gemma 3 text model (layers of one size).
+/// The normalised config of a Gemma 2 or Gemma 3 text model (layers of one size).
 #[derive(Clone, Debug, PartialEq)]
 pub struct GemmaConfig {
+    /// Gemma 2 or Gemma 3.
+    pub arch: ArchId,
     pub vocab_size: usize,
     pub hidden_size: usize,
     pub intermediate_size: usize,
@@ -35,6 +38,9 @@ pub struct GemmaConfig {
     pub rope_local: (f32, RopeScaling),
     /// Scores are scaled by `query_pre_attn_scalar^-0.5`.
     pub query_pre_attn_scalar: f32,
+    /// Gemma 2's soft-caps: of the scaled attention scores, and of the logits.
+    pub attn_logit_softcapping: Option<f32>,
+    pub final_logit_softcapping: Option<f32>,
     pub rms_norm_eps: f32,
     pub max_position_embeddings: usize,
     pub tie_word_embeddings: bool,
@@ -110,6 +116,14 @@ impl GemmaConfig {
         if !(q.is_finite() && q > 0.0) {
             return Err(format!("query_pre_attn_scalar ({q}) must be positive"));
         }
+        for (field, cap) in [
+            ("attn_logit_softcapping", self.attn_logit_softcapping),
+            ("final_logit_softcapping", self.final_logit_softcapping),
+        ] {
+            if let Some(c) = cap.filter(|c| !(c.is_finite() && *c > 0.0)) {
+                return Err(format!("{field} ({c}) must be positive"));
+            }
+        }
         crate::limits::epsilon("rms_norm_eps", self.rms_norm_eps)?;
         self.param_count()?;
         Ok(())
@@ -170,6 +184,7 @@ impl GemmaConfig {
                 causal: true,
                 window: local.then_some(c.sliding_window),
                 scale: Some(c.score_scale()),
+                softcap: c.attn_logit_softcapping,
             };
             let [pre_attn, post_attn, pre_mlp, post_mlp] =
                 LAYER_NORMS.map(|n| format!("{p}.{n}.weight"));
@@ -177,20 +192,26 @@ impl GemmaConfig {
             let (q_rows, kv_rows) = (c.num_heads * hd, c.num_kv_heads * hd);
             let q = b.linear(x, &format!("{p}.self_attn.q_proj"), q_rows, d, false);
             let k = b.linear(x, &format!("{p}.self_attn.k_proj"), kv_rows, d, false);
-            let q = norm(
-                &mut b,
-                q,
-                format!("{p}.self_attn.q_norm.weight"),
-                hd,
-                Some(hd),
-            );
-            let k = norm(
-                &mut b,
-                k,
-                format!("{p}.self_attn.k_norm.weight"),
-                hd,
-                Some(hd),
-            );
+            let (q, k) = if c.arch == ArchId::Gemma3 {
+                (
+                    norm(
+                        &mut b,
+                        q,
+                        format!("{p}.self_attn.q_norm.weight"),
+                        hd,
+                        Some(hd),
+                    ),
+                    norm(
+                        &mut b,
+                        k,
+                        format!("{p}.self_attn.k_norm.weight"),
+                        hd,
+                        Some(hd),
+                    ),
+                )
+            } else {
+                (q, k)
+            };
             let v = b.linear(x, &format!("{p}.self_attn.v_proj"), kv_rows, d, false);
             let a = b.op(Op::Attention(attn), &[q, k, v]);
             let o = b.linear(a, &format!("{p}.self_attn.o_proj"), d, q_rows, false);
@@ -216,11 +237,12 @@ impl GemmaConfig {
             h,
             head,
             &Meta {
-                arch: ArchId::Gemma3.name(),
+                arch: c.arch.name(),
                 context_length: c.max_position_embeddings,
                 tied: c.tie_word_embeddings,
                 bos: c.bos_token_id,
                 eos: c.eos_token_id,
+                logit_softcap: c.final_logit_softcapping,
             },
         )
     }
@@ -274,7 +296,14 @@ impl GemmaConfig {
                 "the output linear reads '{head}', expected '{embed}' (tied) or 'lm_head.weight'"
             ));
         }
+        let final_cap = ops.iter().find_map(|op| match op {
+            Op::SoftCap { cap } => Some(*cap),
+            _ => None,
+        });
         let c = GemmaConfig {
+            arch,
+            attn_logit_softcapping: a0.softcap,
+            final_logit_softcapping: final_cap,
             vocab_size: vocab,
             hidden_size: hidden,
             intermediate_size: inter,
@@ -302,13 +331,25 @@ impl GemmaConfig {
     /// `rope_parameters` with an entry per layer type, or the Hub's `rope_theta`,
     /// `rope_local_base_freq` and `rope_scaling` (global layers only). Local layers come from
     /// `layer_types`, or every `sliding_window_pattern`-th layer is global (default 6).
-    pub(crate) fn from_hf(c: &ConfigJson<'_>) -> Result<GemmaConfig, ConfigError> {
+    pub(crate) fn from_hf(id: ArchId, c: &ConfigJson<'_>) -> Result<GemmaConfig, ConfigError> {
+        let gemma2 = id == ArchId::Gemma2;
         let n_layers = c.bounded("num_hidden_layers", crate::limits::MAX_LAYERS)?;
-        for field in ["attn_logit_softcapping", "final_logit_softcapping"] {
-            if c.opt_f32(field)?.is_some() {
-                return Err(c.err(field, "soft-capping is not supported yet (Gemma 2)"));
-            }
+        // Gemma 2 soft-caps by default (transformers' 50 and 30); Gemma 3 does not.
+        let mut caps = [None, None];
+        for (cap, (field, default)) in caps.iter_mut().zip([
+            ("attn_logit_softcapping", 50.0),
+            ("final_logit_softcapping", 30.0),
+        ]) {
+            *cap = match (c.json.get(field), gemma2) {
+                (Some(Value::Null), _) | (None, false) => None,
+                (None, true) => Some(default),
+                (Some(_), true) => c.opt_f32(field)?,
+                (Some(_), false) => {
+                    return Err(c.err(field, "Gemma 3 does not soft-cap; expected null"))
+                }
+            };
         }
+        let [attn_cap, final_cap] = caps;
         if c.opt_bool("use_bidirectional_attention")? == Some(true) {
             return Err(c.err(
                 "use_bidirectional_attention",
@@ -329,7 +370,9 @@ impl GemmaConfig {
         }
         let sliding: Vec<bool> = match c.json.get("layer_types") {
             None | Some(Value::Null) => {
-                let every = c.opt_usize("sliding_window_pattern")?.unwrap_or(6);
+                let every =
+                    c.opt_usize("sliding_window_pattern")?
+                        .unwrap_or(if gemma2 { 2 } else { 6 });
                 if every == 0 {
                     return Err(c.err("sliding_window_pattern", "must be at least 1"));
                 }
@@ -358,6 +401,12 @@ impl GemmaConfig {
             }
         };
         let (rope_global, rope_local) = match c.json.get("rope_parameters") {
+            // Gemma 2: one RoPE for every layer, in either form.
+            _ if gemma2 => {
+                let (theta, scaling) = rope_from_hf(c)?;
+                let rope = (theta.unwrap_or(10_000.0), scaling);
+                (rope, rope)
+            }
             Some(Value::Object(m)) => {
                 let entry = |t: &str, default: f32| -> Result<(f32, RopeScaling), ConfigError> {
                     let field = format!("rope_parameters.{t}");
@@ -403,6 +452,9 @@ impl GemmaConfig {
         };
         let heads = c.usize("num_attention_heads")?;
         Ok(GemmaConfig {
+            arch: id,
+            attn_logit_softcapping: attn_cap,
+            final_logit_softcapping: final_cap,
             vocab_size: c.usize("vocab_size")?,
             hidden_size: c.usize("hidden_size")?,
             intermediate_size: c.usize("intermediate_size")?,
@@ -415,7 +467,9 @@ impl GemmaConfig {
             rope_local,
             query_pre_attn_scalar: c.opt_f32("query_pre_attn_scalar")?.unwrap_or(256.0),
             rms_norm_eps: c.opt_f32("rms_norm_eps")?.unwrap_or(1e-6),
-            max_position_embeddings: c.opt_usize("max_position_embeddings")?.unwrap_or(131_072),
+            max_position_embeddings: c
+                .opt_usize("max_position_embeddings")?
+                .unwrap_or(if gemma2 { 8192 } else { 131_072 }),
             tie_word_embeddings: c.opt_bool("tie_word_embeddings")?.unwrap_or(true),
             bos_token_id: c.opt_token("bos_token_id")?,
             eos_token_id: c.opt_token("eos_token_id")?,
@@ -425,14 +479,28 @@ impl GemmaConfig {
     /// The `config.json` transformers loads this config from, in the Hub's form (which
     /// transformers 4 and 5 both read).
     pub fn to_hf(&self, torch_dtype: &str) -> Result<Map<String, Value>, String> {
+        let gemma2 = self.arch == ArchId::Gemma2;
         if self.rope_local.1 != RopeScaling::None {
             return Err(
                 "local layers with RoPE scaling cannot be written in the Hub's form".into(),
             );
         }
+        if gemma2 && self.rope_local != self.rope_global {
+            return Err("a gemma2 graph whose layers differ in RoPE cannot be written".into());
+        }
+        if !gemma2
+            && (self.attn_logit_softcapping.is_some() || self.final_logit_softcapping.is_some())
+        {
+            return Err("a gemma3_text graph with soft-capping cannot be written".into());
+        }
         let mut m = Map::new();
-        m.insert("architectures".into(), json!(["Gemma3ForCausalLM"]));
-        m.insert("model_type".into(), json!(ArchId::Gemma3.name()));
+        let class = if gemma2 {
+            "Gemma2ForCausalLM"
+        } else {
+            "Gemma3ForCausalLM"
+        };
+        m.insert("architectures".into(), json!([class]));
+        m.insert("model_type".into(), json!(self.arch.name()));
         m.insert("vocab_size".into(), json!(self.vocab_size));
         m.insert("hidden_size".into(), json!(self.hidden_size));
         m.insert("intermediate_size".into(), json!(self.intermediate_size));
@@ -447,7 +515,9 @@ impl GemmaConfig {
         );
         m.insert("rms_norm_eps".into(), f32_json(self.rms_norm_eps));
         m.insert("rope_theta".into(), f32_json(self.rope_global.0));
-        m.insert("rope_local_base_freq".into(), f32_json(self.rope_local.0));
+        if !gemma2 {
+            m.insert("rope_local_base_freq".into(), f32_json(self.rope_local.0));
+        }
         m.insert(
             "rope_scaling".into(),
             crate::llama::rope_scaling_to_hf(self.rope_global.1),
@@ -470,8 +540,15 @@ impl GemmaConfig {
             .collect();
         m.insert("layer_types".into(), json!(types));
         m.insert("attention_bias".into(), json!(false));
-        m.insert("attn_logit_softcapping".into(), Value::Null);
-        m.insert("final_logit_softcapping".into(), Value::Null);
+        let cap = |c: Option<f32>| c.map_or(Value::Null, f32_json);
+        m.insert(
+            "attn_logit_softcapping".into(),
+            cap(self.attn_logit_softcapping),
+        );
+        m.insert(
+            "final_logit_softcapping".into(),
+            cap(self.final_logit_softcapping),
+        );
         m.insert(
             "tie_word_embeddings".into(),
             json!(self.tie_word_embeddings),

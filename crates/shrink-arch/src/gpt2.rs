@@ -112,6 +112,7 @@ impl Gpt2Config {
                     causal: true,
                     window: None,
                     scale: None,
+                    softcap: None,
                 }),
                 &[parts[0], parts[1], parts[2]],
             );
@@ -138,6 +139,7 @@ impl Gpt2Config {
                 tied: !c.untied_head,
                 bos: c.bos_token_id,
                 eos: c.eos_token_id,
+                logit_softcap: None,
             },
         )
     }

@@ -62,10 +62,10 @@ pub(crate) fn ops_in_order(g: &Graph) -> Result<Vec<&Op>, String> {
         .collect())
 }
 
-/// The weight of the linear that produces the output `logits`.
+/// The weight of the linear that produces the output `logits` (through Gemma 2's soft-cap).
 pub(crate) fn head_weight(g: &Graph) -> Result<String, String> {
     let outs = g.outputs();
-    let (_, v) = match outs.as_slice() {
+    let (_, mut v) = match outs.as_slice() {
         [one] => one.clone(),
         _ => {
             return Err(format!(
@@ -74,6 +74,11 @@ pub(crate) fn head_weight(g: &Graph) -> Result<String, String> {
             ))
         }
     };
+    if let Some(n) = g.producer(v).and_then(|p| g.node(p)) {
+        if let (Op::SoftCap { .. }, [x]) = (&n.op, n.inputs.as_slice()) {
+            v = *x;
+        }
+    }
     match g.producer(v).and_then(|p| g.node(p)).map(|n| &n.op) {
         Some(Op::Linear {
             weight,

@@ -34,6 +34,7 @@ pub enum ArchId {
     Qwen2,
     Qwen3,
     Phi3,
+    Gemma2,
     Gemma3,
     Gpt2,
 }
@@ -48,12 +49,13 @@ pub enum Family {
 
 impl ArchId {
     /// Every architecture, in the order error messages list them.
-    pub const ALL: [ArchId; 7] = [
+    pub const ALL: [ArchId; 8] = [
         ArchId::Llama,
         ArchId::Mistral,
         ArchId::Qwen2,
         ArchId::Qwen3,
         ArchId::Phi3,
+        ArchId::Gemma2,
         ArchId::Gemma3,
         ArchId::Gpt2,
     ];
@@ -66,6 +68,7 @@ impl ArchId {
             ArchId::Qwen2 => "qwen2",
             ArchId::Qwen3 => "qwen3",
             ArchId::Phi3 => "phi3",
+            ArchId::Gemma2 => "gemma2",
             ArchId::Gemma3 => "gemma3_text",
             ArchId::Gpt2 => "gpt2",
         }
@@ -80,7 +83,7 @@ impl ArchId {
             ArchId::Llama | ArchId::Mistral | ArchId::Qwen2 | ArchId::Qwen3 | ArchId::Phi3 => {
                 Family::Llama
             }
-            ArchId::Gemma3 => Family::Gemma,
+            ArchId::Gemma2 | ArchId::Gemma3 => Family::Gemma,
             ArchId::Gpt2 => Family::Gpt2,
         }
     }
@@ -166,7 +169,7 @@ impl ArchConfig {
         })?;
         let config = match id.family() {
             Family::Llama => ArchConfig::Llama(LlamaConfig::from_hf(id, &c)?),
-            Family::Gemma => ArchConfig::Gemma(GemmaConfig::from_hf(&c)?),
+            Family::Gemma => ArchConfig::Gemma(GemmaConfig::from_hf(id, &c)?),
             Family::Gpt2 => ArchConfig::Gpt2(Gpt2Config::from_hf(&c)?),
         };
         // The message starts with the field it is about, when it is one of the file's.
@@ -206,7 +209,7 @@ impl ArchConfig {
     pub fn id(&self) -> ArchId {
         match self {
             ArchConfig::Llama(c) => c.arch,
-            ArchConfig::Gemma(_) => ArchId::Gemma3,
+            ArchConfig::Gemma(c) => c.arch,
             ArchConfig::Gpt2(_) => ArchId::Gpt2,
         }
     }

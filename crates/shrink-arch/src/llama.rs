@@ -190,6 +190,7 @@ impl LlamaConfig {
                 causal: true,
                 window: l.sliding_window,
                 scale: None,
+                softcap: None,
             };
             let p = format!("model.layers.{i}");
             let norm = |b: &mut Builder, x, name: &str| {
@@ -305,6 +306,7 @@ impl LlamaConfig {
                 tied: c.tie_word_embeddings,
                 bos: c.bos_token_id,
                 eos: c.eos_token_id,
+                logit_softcap: None,
             },
         )
     }
@@ -1021,7 +1023,7 @@ impl LlamaConfig {
 /// RoPE's base and scaling from either form of `config.json`: transformers 5's
 /// `rope_parameters: {rope_type, rope_theta, factor, …}`, or the Hub's top-level `rope_theta`
 /// with `rope_scaling: {rope_type (or type), factor, …}` (null or absent: none).
-fn rope_from_hf(c: &ConfigJson<'_>) -> Result<(Option<f32>, RopeScaling), ConfigError> {
+pub(crate) fn rope_from_hf(c: &ConfigJson<'_>) -> Result<(Option<f32>, RopeScaling), ConfigError> {
     let (field, params) = match (c.json.get("rope_parameters"), c.json.get("rope_scaling")) {
         (Some(Value::Object(_)), Some(Value::Object(_))) => {
             return Err(c.err(

@@ -31,6 +31,9 @@ fn llama(arch: &str, tied: bool, bias: bool) -> LlamaConfig {
 
 fn gemma(tied: bool) -> GemmaConfig {
     GemmaConfig {
+        arch: ArchId::Gemma3,
+        attn_logit_softcapping: None,
+        final_logit_softcapping: None,
         vocab_size: 50,
         hidden_size: 32,
         intermediate_size: 48,
@@ -47,6 +50,20 @@ fn gemma(tied: bool) -> GemmaConfig {
         tie_word_embeddings: tied,
         bos_token_id: Some(2),
         eos_token_id: Some(1),
+    }
+}
+
+/// Gemma 2: one RoPE for every layer, both soft-caps, no q/k norms.
+fn gemma2() -> GemmaConfig {
+    let local = (10_000.0, shrink_ir::RopeScaling::None);
+    GemmaConfig {
+        arch: ArchId::Gemma2,
+        rope_global: local,
+        rope_local: local,
+        sliding: vec![true, false, true],
+        attn_logit_softcapping: Some(50.0),
+        final_logit_softcapping: Some(30.0),
+        ..gemma(true)
     }
 }
 
@@ -341,6 +358,7 @@ fn every_architecture_round_trips_through_its_config_json() {
         ArchConfig::Llama(phi3_swa),
         ArchConfig::Gemma(gemma(true)),
         ArchConfig::Gemma(gemma(false)),
+        ArchConfig::Gemma(gemma2()),
         ArchConfig::Llama(pruned),
         // GPT-2's untied head is the checkpoint's to say (an `lm_head.weight` of its own), so
         // a config.json alone reads back tied.
@@ -371,7 +389,7 @@ fn config_json_errors_name_the_field_or_list_the_architectures() {
     let e = ArchConfig::from_hf(&json).unwrap_err().to_string();
     assert_eq!(
         e,
-        "unsupported architecture 'mamba' (supported: llama, mistral, qwen2, qwen3, phi3, gemma3_text, gpt2)"
+        "unsupported architecture 'mamba' (supported: llama, mistral, qwen2, qwen3, phi3, gemma2, gemma3_text, gpt2)"
     );
     json.insert("model_type".into(), "qwen2".into());
     json.insert("hidden_act".into(), "gelu".into());

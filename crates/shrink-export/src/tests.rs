@@ -345,6 +345,17 @@ fn hf_round_trip_tiny_gemma3_gives_back_its_norm_weights() {
 }
 
 #[test]
+fn hf_round_trip_tiny_gemma2_keeps_its_soft_caps() {
+    let (_s, out) = hf_round_trip("tiny-gemma2", "tiny-gemma2");
+    same_tensors_as_fixture(&out.join("model.safetensors"), "tiny-gemma2");
+    let c = read_json(&out.join("config.json"));
+    assert_eq!(c["architectures"][0], "Gemma2ForCausalLM");
+    assert_eq!(c["attn_logit_softcapping"].as_f64(), Some(2.0));
+    assert_eq!(c["final_logit_softcapping"].as_f64(), Some(1.5));
+    assert!(c.get("rope_local_base_freq").is_none());
+}
+
+#[test]
 fn hf_round_trip_tiny_gpt2() {
     // Conv1D weights go back to [in, out]: the comparison with the fixture checks it.
     let (_s, out) = hf_round_trip("tiny-gpt2", "tiny-gpt2");
@@ -1368,6 +1379,7 @@ fn safetensors_of_float_models_are_those_of_the_safetensors_crate() {
         "tiny-qwen2",
         "tiny-qwen3",
         "tiny-phi3",
+        "tiny-gemma2",
         "tiny-gemma3",
         "tiny-gpt2",
     ] {

@@ -287,10 +287,13 @@ impl Graph {
         self.node(id).is_some_and(|n| {
             n.outputs.iter().all(|v| {
                 let users = self.users(*v);
+                // Through a soft-cap of the logits, which works on each position alone.
                 !users.is_empty()
-                    && users
-                        .iter()
-                        .all(|u| matches!(self.node(*u).map(|n| &n.op), Some(Op::Output { .. })))
+                    && users.iter().all(|u| match self.node(*u).map(|n| &n.op) {
+                        Some(Op::Output { .. }) => true,
+                        Some(Op::SoftCap { .. }) => self.feeds_only_outputs(*u),
+                        _ => false,
+                    })
             })
         })
     }

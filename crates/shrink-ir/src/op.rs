@@ -167,6 +167,9 @@ pub struct AttentionSpec {
     pub window: Option<usize>,
     /// The factor on `q·k` (Gemma's `query_pre_attn_scalar^-0.5`); `None`: `1/sqrt(head_dim)`.
     pub scale: Option<f32>,
+    /// Scaled scores soft-capped to `cap · tanh(score / cap)` before the mask and softmax
+    /// (Gemma 2's `attn_logit_softcapping`).
+    pub softcap: Option<f32>,
 }
 
 impl AttentionSpec {
@@ -235,6 +238,10 @@ pub enum Op {
     Scale {
         factor: f32,
     },
+    /// `cap · tanh(x / cap)` (Gemma 2's `final_logit_softcapping` on the logits).
+    SoftCap {
+        cap: f32,
+    },
     /// Graph output (a sink, no results).
     Output {
         name: String,
@@ -262,6 +269,7 @@ impl Op {
             Op::Activation(a) => a.name(),
             Op::Add => "add",
             Op::Scale { .. } => "scale",
+            Op::SoftCap { .. } => "softcap",
             Op::Mul => "mul",
             Op::Output { .. } => "output",
         }
@@ -485,12 +493,21 @@ impl Op {
                 if let Some(s) = a.scale.filter(|s| !(s.is_finite() && *s > 0.0)) {
                     return Err(format!("attention scale {s} must be positive"));
                 }
+                if let Some(c) = a.softcap.filter(|c| !(c.is_finite() && *c > 0.0)) {
+                    return Err(format!("attention softcap {c} must be positive"));
+                }
                 Ok(vec![ValueType::hidden(q)])
             }
             Op::Activation(_) => Ok(vec![ValueType::hidden(hidden(0)?)]),
             Op::Scale { factor } => {
                 if !factor.is_finite() {
                     return Err(format!("scale factor {factor} is not finite"));
+                }
+                Ok(vec![ValueType::hidden(hidden(0)?)])
+            }
+            Op::SoftCap { cap } => {
+                if !(cap.is_finite() && *cap > 0.0) {
+                    return Err(format!("softcap {cap} must be positive"));
                 }
                 Ok(vec![ValueType::hidden(hidden(0)?)])
             }

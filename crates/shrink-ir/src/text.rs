@@ -202,9 +202,13 @@ fn attrs(op: &Op) -> Vec<(&'static str, String)> {
             if let Some(s) = at.scale {
                 a.push(("scale", format!("{s:?}")));
             }
+            if let Some(c) = at.softcap {
+                a.push(("softcap", format!("{c:?}")));
+            }
         }
         Op::Activation(_) | Op::Add | Op::Mul => {}
         Op::Scale { factor } => a.push(("factor", format!("{factor:?}"))),
+        Op::SoftCap { cap } => a.push(("cap", format!("{cap:?}"))),
     }
     a
 }
@@ -844,11 +848,19 @@ fn build_op(name: &str, a: &mut Attrs) -> Result<Op, ParseError> {
                 } else {
                     None
                 },
+                softcap: if a.map.contains_key("softcap") {
+                    Some(a.num("softcap", name)?)
+                } else {
+                    None
+                },
             })
         }
         "add" => Op::Add,
         "scale" => Op::Scale {
             factor: a.num("factor", name)?,
+        },
+        "softcap" => Op::SoftCap {
+            cap: a.num("cap", name)?,
         },
         "mul" => Op::Mul,
         other => match Activation::ALL.into_iter().find(|x| x.name() == other) {

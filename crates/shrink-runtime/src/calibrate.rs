@@ -577,6 +577,12 @@ fn step<B: Backend>(
                 .map(|x| x.mul_scalar(*factor))
                 .collect(),
         )],
+        Op::SoftCap { cap } => vec![Val::Hidden(
+            hidden(0)?
+                .into_iter()
+                .map(|x| crate::interp::soft_cap(x, *cap))
+                .collect(),
+        )],
         Op::Output { .. } => vec![],
     })
 }

@@ -42,6 +42,7 @@ pub(crate) fn attention<B: Backend>(
                     kv_heads,
                     d,
                     scale: spec.score_scale(),
+                    softcap: spec.softcap,
                 };
                 let window = spec.window.filter(|_| causal);
                 compute(q, k, v, shape, rope, past, causal, window)
@@ -65,6 +66,8 @@ struct Shape {
     d: usize,
     /// The factor on `q·k`.
     scale: f32,
+    /// Scores soft-capped to `cap · tanh(score / cap)`.
+    softcap: Option<f32>,
 }
 
 /// `q [b, s, heads·d]`, `k`, `v [b, t, kv_heads·d]` (rows of tokens, heads side by side) →
@@ -89,6 +92,7 @@ fn compute(
         heads,
         kv_heads,
         d,
+        softcap,
         ..
     } = sh;
     let g = heads / kv_heads.max(1);
@@ -152,6 +156,7 @@ fn compute(
                                     keys,
                                     values,
                                     (first, seen),
+                                    softcap,
                                     &mut scores,
                                     &mut o[..ROWS * d],
                                 );
@@ -160,7 +165,7 @@ fn compute(
                                 let qi = &qh[(bh * s + i) * d..(bh * s + i + 1) * d];
                                 let (lo, hi) = (first(i), seen(i));
                                 let sc = &mut scores[..hi - lo];
-                                row(qi, keys, tp, values, lo, sc, &mut o[..d]);
+                                row(qi, keys, tp, values, lo, softcap, sc, &mut o[..d]);
                                 i += 1;
                             }
                         }
@@ -218,17 +223,18 @@ fn rows_tiled(
     keys_t: &[f32],
     values: &[f32],
     range: ([usize; ROWS], [usize; ROWS]),
+    softcap: Option<f32>,
     scores: &mut [f32],
     out: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: `tiles_fit` checked AVX2, FMA and `d % KEY_TILE == 0` before this is reached.
     unsafe {
-        rows_tiled_avx2(q, keys_t, values, range, scores, out)
+        rows_tiled_avx2(q, keys_t, values, range, softcap, scores, out)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (q, keys_t, values, range, scores, out);
+        let _ = (q, keys_t, values, range, softcap, scores, out);
         unreachable!("tiles_fit is false off x86-64")
     }
 }
@@ -240,6 +246,7 @@ unsafe fn rows_tiled_avx2(
     keys_t: &[f32],
     values: &[f32],
     (first, seen): ([usize; ROWS], [usize; ROWS]),
+    softcap: Option<f32>,
     scores: &mut [f32],
     out: &mut [f32],
 ) {
@@ -288,6 +295,7 @@ unsafe fn rows_tiled_avx2(
         let row = &mut scores[r * tp + least..r * tp + most];
         let (before, rest) = row.split_at_mut(first[r] - least);
         let (live, after) = rest.split_at_mut(seen[r] - first[r]);
+        cap(live, softcap);
         let max = live.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
         for sc in live.iter_mut() {
             *sc = (*sc - max).exp();
@@ -318,47 +326,62 @@ unsafe fn rows_tiled_avx2(
     }
 }
 
-/// One query row: scores against the `scores.len()` keys from key `first`, softmax, weighted
-/// sum of values. `keys_t` is `[d, tp]`.
+/// Soft-caps scores in place: `cap · tanh(s / cap)`.
+fn cap(scores: &mut [f32], softcap: Option<f32>) {
+    if let Some(c) = softcap {
+        for s in scores.iter_mut() {
+            *s = c * (*s / c).tanh();
+        }
+    }
+}
+
+/// One query row: scores against the `scores.len()` keys from key `first` (soft-capped when
+/// `softcap` is set), softmax, weighted sum of values. `keys_t` is `[d, tp]`.
+#[allow(clippy::too_many_arguments)]
 fn row(
     qi: &[f32],
     keys_t: &[f32],
     tp: usize,
     values: &[f32],
     first: usize,
+    softcap: Option<f32>,
     scores: &mut [f32],
     out: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has AVX2, checked just above.
-        return unsafe { row_avx2(qi, keys_t, tp, values, first, scores, out) };
+        return unsafe { row_avx2(qi, keys_t, tp, values, first, softcap, scores, out) };
     }
-    row_portable(qi, keys_t, tp, values, first, scores, out)
+    row_portable(qi, keys_t, tp, values, first, softcap, scores, out)
 }
 
 /// `row` compiled for AVX2 (8 lanes): the build targets baseline x86-64 (4-lane SSE2).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn row_avx2(
     qi: &[f32],
     keys_t: &[f32],
     tp: usize,
     values: &[f32],
     first: usize,
+    softcap: Option<f32>,
     scores: &mut [f32],
     out: &mut [f32],
 ) {
-    row_portable(qi, keys_t, tp, values, first, scores, out)
+    row_portable(qi, keys_t, tp, values, first, softcap, scores, out)
 }
 
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn row_portable(
     qi: &[f32],
     keys_t: &[f32],
     t: usize,
     values: &[f32],
     first: usize,
+    softcap: Option<f32>,
     scores: &mut [f32],
     out: &mut [f32],
 ) {
@@ -371,6 +394,7 @@ fn row_portable(
             *sc += qk * x;
         }
     }
+    cap(scores, softcap);
     let max = scores.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
     let mut sum = 0.0f32;
     for sc in scores.iter_mut() {

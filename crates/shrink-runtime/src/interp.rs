@@ -215,6 +215,7 @@ enum Kernel {
     Activation(Activation),
     Add,
     Scale(f32),
+    SoftCap(f32),
     Mul,
     Output,
 }
@@ -468,6 +469,7 @@ impl<B: Backend> Interpreter<B> {
                 Op::Add => Kernel::Add,
                 Op::Mul => Kernel::Mul,
                 Op::Scale { factor } => Kernel::Scale(*factor),
+                Op::SoftCap { cap } => Kernel::SoftCap(*cap),
                 Op::Output { .. } => Kernel::Output,
             };
             let inputs = node.inputs.iter().map(|v| slot_of[v]).collect();
@@ -816,6 +818,7 @@ impl<B: Backend> Interpreter<B> {
                 Kernel::Add => vec![Val::Hidden(hidden(0)? + hidden(1)?)],
                 Kernel::Mul => vec![Val::Hidden(hidden(0)? * hidden(1)?)],
                 Kernel::Scale(f) => vec![Val::Hidden(hidden(0)?.mul_scalar(*f))],
+                Kernel::SoftCap(c) => vec![Val::Hidden(soft_cap(hidden(0)?, *c))],
                 Kernel::Output => {
                     let y = hidden(0)?;
                     out = Some(match &rows {
@@ -1021,6 +1024,11 @@ pub(crate) fn apply_rope<B: Backend>(
     Tensor::cat(parts, 3)
 }
 
+/// `cap · tanh(x / cap)`.
+pub(crate) fn soft_cap<B: Backend>(x: Tensor<B, 3>, cap: f32) -> Tensor<B, 3> {
+    x.div_scalar(cap).tanh().mul_scalar(cap)
+}
+
 /// Query rows per block of causal attention: each block scores only the keys it can see, which
 /// skips about 40% of the work at 512 positions.
 const QUERY_BLOCK: usize = 128;
@@ -1103,6 +1111,9 @@ pub(crate) fn attention_ops<B: Backend>(
         let kb = k.clone().narrow(2, lo, tb - lo);
         let vb = v.clone().narrow(2, lo, tb - lo);
         let mut scores = qb.matmul(kb.swap_dims(2, 3)) * scale;
+        if let Some(c) = spec.softcap {
+            scores = scores.div_scalar(c).tanh().mul_scalar(c);
+        }
         let bias = match (causal_mask, window) {
             // A single query (decoding) sees exactly keys `lo..t`: nothing to mask.
             (None, _) => None,
@@ -1239,6 +1250,7 @@ mod tests {
                 causal: true,
                 window: None,
                 scale: None,
+                softcap: None,
             };
             let make = |n: usize, seed: usize| {
                 let x: Vec<f32> = (0..b * s * n * d)
@@ -1257,16 +1269,18 @@ mod tests {
             let mask = upload::<Cpu, 2>(bias, [s, s], &device);
             // Causal or not; sliding windows (over the two query blocks of 128), one with a
             // score scale of its own.
-            for (causal, window, scale) in [
-                (true, None, None),
-                (false, None, None),
-                (true, Some(40), None),
-                (true, Some(7), Some(0.3)),
+            for (causal, window, scale, softcap) in [
+                (true, None, None, None),
+                (false, None, None, None),
+                (true, Some(40), None, None),
+                (true, Some(7), Some(0.3), Some(2.0)),
+                (false, None, None, Some(1.5)),
             ] {
                 let spec = AttentionSpec {
                     causal,
                     window,
                     scale,
+                    softcap,
                     ..spec
                 };
                 let run = |host: bool| -> Vec<f32> {
@@ -1288,7 +1302,8 @@ mod tests {
                     .fold(0.0, f32::max);
                 assert!(
                     d < 1e-5,
-                    "heads {heads}, causal {causal}, window {window:?}, scale {scale:?}: {d}"
+                    "heads {heads}, causal {causal}, window {window:?}, scale {scale:?}, \
+                     softcap {softcap:?}: {d}"
                 );
             }
         }

@@ -1051,6 +1051,11 @@ mod tests {
         } else {
             ("%6", "%7")
         };
+        let (logits, out) = if qk_norm {
+            ("%24: f32[b, s, 11] = softcap(%20) cap=3.0\n", "%24")
+        } else {
+            ("", "%20")
+        };
         let (norm_params, norms, emb, scaled) = if qk_norm {
             (
                 "param qn.weight: f32[4]\nparam kn.weight: f32[4]\n",
@@ -1096,7 +1101,7 @@ param final.weight: f32[8]
 %18: f32[b, s, 8] = add(%11, %17)
 %19: f32[b, s, 8] = rms_norm(%18) eps=1e-5 weight=final.weight
 %20: f32[b, s, 11] = linear(%19) weight=emb
-output(%20) name=\"logits\"
+{logits}output({out}) name=\"logits\"
 "
         );
         let graph = shrink_ir::text::parse(&text).expect("tiny IR parses");
@@ -1183,7 +1188,7 @@ output(%20) name=\"logits\"
         // Two cases with a sliding window shorter than the batch's 5 positions.
         for (case, (act, rope_dim, window)) in [
             ("silu", 4, ""),
-            ("gelu", 2, " window=2 scale=0.4"),
+            ("gelu", 2, " window=2 scale=0.4 softcap=1.5"),
             ("gelu_tanh", 4, " window=3"),
             ("relu", 2, ""),
         ]
