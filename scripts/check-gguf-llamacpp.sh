@@ -20,15 +20,23 @@ status=0
 # tiny-phi3 is checked without it (its window of 16 is shorter than the context). Its copy is not
 # named "phi3": llama.cpp gives a model of that name Phi-3's special-token attributes, which the
 # tiny tokenizer lacks.
-rm -rf "$out/tiny-phi-nowindow"
-cp -r fixtures/tiny-phi3 "$out/tiny-phi-nowindow"
-python3 - "$out/tiny-phi-nowindow/config.json" <<'PY'
+# llama.cpp scales Gemma's scores by 1/sqrt(head_dim) (it has no key for query_pre_attn_scalar),
+# so the Gemma fixtures are checked as copies with query_pre_attn_scalar = head_dim.
+copy_with() { # FIXTURE NAME KEY VALUE(json)
+  rm -rf "$out/$2"
+  cp -r "fixtures/$1" "$out/$2"
+  python3 - "$out/$2/config.json" "$3" "$4" <<'PY'
 import json, sys
-c = json.load(open(sys.argv[1]))
-c["sliding_window"] = None
-json.dump(c, open(sys.argv[1], "w"), indent=2)
+path, key, value = sys.argv[1:]
+c = json.load(open(path))
+c[key] = json.loads(value)
+json.dump(c, open(path, "w"), indent=2)
 PY
-for m in tiny-llama tiny-qwen2 tiny-qwen3 tiny-phi-nowindow; do
+}
+copy_with tiny-phi3 tiny-phi-nowindow sliding_window null
+copy_with tiny-gemma2 tiny-g2-qpas24 query_pre_attn_scalar 24
+copy_with tiny-gemma3 tiny-g3-qpas24 query_pre_attn_scalar 24
+for m in tiny-llama tiny-qwen2 tiny-qwen3 tiny-phi-nowindow tiny-g2-qpas24 tiny-g3-qpas24; do
   gguf="$out/$m.gguf"
   src="fixtures/$m"
   [[ -d "$src" ]] || src="$out/$m"

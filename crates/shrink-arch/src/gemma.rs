@@ -560,3 +560,272 @@ impl GemmaConfig {
         Ok(m)
     }
 }
+
+// ---- GGUF ----
+
+/// llama.cpp's architectures of this family, by `general.architecture`.
+pub const GGUF_ARCHS: [&str; 2] = ["gemma2", "gemma3"];
+
+/// The GGUF name of a Gemma parameter (llama.cpp's names for the sandwich norms; the rest as
+/// the LLaMA family's).
+pub fn gguf_name(hf: &str) -> Option<String> {
+    let Some((layer, module)) = hf
+        .strip_prefix("model.layers.")
+        .and_then(|rest| rest.split_once('.'))
+    else {
+        return crate::llama::gguf_name(hf);
+    };
+    let g = match module {
+        "input_layernorm.weight" => "attn_norm",
+        "post_attention_layernorm.weight" => "post_attention_norm",
+        "pre_feedforward_layernorm.weight" => "ffn_norm",
+        "post_feedforward_layernorm.weight" => "post_ffw_norm",
+        _ => return crate::llama::gguf_name(hf),
+    };
+    Some(format!("blk.{layer}.{g}.weight"))
+}
+
+impl GemmaConfig {
+    /// The score scale llama.cpp gives a Gemma file: `1/sqrt(head_dim)`, or for the 27B
+    /// models (recognised by their layer count) `1/sqrt(hidden / heads)`; GGUF has no key for
+    /// `query_pre_attn_scalar`.
+    fn llamacpp_query_pre_attn_scalar(
+        arch: ArchId,
+        layers: usize,
+        hidden: usize,
+        heads: usize,
+        head_dim: usize,
+    ) -> f32 {
+        let is_27b = match arch {
+            ArchId::Gemma2 => layers == 46,
+            _ => layers == 62,
+        };
+        if is_27b && heads > 0 {
+            (hidden / heads) as f32
+        } else {
+            head_dim as f32
+        }
+    }
+
+    /// `general.architecture` and the hyperparameters llama.cpp reads (gemma2 or gemma3).
+    pub fn to_gguf(&self) -> Result<(&'static str, crate::llama::GgufMetadata), ConfigError> {
+        use shrink_formats::gguf::MetaValue;
+        let (gguf_arch, gemma2) = match self.arch {
+            ArchId::Gemma2 => ("gemma2", true),
+            _ => ("gemma3", false),
+        };
+        let bad = |field: &str, message: String| ConfigError::Field {
+            field: field.into(),
+            message,
+        };
+        let q = Self::llamacpp_query_pre_attn_scalar(
+            self.arch,
+            self.num_layers(),
+            self.hidden_size,
+            self.num_heads,
+            self.head_dim,
+        );
+        if q != self.query_pre_attn_scalar {
+            return Err(bad(
+                "query_pre_attn_scalar",
+                format!(
+                    "{} has no form in llama.cpp's {gguf_arch}, which scales scores by \
+                     1/sqrt({q})",
+                    self.query_pre_attn_scalar
+                ),
+            ));
+        }
+        if self.rope_local.1 != RopeScaling::None {
+            return Err(bad(
+                "rope_scaling",
+                "local layers with RoPE scaling have no GGUF form".into(),
+            ));
+        }
+        let key = |k: &str| format!("{gguf_arch}.{k}");
+        let u32_of = |k: &str, v: usize| {
+            u32::try_from(v)
+                .map(MetaValue::U32)
+                .map_err(|_| bad(k, format!("{v} does not fit a u32")))
+        };
+        let mut meta = Vec::new();
+        for (k, v) in [
+            ("context_length", self.max_position_embeddings),
+            ("embedding_length", self.hidden_size),
+            ("block_count", self.num_layers()),
+            ("feed_forward_length", self.intermediate_size),
+            ("attention.head_count", self.num_heads),
+            ("attention.head_count_kv", self.num_kv_heads),
+            ("attention.key_length", self.head_dim),
+            ("attention.value_length", self.head_dim),
+            ("rope.dimension_count", self.head_dim),
+            ("attention.sliding_window", self.sliding_window),
+            ("vocab_size", self.vocab_size),
+        ] {
+            meta.push((key(k), u32_of(&key(k), v)?));
+        }
+        meta.push((
+            key("attention.layer_norm_rms_epsilon"),
+            MetaValue::F32(self.rms_norm_eps),
+        ));
+        meta.push((key("rope.freq_base"), MetaValue::F32(self.rope_global.0)));
+        meta.push((key("rope.freq_base_swa"), MetaValue::F32(self.rope_local.0)));
+        match self.rope_global.1 {
+            RopeScaling::None => {}
+            RopeScaling::Linear { factor } => {
+                meta.push((key("rope.scaling.type"), MetaValue::String("linear".into())));
+                meta.push((key("rope.scaling.factor"), MetaValue::F32(factor)));
+            }
+            other => {
+                return Err(bad(
+                    "rope_scaling",
+                    format!("{other:?} has no GGUF form for Gemma yet"),
+                ))
+            }
+        }
+        // One flag per layer: llama.cpp's default patterns (every 2nd or 6th layer global)
+        // would not hold a pruned model's layers.
+        meta.push((
+            key("attention.sliding_window_pattern"),
+            MetaValue::Array(self.sliding.iter().map(|&s| MetaValue::Bool(s)).collect()),
+        ));
+        for (k, cap) in [
+            ("attn_logit_softcapping", self.attn_logit_softcapping),
+            ("final_logit_softcapping", self.final_logit_softcapping),
+        ] {
+            match cap {
+                Some(c) => meta.push((key(k), MetaValue::F32(c))),
+                None if gemma2 => return Err(bad(k, "llama.cpp's gemma2 always soft-caps".into())),
+                None => {}
+            }
+        }
+        if !gemma2 && self.attn_logit_softcapping.is_some() {
+            return Err(bad(
+                "attn_logit_softcapping",
+                "llama.cpp's gemma3 has no attention soft-cap".into(),
+            ));
+        }
+        Ok((gguf_arch, meta))
+    }
+
+    /// The config of a GGUF file of this family, validated.
+    pub(crate) fn from_gguf(
+        file: &shrink_formats::gguf::GgufFile,
+    ) -> Result<GemmaConfig, ConfigError> {
+        use shrink_formats::gguf::MetaValue;
+        let gguf_arch = file.get_str("general.architecture")?;
+        let arch = if gguf_arch == "gemma2" {
+            ArchId::Gemma2
+        } else {
+            ArchId::Gemma3
+        };
+        let key = |k: &str| format!("{gguf_arch}.{k}");
+        let u = |k: &str| file.get_u32(&key(k)).map(|v| v as usize);
+        let n_layers = u("block_count")?;
+        if n_layers > file.tensors.len() {
+            return Err(ConfigError::Field {
+                field: key("block_count"),
+                message: format!(
+                    "{n_layers} layers, but the file holds {} tensors",
+                    file.tensors.len()
+                ),
+            });
+        }
+        let (hidden, heads) = (u("embedding_length")?, u("attention.head_count")?);
+        let head_dim = match u("attention.key_length") {
+            Ok(v) => v,
+            Err(_) if heads > 0 => hidden / heads,
+            Err(_) => 0,
+        };
+        let sliding = match file.get(&key("attention.sliding_window_pattern")) {
+            Some(MetaValue::Array(items)) => {
+                if items.len() != n_layers {
+                    return Err(ConfigError::Field {
+                        field: key("attention.sliding_window_pattern"),
+                        message: format!("{} flags for {n_layers} layers", items.len()),
+                    });
+                }
+                items
+                    .iter()
+                    .map(|v| match v {
+                        MetaValue::Bool(b) => Ok(*b),
+                        other => Err(ConfigError::Field {
+                            field: key("attention.sliding_window_pattern"),
+                            message: format!("expected bools, got {}", other.type_name()),
+                        }),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?
+            }
+            _ => {
+                let every = u("attention.sliding_window_pattern")
+                    .unwrap_or(if arch == ArchId::Gemma2 { 2 } else { 6 })
+                    .max(1);
+                (0..n_layers).map(|i| (i + 1) % every != 0).collect()
+            }
+        };
+        let global_theta =
+            file.get_f32(&key("rope.freq_base"))
+                .unwrap_or(if arch == ArchId::Gemma2 {
+                    10_000.0
+                } else {
+                    1_000_000.0
+                });
+        let scaling = match file.get_str(&key("rope.scaling.type")) {
+            Ok("linear") => RopeScaling::Linear {
+                factor: file.get_f32(&key("rope.scaling.factor"))?,
+            },
+            Ok("none") | Err(_) => RopeScaling::None,
+            Ok(t) => {
+                return Err(ConfigError::Field {
+                    field: key("rope.scaling.type"),
+                    message: format!("'{t}' is not supported for Gemma (none, linear)"),
+                })
+            }
+        };
+        let local_theta =
+            file.get_f32(&key("rope.freq_base_swa"))
+                .unwrap_or(if arch == ArchId::Gemma2 {
+                    global_theta
+                } else {
+                    10_000.0
+                });
+        let cap = |k: &str| file.get_f32(&key(k)).ok().filter(|c| *c != 0.0);
+        let c = GemmaConfig {
+            arch,
+            vocab_size: match u("vocab_size") {
+                Ok(v) => v,
+                Err(_) => file.get_str_array("tokenizer.ggml.tokens")?.len(),
+            },
+            hidden_size: hidden,
+            intermediate_size: u("feed_forward_length")?,
+            num_heads: heads,
+            num_kv_heads: u("attention.head_count_kv").unwrap_or(heads),
+            head_dim,
+            sliding,
+            sliding_window: u("attention.sliding_window").unwrap_or(4096),
+            rope_global: (global_theta, scaling),
+            rope_local: (local_theta, RopeScaling::None),
+            query_pre_attn_scalar: Self::llamacpp_query_pre_attn_scalar(
+                arch, n_layers, hidden, heads, head_dim,
+            ),
+            // llama.cpp's gemma2 always soft-caps (50 and 30 unless the file says).
+            attn_logit_softcapping: match arch {
+                ArchId::Gemma2 => Some(cap("attn_logit_softcapping").unwrap_or(50.0)),
+                _ => None,
+            },
+            final_logit_softcapping: match arch {
+                ArchId::Gemma2 => Some(cap("final_logit_softcapping").unwrap_or(30.0)),
+                _ => cap("final_logit_softcapping"),
+            },
+            rms_norm_eps: file.get_f32(&key("attention.layer_norm_rms_epsilon"))?,
+            max_position_embeddings: u("context_length").unwrap_or(8192),
+            tie_word_embeddings: file.tensor("output.weight").is_none(),
+            bos_token_id: file.get_u32("tokenizer.ggml.bos_token_id").ok(),
+            eos_token_id: file.get_u32("tokenizer.ggml.eos_token_id").ok(),
+        };
+        c.validate().map_err(|m| ConfigError::Field {
+            field: key("*"),
+            message: m,
+        })?;
+        Ok(c)
+    }
+}

@@ -191,9 +191,17 @@ impl ArchConfig {
         if llama::GGUF_ARCHS.contains(&arch) {
             return Ok(ArchConfig::Llama(LlamaConfig::from_gguf(file)?));
         }
+        if gemma::GGUF_ARCHS.contains(&arch) {
+            return Ok(ArchConfig::Gemma(GemmaConfig::from_gguf(file)?));
+        }
+        let known: Vec<&str> = llama::GGUF_ARCHS
+            .iter()
+            .chain(&gemma::GGUF_ARCHS)
+            .copied()
+            .collect();
         Err(ConfigError::UnknownModelType {
             model_type: arch.to_string(),
-            supported: llama::GGUF_ARCHS.join(", "),
+            supported: known.join(", "),
         })
     }
 
@@ -307,6 +315,59 @@ impl ArchConfig {
         match self {
             ArchConfig::Llama(c) => c.fused_tensors(),
             ArchConfig::Gemma(_) | ArchConfig::Gpt2(_) => Vec::new(),
+        }
+    }
+
+    /// `general.architecture` and the hyperparameters llama.cpp reads this model from.
+    pub fn to_gguf(&self) -> Result<(&'static str, llama::GgufMetadata), ConfigError> {
+        match self {
+            ArchConfig::Llama(c) => c.to_gguf(),
+            ArchConfig::Gemma(c) => c.to_gguf(),
+            ArchConfig::Gpt2(_) => Err(ConfigError::Field {
+                field: "architecture".into(),
+                message: "gpt2 has no GGUF export".into(),
+            }),
+        }
+    }
+
+    /// The GGUF name of a parameter.
+    pub fn gguf_name(&self, hf: &str) -> Option<String> {
+        match self {
+            ArchConfig::Gemma(_) => gemma::gguf_name(hf),
+            _ => llama::gguf_name(hf),
+        }
+    }
+
+    /// For a Q or K parameter GGUF stores in llama.cpp's interleaved RoPE order, the heads its
+    /// rows split into (only the LLaMA family's `llama`/`deci` files).
+    pub fn gguf_permuted_heads(&self, hf: &str) -> Option<usize> {
+        match self {
+            ArchConfig::Llama(c) => rope_permuted_heads(hf, c),
+            _ => None,
+        }
+    }
+
+    /// GGUF tensors that hold several IR parameters, by their GGUF names.
+    pub fn gguf_fused_tensors(&self) -> Vec<FusedTensor> {
+        match self {
+            ArchConfig::Llama(c) => c.gguf_fused_tensors(),
+            _ => Vec::new(),
+        }
+    }
+
+    pub fn head_dim(&self) -> usize {
+        match self {
+            ArchConfig::Llama(c) => c.head_dim,
+            ArchConfig::Gemma(c) => c.head_dim,
+            ArchConfig::Gpt2(c) => c.n_embd / c.n_head.max(1),
+        }
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            ArchConfig::Llama(c) => c.vocab_size,
+            ArchConfig::Gemma(c) => c.vocab_size,
+            ArchConfig::Gpt2(c) => c.vocab_size,
         }
     }
 

@@ -328,7 +328,8 @@ fn hf_round_trip_tiny_gemma3_gives_back_its_norm_weights() {
     assert_eq!(c["rope_scaling"]["rope_type"], "linear");
     assert_eq!(c["query_pre_attn_scalar"].as_f64(), Some(32.0));
     assert_eq!(c["layer_types"][1], "full_attention");
-    // No GGUF form yet: refused by name, nothing written.
+    // llama.cpp scales scores by 1/sqrt(head_dim) whatever query_pre_attn_scalar says: this
+    // model (32 against head_dim 24) has no GGUF form, and nothing is written.
     let l = load_fixture("tiny-gemma3");
     let proof = l.model.verify().expect("verified");
     let s = Scratch::new("gguf-gemma3");
@@ -338,10 +339,86 @@ fn hf_round_trip_tiny_gemma3_gives_back_its_norm_weights() {
         l.tokenizer.as_ref().expect("tok"),
         &s.path().join("m.gguf"),
     )
-    .expect_err("no gemma3 GGUF yet")
+    .expect_err("query_pre_attn_scalar")
     .to_string();
-    assert!(e.contains("'gemma3_text'"), "{e}");
+    assert!(e.contains("query_pre_attn_scalar"), "{e}");
     assert!(entries(s.path()).is_empty());
+}
+
+/// A scratch copy of a fixture with `query_pre_attn_scalar` set to its head_dim (what llama.cpp
+/// assumes), exported to GGUF and loaded back: the same graph and logits.
+fn gemma_gguf_round_trip(fixture: &str, arch: &str) -> GgufFile {
+    let s = Scratch::new(&format!("gguf-rt-{fixture}"));
+    let dir = s.path().join("hf");
+    fs::create_dir_all(&dir).expect("mkdir");
+    for f in fs::read_dir(fixtures().join(fixture)).expect("dir") {
+        let f = f.expect("entry").path();
+        fs::copy(&f, dir.join(f.file_name().expect("name"))).expect("copy");
+    }
+    let mut c = read_json(&dir.join("config.json"));
+    c["query_pre_attn_scalar"] = c["head_dim"].clone();
+    fs::write(dir.join("config.json"), c.to_string()).expect("write");
+    let orig = load(&dir).expect("load");
+    let proof = orig.model.verify().expect("verified");
+    let out = s.path().join("m.gguf");
+    gguf::write(
+        &orig.model,
+        &proof,
+        orig.tokenizer.as_ref().expect("tok"),
+        &out,
+    )
+    .expect("export");
+    let back = load(&out).expect("load the export");
+    let strip = |t: String| {
+        t.lines()
+            .filter(|l| !l.starts_with("meta ") && !l.starts_with("param "))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(
+        strip(shrink_ir::text::print(&orig.model.graph)),
+        strip(shrink_ir::text::print(&back.model.graph))
+    );
+    let (a, b) = (logits(&orig, fixture), logits(&back, fixture));
+    assert!(max_abs_diff(&a, &b) < 1e-5, "{fixture}: logits differ");
+    let f = GgufFile::open(&out).expect("open");
+    assert_eq!(
+        f.get("general.architecture"),
+        Some(&MetaValue::String(arch.into()))
+    );
+    f
+}
+
+#[test]
+fn gemma_gguf_round_trips_with_llamacpps_names_and_norms() {
+    let f = gemma_gguf_round_trip("tiny-gemma3", "gemma3");
+    // Norms as llama.cpp's converter stores them: 1 + w, which is what the IR holds.
+    for name in [
+        "blk.0.post_attention_norm.weight",
+        "blk.2.post_ffw_norm.weight",
+        "blk.1.attn_q_norm.weight",
+        "blk.0.ffn_norm.weight",
+    ] {
+        let t = f.tensor(name).unwrap_or_else(|| panic!("{name} missing"));
+        assert_eq!(t.ggml_type, GgmlType::F32, "{name}");
+    }
+    assert_eq!(
+        f.get("gemma3.attention.sliding_window_pattern"),
+        Some(&MetaValue::Array(vec![
+            MetaValue::Bool(true),
+            MetaValue::Bool(false),
+            MetaValue::Bool(true)
+        ]))
+    );
+    assert_eq!(
+        f.get("gemma3.rope.freq_base_swa"),
+        Some(&MetaValue::F32(10000.0))
+    );
+    let f = gemma_gguf_round_trip("tiny-gemma2", "gemma2");
+    assert_eq!(
+        f.get("gemma2.attn_logit_softcapping"),
+        Some(&MetaValue::F32(2.0))
+    );
 }
 
 #[test]
@@ -598,7 +675,7 @@ fn gguf_export_of_gpt2_fails_clearly_and_leaves_the_output_alone() {
         .expect_err("must fail");
     let msg = e.to_string();
     assert!(
-        msg.contains("LLaMA-family architectures") && msg.contains(&format!("'{arch}'")),
+        msg.contains("LLaMA- and Gemma-family architectures") && msg.contains(&format!("'{arch}'")),
         "{msg}"
     );
     assert!(msg.starts_with(&out.display().to_string()), "{msg}");

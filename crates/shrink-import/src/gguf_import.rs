@@ -1,5 +1,5 @@
-//! GGUF files into the IR, the config read by `shrink-arch` (`LlamaConfig::from_gguf`):
-//! hyperparameters from `llama.*` metadata,
+//! GGUF files into the IR, the config read by `shrink-arch` (`ArchConfig::from_gguf`: the
+//! LLaMA family's `llama.*`/`deci.*`/`qwen*.*`/`phi3.*`, Gemma's `gemma2.*`/`gemma3.*` metadata),
 //! tensor names mapped to Hugging Face names, Q8_0/Q4_0/Q4_1 matrices kept quantized (their
 //! packed bytes are those of shrink's `q8_0`/`q4_0`/`q4_1` schemes), every other tensor
 //! dequantized to f32 (F16/BF16 kept), and the Q/K rows that GGUF conversion permutes for
@@ -18,23 +18,12 @@ use std::path::Path;
 use shrink_ir::{DType, Model, ParamType, QuantScheme, TensorData, WeightStore};
 
 use crate::error::{ImportError, Result};
-use shrink_arch::{
-    gguf_name, rope_permuted_heads, unpermute_rows, ArchConfig, ConfigError, LlamaConfig,
-};
+use shrink_arch::{unpermute_rows, ArchConfig};
 use shrink_formats::gguf::{GgmlType, GgufFile, TensorInfo};
 
 /// The config of a GGUF file, by its architecture's module.
-fn config(file: &GgufFile) -> Result<LlamaConfig> {
-    ArchConfig::from_gguf(file)
-        .and_then(|c| match c {
-            ArchConfig::Llama(c) => Ok(c),
-            // No family but the LLaMA one reads GGUF yet.
-            other => Err(ConfigError::Field {
-                field: "general.architecture".into(),
-                message: format!("{} has no GGUF reader", other.id()),
-            }),
-        })
-        .map_err(|e| ImportError::config(&file.path, e))
+fn config(file: &GgufFile) -> Result<ArchConfig> {
+    ArchConfig::from_gguf(file).map_err(|e| ImportError::config(&file.path, e))
 }
 
 /// The scheme a GGUF tensor of this type keeps when it is a matrix: the ggml block types whose
@@ -62,7 +51,7 @@ pub fn load_model(file: &GgufFile, opts: &crate::LoadOptions) -> Result<Model> {
         .collect();
     let fused = fused_rows(file, &cfg, &graph);
     for (hf, want) in names {
-        let gname = gguf_name(&hf).unwrap_or_else(|| hf.clone());
+        let gname = cfg.gguf_name(&hf).unwrap_or_else(|| hf.clone());
         if let Some((info, first)) = fused.get(&hf) {
             let terr = |message: String| ImportError::Tensor {
                 path: file.path.clone(),
@@ -100,7 +89,8 @@ pub fn load_model(file: &GgufFile, opts: &crate::LoadOptions) -> Result<Model> {
             [_, c] => *c,
             _ => 1,
         };
-        let permuted = rope_permuted_heads(&hf, &cfg);
+        let permuted = cfg.gguf_permuted_heads(&hf);
+        let head_dim = cfg.head_dim();
         let data = match (kept_scheme(info.ggml_type), want.shape.as_slice()) {
             (Some(scheme), [_, cols]) => {
                 let ty = ParamType::quantized(scheme, want.shape.clone());
@@ -114,7 +104,7 @@ pub fn load_model(file: &GgufFile, opts: &crate::LoadOptions) -> Result<Model> {
                         unpermute_rows(
                             file.tensor_data(info),
                             h,
-                            cfg.head_dim,
+                            head_dim,
                             scheme.row_bytes(*cols),
                         ),
                     ),
@@ -136,7 +126,7 @@ pub fn load_model(file: &GgufFile, opts: &crate::LoadOptions) -> Result<Model> {
                         .map(|c| [c[0], c[1]])
                         .collect();
                     let raw = match permuted {
-                        Some(h) => unpermute_rows(&raw, h, cfg.head_dim, cols),
+                        Some(h) => unpermute_rows(&raw, h, head_dim, cols),
                         None => raw,
                     };
                     TensorData::from_bytes(ParamType::new(dtype, want.shape.clone()), raw.concat())
@@ -144,7 +134,7 @@ pub fn load_model(file: &GgufFile, opts: &crate::LoadOptions) -> Result<Model> {
                 _ => {
                     let mut v = file.dequantize(info)?;
                     if let Some(h) = permuted {
-                        v = unpermute_rows(&v, h, cfg.head_dim, cols);
+                        v = unpermute_rows(&v, h, head_dim, cols);
                     }
                     TensorData::from_f32(DType::F32, want.shape.clone(), &v)
                 }
@@ -175,7 +165,7 @@ pub fn load_model(file: &GgufFile, opts: &crate::LoadOptions) -> Result<Model> {
 /// or whose rows are not the parts' together, leaves its parts to their own names.
 fn fused_rows<'f>(
     file: &'f GgufFile,
-    cfg: &LlamaConfig,
+    cfg: &ArchConfig,
     graph: &shrink_ir::Graph,
 ) -> BTreeMap<String, (&'f TensorInfo, usize)> {
     let mut of = BTreeMap::new();
@@ -267,7 +257,7 @@ mod tests {
             assert_eq!(model.graph.param(name), Some(&t.ty), "{name}");
             let kind = t.ty.quant.map_or(t.ty.dtype.to_string(), |q| q.to_string());
             *count.entry(kind).or_insert(0) += 1;
-            let qk = rope_permuted_heads(name, &cfg).is_some();
+            let qk = cfg.gguf_permuted_heads(name).is_some();
             if t.ty.quant.is_some() {
                 assert_eq!(t.is_mapped(), !qk, "{name}: mapped unless un-permuted");
             }
@@ -295,12 +285,12 @@ mod tests {
             "model.embed_tokens.weight",
         ] {
             let info = file
-                .tensor(&gguf_name(name).expect("name"))
+                .tensor(&cfg.gguf_name(name).expect("name"))
                 .expect("tensor");
             let t = model.weights.get(name).expect("param");
             let mut want = file.dequantize(info).expect("dequantize");
-            if let Some(h) = rope_permuted_heads(name, &cfg) {
-                want = unpermute_rows(&want, h, cfg.head_dim, t.ty.shape[1]);
+            if let Some(h) = cfg.gguf_permuted_heads(name) {
+                want = unpermute_rows(&want, h, cfg.head_dim(), t.ty.shape[1]);
             }
             assert!(t.to_f32() == want, "{name}");
         }

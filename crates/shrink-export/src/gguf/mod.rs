@@ -21,9 +21,7 @@ use std::fs::OpenOptions;
 use std::io::BufWriter;
 use std::path::Path;
 
-use shrink_arch::{
-    gguf_name, permute_rows, rope_permuted_heads, ArchId, ConfigError, Family, LlamaConfig,
-};
+use shrink_arch::{permute_rows, ArchConfig, ArchId, ConfigError, Family};
 use shrink_formats::gguf::{GgmlType, GgufTensor, GgufWriter, MetaValue};
 use shrink_formats::tokenizer::gguf_metadata as tokenizer_metadata;
 use shrink_formats::Tokenizer;
@@ -88,15 +86,15 @@ pub fn prepare<'m>(model: &'m Model, tokenizer: &Tokenizer, path: &Path) -> Resu
     };
     crate::peft::refuse_adapters(model, path)?;
     let arch = ArchId::of_graph(g).map_err(unsupported)?;
-    let writable = |a: ArchId| a.family() == Family::Llama;
+    let writable = |a: ArchId| matches!(a.family(), Family::Llama | Family::Gemma);
     if !writable(arch) {
         return Err(unsupported(format!(
-            "GGUF export writes llama.cpp's LLaMA-family architectures (graphs of {}); this \
-             model is '{arch}'",
+            "GGUF export writes llama.cpp's LLaMA- and Gemma-family architectures (graphs of \
+             {}); this model is '{arch}'",
             ArchId::list(writable)
         )));
     }
-    let cfg = LlamaConfig::from_graph(g).map_err(|message| ExportError::Graph {
+    let cfg = ArchConfig::from_graph(g).map_err(|message| ExportError::Graph {
         path: path.to_path_buf(),
         arch: arch.to_string(),
         message,
@@ -174,8 +172,9 @@ pub fn prepare<'m>(model: &'m Model, tokenizer: &Tokenizer, path: &Path) -> Resu
             .weights
             .get(hf)
             .ok_or_else(|| terr("has no data in the weight store".into()))?;
-        let gname =
-            gguf_name(hf).ok_or_else(|| terr("has no GGUF name in the llama layout".into()))?;
+        let gname = cfg
+            .gguf_name(hf)
+            .ok_or_else(|| terr(format!("has no GGUF name in llama.cpp's {arch} layout")))?;
         let mut ty = ggml_type(&data.ty).map_err(terr)?;
         let dims: Vec<u64> = data.ty.shape.iter().rev().map(|&d| d as u64).collect();
         // ggml adds and multiplies 1-D tensors (norms, biases) only as F32, so llama.cpp's
@@ -189,20 +188,20 @@ pub fn prepare<'m>(model: &'m Model, tokenizer: &Tokenizer, path: &Path) -> Resu
                     .collect::<Vec<u8>>()
             });
         // q/k biases were refused above, so only their weights match here.
-        let heads = rope_permuted_heads(hf, &cfg);
+        let heads = cfg.gguf_permuted_heads(hf);
+        let head_dim = cfg.head_dim();
         let bytes = match (heads, data.ty.shape.as_slice()) {
-            (Some(h), [rows, cols]) if *rows == h * cfg.head_dim => {
+            (Some(h), [rows, cols]) if *rows == h * head_dim => {
                 // Bytes of one row: whole packed rows (their blocks) move for a quantized tensor.
                 let row_bytes = match data.ty.quant {
                     Some(q) => q.row_bytes(*cols),
                     None => cols * data.ty.dtype.size(),
                 };
-                Cow::Owned(permute_rows(data.bytes(), h, cfg.head_dim, row_bytes))
+                Cow::Owned(permute_rows(data.bytes(), h, head_dim, row_bytes))
             }
             (Some(h), s) => {
                 return Err(terr(format!(
-                    "shape {s:?} is not [{h}*{}, _] (heads*head_dim rows)",
-                    cfg.head_dim
+                    "shape {s:?} is not [{h}*{head_dim}, _] (heads*head_dim rows)"
                 )))
             }
             (None, _) => match widened {
@@ -220,7 +219,7 @@ pub fn prepare<'m>(model: &'m Model, tokenizer: &Tokenizer, path: &Path) -> Resu
 
     let bos = g.meta.get("bos_token_id").and_then(|v| v.parse().ok());
     let eos = g.meta.get("eos_token_id").and_then(|v| v.parse().ok());
-    let tok = tokenizer_metadata(tokenizer, cfg.vocab_size, bos, eos).map_err(|message| {
+    let tok = tokenizer_metadata(tokenizer, cfg.vocab_size(), bos, eos).map_err(|message| {
         ExportError::Tokenizer {
             path: path.to_path_buf(),
             message,
