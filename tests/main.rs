@@ -6,6 +6,7 @@
 mod bad_input;
 mod common;
 mod distill;
+mod families;
 mod ir_text;
 mod lora;
 mod pipelines;

@@ -282,7 +282,17 @@ pub fn write(
     let mut tensors = Vec::new();
     let mut quant = Map::new();
     let mut schemes = Map::new();
-    let fused = cfg.fused_tensors();
+    // Parts are stacked back into the checkpoint's fused tensor when all are floats; quantized
+    // parts (shrink's format, which transformers does not read anyway) are written as they are.
+    let fused: Vec<_> = cfg
+        .fused_tensors()
+        .into_iter()
+        .filter(|f| {
+            f.parts
+                .iter()
+                .all(|p| model.weights.get(p).is_some_and(|d| d.ty.quant.is_none()))
+        })
+        .collect();
     let is_part = |n: &str| fused.iter().any(|f| f.parts.iter().any(|p| p == n));
     // Gemma's norms go back to the checkpoint's `w` of `1 + w`, in the checkpoint's dtype.
     let mut shifted = BTreeMap::new();

@@ -300,7 +300,11 @@ fn load_weights(
         .collect();
     let fused = fused_rows(graph, fused);
     for (name, want) in declared {
-        let rows_of = fused.get(&name);
+        // A fused tensor the checkpoint lacks leaves its parts to their own names (shrink's
+        // quantized format writes quantized parts unfused).
+        let rows_of = fused
+            .get(&name)
+            .filter(|r| shards.iter().any(|s| s.tensors.contains_key(&r.tensor)));
         let stored = rows_of.map_or(&name, |r| &r.tensor);
         let Some((shard, (st_dtype, shape, start, len))) = shards
             .iter()
