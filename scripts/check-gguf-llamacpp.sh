@@ -36,7 +36,7 @@ PY
 copy_with tiny-phi3 tiny-phi-nowindow sliding_window null
 copy_with tiny-gemma2 tiny-g2-qpas24 query_pre_attn_scalar 24
 copy_with tiny-gemma3 tiny-g3-qpas24 query_pre_attn_scalar 24
-for m in tiny-llama tiny-qwen2 tiny-qwen3 tiny-phi-nowindow tiny-g2-qpas24 tiny-g3-qpas24; do
+for m in tiny-llama tiny-llama3 tiny-qwen2 tiny-qwen3 tiny-phi-nowindow tiny-g2-qpas24 tiny-g3-qpas24; do
   gguf="$out/$m.gguf"
   src="fixtures/$m"
   [[ -d "$src" ]] || src="$out/$m"

@@ -97,9 +97,14 @@ fn every_pass_runs_on_every_family() {
         }
     }
     // GGUF outputs of ggml-typed quantization, for the families llama.cpp holds as they are
-    // (tiny-llama3's RoPE scaling and the Gemma fixtures' query_pre_attn_scalar have no GGUF
-    // form yet).
-    for family in ["tiny-llama", "tiny-qwen2", "tiny-qwen3", "tiny-phi3"] {
+    // (the Gemma fixtures' query_pre_attn_scalar is not the one llama.cpp assumes).
+    for family in [
+        "tiny-llama",
+        "tiny-llama3",
+        "tiny-qwen2",
+        "tiny-qwen3",
+        "tiny-phi3",
+    ] {
         let pipeline = dir.join(format!("{family}-awq-q4_0.ron"));
         let out = dir.join(format!("{family}-awq-q4_0.gguf"));
         let model = fixture(family);

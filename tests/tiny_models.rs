@@ -72,7 +72,7 @@ fn tiny_llama3_rope_scaling_matches_transformers_from_both_config_forms() {
 }
 
 #[test]
-fn tiny_llama3_exports_its_rope_scaling_to_hugging_face_and_refuses_gguf() {
+fn tiny_llama3_exports_its_rope_scaling_to_hugging_face_and_gguf() {
     let loaded = shrink_import::load(&fixture("tiny-llama3")).expect("load");
     let proof = loaded.model.verify().expect("verifies");
     let tok = loaded.tokenizer.as_ref().expect("tokenizer");
@@ -86,11 +86,36 @@ fn tiny_llama3_exports_its_rope_scaling_to_hugging_face_and_refuses_gguf() {
         before.logits(&ids).expect("forward"),
         after.logits(&ids).expect("forward")
     );
-    let e = shrink_export::gguf::write(&loaded.model, &proof, tok, &dir.join("m.gguf"))
-        .expect_err("no GGUF form yet")
-        .to_string();
-    assert!(e.contains("field 'rope_scaling'"), "{e}");
-    assert!(!dir.join("m.gguf").exists());
+    // GGUF: the factors in `rope_freqs` as llama.cpp's converter computes them, read back to
+    // the same scaling, so the same graph and logits.
+    shrink_export::gguf::write(&loaded.model, &proof, tok, &dir.join("m.gguf")).expect("gguf");
+    let f = shrink::formats::gguf::GgufFile::open(&dir.join("m.gguf")).expect("open");
+    let t = f.tensor("rope_freqs.weight").expect("rope_freqs");
+    let factors = f.dequantize(t).expect("f32");
+    assert_eq!(factors.len(), 8);
+    assert_eq!((factors[0], factors[7]), (1.0, 8.0), "{factors:?}");
+    assert!(factors.iter().any(|&x| x > 1.0 && x < 8.0), "{factors:?}");
+    let back = shrink_import::load(&dir.join("m.gguf")).expect("reimport the GGUF");
+    let rope = |g: &shrink_ir::Graph| {
+        g.node_ids()
+            .into_iter()
+            .find_map(|id| match &g.node(id)?.op {
+                shrink_ir::Op::Attention(a) => a.rope,
+                _ => None,
+            })
+    };
+    assert_eq!(rope(&back.model.graph), rope(&loaded.model.graph));
+    let gguf = Engine::new(&back.model, Device::Cpu).expect("engine");
+    let d = max_abs_diff(
+        &gguf.logits(&ids).expect("forward"),
+        &before
+            .logits(&ids)
+            .expect("forward")
+            .iter()
+            .map(|&x| x as f64)
+            .collect::<Vec<_>>(),
+    );
+    assert!(d < 1e-5, "GGUF logits differ by {d:e}");
 }
 
 /// transformers' logits for `dir` (a fixture's weights under an edited config) over the golden

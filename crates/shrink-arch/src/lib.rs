@@ -347,6 +347,18 @@ impl ArchConfig {
         }
     }
 
+    /// GGUF tensors that are no IR parameter, as f32 values (Llama 3's `rope_freqs`).
+    pub fn gguf_extra_tensors(&self) -> Vec<(String, Vec<f32>)> {
+        match self {
+            ArchConfig::Llama(c) => {
+                llama::llama3_rope_factors(c.rope_theta, c.head_dim, c.rope_scaling)
+                    .map(|f| vec![("rope_freqs.weight".to_string(), f)])
+                    .unwrap_or_default()
+            }
+            _ => Vec::new(),
+        }
+    }
+
     /// GGUF tensors that hold several IR parameters, by their GGUF names.
     pub fn gguf_fused_tensors(&self) -> Vec<FusedTensor> {
         match self {

@@ -474,15 +474,6 @@ impl LlamaConfig {
                 ),
             });
         }
-        if self.rope_scaling != RopeScaling::None {
-            return Err(ConfigError::Field {
-                field: "rope_scaling".into(),
-                message: format!(
-                    "{:?} has no GGUF export yet (llama.cpp needs a rope_freqs tensor)",
-                    self.rope_scaling
-                ),
-            });
-        }
         let gguf_arch = match self.arch {
             a @ (ArchId::Qwen2 | ArchId::Qwen3) if !self.is_uniform() => {
                 return Err(ConfigError::Field {
@@ -566,6 +557,11 @@ impl LlamaConfig {
             meta.push(scalar(k, self.head_dim)?);
         }
         meta.push(scalar("vocab_size", self.vocab_size)?);
+        // Llama 3's scaling goes in the `rope_freqs` tensor (`gguf_extra_tensors`).
+        if let RopeScaling::Linear { factor } = self.rope_scaling {
+            meta.push((key("rope.scaling.type"), MetaValue::String("linear".into())));
+            meta.push((key("rope.scaling.factor"), MetaValue::F32(factor)));
+        }
         // As llama.cpp's converter writes it (llama.cpp itself computes Phi-3 without it).
         if let Some(w) = phi3_window {
             meta.push(scalar("attention.sliding_window", w)?);
@@ -663,23 +659,33 @@ impl LlamaConfig {
             Ok(v) => v,
             Err(_) => file.get_str_array("tokenizer.ggml.tokens")?.len(),
         };
-        // llama.cpp's RoPE scaling (a `rope_freqs` tensor of per-frequency factors, or a
-        // scaling type) is not read yet: refused rather than computed without it.
-        if file.tensor("rope_freqs.weight").is_some() {
-            return Err(ConfigError::Field {
-                field: "rope_freqs.weight".into(),
-                message: "RoPE frequency factors (Llama 3.1's rope scaling) are not supported \
-                          in GGUF import yet; import the Hugging Face checkpoint"
-                    .into(),
-            });
-        }
-        if let Ok(t) = file.get_str(&key("rope.scaling.type")) {
-            if t != "none" {
+        let theta = file.get_f32(&key("rope.freq_base")).unwrap_or(10000.0);
+        // llama.cpp's RoPE scaling: Llama 3's per-frequency factors in a `rope_freqs` tensor,
+        // or a scaling type.
+        let mut rope_scaling = match file.get_str(&key("rope.scaling.type")) {
+            Ok("none") | Err(_) => RopeScaling::None,
+            Ok("linear") => RopeScaling::Linear {
+                factor: file.get_f32(&key("rope.scaling.factor"))?,
+            },
+            Ok(t) => {
                 return Err(ConfigError::Field {
                     field: key("rope.scaling.type"),
-                    message: format!("'{t}' is not supported in GGUF import yet (none)"),
-                });
+                    message: format!("'{t}' is not supported in GGUF import yet (none, linear)"),
+                })
             }
+        };
+        if let Some(info) = file.tensor("rope_freqs.weight") {
+            let bad = |message: String| ConfigError::Field {
+                field: "rope_freqs.weight".into(),
+                message,
+            };
+            if rope_scaling != RopeScaling::None {
+                return Err(bad(
+                    "given beside rope.scaling.type: give one of the two".into()
+                ));
+            }
+            let factors = file.dequantize(info)?;
+            rope_scaling = llama3_from_factors(&factors, theta, head_dim).map_err(bad)?;
         }
         if let Ok(rot) = u("rope.dimension_count") {
             if rot != head_dim {
@@ -715,8 +721,8 @@ impl LlamaConfig {
             hidden_size: hidden,
             layers,
             head_dim,
-            rope_theta: file.get_f32(&key("rope.freq_base")).unwrap_or(10000.0),
-            rope_scaling: RopeScaling::None,
+            rope_theta: theta,
+            rope_scaling,
             rms_norm_eps: file.get_f32(&key("attention.layer_norm_rms_epsilon"))?,
             max_position_embeddings: u("context_length").unwrap_or(2048),
             tie_word_embeddings: file.tensor("output.weight").is_none(),
@@ -731,6 +737,120 @@ impl LlamaConfig {
         })?;
         Ok(c)
     }
+}
+
+/// Llama 3's RoPE factors as llama.cpp's converter writes them in `rope_freqs`: per frequency,
+/// what its inverse frequency is divided by (1 for short wavelengths, `factor` for long ones,
+/// smoothed between).
+pub fn llama3_rope_factors(theta: f32, head_dim: usize, scaling: RopeScaling) -> Option<Vec<f32>> {
+    let RopeScaling::Llama3 {
+        factor,
+        low_freq_factor: low,
+        high_freq_factor: high,
+        original_context,
+    } = scaling
+    else {
+        return None;
+    };
+    let (factor, low, high, old) = (
+        factor as f64,
+        low as f64,
+        high as f64,
+        original_context as f64,
+    );
+    let d = head_dim as f32;
+    Some(
+        (0..head_dim / 2)
+            .map(|i| {
+                let freq = 1.0f32 / theta.powf((2 * i) as f32 / d);
+                let wavelen = 2.0 * std::f64::consts::PI / freq as f64;
+                if wavelen < old / high {
+                    1.0
+                } else if wavelen > old / low {
+                    factor as f32
+                } else {
+                    let smooth = (old / wavelen - low) / (high - low);
+                    (1.0 / ((1.0 - smooth) / factor + smooth)) as f32
+                }
+            })
+            .collect(),
+    )
+}
+
+/// The Llama 3 scaling whose factors `rope_freqs` holds. The factors fix `factor` and the
+/// smoothed band's line, which determines the band edges only up to a common scale of
+/// `low_freq_factor`, `high_freq_factor` and `original_max_position_embeddings`: this takes
+/// `low_freq_factor = 1` (as every Llama 3 release does) and checks that the result reproduces
+/// every factor.
+pub(crate) fn llama3_from_factors(
+    f: &[f32],
+    theta: f32,
+    head_dim: usize,
+) -> Result<RopeScaling, String> {
+    if f.len() != head_dim / 2 {
+        return Err(format!(
+            "{} factors, but head_dim {head_dim} has {} frequencies",
+            f.len(),
+            head_dim / 2
+        ));
+    }
+    let factor = f.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if !(factor.is_finite() && factor >= 1.0) || f.iter().any(|&x| !(x >= 1.0)) {
+        return Err("factors must be finite and at least 1".into());
+    }
+    if factor == 1.0 {
+        return Ok(RopeScaling::None);
+    }
+    // Points of the smoothed band: s = (1/f - 1/factor) / (1 - 1/factor) = old/wavelen - 1,
+    // scaled by 1/(high - 1): solve s·(high - 1) = old·x - 1 with x = 1/wavelen.
+    let d = head_dim as f32;
+    let (k, inv_k) = (factor as f64, 1.0 / factor as f64);
+    let band: Vec<(f64, f64)> = f
+        .iter()
+        .enumerate()
+        .filter(|(_, &x)| x > 1.0 + 1e-6 && x < factor - 1e-6 * factor)
+        .map(|(i, &x)| {
+            let freq = 1.0f32 / theta.powf((2 * i) as f32 / d);
+            let s = (1.0 / x as f64 - inv_k) / (1.0 - inv_k);
+            (freq as f64 / (2.0 * std::f64::consts::PI), s)
+        })
+        .collect();
+    let (Some(&(x1, s1)), Some(&(x2, s2))) = (band.first(), band.last()) else {
+        return Err("fewer than two smoothed factors: Llama 3's band edges cannot be read".into());
+    };
+    if band.len() < 2 || (x2 - x1).abs() < f64::EPSILON {
+        return Err("fewer than two smoothed factors: Llama 3's band edges cannot be read".into());
+    }
+    // old·x_i - (high - 1)·s_i = 1 for both points.
+    let det = -x1 * s2 + x2 * s1;
+    let old = (-s2 + s1) / det;
+    let span = (x1 - x2) / det;
+    let (old, high) = (old.round(), 1.0 + span);
+    let high = ((high * 1e4).round() / 1e4) as f32;
+    if !(old >= 1.0 && old <= u32::MAX as f64 && high > 1.0) {
+        return Err(format!(
+            "the factors give no Llama 3 scaling (original context {old}, high_freq_factor {high})"
+        ));
+    }
+    let scaling = RopeScaling::Llama3 {
+        factor: k as f32,
+        low_freq_factor: 1.0,
+        high_freq_factor: high,
+        original_context: old as usize,
+    };
+    let again = llama3_rope_factors(theta, head_dim, scaling).unwrap_or_default();
+    if let Some((i, (a, b))) = f
+        .iter()
+        .zip(&again)
+        .enumerate()
+        .find(|(_, (a, b))| (*a - *b).abs() > 1e-4 * a.abs())
+    {
+        return Err(format!(
+            "factor {i} ({a}) is not Llama 3's {b} for factor {k}, original context {old}, \
+             high_freq_factor {high}"
+        ));
+    }
+    Ok(scaling)
 }
 
 /// The GGUF name of a Hugging Face LLaMA parameter (the map is one-to-one).

@@ -581,3 +581,33 @@ fn gemma3_reads_both_config_forms_and_keeps_norm_offsets_to_its_norms() {
         0.0
     );
 }
+
+#[test]
+fn llama3_rope_factors_read_back_to_their_scaling() {
+    // Llama 3.1 8B and Llama 3.2 1B's RoPE: what their GGUFs' rope_freqs hold reads back to
+    // the same scaling.
+    for (factor, head_dim) in [(8.0, 128), (32.0, 64)] {
+        let mut c = llama("llama", true, false);
+        c.head_dim = head_dim;
+        c.rope_theta = 500000.0;
+        c.max_position_embeddings = 131072;
+        c.rope_scaling = shrink_ir::RopeScaling::Llama3 {
+            factor,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_context: 8192,
+        };
+        let f = llama::llama3_rope_factors(c.rope_theta, head_dim, c.rope_scaling).unwrap();
+        assert_eq!(f.len(), head_dim / 2);
+        assert_eq!(
+            llama::llama3_from_factors(&f, c.rope_theta, head_dim),
+            Ok(c.rope_scaling)
+        );
+        // Factors no Llama 3 scaling makes are refused by index.
+        let mut bent = f.clone();
+        bent[head_dim / 4] *= 1.5;
+        let e = llama::llama3_from_factors(&bent, c.rope_theta, head_dim);
+        assert!(e.is_err(), "{e:?}");
+    }
+    assert!(llama::llama3_from_factors(&[1.0, f32::NAN], 10000.0, 4).is_err());
+}

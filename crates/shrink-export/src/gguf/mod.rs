@@ -152,6 +152,20 @@ pub fn prepare<'m>(model: &'m Model, tokenizer: &Tokenizer, path: &Path) -> Resu
             names.push(p);
         }
     }
+    for (name, values) in cfg.gguf_extra_tensors() {
+        let bytes: Vec<u8> = values.iter().flat_map(|x| x.to_le_bytes()).collect();
+        w.add_tensor(
+            name.clone(),
+            GgmlType::F32,
+            vec![values.len() as u64],
+            Cow::Owned(bytes),
+        )
+        .map_err(|message| ExportError::Tensor {
+            path: path.to_path_buf(),
+            tensor: name,
+            message,
+        })?;
+    }
     let fused = cfg.gguf_fused_tensors();
     for hf in names {
         let terr = |message: String| ExportError::Tensor {
