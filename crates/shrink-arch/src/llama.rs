@@ -795,7 +795,7 @@ pub(crate) fn llama3_from_factors(
         ));
     }
     let factor = f.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    if !(factor.is_finite() && factor >= 1.0) || f.iter().any(|&x| !(x >= 1.0)) {
+    if !(factor.is_finite() && factor >= 1.0) || f.iter().any(|x| x.is_nan() || *x < 1.0) {
         return Err("factors must be finite and at least 1".into());
     }
     if factor == 1.0 {
