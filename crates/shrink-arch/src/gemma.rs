@@ -334,7 +334,8 @@ impl GemmaConfig {
     pub(crate) fn from_hf(id: ArchId, c: &ConfigJson<'_>) -> Result<GemmaConfig, ConfigError> {
         let gemma2 = id == ArchId::Gemma2;
         let n_layers = c.bounded("num_hidden_layers", crate::limits::MAX_LAYERS)?;
-        // Gemma 2 soft-caps by default (transformers' 50 and 30); Gemma 3 does not.
+        // Gemma 2 soft-caps by default (transformers' 50 and 30). Gemma 3 soft-caps only the
+        // logits, when its config says so; transformers' Gemma 3 attention reads no cap.
         let mut caps = [None, None];
         for (cap, (field, default)) in caps.iter_mut().zip([
             ("attn_logit_softcapping", 50.0),
@@ -343,13 +344,11 @@ impl GemmaConfig {
             *cap = match (c.json.get(field), gemma2) {
                 (Some(Value::Null), _) | (None, false) => None,
                 (None, true) => Some(default),
-                (Some(_), true) => c.opt_f32(field)?,
-                (Some(_), false) => {
-                    return Err(c.err(field, "Gemma 3 does not soft-cap; expected null"))
-                }
+                (Some(_), _) => c.opt_f32(field)?,
             };
         }
         let [attn_cap, final_cap] = caps;
+        let attn_cap = attn_cap.filter(|_| gemma2);
         if c.opt_bool("use_bidirectional_attention")? == Some(true) {
             return Err(c.err(
                 "use_bidirectional_attention",
@@ -488,10 +487,12 @@ impl GemmaConfig {
         if gemma2 && self.rope_local != self.rope_global {
             return Err("a gemma2 graph whose layers differ in RoPE cannot be written".into());
         }
-        if !gemma2
-            && (self.attn_logit_softcapping.is_some() || self.final_logit_softcapping.is_some())
-        {
-            return Err("a gemma3_text graph with soft-capping cannot be written".into());
+        if !gemma2 && self.attn_logit_softcapping.is_some() {
+            return Err(
+                "a gemma3_text graph with soft-capped attention cannot be written (transformers' \
+                 Gemma 3 reads no attention cap)"
+                    .into(),
+            );
         }
         let mut m = Map::new();
         let class = if gemma2 {

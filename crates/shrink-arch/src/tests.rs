@@ -564,11 +564,20 @@ fn gemma3_reads_both_config_forms_and_keeps_norm_offsets_to_its_norms() {
         ArchConfig::from_hf(&v5).unwrap(),
         ArchConfig::Gemma(c.clone())
     );
-    // Soft-capping (Gemma 2) is refused by name.
+    // Gemma 3 soft-caps the logits when its config says so, and never the attention (as
+    // transformers' Gemma 3 does).
     let mut capped = hub.clone();
     capped.insert("final_logit_softcapping".into(), 30.0.into());
-    let e = ArchConfig::from_hf(&capped).unwrap_err().to_string();
-    assert!(e.starts_with("field 'final_logit_softcapping'"), "{e}");
+    capped.insert("attn_logit_softcapping".into(), 50.0.into());
+    let Ok(ArchConfig::Gemma(g)) = ArchConfig::from_hf(&capped) else {
+        panic!("a capped Gemma 3 config loads")
+    };
+    assert_eq!(
+        (g.final_logit_softcapping, g.attn_logit_softcapping),
+        (Some(30.0), None)
+    );
+    let json = ArchConfig::Gemma(g.clone()).to_hf("float32").unwrap();
+    assert_eq!(ArchConfig::from_hf(&json).unwrap(), ArchConfig::Gemma(g));
     let arch = ArchConfig::Gemma(c);
     assert_eq!(
         arch.stored_offset("model.layers.0.self_attn.q_norm.weight"),
