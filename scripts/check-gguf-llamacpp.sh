@@ -22,21 +22,28 @@ status=0
 # tiny tokenizer lacks.
 # llama.cpp scales Gemma's scores by 1/sqrt(head_dim) (it has no key for query_pre_attn_scalar),
 # so the Gemma fixtures are checked as copies with query_pre_attn_scalar = head_dim.
-copy_with() { # FIXTURE NAME KEY VALUE(json)
+copy_with() { # FIXTURE NAME PATCH: config.json with the JSON object PATCH merged in
   rm -rf "$out/$2"
   cp -r "fixtures/$1" "$out/$2"
-  python3 - "$out/$2/config.json" "$3" "$4" <<'PY'
+  python3 - "$out/$2/config.json" "$3" <<'PY'
 import json, sys
-path, key, value = sys.argv[1:]
+path, patch = sys.argv[1], json.loads(sys.argv[2])
 c = json.load(open(path))
-c[key] = json.loads(value)
+for k, v in patch.items():
+    if isinstance(v, dict):
+        c.setdefault(k, {}).update(v)
+    else:
+        c[k] = v
 json.dump(c, open(path, "w"), indent=2)
 PY
 }
-copy_with tiny-phi3 tiny-phi-nowindow sliding_window null
-copy_with tiny-gemma2 tiny-g2-qpas24 query_pre_attn_scalar 24
-copy_with tiny-gemma3 tiny-g3-qpas24 query_pre_attn_scalar 24
-for m in tiny-llama tiny-llama3 tiny-qwen2 tiny-qwen3 tiny-phi-nowindow tiny-g2-qpas24 tiny-g3-qpas24; do
+copy_with tiny-phi3 tiny-phi-nowindow '{"sliding_window": null}'
+copy_with tiny-phi3 tiny-phi-partial '{"sliding_window": null, "partial_rotary_factor": 0.5,
+  "rope_parameters": {"partial_rotary_factor": 0.5}}'
+copy_with tiny-gemma2 tiny-g2-qpas24 '{"query_pre_attn_scalar": 24}'
+copy_with tiny-gemma3 tiny-g3-qpas24 '{"query_pre_attn_scalar": 24}'
+for m in tiny-llama tiny-llama3 tiny-qwen2 tiny-qwen3 tiny-phi-nowindow tiny-phi-partial \
+  tiny-g2-qpas24 tiny-g3-qpas24; do
   gguf="$out/$m.gguf"
   src="fixtures/$m"
   [[ -d "$src" ]] || src="$out/$m"

@@ -215,6 +215,36 @@ fn tiny_phi3_split_projections_and_window_match_transformers() {
 }
 
 #[test]
+fn phi3_partial_rotary_matches_transformers_and_round_trips() {
+    // Phi-4-mini rotates 3/4 of each head; here 1/2 (8 of 16 features), in the form
+    // transformers 5 reads first (`rope_parameters`).
+    let (dir, mut config) = copy_with_config("tiny-phi3", "tiny-phi3-partial");
+    config["rope_parameters"]["partial_rotary_factor"] = 0.5.into();
+    config["partial_rotary_factor"] = 0.5.into();
+    std::fs::write(dir.join("config.json"), config.to_string()).expect("write");
+    let loaded = shrink_import::load(&dir).expect("load");
+    let text = shrink_ir::text::print(&loaded.model.graph);
+    assert_eq!(text.matches(" rope_dim=8 ").count(), 2, "{text}");
+    let g = fixture("tiny-phi3/golden_partial_rotary.safetensors");
+    let ids = golden_ids(&g);
+    let engine = Engine::new(&loaded.model, Device::Cpu).expect("engine");
+    let want = golden(&g, "logits").1;
+    let d = max_abs_diff(&engine.logits(&ids).expect("forward"), &want);
+    assert!(d < TOL, "max |logit - transformers| = {d:e}");
+    // Both exports keep it: partial_rotary_factor in config.json, rope.dimension_count in GGUF.
+    let proof = loaded.model.verify().expect("verifies");
+    let tok = loaded.tokenizer.as_ref().expect("tokenizer");
+    shrink_export::hf::write(&loaded.model, &proof, Some(tok), &dir.join("hf")).expect("hf");
+    shrink_export::gguf::write(&loaded.model, &proof, tok, &dir.join("m.gguf")).expect("gguf");
+    for back in [dir.join("hf"), dir.join("m.gguf")] {
+        let back = shrink_import::load(&back).expect("reload");
+        let engine = Engine::new(&back.model, Device::Cpu).expect("engine");
+        let d = max_abs_diff(&engine.logits(&ids).expect("forward"), &want);
+        assert!(d < TOL, "after export: {d:e}");
+    }
+}
+
+#[test]
 fn tiny_gemma3_matches_transformers() {
     // (1 + w) norms, √hidden embedding scale, sandwich norms, per-head q/k norms, GeGLU-tanh,
     // query_pre_attn_scalar, local layers with a window and their own RoPE base; bf16 weights.

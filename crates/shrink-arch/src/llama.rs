@@ -24,6 +24,9 @@ pub struct LlamaConfig {
     /// One entry per decoder layer, in order: their number is `num_hidden_layers`.
     pub layers: Vec<LlamaLayer>,
     pub head_dim: usize,
+    /// Features of each head RoPE rotates (the first ones, in two halves): `head_dim` unless
+    /// Phi-3's `partial_rotary_factor` says fewer (Phi-4-mini: 3/4).
+    pub rotary_dim: usize,
     pub rope_theta: f32,
     /// `rope_scaling` (Llama 3.1's `llama3`, or `linear`).
     pub rope_scaling: RopeScaling,
@@ -107,6 +110,15 @@ impl LlamaConfig {
                 break;
             }
         }
+        if self.rotary_dim == 0
+            || !self.rotary_dim.is_multiple_of(2)
+            || self.rotary_dim > self.head_dim
+        {
+            return Err(format!(
+                "the rotary dimension ({}) must be even, positive and at most head_dim ({})",
+                self.rotary_dim, self.head_dim
+            ));
+        }
         if !self.head_dim.is_multiple_of(2) {
             return Err(format!(
                 "head_dim ({}) must be even for RoPE",
@@ -184,7 +196,7 @@ impl LlamaConfig {
                 head_dim: hd,
                 rope: Some(Rope {
                     theta: c.rope_theta,
-                    dim: hd,
+                    dim: c.rotary_dim,
                     scaling: c.rope_scaling,
                 }),
                 causal: true,
@@ -371,9 +383,9 @@ impl LlamaConfig {
         let specs = layer_attention_specs(&ops, layers)?;
         let (rope, head_dim) = (specs[0].rope, specs[0].head_dim);
         let rope = rope.ok_or("attention has no RoPE")?;
-        if rope.dim != head_dim {
+        if rope.dim != head_dim && arch != ArchId::Phi3 {
             return Err(format!(
-                "partial rotary (rope dim {} of head_dim {head_dim}) is not supported",
+                "partial rotary (rope dim {} of head_dim {head_dim}) is only Phi-3's",
                 rope.dim
             ));
         }
@@ -407,6 +419,7 @@ impl LlamaConfig {
             hidden_size: hidden,
             layers: sizes,
             head_dim,
+            rotary_dim: rope.dim,
             rope_theta: rope.theta,
             rope_scaling: rope.scaling,
             rms_norm_eps: eps,
@@ -549,13 +562,10 @@ impl LlamaConfig {
             ),
         ];
         // Written explicitly: llama.cpp would otherwise take embedding_length / layer 0's heads.
-        for k in [
-            "attention.key_length",
-            "attention.value_length",
-            "rope.dimension_count",
-        ] {
+        for k in ["attention.key_length", "attention.value_length"] {
             meta.push(scalar(k, self.head_dim)?);
         }
+        meta.push(scalar("rope.dimension_count", self.rotary_dim)?);
         meta.push(scalar("vocab_size", self.vocab_size)?);
         // Llama 3's scaling goes in the `rope_freqs` tensor (`gguf_extra_tensors`).
         if let RopeScaling::Linear { factor } = self.rope_scaling {
@@ -687,14 +697,18 @@ impl LlamaConfig {
             let factors = file.dequantize(info)?;
             rope_scaling = llama3_from_factors(&factors, theta, head_dim).map_err(bad)?;
         }
-        if let Ok(rot) = u("rope.dimension_count") {
-            if rot != head_dim {
+        let rotary_dim = match u("rope.dimension_count") {
+            Ok(rot) if rot != head_dim && arch != "phi3" => {
                 return Err(ConfigError::Field {
                     field: key("rope.dimension_count"),
-                    message: format!("partial rotary ({rot} of {head_dim}) is not supported"),
+                    message: format!(
+                        "partial rotary ({rot} of {head_dim}) is supported for phi3 only"
+                    ),
                 });
             }
-        }
+            Ok(rot) => rot,
+            Err(_) => head_dim,
+        };
         let phi3_window = match file.get_u32(&key("attention.sliding_window")) {
             Ok(w) if arch == "phi3" && w > 0 => Some(w as usize),
             _ => None,
@@ -721,6 +735,7 @@ impl LlamaConfig {
             hidden_size: hidden,
             layers,
             head_dim,
+            rotary_dim,
             rope_theta: theta,
             rope_scaling,
             rms_norm_eps: file.get_f32(&key("attention.layer_norm_rms_epsilon"))?,
@@ -980,25 +995,35 @@ impl LlamaConfig {
                 sliding_window: windows[i],
             })
             .collect();
-        if c.opt_f32("partial_rotary_factor")?
-            .is_some_and(|f| f != 1.0)
-        {
-            return Err(c.err("partial_rotary_factor", "only 1.0 is supported"));
-        }
-        // transformers 5 also writes it inside `rope_parameters`.
-        if let Some(f) = c
+        // transformers 5 reads it from `rope_parameters`, else from the top level; only
+        // Phi-3's attention applies it (to the first `int(head_dim · factor)` features).
+        let (field, factor) = match c
             .json
             .get("rope_parameters")
             .and_then(|r| r.get("partial_rotary_factor"))
             .filter(|f| !f.is_null())
         {
-            if f.as_f64() != Some(1.0) {
-                return Err(c.err(
-                    "rope_parameters.partial_rotary_factor",
-                    format!("{f}: only 1.0 is supported"),
-                ));
-            }
+            Some(f) => (
+                "rope_parameters.partial_rotary_factor",
+                f.as_f64().ok_or_else(|| {
+                    c.err(
+                        "rope_parameters.partial_rotary_factor",
+                        format!("{f} is not a number"),
+                    )
+                })?,
+            ),
+            None => (
+                "partial_rotary_factor",
+                c.opt_f32("partial_rotary_factor")?.map_or(1.0, f64::from),
+            ),
+        };
+        if factor != 1.0 && id != ArchId::Phi3 {
+            return Err(c.err(field, "only 1.0 is supported (partial rotary is Phi-3's)"));
         }
+        if !(factor > 0.0 && factor <= 1.0) {
+            return Err(c.err(field, format!("{factor} is not in (0, 1]")));
+        }
+        let rotary_dim = (head_dim as f64 * factor) as usize;
         let (rope_theta, rope_scaling) = rope_from_hf(c)?;
         if c.opt_bool("mlp_bias")? == Some(true) {
             return Err(c.err("mlp_bias", "MLP biases are not supported"));
@@ -1014,6 +1039,7 @@ impl LlamaConfig {
             hidden_size: hidden,
             layers,
             head_dim,
+            rotary_dim,
             rope_theta: rope_theta.unwrap_or(10000.0),
             rope_scaling,
             rms_norm_eps: c.opt_f32("rms_norm_eps")?.unwrap_or(1e-6),
@@ -1077,6 +1103,12 @@ impl LlamaConfig {
         m.insert("num_attention_heads".into(), per_layer(|l| l.num_heads));
         m.insert("num_key_value_heads".into(), per_layer(|l| l.num_kv_heads));
         m.insert("head_dim".into(), json!(self.head_dim));
+        if self.rotary_dim != self.head_dim {
+            m.insert(
+                "partial_rotary_factor".into(),
+                json!(self.rotary_dim as f64 / self.head_dim as f64),
+            );
+        }
         m.insert("hidden_act".into(), json!("silu"));
         m.insert(
             "max_position_embeddings".into(),

@@ -17,6 +17,7 @@ fn llama(arch: &str, tied: bool, bias: bool) -> LlamaConfig {
             3
         ],
         head_dim: 8,
+        rotary_dim: 8,
         rope_theta: 500000.0,
         rope_scaling: shrink_ir::RopeScaling::None,
         rms_norm_eps: 1e-6,
@@ -521,7 +522,8 @@ fn phi3_checkpoints_stack_qkv_and_gate_up() {
     assert!(ArchConfig::Llama(llama("llama", true, false))
         .fused_tensors()
         .is_empty());
-    // A partial rotary factor in either place is refused by name.
+    // A partial rotary factor: Phi-3's (transformers 5 reads `rope_parameters` first), and
+    // refused by name for the architectures whose attention ignores it.
     let mut json = c.to_hf("float32").unwrap();
     json.insert(
         "rope_parameters".into(),
@@ -529,6 +531,14 @@ fn phi3_checkpoints_stack_qkv_and_gate_up() {
     );
     json.remove("rope_theta");
     json.remove("rope_scaling");
+    let Ok(ArchConfig::Llama(p)) = ArchConfig::from_hf(&json) else {
+        panic!("Phi-3 with partial rotary loads")
+    };
+    assert_eq!((p.head_dim, p.rotary_dim), (8, 6));
+    let back = ArchConfig::Llama(p.clone()).to_hf("float32").unwrap();
+    assert_eq!(back["partial_rotary_factor"].as_f64(), Some(0.75));
+    assert_eq!(LlamaConfig::from_graph(&p.build()).unwrap().rotary_dim, 6);
+    json.insert("model_type".into(), "llama".into());
     let e = ArchConfig::from_hf(&json).unwrap_err().to_string();
     assert!(
         e.starts_with("field 'rope_parameters.partial_rotary_factor'"),
@@ -598,6 +608,7 @@ fn llama3_rope_factors_read_back_to_their_scaling() {
     for (factor, head_dim) in [(8.0, 128), (32.0, 64)] {
         let mut c = llama("llama", true, false);
         c.head_dim = head_dim;
+        c.rotary_dim = head_dim;
         c.rope_theta = 500000.0;
         c.max_position_embeddings = 131072;
         c.rope_scaling = shrink_ir::RopeScaling::Llama3 {
