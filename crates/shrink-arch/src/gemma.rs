@@ -125,6 +125,15 @@ impl GemmaConfig {
             }
         }
         crate::limits::epsilon("rms_norm_eps", self.rms_norm_eps)?;
+        for (theta, scaling) in [self.rope_global, self.rope_local] {
+            Rope {
+                theta,
+                dim: self.head_dim,
+                scaling,
+            }
+            .check(self.head_dim)
+            .map_err(|m| format!("rope_scaling: {m}"))?;
+        }
         self.param_count()?;
         Ok(())
     }

@@ -129,6 +129,14 @@ impl LlamaConfig {
             return Err(format!("rope_theta ({}) must be positive", self.rope_theta));
         }
         crate::limits::epsilon("rms_norm_eps", self.rms_norm_eps)?;
+        // The verifier's own check of the RoPE attribute (a factor that overflowed f32, …).
+        Rope {
+            theta: self.rope_theta,
+            dim: self.rotary_dim,
+            scaling: self.rope_scaling,
+        }
+        .check(self.head_dim)
+        .map_err(|m| format!("rope_scaling: {m}"))?;
         self.param_count()?;
         Ok(())
     }

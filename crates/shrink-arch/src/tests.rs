@@ -631,3 +631,26 @@ fn llama3_rope_factors_read_back_to_their_scaling() {
     }
     assert!(llama::llama3_from_factors(&[1.0, f32::NAN], 10000.0, 4).is_err());
 }
+
+#[test]
+fn a_rope_factor_past_f32_is_refused_not_built() {
+    // 1e300 is a finite positive JSON number that becomes f32 infinity: the config is refused
+    // by the verifier's RoPE check before any graph is built (the fuzzer found the panic).
+    for arch in [ArchId::Llama, ArchId::Gemma3] {
+        let mut json = match arch {
+            ArchId::Gemma3 => ArchConfig::Gemma(gemma(true)).to_hf("float32").unwrap(),
+            _ => ArchConfig::Llama(llama("llama", true, false))
+                .to_hf("float32")
+                .unwrap(),
+        };
+        json.insert(
+            "rope_scaling".into(),
+            serde_json::json!({"rope_type": "linear", "factor": 1e300}),
+        );
+        let e = ArchConfig::from_hf(&json).unwrap_err().to_string();
+        assert!(
+            e.contains("rope factor inf must be positive"),
+            "{arch}: {e}"
+        );
+    }
+}
