@@ -229,6 +229,51 @@ pub(crate) fn silu<B: Backend>(x: &Tensor<B, 3>) -> Option<Tensor<B, 3>> {
     to_backend(y, x.dims())
 }
 
+/// `cap · tanh(x / cap)` (Gemma 2's logits: a vocabulary's width per position), as `cap - 2·cap /
+/// (exp(2x / cap) + 1)`, the values shared among the cores; `None` for other backends.
+pub(crate) fn soft_cap<B: Backend>(x: &Tensor<B, 3>, cap: f32) -> Option<Tensor<B, 3>> {
+    let (k, two_c) = (2.0 / cap, 2.0 * cap);
+    let y = with_values(x, |xv| {
+        let mut out = vec![0.0f32; xv.len()];
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let per = xv.len().div_ceil(threads).max(1);
+        std::thread::scope(|sc| {
+            for (src, dst) in xv.chunks(per).zip(out.chunks_mut(per)) {
+                sc.spawn(move || {
+                    for (o, &v) in dst.iter_mut().zip(src) {
+                        *o = cap - two_c / ((v * k).exp() + 1.0);
+                    }
+                });
+            }
+        });
+        out
+    })?;
+    to_backend(y, x.dims())
+}
+
+/// GELU with the tanh approximation, `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))` (torch's
+/// `gelu(approximate="tanh")`), the values shared among the cores; `None` for other backends.
+/// burn's `gelu_approximate` makes a pass and an allocation per operation.
+pub(crate) fn gelu_tanh<B: Backend>(x: &Tensor<B, 3>) -> Option<Tensor<B, 3>> {
+    const K: f32 = 0.797_884_6; // √(2/π)
+    let y = with_values(x, |xv| {
+        let mut out = vec![0.0f32; xv.len()];
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let per = xv.len().div_ceil(threads).max(1);
+        std::thread::scope(|sc| {
+            for (src, dst) in xv.chunks(per).zip(out.chunks_mut(per)) {
+                sc.spawn(move || {
+                    for (o, &v) in dst.iter_mut().zip(src) {
+                        *o = 0.5 * v * (1.0 + (K * (v + 0.044715 * v * v * v)).tanh());
+                    }
+                });
+            }
+        });
+        out
+    })?;
+    to_backend(y, x.dims())
+}
+
 /// `log softmax(row)[target]` of each row of `logits [1, n, vocab]` against `targets` (`n`
 /// ids below `vocab`, checked by the caller), rows shared among the cores; `None` for other
 /// backends. burn's `log_softmax` makes several passes, each allocating a tensor the size of the
@@ -503,6 +548,16 @@ mod tests {
             super::silu(&host(&x, [b, s, d])).expect("the host path runs on the CPU backend"),
         );
         assert!(max_diff(&got, &want) < 1e-6, "silu");
+        let want = values(activate(ops(&x, [b, s, d]), Activation::GeluTanh));
+        let got = values(
+            super::gelu_tanh(&host(&x, [b, s, d])).expect("the host path runs on the CPU backend"),
+        );
+        assert!(max_diff(&got, &want) < 1e-6, "gelu_tanh");
+        let want = values(crate::interp::soft_cap(ops(&x, [b, s, d]), 1.5));
+        let got = values(
+            super::soft_cap(&host(&x, [b, s, d]), 1.5).expect("the host path runs on the CPU"),
+        );
+        assert!(max_diff(&got, &want) < 1e-6, "soft_cap");
     }
 
     #[test]

@@ -992,7 +992,10 @@ pub(crate) fn activate<B: Backend>(x: Tensor<B, 3>, a: Activation) -> Tensor<B, 
             Some(y) => y,
             None => x.clone() / (x.neg().exp() + 1.0),
         },
-        Activation::GeluTanh => activation::gelu_approximate(x),
+        Activation::GeluTanh => match crate::cpu::gelu_tanh(&x) {
+            Some(y) => y,
+            None => activation::gelu_approximate(x),
+        },
         // From erf: burn 0.21's own gelu differentiates the tanh approximation instead.
         Activation::Gelu => x.clone() * ((x / std::f64::consts::SQRT_2).erf() + 1.0) * 0.5,
         Activation::Relu => activation::relu(x),
@@ -1024,9 +1027,12 @@ pub(crate) fn apply_rope<B: Backend>(
     Tensor::cat(parts, 3)
 }
 
-/// `cap · tanh(x / cap)`.
+/// `cap · tanh(x / cap)`: on the host for the CPU backend.
 pub(crate) fn soft_cap<B: Backend>(x: Tensor<B, 3>, cap: f32) -> Tensor<B, 3> {
-    x.div_scalar(cap).tanh().mul_scalar(cap)
+    match crate::cpu::soft_cap(&x, cap) {
+        Some(y) => y,
+        None => x.div_scalar(cap).tanh().mul_scalar(cap),
+    }
 }
 
 /// Query rows per block of causal attention: each block scores only the keys it can see, which
