@@ -14,7 +14,7 @@ use serde_json::{json, Map, Value};
 
 use crate::builder::{Builder, Meta};
 use crate::graph_read::*;
-use crate::hf_json::{f32_json, token_json, ConfigJson};
+use crate::hf_json::{f32_json, layer_types_json, token_json, ConfigJson};
 use crate::llama::{rope_from_hf, rope_object};
 use crate::{ArchId, ConfigError, Family};
 
@@ -298,13 +298,7 @@ impl GemmaConfig {
         };
         let window = specs.iter().find_map(|s| s.window);
         let (inter, _) = param_2d(g, "model.layers.0.mlp.gate_proj.weight")?;
-        let head = head_weight(g)?;
-        let tied = head == embed;
-        if !tied && head != "lm_head.weight" {
-            return Err(format!(
-                "the output linear reads '{head}', expected '{embed}' (tied) or 'lm_head.weight'"
-            ));
-        }
+        let tied = head_is_tied(g, embed)?;
         let final_cap = ops.iter().find_map(|op| match op {
             Op::SoftCap { cap } => Some(*cap),
             _ => None,
@@ -376,8 +370,9 @@ impl GemmaConfig {
                 format!("'{act}' is not supported (gelu_pytorch_tanh)"),
             ));
         }
-        let sliding: Vec<bool> = match c.json.get("layer_types") {
-            None | Some(Value::Null) => {
+        let sliding = match c.opt_layer_types(n_layers)? {
+            Some(types) => types,
+            None => {
                 let every =
                     c.opt_usize("sliding_window_pattern")?
                         .unwrap_or(if gemma2 { 2 } else { 6 });
@@ -385,27 +380,6 @@ impl GemmaConfig {
                     return Err(c.err("sliding_window_pattern", "must be at least 1"));
                 }
                 (0..n_layers).map(|i| (i + 1) % every != 0).collect()
-            }
-            Some(Value::Array(items)) if items.len() == n_layers => items
-                .iter()
-                .enumerate()
-                .map(|(i, t)| match t.as_str() {
-                    Some("full_attention") => Ok(false),
-                    Some("sliding_attention") => Ok(true),
-                    _ => Err(c.err(
-                        "layer_types",
-                        format!(
-                            "element {i}: {t} is not supported (full_attention, \
-                             sliding_attention)"
-                        ),
-                    )),
-                })
-                .collect::<Result<_, _>>()?,
-            Some(v) => {
-                return Err(c.err(
-                    "layer_types",
-                    format!("expected a list of {n_layers} layer types, got {v}"),
-                ))
             }
         };
         let (rope_global, rope_local) = match c.json.get("rope_parameters") {
@@ -432,16 +406,11 @@ impl GemmaConfig {
                     entry("sliding_attention", 10_000.0)?,
                 )
             }
+            // The Hub's form: `rope_theta` and `rope_scaling` for the global layers.
             _ => {
-                let scaling = match c.json.get("rope_scaling") {
-                    Some(Value::Object(o)) => rope_object(c, "rope_scaling", o)?.1,
-                    None | Some(Value::Null) => RopeScaling::None,
-                    Some(v) => {
-                        return Err(c.err("rope_scaling", format!("expected an object, got {v}")))
-                    }
-                };
+                let (theta, scaling) = rope_from_hf(c)?;
                 (
-                    (c.opt_f32("rope_theta")?.unwrap_or(1_000_000.0), scaling),
+                    (theta.unwrap_or(1_000_000.0), scaling),
                     (
                         c.opt_f32("rope_local_base_freq")?.unwrap_or(10_000.0),
                         RopeScaling::None,
@@ -449,15 +418,7 @@ impl GemmaConfig {
                 )
             }
         };
-        let window = match c.opt_usize("sliding_window")? {
-            Some(0) => {
-                return Err(c.err(
-                    "sliding_window",
-                    "a sliding window must span at least one position",
-                ))
-            }
-            w => w.unwrap_or(4096),
-        };
+        let window = c.opt_window("sliding_window")?.unwrap_or(4096);
         let heads = c.usize("num_attention_heads")?;
         Ok(GemmaConfig {
             arch: id,
@@ -537,18 +498,10 @@ impl GemmaConfig {
             f32_json(self.query_pre_attn_scalar),
         );
         m.insert("sliding_window".into(), json!(self.sliding_window));
-        let types: Vec<&str> = self
-            .sliding
-            .iter()
-            .map(|&s| {
-                if s {
-                    "sliding_attention"
-                } else {
-                    "full_attention"
-                }
-            })
-            .collect();
-        m.insert("layer_types".into(), json!(types));
+        m.insert(
+            "layer_types".into(),
+            layer_types_json(self.sliding.iter().copied()),
+        );
         m.insert("attention_bias".into(), json!(false));
         let cap = |c: Option<f32>| c.map_or(Value::Null, f32_json);
         m.insert(

@@ -62,6 +62,17 @@ pub(crate) fn ops_in_order(g: &Graph) -> Result<Vec<&Op>, String> {
         .collect())
 }
 
+/// Whether the head is tied to the embedding `embed`; an untied one must be `lm_head.weight`.
+pub(crate) fn head_is_tied(g: &Graph, embed: &str) -> Result<bool, String> {
+    let head = head_weight(g)?;
+    if head != embed && head != "lm_head.weight" {
+        return Err(format!(
+            "the output linear reads '{head}', expected '{embed}' (tied) or 'lm_head.weight'"
+        ));
+    }
+    Ok(head == embed)
+}
+
 /// The weight of the linear that produces the output `logits` (through Gemma 2's soft-cap).
 pub(crate) fn head_weight(g: &Graph) -> Result<String, String> {
     let outs = g.outputs();

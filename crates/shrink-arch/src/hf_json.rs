@@ -33,6 +33,42 @@ impl ConfigJson<'_> {
             .ok_or_else(|| self.err(field, "missing"))
     }
 
+    /// A sliding window (`field`): absent or null is none; zero is refused.
+    pub(crate) fn opt_window(&self, field: &str) -> Result<Option<usize>> {
+        match self.opt_usize(field)? {
+            Some(0) => Err(self.err(field, "a sliding window must span at least one position")),
+            w => Ok(w),
+        }
+    }
+
+    /// `layer_types`, one flag per layer: whether it is `sliding_attention` (else
+    /// `full_attention`); `None` when absent or null.
+    pub(crate) fn opt_layer_types(&self, layers: usize) -> Result<Option<Vec<bool>>> {
+        match self.json.get("layer_types") {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Array(items)) if items.len() == layers => items
+                .iter()
+                .enumerate()
+                .map(|(i, t)| match t.as_str() {
+                    Some("full_attention") => Ok(false),
+                    Some("sliding_attention") => Ok(true),
+                    _ => Err(self.err(
+                        "layer_types",
+                        format!(
+                            "element {i}: {t} is not supported (full_attention, \
+                             sliding_attention)"
+                        ),
+                    )),
+                })
+                .collect::<Result<Vec<_>>>()
+                .map(Some),
+            Some(v) => Err(self.err(
+                "layer_types",
+                format!("expected a list of {layers} layer types, got {v}"),
+            )),
+        }
+    }
+
     /// A required size within `1..=max` ([`crate::limits`]).
     pub(crate) fn bounded(&self, field: &str, max: usize) -> Result<usize> {
         crate::limits::dim(field, self.usize(field)?, max).map_err(|m| self.err(field, m))
@@ -128,6 +164,20 @@ pub(crate) fn f32_json(x: f32) -> Value {
         .ok()
         .and_then(serde_json::Number::from_f64)
         .map_or(Value::Null, Value::Number)
+}
+
+/// `layer_types` as transformers writes it, from one flag per layer (sliding or not).
+pub(crate) fn layer_types_json(sliding: impl Iterator<Item = bool>) -> Value {
+    let types: Vec<&str> = sliding
+        .map(|s| {
+            if s {
+                "sliding_attention"
+            } else {
+                "full_attention"
+            }
+        })
+        .collect();
+    Value::from(types)
 }
 
 pub(crate) fn token_json(t: Option<u32>) -> Value {

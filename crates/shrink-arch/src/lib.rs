@@ -147,6 +147,24 @@ pub struct FusedTensor {
     pub parts: Vec<String>,
 }
 
+impl FusedTensor {
+    /// Each part with the first of its rows in the fused tensor, and the fused tensor's rows in
+    /// all, given each part's rows.
+    pub fn layout(&self, rows: impl Fn(&str) -> usize) -> (Vec<(&str, usize)>, usize) {
+        let mut first = 0;
+        let parts = self
+            .parts
+            .iter()
+            .map(|p| {
+                let at = first;
+                first += rows(p);
+                (p.as_str(), at)
+            })
+            .collect();
+        (parts, first)
+    }
+}
+
 /// The normalised config of a model of any architecture.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ArchConfig {

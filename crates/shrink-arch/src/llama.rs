@@ -7,7 +7,7 @@ use serde_json::{json, Map, Value};
 
 use crate::builder::{Builder, Meta};
 use crate::graph_read::*;
-use crate::hf_json::{f32_json, token_json, ConfigJson};
+use crate::hf_json::{f32_json, layer_types_json, token_json, ConfigJson};
 use shrink_formats::gguf::{GgufError, GgufFile, MetaValue};
 
 use crate::{ArchId, ConfigError, Family, FusedTensor};
@@ -414,13 +414,7 @@ impl LlamaConfig {
             check_llama_layer(g, i, &l, head_dim)?;
             sizes.push(l);
         }
-        let head = head_weight(g)?;
-        let tied = head == embed;
-        if !tied && head != "lm_head.weight" {
-            return Err(format!(
-                "the output linear reads '{head}', expected '{embed}' (tied) or 'lm_head.weight'"
-            ));
-        }
+        let tied = head_is_tied(g, embed)?;
         let c = LlamaConfig {
             arch,
             vocab_size: vocab,
@@ -1158,14 +1152,10 @@ impl LlamaConfig {
                     "max_window_layers".into(),
                     json!(first.unwrap_or(self.num_layers())),
                 );
-                let types: Vec<&str> = windows
-                    .iter()
-                    .map(|w| match w {
-                        Some(_) => "sliding_attention",
-                        None => "full_attention",
-                    })
-                    .collect();
-                m.insert("layer_types".into(), json!(types));
+                m.insert(
+                    "layer_types".into(),
+                    layer_types_json(windows.iter().map(Option::is_some)),
+                );
             }
         }
         m.insert(
@@ -1309,42 +1299,20 @@ fn sliding_windows_from_hf(
     c: &ConfigJson<'_>,
     layers: usize,
 ) -> Result<Vec<Option<usize>>, ConfigError> {
-    let window = |field: &str| -> Result<Option<usize>, ConfigError> {
-        match c.opt_usize(field)? {
-            Some(0) => Err(c.err(field, "a sliding window must span at least one position")),
-            w => Ok(w),
-        }
-    };
     match id {
-        ArchId::Mistral | ArchId::Phi3 => Ok(vec![window("sliding_window")?; layers]),
+        ArchId::Mistral | ArchId::Phi3 => Ok(vec![c.opt_window("sliding_window")?; layers]),
         ArchId::Qwen2 | ArchId::Qwen3 => {
             let on = c.opt_bool("use_sliding_window")?.unwrap_or(false);
-            let w = if on { window("sliding_window")? } else { None };
-            let sliding: Vec<bool> = match c.json.get("layer_types") {
-                None | Some(Value::Null) => {
+            let w = if on {
+                c.opt_window("sliding_window")?
+            } else {
+                None
+            };
+            let sliding = match c.opt_layer_types(layers)? {
+                Some(types) => types,
+                None => {
                     let from = c.opt_usize("max_window_layers")?.unwrap_or(28);
                     (0..layers).map(|i| i >= from).collect()
-                }
-                Some(Value::Array(items)) if items.len() == layers => items
-                    .iter()
-                    .enumerate()
-                    .map(|(i, t)| match t.as_str() {
-                        Some("full_attention") => Ok(false),
-                        Some("sliding_attention") => Ok(true),
-                        _ => Err(c.err(
-                            "layer_types",
-                            format!(
-                                "element {i}: {t} is not supported (full_attention, \
-                                 sliding_attention)"
-                            ),
-                        )),
-                    })
-                    .collect::<Result<_, _>>()?,
-                Some(v) => {
-                    return Err(c.err(
-                        "layer_types",
-                        format!("expected a list of {layers} layer types, got {v}"),
-                    ))
                 }
             };
             Ok(sliding.into_iter().map(|s| w.filter(|_| s)).collect())

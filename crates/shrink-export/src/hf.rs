@@ -199,10 +199,21 @@ fn tokenizer_files(
     Ok((text, config))
 }
 
-/// The fused checkpoint tensor `f`: its parts' rows stacked, all of one float dtype and width.
+/// safetensors' dtype of a float parameter; `None` for i64, which no weight has.
+fn st_dtype(d: DType) -> Option<Dtype> {
+    match d {
+        DType::F32 => Some(Dtype::F32),
+        DType::F16 => Some(Dtype::F16),
+        DType::BF16 => Some(Dtype::BF16),
+        DType::I64 => None,
+    }
+}
+
+/// The fused checkpoint tensor `f` from its float `parts` (in its order): their rows stacked,
+/// all of one dtype and width.
 fn stacked<'m>(
-    model: &'m Model,
     f: &shrink_arch::FusedTensor,
+    parts: &[&'m TensorData],
     st_path: &Path,
 ) -> Result<Tensor<'m>> {
     let terr = |message: String| ExportError::Tensor {
@@ -210,26 +221,14 @@ fn stacked<'m>(
         tensor: f.name.clone(),
         message,
     };
-    let mut parts = Vec::with_capacity(f.parts.len());
-    for p in &f.parts {
-        let d = model
-            .weights
-            .get(p)
-            .ok_or_else(|| terr(format!("its part '{p}' has no data in the weight store")))?;
-        if d.ty.quant.is_some() {
-            return Err(terr(format!(
-                "its part '{p}' is quantized ({}), and parts are stacked only as floats",
-                d.ty
-            )));
-        }
-        parts.push(d);
-    }
-    let first = parts.first().ok_or_else(|| terr("has no parts".into()))?;
+    let (first, rest) = parts
+        .split_first()
+        .ok_or_else(|| terr("has no parts".into()))?;
     let (dtype, cols) = (first.ty.dtype, first.ty.shape[1]);
     if let Some((p, d)) = f
         .parts
         .iter()
-        .zip(&parts)
+        .zip(parts)
         .find(|(_, d)| d.ty.dtype != dtype || d.ty.shape[1] != cols)
     {
         return Err(terr(format!(
@@ -237,19 +236,13 @@ fn stacked<'m>(
             d.ty, f.parts[0], first.ty
         )));
     }
-    let st_dtype = match dtype {
-        DType::F32 => Dtype::F32,
-        DType::F16 => Dtype::F16,
-        DType::BF16 => Dtype::BF16,
-        DType::I64 => return Err(terr("dtype i64 cannot be a weight".into())),
-    };
-    let rows = parts.iter().map(|d| d.ty.shape[0]).sum();
+    let st = st_dtype(dtype).ok_or_else(|| terr("dtype i64 cannot be a weight".into()))?;
     Ok(Tensor {
         data: first,
-        dtype: st_dtype,
-        shape: vec![rows, cols],
+        dtype: st,
+        shape: vec![parts.iter().map(|d| d.ty.shape[0]).sum(), cols],
         transpose: false,
-        stacked: parts[1..].to_vec(),
+        stacked: rest.to_vec(),
     })
 }
 
@@ -284,16 +277,19 @@ pub fn write(
     let mut schemes = Map::new();
     // Parts are stacked back into the checkpoint's fused tensor when all are floats; quantized
     // parts (shrink's format, which transformers does not read anyway) are written as they are.
-    let fused: Vec<_> = cfg
+    let fused: Vec<(shrink_arch::FusedTensor, Vec<&TensorData>)> = cfg
         .fused_tensors()
         .into_iter()
-        .filter(|f| {
-            f.parts
+        .filter_map(|f| {
+            let parts = f
+                .parts
                 .iter()
-                .all(|p| model.weights.get(p).is_some_and(|d| d.ty.quant.is_none()))
+                .map(|p| model.weights.get(p).filter(|d| d.ty.quant.is_none()))
+                .collect::<Option<Vec<_>>>()?;
+            Some((f, parts))
         })
         .collect();
-    let is_part = |n: &str| fused.iter().any(|f| f.parts.iter().any(|p| p == n));
+    let is_part = |n: &str| fused.iter().any(|(f, _)| f.parts.iter().any(|p| p == n));
     // Gemma's norms go back to the checkpoint's `w` of `1 + w`, in the checkpoint's dtype.
     let mut shifted = BTreeMap::new();
     for (name, ty) in g.params() {
@@ -319,8 +315,8 @@ pub fn write(
         let back = TensorData::from_f32(dtype, ty.shape.clone(), &v).map_err(terr)?;
         shifted.insert(name.clone(), back);
     }
-    for f in &fused {
-        tensors.push((f.name.clone(), stacked(model, f, &st_path)?));
+    for (f, parts) in &fused {
+        tensors.push((f.name.clone(), stacked(f, parts, &st_path)?));
     }
     for (name, ty) in g.params().iter().filter(|(n, _)| !is_part(n)) {
         let terr = |message: String| ExportError::Tensor {
@@ -352,12 +348,8 @@ pub fn write(
             ));
             continue;
         }
-        let dtype = match ty.dtype {
-            DType::F32 => Dtype::F32,
-            DType::F16 => Dtype::F16,
-            DType::BF16 => Dtype::BF16,
-            DType::I64 => return Err(terr("dtype i64 cannot be a weight".into())),
-        };
+        let dtype =
+            st_dtype(ty.dtype).ok_or_else(|| terr("dtype i64 cannot be a weight".into()))?;
         let transpose = cfg.stored_transposed(name) && ty.shape.len() == 2;
         let shape = if transpose {
             ty.shape.iter().rev().copied().collect()

@@ -49,7 +49,7 @@ pub fn load_model(file: &GgufFile, opts: &crate::LoadOptions) -> Result<Model> {
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let fused = fused_rows(file, &cfg, &graph);
+    let (fused, head_dim) = (fused_rows(file, &cfg, &graph), cfg.head_dim());
     for (hf, want) in names {
         let gname = cfg.gguf_name(&hf).unwrap_or_else(|| hf.clone());
         if let Some((info, first)) = fused.get(&hf) {
@@ -90,7 +90,6 @@ pub fn load_model(file: &GgufFile, opts: &crate::LoadOptions) -> Result<Model> {
             _ => 1,
         };
         let permuted = cfg.gguf_permuted_heads(&hf);
-        let head_dim = cfg.head_dim();
         let data = match (kept_scheme(info.ggml_type), want.shape.as_slice()) {
             (Some(scheme), [_, cols]) => {
                 let ty = ParamType::quantized(scheme, want.shape.clone());
@@ -173,15 +172,12 @@ fn fused_rows<'f>(
         let Some(info) = file.tensor(&f.name) else {
             continue;
         };
-        let rows = |p: &String| graph.param(p).map_or(0, |t| t.shape[0]);
-        let total: usize = f.parts.iter().map(rows).sum();
+        let (parts, total) = f.layout(|p| graph.param(p).map_or(0, |t| t.shape[0]));
         if info.dims.len() != 2 || info.dims[1] as usize != total {
             continue;
         }
-        let mut first = 0;
-        for p in &f.parts {
-            of.insert(p.clone(), (info, first));
-            first += rows(p);
+        for (p, first) in parts {
+            of.insert(p.to_string(), (info, first));
         }
     }
     of
@@ -189,7 +185,7 @@ fn fused_rows<'f>(
 
 /// Rows `first..first + shape[0]` of the 2-D tensor `info`, as [`load_model`] keeps its type:
 /// ggml's Q8_0/Q4_0/Q4_1 mapped in place (whole packed rows), F16/BF16 copied, the rest
-/// dequantized.
+/// dequantized (those rows alone: ggml blocks never straddle rows).
 fn rows_of(
     file: &GgufFile,
     info: &TensorInfo,
@@ -208,29 +204,33 @@ fn rows_of(
     let range = file
         .tensor_range(info)
         .ok_or("its data lies outside the file")?;
-    if let Some(scheme) = kept_scheme(info.ggml_type) {
-        let rb = scheme.row_bytes(cols);
-        let ty = ParamType::quantized(scheme, shape.to_vec());
-        return TensorData::mapped(ty, file.map().clone(), range.start + first * rb, rows * rb);
+    let ty = info.ggml_type;
+    let rb = cols / ty.block_size().max(1) * ty.type_size();
+    let (start, len) = (range.start + first * rb, rows * rb);
+    if start + len > range.end {
+        return Err(format!(
+            "rows {first}..{} lie outside its data",
+            first + rows
+        ));
     }
-    match info.ggml_type {
+    if let Some(scheme) = kept_scheme(ty) {
+        let ty = ParamType::quantized(scheme, shape.to_vec());
+        return TensorData::mapped(ty, file.map().clone(), start, len);
+    }
+    let bytes = &file.map()[start..start + len];
+    match ty {
         GgmlType::F16 | GgmlType::BF16 => {
-            let dtype = if info.ggml_type == GgmlType::F16 {
+            let dtype = if ty == GgmlType::F16 {
                 DType::F16
             } else {
                 DType::BF16
             };
-            let rb = cols * 2;
-            let bytes = file.tensor_data(info)[first * rb..(first + rows) * rb].to_vec();
-            TensorData::from_bytes(ParamType::new(dtype, shape.to_vec()), bytes)
+            TensorData::from_bytes(ParamType::new(dtype, shape.to_vec()), bytes.to_vec())
         }
         _ => {
-            let v = file.dequantize(info).map_err(|e| e.to_string())?;
-            TensorData::from_f32(
-                DType::F32,
-                shape.to_vec(),
-                &v[first * cols..(first + rows) * cols],
-            )
+            let v = shrink_formats::gguf::dequantize(ty, bytes, rows * cols)
+                .map_err(|e| e.to_string())?;
+            TensorData::from_f32(DType::F32, shape.to_vec(), &v)
         }
     }
 }

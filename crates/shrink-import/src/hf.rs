@@ -263,19 +263,16 @@ struct RowsOf {
 fn fused_rows(graph: &Graph, fused: &[shrink_arch::FusedTensor]) -> BTreeMap<String, RowsOf> {
     let mut of = BTreeMap::new();
     for f in fused {
-        let rows = |n: &String| graph.param(n).map_or(0, |p| p.shape[0]);
-        let total = f.parts.iter().map(rows).sum();
-        let mut first = 0;
-        for part in &f.parts {
+        let (parts, total) = f.layout(|n| graph.param(n).map_or(0, |p| p.shape[0]));
+        for (part, first) in parts {
             of.insert(
-                part.clone(),
+                part.to_string(),
                 RowsOf {
                     tensor: f.name.clone(),
                     first,
                     rows: total,
                 },
             );
-            first += rows(part);
         }
     }
     of

@@ -229,19 +229,19 @@ pub(crate) fn silu<B: Backend>(x: &Tensor<B, 3>) -> Option<Tensor<B, 3>> {
     to_backend(y, x.dims())
 }
 
-/// `cap · tanh(x / cap)` (Gemma 2's logits: a vocabulary's width per position), as `cap - 2·cap /
-/// (exp(2x / cap) + 1)`, the values shared among the cores; `None` for other backends.
-pub(crate) fn soft_cap<B: Backend>(x: &Tensor<B, 3>, cap: f32) -> Option<Tensor<B, 3>> {
-    let (k, two_c) = (2.0 / cap, 2.0 * cap);
+/// `f` of every value of a CPU tensor, the values shared among the cores; `None` for other
+/// backends.
+fn par_map<B: Backend>(x: &Tensor<B, 3>, f: impl Fn(f32) -> f32 + Sync) -> Option<Tensor<B, 3>> {
     let y = with_values(x, |xv| {
         let mut out = vec![0.0f32; xv.len()];
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let per = xv.len().div_ceil(threads).max(1);
         std::thread::scope(|sc| {
             for (src, dst) in xv.chunks(per).zip(out.chunks_mut(per)) {
+                let f = &f;
                 sc.spawn(move || {
                     for (o, &v) in dst.iter_mut().zip(src) {
-                        *o = cap - two_c / ((v * k).exp() + 1.0);
+                        *o = f(v);
                     }
                 });
             }
@@ -251,27 +251,27 @@ pub(crate) fn soft_cap<B: Backend>(x: &Tensor<B, 3>, cap: f32) -> Option<Tensor<
     to_backend(y, x.dims())
 }
 
+/// `cap · tanh(x / cap)` as `cap - 2·cap / (exp(2x / cap) + 1)`: one `exp`, cheaper than
+/// `tanh`; exact at both ends, within ~1e-7·cap near 0. The host attention caps its scores so.
+#[inline(always)]
+pub(crate) fn soft_cap_value(x: f32, cap: f32) -> f32 {
+    cap - 2.0 * cap / ((x * (2.0 / cap)).exp() + 1.0)
+}
+
+/// `cap · tanh(x / cap)` of every value (Gemma 2's logits: a vocabulary's width per position);
+/// `None` for other backends.
+pub(crate) fn soft_cap<B: Backend>(x: &Tensor<B, 3>, cap: f32) -> Option<Tensor<B, 3>> {
+    par_map(x, |v| soft_cap_value(v, cap))
+}
+
 /// GELU with the tanh approximation, `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))` (torch's
-/// `gelu(approximate="tanh")`), the values shared among the cores; `None` for other backends.
-/// burn's `gelu_approximate` makes a pass and an allocation per operation.
+/// `gelu(approximate="tanh")`); `None` for other backends. burn's `gelu_approximate` makes a
+/// pass and an allocation per operation.
 pub(crate) fn gelu_tanh<B: Backend>(x: &Tensor<B, 3>) -> Option<Tensor<B, 3>> {
     const K: f32 = 0.797_884_6; // √(2/π)
-    let y = with_values(x, |xv| {
-        let mut out = vec![0.0f32; xv.len()];
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let per = xv.len().div_ceil(threads).max(1);
-        std::thread::scope(|sc| {
-            for (src, dst) in xv.chunks(per).zip(out.chunks_mut(per)) {
-                sc.spawn(move || {
-                    for (o, &v) in dst.iter_mut().zip(src) {
-                        *o = 0.5 * v * (1.0 + (K * (v + 0.044715 * v * v * v)).tanh());
-                    }
-                });
-            }
-        });
-        out
-    })?;
-    to_backend(y, x.dims())
+    par_map(x, |v| {
+        0.5 * v * (1.0 + (K * (v + 0.044715 * v * v * v)).tanh())
+    })
 }
 
 /// `log softmax(row)[target]` of each row of `logits [1, n, vocab]` against `targets` (`n`

@@ -166,7 +166,7 @@ pub fn prepare<'m>(model: &'m Model, tokenizer: &Tokenizer, path: &Path) -> Resu
             message,
         })?;
     }
-    let fused = cfg.gguf_fused_tensors();
+    let (fused, head_dim) = (cfg.gguf_fused_tensors(), cfg.head_dim());
     for hf in names {
         let terr = |message: String| ExportError::Tensor {
             path: path.to_path_buf(),
@@ -203,7 +203,6 @@ pub fn prepare<'m>(model: &'m Model, tokenizer: &Tokenizer, path: &Path) -> Resu
             });
         // q/k biases were refused above, so only their weights match here.
         let heads = cfg.gguf_permuted_heads(hf);
-        let head_dim = cfg.head_dim();
         let bytes = match (heads, data.ty.shape.as_slice()) {
             (Some(h), [rows, cols]) if *rows == h * head_dim => {
                 // Bytes of one row: whole packed rows (their blocks) move for a quantized tensor.
