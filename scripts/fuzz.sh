@@ -5,5 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-10000}
+bash scripts/fetch-llamacpp-vocab.sh >/dev/null   # the SentencePiece vocabulary of the tokenizer target
 cargo build --release -p shrink-fuzz --quiet
 target/release/shrink-fuzz --runs "$n" --seed "${SEED:-0}" "${@:2}"

@@ -64,3 +64,164 @@ fn decode_inverts_encode() {
         assert_eq!(tok.decode(&ids).expect("decode"), text);
     }
 }
+
+/// Each vocabulary-only GGUF of llama.cpp's source tree (`scripts/fetch-llamacpp-vocab.sh`)
+/// tokenizes llama.cpp's test texts, ours and chat-like texts exactly as `llama-tokenize` does
+/// (`fixtures/vocab/make_llamacpp_tokens.py`), with special-token text parsed and not.
+fn check_llamacpp_vocab(name: &str) {
+    let (file, cases) = llamacpp_vocab(name);
+    let mut tok = Tokenizer::from_gguf(&file).expect("tokenizer");
+    check_cases(name, &mut tok, &cases);
+    // Decoding gives the text back (BOS/EOS, which have none, left out).
+    let plain = |id: &u32| Some(*id) != tok.bos_to_add() && Some(*id) != tok.eos_to_add();
+    for (text, parse, ids) in &cases {
+        if !parse {
+            let ids: Vec<u32> = ids.iter().copied().filter(plain).collect();
+            assert_eq!(&tok.decode(&ids).expect("decode"), text, "{name}: decode");
+        }
+    }
+}
+
+/// A vocabulary GGUF and its llama.cpp cases: (text, parse_special, ids).
+fn llamacpp_vocab(
+    name: &str,
+) -> (
+    shrink_formats::gguf::GgufFile,
+    Vec<(String, bool, Vec<u32>)>,
+) {
+    let golden: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture(&format!("vocab/{name}.json"))).expect("golden"),
+    )
+    .expect("json");
+    let path = crate::common::repo()
+        .join("models/vocab")
+        .join(golden["vocab"].as_str().expect("vocab"));
+    let mut file = shrink_formats::gguf::GgufFile::open(&path)
+        .unwrap_or_else(|e| panic!("{e} (run scripts/fetch-llamacpp-vocab.sh)"));
+    if let Some(pre) = name.strip_suffix("-default").map(|_| "default") {
+        file.metadata.insert(
+            "tokenizer.ggml.pre".into(),
+            shrink_formats::gguf::MetaValue::String(pre.into()),
+        );
+    }
+    let cases: Vec<_> = golden["cases"]
+        .as_array()
+        .expect("cases")
+        .iter()
+        .map(|c| {
+            let ids = c["ids"].as_array().expect("ids").iter();
+            (
+                c["text"].as_str().expect("text").to_string(),
+                c["parse_special"].as_bool().expect("parse_special"),
+                ids.map(|i| i.as_u64().expect("id") as u32).collect(),
+            )
+        })
+        .collect();
+    assert!(cases.len() > 100, "{name}: {} cases", cases.len());
+    (file, cases)
+}
+
+fn check_cases(name: &str, tok: &mut Tokenizer, cases: &[(String, bool, Vec<u32>)]) {
+    let mut wrong = Vec::new();
+    for (text, parse, want) in cases {
+        let got = tok.encode(text, *parse).expect("encode");
+        if &got != want {
+            wrong.push(format!(
+                "{text:?} (parse_special {parse}):\n  got  {got:?}\n  want {want:?}"
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{name}: {} of {} differ from llama.cpp:\n{}",
+        wrong.len(),
+        cases.len(),
+        wrong.join("\n")
+    );
+}
+
+/// Llama 3's and Qwen2's tokenizers as their tokenizer.json writes them (Hugging Face's
+/// original regex, with `(?i:…)`) tokenize as llama.cpp does, and GGUF export names their
+/// pre-tokenizer so that llama.cpp's rebuild from that metadata tokenizes the same again.
+#[test]
+fn hub_tokenizer_json_of_llama3_and_qwen2_round_trips_through_gguf() {
+    use shrink_formats::gguf::MetaValue;
+    for (name, pre) in [("llama-bpe", "llama-bpe"), ("qwen2", "qwen2")] {
+        let (mut file, cases) = llamacpp_vocab(name);
+        let tok = Tokenizer::from_gguf(&file).expect("tokenizer");
+        let mut json: serde_json::Value =
+            serde_json::from_str(&tok.hf().expect("bpe").to_string(false).expect("json"))
+                .expect("json");
+        let split = &mut json["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"];
+        let hub = split.as_str().expect("regex").replace(
+            "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])",
+            "(?i:'s|'t|'re|'ve|'m|'ll|'d)",
+        );
+        assert_ne!(split.as_str(), Some(hub.as_str()));
+        *split = serde_json::Value::String(hub);
+        let dir = crate::common::scratch(&format!("tokenizer-{name}"));
+        let path = dir.join("tokenizer.json");
+        std::fs::write(&path, json.to_string()).expect("write");
+        let mut hub_tok = Tokenizer::from_file(&path).expect("tokenizer.json");
+        // tokenizer.json adds BOS through its post-processor, which this one has none of.
+        let bos = tok.bos_to_add();
+        let no_bos: Vec<_> = cases
+            .iter()
+            .map(|(t, p, ids)| {
+                let ids = ids.iter().copied().skip(usize::from(bos.is_some()));
+                (t.clone(), *p, ids.collect())
+            })
+            .collect();
+        check_cases(name, &mut hub_tok, &no_bos);
+        let meta = shrink_formats::tokenizer::gguf_metadata(&hub_tok, tok.vocab_size(), bos, None)
+            .expect("gguf metadata");
+        let get = |k: &str| {
+            meta.iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(
+            get("tokenizer.ggml.pre"),
+            Some(MetaValue::String(pre.into()))
+        );
+        file.metadata.retain(|k, _| !k.starts_with("tokenizer."));
+        file.metadata.extend(meta);
+        let mut again = Tokenizer::from_gguf(&file).expect("rebuilt");
+        check_cases(name, &mut again, &no_bos);
+    }
+}
+
+#[test]
+fn gguf_gpt2_tokenizes_as_llama_cpp() {
+    check_llamacpp_vocab("gpt-2");
+}
+
+#[test]
+fn gguf_default_pre_tokenizer_tokenizes_as_llama_cpp() {
+    check_llamacpp_vocab("gpt-2-default");
+}
+
+#[test]
+fn gguf_starcoder_tokenizes_as_llama_cpp() {
+    check_llamacpp_vocab("starcoder");
+}
+
+#[test]
+fn gguf_llama3_tokenizes_as_llama_cpp() {
+    check_llamacpp_vocab("llama-bpe");
+}
+
+#[test]
+fn gguf_qwen2_tokenizes_as_llama_cpp() {
+    check_llamacpp_vocab("qwen2");
+}
+
+#[test]
+fn gguf_sentencepiece_tokenizes_as_llama_cpp() {
+    check_llamacpp_vocab("llama-spm");
+}
+
+#[test]
+fn gguf_phi3_sentencepiece_tokenizes_as_llama_cpp() {
+    check_llamacpp_vocab("phi-3");
+}

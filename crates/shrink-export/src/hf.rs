@@ -155,35 +155,61 @@ fn tokenizer_files(
         message,
     };
     let mut text = tok
-        .inner()
+        .hf()
+        .ok_or_else(|| {
+            err("llama.cpp's SentencePiece tokenizer cannot be written as tokenizer.json".into())
+        })?
         .to_string(false)
         .map_err(|e| err(format!("cannot serialise: {e}")))?;
-    // A GGUF tokenizer that prepends BOS does it outside the `tokenizers` pipeline; in
+    // A GGUF tokenizer that adds BOS or EOS does it outside the `tokenizers` pipeline; in
     // tokenizer.json that is a post-processor.
-    if let Some(id) = tok.bos_to_add() {
+    if tok.bos_to_add().is_some() || tok.eos_to_add().is_some() {
         let mut j: Value =
             serde_json::from_str(&text).map_err(|e| err(format!("cannot re-read: {e}")))?;
         if !j.get("post_processor").is_none_or(Value::is_null) {
             return Err(err(
-                "adds BOS both itself and through its post-processor".into()
+                "adds BOS or EOS both itself and through its post-processor".into(),
             ));
         }
-        let name = tok
-            .inner()
-            .id_to_token(id)
-            .ok_or_else(|| err(format!("BOS id {id} is not in the vocabulary")))?;
-        let special = |type_id: u32| json!({"SpecialToken": {"id": name, "type_id": type_id}});
+        let name = |id: u32| {
+            tok.id_to_token(id)
+                .ok_or_else(|| err(format!("token id {id} is not in the vocabulary")))
+        };
+        let mut single = Vec::new();
+        let mut pair = Vec::new();
+        let mut specials = serde_json::Map::new();
+        let special =
+            |name: &str, type_id: u32| json!({"SpecialToken": {"id": name, "type_id": type_id}});
         let seq = |id: &str, type_id: u32| json!({"Sequence": {"id": id, "type_id": type_id}});
+        let bos = tok.bos_to_add().map(name).transpose()?;
+        let eos = tok.eos_to_add().map(name).transpose()?;
+        for (seq_id, type_id) in [("A", 0), ("B", 1)] {
+            let part: Vec<Value> = bos
+                .iter()
+                .map(|b| special(b, type_id))
+                .chain([seq(seq_id, type_id)])
+                .chain(eos.iter().map(|e| special(e, type_id)))
+                .collect();
+            if seq_id == "A" {
+                single.extend(part.iter().cloned());
+            }
+            pair.extend(part);
+        }
+        for (n, id) in [(&bos, tok.bos_to_add()), (&eos, tok.eos_to_add())] {
+            if let (Some(n), Some(id)) = (n, id) {
+                specials.insert(n.clone(), json!({"id": n, "ids": [id], "tokens": [n]}));
+            }
+        }
         j["post_processor"] = json!({
             "type": "TemplateProcessing",
-            "single": [special(0), seq("A", 0)],
-            "pair": [special(0), seq("A", 0), special(1), seq("B", 1)],
-            "special_tokens": {name.clone(): {"id": name, "ids": [id], "tokens": [name]}},
+            "single": single,
+            "pair": pair,
+            "special_tokens": specials,
         });
         text = serde_json::to_string(&j).map_err(|e| err(e.to_string()))?;
     }
     let token = |id: Option<u32>| {
-        id.and_then(|i| tok.inner().id_to_token(i))
+        id.and_then(|i| tok.id_to_token(i))
             .map_or(Value::Null, Value::String)
     };
     let config = json!({
@@ -191,7 +217,7 @@ fn tokenizer_files(
         "bos_token": token(bos),
         "eos_token": token(eos),
         "add_bos_token": tok.bos_to_add().is_some(),
-        "add_eos_token": false,
+        "add_eos_token": tok.eos_to_add().is_some(),
         "clean_up_tokenization_spaces": false,
         "model_max_length": context,
     });

@@ -50,6 +50,8 @@ pub struct Env {
     pub base_model: Model,
     tok_json: Tokenizer,
     tok_gguf: Tokenizer,
+    /// llama.cpp's SentencePiece, from its Llama 2 vocabulary GGUF.
+    tok_spm: Tokenizer,
     registry: shrink_passes::Registry,
     tokenizer_json: Vec<u8>,
 }
@@ -218,12 +220,18 @@ impl Env {
         let tok_gguf = shrink_import::load(&work.join("seeds/llama.gguf"))?
             .tokenizer
             .context("the seed GGUF has a tokenizer")?;
+        let spm = repo.join("models/vocab/ggml-vocab-llama-spm.gguf");
+        let tok_spm = shrink_formats::gguf::GgufFile::open(&spm)
+            .map_err(anyhow::Error::from)
+            .and_then(|f| Ok(Tokenizer::from_gguf(&f)?))
+            .with_context(|| format!("{} (scripts/fetch-llamacpp-vocab.sh)", spm.display()))?;
         let base_model = shrink_import::load(&repo.join("fixtures/tiny-llama"))?.model;
         Ok(Env {
             work,
             base_model,
             tok_json,
             tok_gguf,
+            tok_spm,
             registry: shrink_passes::Registry::builtin(),
             tokenizer_json: std::fs::read(&tj_path)?,
         })
@@ -418,16 +426,31 @@ impl Env {
             "tokenizer" => {
                 let bytes = &input.parts[0].1;
                 let text = String::from_utf8_lossy(bytes);
-                for tok in [&mut self.tok_json, &mut self.tok_gguf] {
+                for (tok, spm) in [
+                    (&mut self.tok_json, false),
+                    (&mut self.tok_gguf, false),
+                    (&mut self.tok_spm, true),
+                ] {
                     let ids = match tok.encode(&text, false) {
                         Ok(ids) => ids,
                         Err(_) => continue,
                     };
-                    // Byte-level BPE loses nothing.
+                    let ends = [tok.bos_to_add(), tok.eos_to_add()];
+                    let ids: Vec<u32> = ids
+                        .into_iter()
+                        .filter(|i| !ends.contains(&Some(*i)))
+                        .collect();
+                    // Byte-level BPE loses nothing; SentencePiece only the difference between
+                    // "▁" and a space.
                     let back = tok
                         .decode(&ids)
                         .map_err(|e| anyhow::anyhow!("decode: {e}"))?;
-                    if back != text {
+                    let want = if spm {
+                        text.replace('\u{2581}', " ")
+                    } else {
+                        text.to_string()
+                    };
+                    if back != want {
                         bail!("decode(encode(text)) != text ({} ids)", ids.len());
                     }
                     // Arbitrary ids: decoded or refused, never a panic.

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use super::Tokenizer;
+use super::{gguf_pre, Tokenizer};
 use crate::gguf::MetaValue;
 use serde_json::Value;
 
@@ -26,7 +26,8 @@ pub fn gguf_metadata(
         return from_gguf(m, vocab_size);
     }
     let text = tok
-        .inner()
+        .hf()
+        .ok_or("a SentencePiece tokenizer not read from GGUF cannot be written to GGUF")?
         .to_string(false)
         .map_err(|e| format!("cannot serialise: {e}"))?;
     let json: Value =
@@ -56,7 +57,7 @@ fn field<'v>(v: &'v Value, path: &str) -> Option<&'v Value> {
 }
 
 /// llama.cpp's pre-tokenizer name for the `pre_tokenizer` of a `tokenizer.json`.
-fn pre_name(pre: &Value) -> Result<&'static str, String> {
+fn pre_name(pre: &Value, ignore_merges: bool) -> Result<&'static str, String> {
     let ty = |v: &Value| {
         v.get("type")
             .and_then(Value::as_str)
@@ -72,26 +73,69 @@ fn pre_name(pre: &Value) -> Result<&'static str, String> {
                 .unwrap_or(false)
     };
     if byte_level_ok(pre) {
-        return Ok("gpt2");
+        return Ok("gpt-2");
     }
     if ty(pre) == "Sequence" {
-        if let Some([d, b]) = pre
+        let steps = pre
             .get("pretokenizers")
             .and_then(Value::as_array)
             .map(Vec::as_slice)
-        {
+            .unwrap_or(&[]);
+        if let [d, b] = steps {
             let digits = ty(d) == "Digits"
                 && d.get("individual_digits").and_then(Value::as_bool) == Some(true);
             if digits && byte_level_ok(b) {
                 return Ok("smollm");
             }
         }
+        // Regex splits (isolated, not inverted), then bytes without ByteLevel's own regex: the
+        // form of Llama 3's and Qwen2's tokenizer.json, and of the tokenizers shrink rebuilds
+        // from GGUF.
+        if let [splits @ .., last] = steps {
+            let bytes_only = ty(last) == "ByteLevel"
+                && last.get("use_regex").and_then(Value::as_bool) == Some(false)
+                && !last
+                    .get("add_prefix_space")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
+            let regexes: Option<Vec<&str>> = splits
+                .iter()
+                .map(|s| {
+                    let plain = ty(s) == "Split"
+                        && s.get("behavior").and_then(Value::as_str) == Some("Isolated")
+                        && s.get("invert").and_then(Value::as_bool) != Some(true);
+                    plain
+                        .then(|| field(s, "pattern.Regex").and_then(Value::as_str))
+                        .flatten()
+                })
+                .collect();
+            if let (true, Some(regexes)) = (bytes_only, regexes) {
+                for name in SPLIT_PRE {
+                    let Some(p) = gguf_pre(name) else { continue };
+                    let hf = p.hf_regex.map(|r| vec![r]);
+                    if regexes == p.regexes || Some(&regexes) == hf.as_ref() {
+                        if p.ignore_merges != ignore_merges {
+                            return Err(format!(
+                                "its pre-tokenizer is llama.cpp's '{name}', which has \
+                                 ignore_merges {}, but the BPE has {ignore_merges}",
+                                p.ignore_merges
+                            ));
+                        }
+                        return Ok(name);
+                    }
+                }
+            }
+        }
     }
     Err(format!(
         "pre-tokenizer {pre} has no llama.cpp equivalent shrink knows (ByteLevel with its regex \
-         and no prefix space: 'gpt2'; Digits(individual) then ByteLevel: 'smollm')"
+         and no prefix space: 'gpt-2'; Digits(individual) then ByteLevel: 'smollm'; the regex \
+         splits of 'llama-bpe', 'qwen2' or 'default' then ByteLevel without its regex)"
     ))
 }
+
+/// The GGUF pre-tokenizers written as regex splits, in the order they are recognised.
+const SPLIT_PRE: [&str; 3] = ["llama-bpe", "qwen2", "default"];
 
 /// What the post-processor adds around a single sequence: (BOS id, EOS id), each if any.
 fn post_adds(pp: &Value) -> Result<(Option<u32>, Option<u32>), String> {
@@ -182,7 +226,14 @@ fn from_json(
             j["normalizer"]
         ));
     }
-    let pre = pre_name(j.get("pre_tokenizer").unwrap_or(&Value::Null))?;
+    let ignore_merges = model
+        .get("ignore_merges")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let pre = pre_name(
+        j.get("pre_tokenizer").unwrap_or(&Value::Null),
+        ignore_merges,
+    )?;
 
     // Tokens by id: the BPE vocabulary, then the added tokens.
     let mut tokens: Vec<Option<(String, i32)>> = vec![None; vocab_size];
@@ -304,17 +355,17 @@ mod tests {
     #[test]
     fn pre_tokenizer_names() {
         let bl = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
-        assert_eq!(pre_name(&bl).unwrap(), "gpt2");
+        assert_eq!(pre_name(&bl, false).unwrap(), "gpt-2");
         let seq = json!({"type": "Sequence", "pretokenizers": [
             {"type": "Digits", "individual_digits": true}, bl]});
-        assert_eq!(pre_name(&seq).unwrap(), "smollm");
+        assert_eq!(pre_name(&seq, false).unwrap(), "smollm");
         let split = json!({"type": "Sequence", "pretokenizers": [
             {"type": "Split", "pattern": {"Regex": "x"}}, {"type": "ByteLevel", "use_regex": false}]});
-        assert!(pre_name(&split)
+        assert!(pre_name(&split, false)
             .unwrap_err()
             .contains("no llama.cpp equivalent"));
         let prefix = json!({"type": "ByteLevel", "add_prefix_space": true, "use_regex": true});
-        assert!(pre_name(&prefix).is_err());
+        assert!(pre_name(&prefix, false).is_err());
     }
 
     #[test]
@@ -365,7 +416,7 @@ mod tests {
             assert_eq!(get(&m, "tokenizer.ggml.merges"), Some(strs(&["a b"])));
             assert_eq!(
                 get(&m, "tokenizer.ggml.pre"),
-                Some(MetaValue::String("gpt2".into()))
+                Some(MetaValue::String("gpt-2".into()))
             );
             assert_eq!(
                 get(&m, "tokenizer.ggml.bos_token_id"),
