@@ -41,6 +41,63 @@ fn tiny_llama_gguf_matches_transformers() {
     check("tiny-llama/tiny-llama.gguf", "tiny-llama");
 }
 
+/// GGUFs written by llama.cpp's own converter (fixtures/converter/make_converter_ggufs.py)
+/// import to transformers' logits, and to the Hugging Face import's, for every family.
+#[test]
+fn gguf_files_of_llama_cpps_converter_import_with_transformers_logits() {
+    for name in [
+        "tiny-llama",
+        "tiny-llama3",
+        "tiny-qwen2",
+        "tiny-qwen3",
+        "tiny-phi3",
+        "tiny-gemma2",
+        "tiny-gemma3",
+        "tiny-llama-spm",
+    ] {
+        let gguf = shrink_import::load(&fixture(&format!("converter/{name}.gguf"))).expect("gguf");
+        // What the converter read: the fixture, or for Gemma a copy whose config says what GGUF
+        // can (llama.cpp's query_pre_attn_scalar and local/global layers; see the script).
+        let hf_dir = if name.starts_with("tiny-gemma") {
+            let (dir, mut config) = copy_with_config(name, &format!("converter-{name}"));
+            config["query_pre_attn_scalar"] = config["head_dim"].clone();
+            if config["model_type"] == "gemma3_text" {
+                let n = config["num_hidden_layers"].as_u64().expect("layers") as usize;
+                config["layer_types"] = serde_json::json!(vec!["sliding_attention"; n]);
+            }
+            std::fs::write(dir.join("config.json"), config.to_string()).expect("config");
+            dir
+        } else {
+            check(&format!("converter/{name}.gguf"), name);
+            fixture(name)
+        };
+        let hf = shrink_import::load(&hf_dir).expect("hf");
+        let ids = golden_ids(&fixture(&format!("{name}/golden.safetensors")));
+        let logits = |m: &shrink_ir::Model| {
+            Engine::new(m, Device::Cpu)
+                .expect("engine")
+                .logits(&ids)
+                .expect("forward")
+        };
+        let (a, b) = (logits(&gguf.model), logits(&hf.model));
+        let d = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(d < 1e-5, "{name}: GGUF and HF imports differ by {d:e}");
+        // The tokenizer the converter wrote tokenizes as the fixture's tokenizer.json.
+        let text = "First Citizen:\nBefore we proceed any further, hear me speak. 1234";
+        let mut tg = gguf.tokenizer.expect("gguf tokenizer");
+        let mut th = hf.tokenizer.expect("hf tokenizer");
+        assert_eq!(
+            tg.encode(text, false).expect("encode"),
+            th.encode(text, false).expect("encode"),
+            "{name}: tokens"
+        );
+    }
+}
+
 #[test]
 fn tiny_llama3_rope_scaling_matches_transformers_from_both_config_forms() {
     // transformers 5's form, as the fixture was saved: `rope_parameters` with rope_type llama3.

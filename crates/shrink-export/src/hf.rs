@@ -438,6 +438,10 @@ pub fn write(
             .map_err(io("tokenizer_config.json"))?;
         written.extend(["tokenizer.json", "tokenizer_config.json"]);
     }
+    if let Some(sp) = tokenizer.and_then(Tokenizer::sentencepiece) {
+        std::fs::write(tmp.join("tokenizer.model"), &sp.bytes).map_err(io("tokenizer.model"))?;
+        written.push("tokenizer.model");
+    }
     staged.commit()?;
     Ok(written.into_iter().map(|n| dir.join(n)).collect())
 }

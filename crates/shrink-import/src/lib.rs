@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 pub use error::{ImportError, Result};
 
+use shrink_formats::tokenizer::SentencePieceModel;
 use shrink_formats::Tokenizer;
 use shrink_ir::Model;
 
@@ -71,8 +72,19 @@ pub fn load_with(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
     // A Hugging Face model, with the `tokenizer.json` in `dir` if there is one.
     let hf = |dir: &Path, model: &dyn Fn() -> Result<Model>| -> Result<Loaded> {
         let tj = dir.join("tokenizer.json");
+        // A SentencePiece `tokenizer.model` beside it is kept: GGUF export writes its scores.
+        let sp = dir.join("tokenizer.model");
         let (model, tokenizer) = concurrently(model, || {
-            tj.exists().then(|| Tokenizer::from_file(&tj)).transpose()
+            tj.exists()
+                .then(|| {
+                    let tok = Tokenizer::from_file(&tj)?;
+                    Ok::<_, shrink_formats::TokenizerError>(if sp.is_file() {
+                        tok.with_sentencepiece(SentencePieceModel::read(&sp)?)
+                    } else {
+                        tok
+                    })
+                })
+                .transpose()
         });
         Ok(Loaded {
             model: model?,

@@ -1,6 +1,7 @@
 //! Tokenizers: Hugging Face `tokenizer.json` through the `tokenizers` crate, or a byte-level BPE
 //! rebuilt from GGUF metadata that tokenizes exactly as llama.cpp does.
 
+mod sentencepiece;
 mod spm;
 mod to_gguf;
 
@@ -18,6 +19,7 @@ use tokenizers::{AddedToken, SplitDelimiterBehavior};
 
 use crate::gguf::{GgufFile, MetaValue};
 
+pub use sentencepiece::SentencePieceModel;
 pub use to_gguf::gguf_metadata;
 
 /// A tokenizer that cannot be read or rebuilt, naming its file.
@@ -118,6 +120,9 @@ pub struct Tokenizer {
     /// The `tokenizer.*` metadata of the GGUF file it was rebuilt from (exporters write it back
     /// unchanged); `None` for a `tokenizer.json`.
     gguf_metadata: Option<BTreeMap<String, MetaValue>>,
+    /// The SentencePiece `tokenizer.model` beside a `tokenizer.json`, if any: its scores are what
+    /// GGUF export writes for a SentencePiece vocabulary.
+    sentencepiece: Option<std::sync::Arc<SentencePieceModel>>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -143,6 +148,7 @@ impl Tokenizer {
             eos_to_add: None,
             post_process: true,
             gguf_metadata: None,
+            sentencepiece: None,
         })
     }
 
@@ -240,6 +246,7 @@ impl Tokenizer {
             eos_to_add,
             post_process: false,
             gguf_metadata: Some(gguf_metadata),
+            sentencepiece: None,
         })
     }
 
@@ -316,6 +323,17 @@ impl Tokenizer {
     /// file's `add_bos_token`), if any.
     pub fn bos_to_add(&self) -> Option<u32> {
         self.bos_to_add
+    }
+
+    /// This tokenizer with the SentencePiece model its `tokenizer.json` was made from.
+    pub fn with_sentencepiece(mut self, model: SentencePieceModel) -> Tokenizer {
+        self.sentencepiece = Some(std::sync::Arc::new(model));
+        self
+    }
+
+    /// The SentencePiece `tokenizer.model` this tokenizer came with, if any.
+    pub fn sentencepiece(&self) -> Option<&SentencePieceModel> {
+        self.sentencepiece.as_deref()
     }
 
     /// The id appended to every encoded text outside the tokenizer's own post-processor (a GGUF

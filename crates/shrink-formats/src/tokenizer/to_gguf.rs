@@ -32,7 +32,113 @@ pub fn gguf_metadata(
         .map_err(|e| format!("cannot serialise: {e}"))?;
     let json: Value =
         serde_json::from_str(&text).map_err(|e| format!("cannot read its own JSON: {e}"))?;
-    from_json(&json, vocab_size, bos, eos)
+    match tok.sentencepiece() {
+        Some(sp) => from_sentencepiece(sp, &json, vocab_size, bos, eos),
+        None => from_json(&json, vocab_size, bos, eos),
+    }
+}
+
+/// A SentencePiece vocabulary as llama.cpp's converter writes it (`_set_vocab_sentencepiece`):
+/// the pieces of `tokenizer.model` with their scores, padded to the model's vocabulary with
+/// unused `[PAD{id}]` tokens; each added token of `tokenizer.json` (standing for
+/// tokenizer_config.json's `added_tokens_decoder`, the same list) as a control token when special
+/// or special-looking, else user-defined, with score -1000; BOS/EOS added as its post-processor
+/// adds them.
+fn from_sentencepiece(
+    sp: &super::SentencePieceModel,
+    j: &Value,
+    vocab_size: usize,
+    bos: Option<u32>,
+    eos: Option<u32>,
+) -> Result<Vec<(String, MetaValue)>, String> {
+    use super::sentencepiece::{looks_special, GGUF_CONTROL, GGUF_USER_DEFINED};
+    if sp.pieces.len() > vocab_size {
+        return Err(format!(
+            "tokenizer.model has {} pieces but the model's vocabulary has {vocab_size}",
+            sp.pieces.len()
+        ));
+    }
+    let mut tokens: Vec<String> = (0..vocab_size).map(|i| format!("[PAD{i}]")).collect();
+    let mut scores = vec![-10000f32; vocab_size];
+    let mut types = vec![UNUSED; vocab_size];
+    for (i, p) in sp.pieces.iter().enumerate() {
+        tokens[i] = p.text.clone();
+        scores[i] = p.score;
+        types[i] = p.gguf_type();
+    }
+    for a in j
+        .get("added_tokens")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+    {
+        let (Some(id), Some(text)) = (
+            a.get("id").and_then(Value::as_u64),
+            a.get("content").and_then(Value::as_str),
+        ) else {
+            return Err(format!("added token {a} has no id or content"));
+        };
+        let Some(i) = usize::try_from(id).ok().filter(|&i| i < vocab_size) else {
+            return Err(format!(
+                "added token '{text}' has id {id}, outside the model's vocabulary of {vocab_size}"
+            ));
+        };
+        let special = a.get("special").and_then(Value::as_bool).unwrap_or(false);
+        if special || looks_special(text) {
+            types[i] = GGUF_CONTROL;
+            tokens[i] = text.to_string();
+        } else {
+            types[i] = GGUF_USER_DEFINED;
+            tokens[i] = text.replace('\u{2581}', " ");
+        }
+        scores[i] = -1000.0;
+    }
+    let (add_bos, add_eos) = post_adds(j.get("post_processor").unwrap_or(&Value::Null))?;
+    let strings = |v: Vec<String>| MetaValue::Array(v.into_iter().map(MetaValue::String).collect());
+    let mut out = vec![
+        (
+            "tokenizer.ggml.model".to_string(),
+            MetaValue::String("llama".into()),
+        ),
+        (
+            "tokenizer.ggml.pre".to_string(),
+            MetaValue::String("default".into()),
+        ),
+        ("tokenizer.ggml.tokens".to_string(), strings(tokens)),
+        (
+            "tokenizer.ggml.scores".to_string(),
+            MetaValue::Array(scores.into_iter().map(MetaValue::F32).collect()),
+        ),
+        (
+            "tokenizer.ggml.token_type".to_string(),
+            MetaValue::Array(types.into_iter().map(MetaValue::I32).collect()),
+        ),
+    ];
+    let ids = [
+        ("bos_token_id", add_bos.or(bos)),
+        ("eos_token_id", add_eos.or(eos)),
+        ("unknown_token_id", sp.unknown_id()),
+    ];
+    for (key, id) in ids {
+        if let Some(id) = id {
+            out.push((format!("tokenizer.ggml.{key}"), MetaValue::U32(id)));
+        }
+    }
+    out.push((
+        "tokenizer.ggml.add_bos_token".into(),
+        MetaValue::Bool(add_bos.is_some()),
+    ));
+    if add_eos.is_some() {
+        out.push(("tokenizer.ggml.add_eos_token".into(), MetaValue::Bool(true)));
+    }
+    // llama.cpp prepends the space unless told otherwise.
+    if !sp.add_dummy_prefix {
+        out.push((
+            "tokenizer.ggml.add_space_prefix".into(),
+            MetaValue::Bool(false),
+        ));
+    }
+    Ok(out)
 }
 
 fn from_gguf(
