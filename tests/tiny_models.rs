@@ -79,13 +79,9 @@ fn gguf_files_of_llama_cpps_converter_import_with_transformers_logits() {
                 .logits(&ids)
                 .expect("forward")
         };
-        let (a, b) = (logits(&gguf.model), logits(&hf.model));
-        let d = a
-            .iter()
-            .zip(&b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0f32, f32::max);
-        assert!(d < 1e-5, "{name}: GGUF and HF imports differ by {d:e}");
+        let hf_logits: Vec<f64> = logits(&hf.model).into_iter().map(f64::from).collect();
+        let d = max_abs_diff(&logits(&gguf.model), &hf_logits);
+        assert!(d < TOL, "{name}: GGUF and HF imports differ by {d:e}");
         // The tokenizer the converter wrote tokenizes as the fixture's tokenizer.json.
         let text = "First Citizen:\nBefore we proceed any further, hear me speak. 1234";
         let mut tg = gguf.tokenizer.expect("gguf tokenizer");
