@@ -12,7 +12,7 @@ use burn::tensor::Tensor;
 use shrink_ir::AttentionSpec;
 
 use crate::cpu::with_values;
-use crate::interp::{rope_cos_sin, transpose};
+use crate::interp::transpose;
 
 /// Query rows per work item: small enough to balance causal rows of unequal length.
 const ROWS_PER_ITEM: usize = 64;
@@ -23,11 +23,23 @@ pub(crate) fn attention<B: Backend>(
     k: &Tensor<B, 3>,
     v: &Tensor<B, 3>,
     spec: &AttentionSpec,
-    rope: Option<shrink_ir::Rope>,
+    rope: Option<&(Tensor<B, 2>, Tensor<B, 2>)>,
     past: usize,
     causal: bool,
 ) -> Option<Tensor<B, 3>> {
     let [b, s, _] = q.dims();
+    // The interpreter's tables for these positions, computed once per forward for all layers.
+    let tables = match (rope, spec.rope) {
+        (Some((cos, sin)), Some(r)) => Some((
+            crate::cpu::with_values(cos, <[f32]>::to_vec)?,
+            crate::cpu::with_values(sin, <[f32]>::to_vec)?,
+            r.dim / 2,
+        )),
+        _ => None,
+    };
+    let rope = tables
+        .as_ref()
+        .map(|(c, s, h)| (c.as_slice(), s.as_slice(), *h));
     let (heads, kv_heads, d) = (spec.heads, spec.kv_heads, spec.head_dim);
     // The three have one backend: on the CPU all are read in place, elsewhere none.
     let out = with_values(q, |q| {
@@ -71,7 +83,7 @@ struct Shape {
 }
 
 /// `q [b, s, heads·d]`, `k`, `v [b, t, kv_heads·d]` (rows of tokens, heads side by side) →
-/// `[b, s, heads·d]`. RoPE (`theta`, rotated dims) applies at positions `past..` to queries
+/// `[b, s, heads·d]`. RoPE (`cos`, `sin [s, half]` of positions `past..`) applies to queries
 /// and keys alike (no cache: the keys are the queries' own positions); with `causal`, query `i`
 /// sees keys `0..=past + i`, and with a sliding `window` only the last `window` of those.
 #[allow(clippy::too_many_arguments)]
@@ -80,7 +92,7 @@ fn compute(
     k: &[f32],
     v: &[f32],
     sh: Shape,
-    rope: Option<shrink_ir::Rope>,
+    rope: Option<RopeRows>,
     past: usize,
     causal: bool,
     window: Option<usize>,
@@ -98,12 +110,12 @@ fn compute(
     let g = heads / kv_heads.max(1);
     // Per head, contiguous `[positions, d]`, rotated; queries also scaled.
     let scale = sh.scale;
-    let qh = per_head(q, b, s, heads, d, rope, past, scale);
+    let qh = per_head(q, b, s, heads, d, rope, scale);
     // Keys transposed, `[d, tp]` per head with the key axis padded with zeros to a multiple of
     // the tiles' width: a row's scores are then `d` vector updates of the score row instead of
     // `t` dot products that each end in a horizontal sum.
     let tp = t.next_multiple_of(KEY_TILE);
-    let kh: Vec<f32> = per_head(k, b, t, kv_heads, d, rope, past, 1.0)
+    let kh: Vec<f32> = per_head(k, b, t, kv_heads, d, rope, 1.0)
         .chunks_exact(t * d)
         .flat_map(|head| {
             let kt = transpose(head, t, d);
@@ -115,7 +127,7 @@ fn compute(
         })
         .collect();
     let tiled = tiles_fit(d);
-    let vh = per_head(v, b, t, kv_heads, d, None, 0, 1.0);
+    let vh = per_head(v, b, t, kv_heads, d, None, 1.0);
     let chunks = s.div_ceil(ROWS_PER_ITEM);
     let items = b * heads * chunks;
     let next = AtomicUsize::new(0);
@@ -295,12 +307,7 @@ unsafe fn rows_tiled_avx2(
         let row = &mut scores[r * tp + least..r * tp + most];
         let (before, rest) = row.split_at_mut(first[r] - least);
         let (live, after) = rest.split_at_mut(seen[r] - first[r]);
-        cap(live, softcap);
-        let max = live.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-        for sc in live.iter_mut() {
-            *sc = (*sc - max).exp();
-            *sum += *sc;
-        }
+        *sum = softmax_unnormalised(live, softcap);
         before.fill(0.0);
         after.fill(0.0);
     }
@@ -326,13 +333,41 @@ unsafe fn rows_tiled_avx2(
     }
 }
 
-/// Soft-caps scores in place: `cap · tanh(s / cap)`.
-fn cap(scores: &mut [f32], softcap: Option<f32>) {
+/// Scores soft-capped (`cap · tanh(s / cap)`) when `softcap` is set, then `exp(s - max)` in
+/// place; returns their sum. Inlined into the AVX2 callers. The max and the sum are kept in
+/// `LANES` partial results, so that every loop vectorises (a single running sum is a chain the
+/// compiler must keep in order).
+#[inline(always)]
+fn softmax_unnormalised(scores: &mut [f32], softcap: Option<f32>) -> f32 {
+    const LANES: usize = 8;
     if let Some(c) = softcap {
         for s in scores.iter_mut() {
             *s = crate::cpu::soft_cap_value(*s, c);
         }
     }
+    let mut maxes = [f32::NEG_INFINITY; LANES];
+    let mut chunks = scores.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for (m, &x) in maxes.iter_mut().zip(chunk) {
+            *m = m.max(x);
+        }
+    }
+    let max = chunks
+        .remainder()
+        .iter()
+        .chain(&maxes)
+        .fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    for s in scores.iter_mut() {
+        *s = crate::cpu::exp(*s - max);
+    }
+    let mut sums = [0.0f32; LANES];
+    let mut chunks = scores.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for (t, &x) in sums.iter_mut().zip(chunk) {
+            *t += x;
+        }
+    }
+    chunks.remainder().iter().chain(&sums).sum()
 }
 
 /// One query row: scores against the `scores.len()` keys from key `first` (soft-capped when
@@ -394,13 +429,7 @@ fn row_portable(
             *sc += qk * x;
         }
     }
-    cap(scores, softcap);
-    let max = scores.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-    let mut sum = 0.0f32;
-    for sc in scores.iter_mut() {
-        *sc = (*sc - max).exp();
-        sum += *sc;
-    }
+    let sum = softmax_unnormalised(scores, softcap);
     out.fill(0.0);
     for (j, &p) in scores.iter().enumerate() {
         for (o, &x) in out.iter_mut().zip(&values[j * d..(j + 1) * d]) {
@@ -412,22 +441,22 @@ fn row_portable(
     }
 }
 
-/// `x [b, n, heads·d]` → `[b, heads, n, d]`, RoPE applied at positions `first..` (rotating
-/// the first `dim` features of each head in two halves, as `interp::apply_rope`), times `scale`.
-#[allow(clippy::too_many_arguments)]
+/// RoPE's `cos` and `sin`, `[positions, half]` row-major, and `half` (rotated dims / 2).
+type RopeRows<'a> = (&'a [f32], &'a [f32], usize);
+
+/// `x [b, n, heads·d]` → `[b, heads, n, d]`, RoPE applied (rotating the first `2·half`
+/// features of each head in two halves, as `interp::apply_rope`), times `scale`.
 fn per_head(
     x: &[f32],
     b: usize,
     n: usize,
     heads: usize,
     d: usize,
-    rope: Option<shrink_ir::Rope>,
-    first: usize,
+    rope: Option<RopeRows>,
     scale: f32,
 ) -> Vec<f32> {
     let mut out = vec![0.0f32; b * heads * n * d];
-    let half = rope.map_or(0, |r| r.dim / 2);
-    let (cos, sin) = rope.map_or((Vec::new(), Vec::new()), |r| rope_cos_sin(&r, first, n));
+    let (cos, sin, half) = rope.unwrap_or((&[], &[], 0));
     for p in 0..n {
         let (cos, sin) = (
             &cos[p * half..(p + 1) * half],

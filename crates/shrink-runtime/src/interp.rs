@@ -715,6 +715,16 @@ impl<B: Backend> Interpreter<B> {
         let mut slots: Vec<Option<Val<B>>> = (0..self.n_slots).map(|_| None).collect();
         let mut out = None;
         for step in &self.steps {
+            // An elementwise kernel's operand at its last use leaves its slot, so that the
+            // kernel can work in place (`cpu::par_map`).
+            let in_place = matches!(step.kernel, Kernel::Activation(_) | Kernel::SoftCap(_))
+                && step.release.contains(&step.inputs[0]);
+            let mut owned = None;
+            if in_place {
+                if let Some(Val::Hidden(t)) = slots[step.inputs[0]].take() {
+                    owned = Some(t);
+                }
+            }
             let hidden = |i: usize| -> Result<Tensor<B, 3>> {
                 match slots[step.inputs[i]].as_ref() {
                     Some(Val::Hidden(t)) => Ok(t.clone()),
@@ -814,11 +824,17 @@ impl<B: Backend> Interpreter<B> {
                         mask.as_ref(),
                     ))]
                 }
-                Kernel::Activation(a) => vec![Val::Hidden(activate(hidden(0)?, *a))],
+                Kernel::Activation(a) => {
+                    let x = owned.map_or_else(|| hidden(0), Ok)?;
+                    vec![Val::Hidden(activate(x, *a))]
+                }
                 Kernel::Add => vec![Val::Hidden(hidden(0)? + hidden(1)?)],
                 Kernel::Mul => vec![Val::Hidden(hidden(0)? * hidden(1)?)],
                 Kernel::Scale(f) => vec![Val::Hidden(hidden(0)?.mul_scalar(*f))],
-                Kernel::SoftCap(c) => vec![Val::Hidden(soft_cap(hidden(0)?, *c))],
+                Kernel::SoftCap(c) => {
+                    let x = owned.map_or_else(|| hidden(0), Ok)?;
+                    vec![Val::Hidden(soft_cap(x, *c))]
+                }
                 Kernel::Output => {
                     let y = hidden(0)?;
                     out = Some(match &rows {
@@ -988,13 +1004,13 @@ pub(crate) fn norm<B: Backend>(
 pub(crate) fn activate<B: Backend>(x: Tensor<B, 3>, a: Activation) -> Tensor<B, 3> {
     match a {
         // x·sigmoid(x) with one exp: burn's default sigmoid takes three transcendental passes.
-        Activation::Silu => match crate::cpu::silu(&x) {
-            Some(y) => y,
-            None => x.clone() / (x.neg().exp() + 1.0),
+        Activation::Silu => match crate::cpu::silu(x) {
+            Ok(y) => y,
+            Err(x) => x.clone() / (x.neg().exp() + 1.0),
         },
-        Activation::GeluTanh => match crate::cpu::gelu_tanh(&x) {
-            Some(y) => y,
-            None => activation::gelu_approximate(x),
+        Activation::GeluTanh => match crate::cpu::gelu_tanh(x) {
+            Ok(y) => y,
+            Err(x) => activation::gelu_approximate(x),
         },
         // From erf: burn 0.21's own gelu differentiates the tanh approximation instead.
         Activation::Gelu => x.clone() * ((x / std::f64::consts::SQRT_2).erf() + 1.0) * 0.5,
@@ -1029,9 +1045,9 @@ pub(crate) fn apply_rope<B: Backend>(
 
 /// `cap · tanh(x / cap)`: on the host for the CPU backend.
 pub(crate) fn soft_cap<B: Backend>(x: Tensor<B, 3>, cap: f32) -> Tensor<B, 3> {
-    match crate::cpu::soft_cap(&x, cap) {
-        Some(y) => y,
-        None => x.div_scalar(cap).tanh().mul_scalar(cap),
+    match crate::cpu::soft_cap(x, cap) {
+        Ok(y) => y,
+        Err(x) => x.div_scalar(cap).tanh().mul_scalar(cap),
     }
 }
 
@@ -1054,10 +1070,7 @@ pub(crate) fn attention<B: Backend>(
 ) -> Tensor<B, 3> {
     if cache.is_none() {
         let causal = spec.causal && mask.is_some();
-        let host_rope = spec.rope.filter(|_| rope.is_some());
-        if let Some(out) =
-            crate::host_attention::attention(&q, &k, &v, spec, host_rope, past, causal)
-        {
+        if let Some(out) = crate::host_attention::attention(&q, &k, &v, spec, rope, past, causal) {
             return out;
         }
     }

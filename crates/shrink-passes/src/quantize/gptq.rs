@@ -416,6 +416,18 @@ impl Rows {
     }
 }
 
+/// `acc[r] = Σ_{c ∈ cols} x[c·rows + r] · y[c·rows + r]` in f64 for every row `r`: the columns
+/// in order, each a contiguous run over the rows (a row's sum in its own order of columns).
+fn group_dots(x: &[f32], y: &[f32], rows: usize, cols: std::ops::Range<usize>, acc: &mut [f64]) {
+    acc.fill(0.0);
+    for c in cols {
+        let (xc, yc) = (&x[c * rows..(c + 1) * rows], &y[c * rows..(c + 1) * rows]);
+        for ((a, xv), yv) in acc.iter_mut().zip(xc).zip(yc) {
+            *a += *xv as f64 * *yv as f64;
+        }
+    }
+}
+
 /// Refits the group scales of `rows` rows of `w` (`[rows, cols]`, groups of `g` columns) for
 /// their fixed `codes`: per row, the scales `d` minimising `(w − Σ d_g·v_g)ᵀ H (w − Σ d_g·v_g)`,
 /// `v_g` the unit-scale values of group `g`'s codes, solve `A d = b` with `A = VᵀHV` and
@@ -457,26 +469,24 @@ fn refit_scales(
     let mut a = vec![0.0f64; rows * gg];
     let mut b = vec![0.0f64; rows * groups];
     let mut hcols = vec![0.0f32; n * g];
+    let mut acc = vec![0.0f64; rows];
     for gj in 0..groups {
         // H[:, group j] · V[group j, :] = H·v_j for every row at once: `[n, rows]`.
         for i in 0..n {
             hcols[i * g..(i + 1) * g].copy_from_slice(&h[i * n + gj * g..i * n + gj * g + g]);
         }
         let hv = matmul(&hcols, &v[gj * g * rows..(gj + 1) * g * rows], n, g, rows);
-        for r in 0..rows {
-            for gi in 0..groups {
-                let s: f64 = (gi * g..gi * g + g)
-                    .map(|c| v[c * rows + r] as f64 * hv[c * rows + r] as f64)
-                    .sum();
-                a[r * gg + gi * groups + gj] = s;
+        for gi in 0..groups {
+            group_dots(&v, &hv, rows, gi * g..gi * g + g, &mut acc);
+            for (r, s) in acc.iter().enumerate() {
+                a[r * gg + gi * groups + gj] = *s;
             }
         }
     }
-    for r in 0..rows {
-        for gi in 0..groups {
-            b[r * groups + gi] = (gi * g..gi * g + g)
-                .map(|c| v[c * rows + r] as f64 * hw[c * rows + r] as f64)
-                .sum();
+    for gi in 0..groups {
+        group_dots(&v, &hw, rows, gi * g..gi * g + g, &mut acc);
+        for (r, s) in acc.iter().enumerate() {
+            b[r * groups + gi] = *s;
         }
     }
     let mut losses = Vec::with_capacity(rows);
