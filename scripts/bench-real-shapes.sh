@@ -5,8 +5,8 @@
 # wall time, which includes the random init, and the eval's own tokens/s; perplexity of random
 # weights means nothing); with --gptq first, also pipelines/real-shapes-gptq.ron (GPTQ Q4_0,
 # 8 × 512 calibration tokens) to a GGUF: its pass time, the run's wall time and peak RSS. The
-# tokenizer is the tiny
-# Llama 3 fixture's (384 tokens, ids valid for every vocabulary): only the shapes matter here.
+# tokenizer is the tiny Llama 3 fixture's (384 tokens, ids valid for every vocabulary): only the
+# shapes matter here.
 #   bash scripts/bench-real-shapes.sh [--gptq] [NAME...]     (default: all four)
 set -euo pipefail
 cd "$(dirname "$0")/.."
