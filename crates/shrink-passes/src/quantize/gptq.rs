@@ -416,17 +416,117 @@ impl Rows {
     }
 }
 
-/// `acc[r] = Σ_{c ∈ cols} x[c·rows + r] · y[c·rows + r]` in f64 for every row `r`: the columns
-/// in order, each a contiguous run over the rows (a row's sum in its own order of columns).
-fn group_dots(x: &[f32], y: &[f32], rows: usize, cols: std::ops::Range<usize>, acc: &mut [f64]) {
+/// `acc[k] = Σ_{c ∈ cols} x[c·rows + r0 + k] · y[c·rows + r0 + k]` in f64 for the rows
+/// `r0..r0 + acc.len()`: the columns in order, each a contiguous run over the rows (a row's sum
+/// in its own order of columns, whichever run of rows a thread takes).
+fn group_dots(
+    x: &[f32],
+    y: &[f32],
+    rows: usize,
+    r0: usize,
+    cols: std::ops::Range<usize>,
+    acc: &mut [f64],
+) {
     acc.fill(0.0);
+    let nr = acc.len();
     for c in cols {
-        let (xc, yc) = (&x[c * rows..(c + 1) * rows], &y[c * rows..(c + 1) * rows]);
+        let at = c * rows + r0;
+        let (xc, yc) = (&x[at..at + nr], &y[at..at + nr]);
         for ((a, xv), yv) in acc.iter_mut().zip(xc).zip(yc) {
             *a += *xv as f64 * *yv as f64;
         }
     }
 }
+
+/// `a[k][gi][gj] = v_giᵀ · H[gi, gj] · v_gj` for the rows `r0 + k` (`a`: `[rows, groups,
+/// groups]`), `v` the unit-scale values transposed (`[n, rows]`). The same arithmetic as an
+/// sgemm of `H[:, gj]` by `v[gj]` followed by [`group_dots`] (each `H·v` entry one multiply-add
+/// chain over the group's columns in order, fused where the sgemm fuses), but a block of `H` by
+/// a run of rows at a time, in cache: no `[n, rows]` product per group ever leaves it.
+fn quadratic_forms(
+    h: &[f32],
+    v: &[f32],
+    n: usize,
+    rows: usize,
+    g: usize,
+    r0: usize,
+    a: &mut [f64],
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has FMA, checked just above.
+            return unsafe { quadratic_forms_fma(h, v, n, rows, g, r0, a) };
+        }
+        quadratic_forms_with::<false>(h, v, n, rows, g, r0, a)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    quadratic_forms_with::<true>(h, v, n, rows, g, r0, a)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quadratic_forms_fma(
+    h: &[f32],
+    v: &[f32],
+    n: usize,
+    rows: usize,
+    g: usize,
+    r0: usize,
+    a: &mut [f64],
+) {
+    quadratic_forms_with::<true>(h, v, n, rows, g, r0, a)
+}
+
+#[inline(always)]
+fn quadratic_forms_with<const FUSED: bool>(
+    h: &[f32],
+    v: &[f32],
+    n: usize,
+    rows: usize,
+    g: usize,
+    r0: usize,
+    a: &mut [f64],
+) {
+    let groups = n / g;
+    let gg = groups * groups;
+    let nr = a.len() / gg;
+    // This run of rows packed `[n, REFIT_ROWS]`, zero past its last row: in `v` a column's
+    // rows are `rows` apart, a power of two that would alias in the cache.
+    let mut vl = vec![0.0f32; n * REFIT_ROWS];
+    for (c, dst) in vl.chunks_exact_mut(REFIT_ROWS).enumerate() {
+        dst[..nr].copy_from_slice(&v[c * rows + r0..c * rows + r0 + nr]);
+    }
+    for gj in 0..groups {
+        let vj = &vl[gj * g * REFIT_ROWS..(gj + 1) * g * REFIT_ROWS];
+        for gi in 0..groups {
+            let mut acc = [0.0f64; REFIT_ROWS];
+            for c in gi * g..(gi + 1) * g {
+                let mut hv = [0.0f32; REFIT_ROWS];
+                let hc = &h[c * n + gj * g..c * n + (gj + 1) * g];
+                for (&hk, vk) in hc.iter().zip(vj.chunks_exact(REFIT_ROWS)) {
+                    for (t, &x) in hv.iter_mut().zip(vk) {
+                        *t = if FUSED {
+                            hk.mul_add(x, *t)
+                        } else {
+                            *t + hk * x
+                        };
+                    }
+                }
+                let vc = &vl[c * REFIT_ROWS..(c + 1) * REFIT_ROWS];
+                for ((s, &x), &y) in acc.iter_mut().zip(vc).zip(&hv) {
+                    *s += x as f64 * y as f64;
+                }
+            }
+            for (k, s) in acc[..nr].iter().enumerate() {
+                a[k * gg + gi * groups + gj] = *s;
+            }
+        }
+    }
+}
+
+/// Rows per task of the refit's host loops: enough that a task outweighs its scheduling.
+const REFIT_ROWS: usize = 64;
 
 /// Refits the group scales of `rows` rows of `w` (`[rows, cols]`, groups of `g` columns) for
 /// their fixed `codes`: per row, the scales `d` minimising `(w − Σ d_g·v_g)ᵀ H (w − Σ d_g·v_g)`,
@@ -434,7 +534,9 @@ fn group_dots(x: &[f32], y: &[f32], rows: usize, cols: std::ops::Range<usize>, a
 /// `b = VᵀHw`. Each row keeps whichever of its old and new (stored-rounded) scales scores lower.
 /// Returns each row's output error for the scales it keeps, less the row's constant `wᵀHw`
 /// (so rows compare across code choices); schemes without a unit scale are left as they are
-/// (`None`).
+/// (`None`). `Hwᵀ` runs on the calibration device; `VᵀHV` ([`quadratic_forms`]) and the
+/// per-row solves, which grow with the square and cube of the group count, on the host's
+/// thread pool by runs of rows.
 #[allow(clippy::too_many_arguments)]
 fn refit_scales(
     w: &[f32],
@@ -447,6 +549,7 @@ fn refit_scales(
     params: &mut [GroupParams],
     matmul: Matmul<'_>,
 ) -> Option<Vec<f64>> {
+    use rayon::prelude::*;
     let n = cols;
     let groups = cols / g;
     let unit = params.first().and_then(|p| scheme.unit_scale(p))?;
@@ -468,68 +571,120 @@ fn refit_scales(
     let gg = groups * groups;
     let mut a = vec![0.0f64; rows * gg];
     let mut b = vec![0.0f64; rows * groups];
-    let mut hcols = vec![0.0f32; n * g];
-    let mut acc = vec![0.0f64; rows];
-    for gj in 0..groups {
-        // H[:, group j] · V[group j, :] = H·v_j for every row at once: `[n, rows]`.
-        for i in 0..n {
-            hcols[i * g..(i + 1) * g].copy_from_slice(&h[i * n + gj * g..i * n + gj * g + g]);
-        }
-        let hv = matmul(&hcols, &v[gj * g * rows..(gj + 1) * g * rows], n, g, rows);
-        for gi in 0..groups {
-            group_dots(&v, &hv, rows, gi * g..gi * g + g, &mut acc);
-            for (r, s) in acc.iter().enumerate() {
-                a[r * gg + gi * groups + gj] = *s;
-            }
-        }
-    }
-    for gi in 0..groups {
-        group_dots(&v, &hw, rows, gi * g..gi * g + g, &mut acc);
-        for (r, s) in acc.iter().enumerate() {
-            b[r * groups + gi] = *s;
-        }
-    }
-    let mut losses = Vec::with_capacity(rows);
-    for r in 0..rows {
-        let a = &a[r * gg..(r + 1) * gg];
-        let b = &b[r * groups..(r + 1) * groups];
-        let old: Vec<f64> = (0..groups)
-            .map(|gi| params[r * groups + gi].scale as f64)
-            .collect();
-        // The loss up to a constant: dᵀAd − 2dᵀb.
-        let loss = |a: &[f64], d: &[f64]| -> f64 {
-            let mut l = 0.0;
-            for i in 0..groups {
-                let ad: f64 = (0..groups).map(|j| a[i * groups + j] * d[j]).sum();
-                l += d[i] * ad - 2.0 * d[i] * b[i];
-            }
-            l
-        };
-        let before = loss(a, &old);
-        // A group of zero-valued codes has no scale to fit: pin it to its old one.
-        let mut sys = a.to_vec();
-        let mut rhs = b.to_vec();
-        for gi in 0..groups {
-            if sys[gi * groups + gi] <= 0.0 {
-                for j in 0..groups {
-                    sys[gi * groups + j] = 0.0;
-                    sys[j * groups + gi] = 0.0;
+    a.par_chunks_mut(REFIT_ROWS * gg)
+        .enumerate()
+        .for_each(|(t, a)| quadratic_forms(h, &v, n, rows, g, t * REFIT_ROWS, a));
+    b.par_chunks_mut(REFIT_ROWS * groups)
+        .enumerate()
+        .for_each(|(t, b)| {
+            let r0 = t * REFIT_ROWS;
+            let mut acc = vec![0.0f64; b.len() / groups];
+            for gi in 0..groups {
+                group_dots(&v, &hw, rows, r0, gi * g..gi * g + g, &mut acc);
+                for (k, s) in acc.iter().enumerate() {
+                    b[k * groups + gi] = *s;
                 }
-                sys[gi * groups + gi] = 1.0;
-                rhs[gi] = old[gi];
             }
+        });
+    let mut losses = vec![0.0f64; rows];
+    params
+        .par_chunks_mut(groups)
+        .zip(losses.par_iter_mut())
+        .zip(a.par_chunks(gg).zip(b.par_chunks(groups)))
+        .with_min_len(REFIT_ROWS)
+        .for_each(|((params, loss_out), (a, b))| {
+            *loss_out = refit_row(a, b, groups, scheme, params);
+        });
+    Some(losses)
+}
+
+/// One row of [`refit_scales`]: solves `A d = b` for its group scales, keeps them where they
+/// score lower than `params`' (then in `params`), and returns the loss of the scales kept.
+fn refit_row(
+    a: &[f64],
+    b: &[f64],
+    groups: usize,
+    scheme: QuantScheme,
+    params: &mut [GroupParams],
+) -> f64 {
+    let old: Vec<f64> = params.iter().map(|p| p.scale as f64).collect();
+    // The loss up to a constant: dᵀAd − 2dᵀb.
+    let loss = |d: &[f64]| -> f64 {
+        let mut l = 0.0;
+        for i in 0..groups {
+            let ad: f64 = (0..groups).map(|j| a[i * groups + j] * d[j]).sum();
+            l += d[i] * ad - 2.0 * d[i] * b[i];
         }
-        losses.push(before);
-        let Some(d) = crate::linalg::solve_spd(&sys, &rhs, groups) else {
-            continue;
-        };
-        let new: Vec<GroupParams> = d.iter().map(|&s| scheme.with_scale(s as f32)).collect();
-        let rounded: Vec<f64> = new.iter().map(|p| p.scale as f64).collect();
-        let after = loss(a, &rounded);
-        if after < before {
-            params[r * groups..(r + 1) * groups].copy_from_slice(&new);
-            losses[r] = after;
+        l
+    };
+    let before = loss(&old);
+    // A group of zero-valued codes has no scale to fit: pin it to its old one.
+    let mut sys = a.to_vec();
+    let mut rhs = b.to_vec();
+    for gi in 0..groups {
+        if sys[gi * groups + gi] <= 0.0 {
+            for j in 0..groups {
+                sys[gi * groups + j] = 0.0;
+                sys[j * groups + gi] = 0.0;
+            }
+            sys[gi * groups + gi] = 1.0;
+            rhs[gi] = old[gi];
         }
     }
-    Some(losses)
+    let Some(d) = crate::linalg::solve_spd(&sys, &rhs, groups) else {
+        return before;
+    };
+    let new: Vec<GroupParams> = d.iter().map(|&s| scheme.with_scale(s as f32)).collect();
+    let rounded: Vec<f64> = new.iter().map(|p| p.scale as f64).collect();
+    let after = loss(&rounded);
+    if after < before {
+        params.copy_from_slice(&new);
+        after
+    } else {
+        before
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Against the formulation it replaces, an sgemm per group and then [`group_dots`]: bit for
+    /// bit in the unfused order (`host_matmul`'s), to rounding in the order this CPU takes.
+    #[test]
+    fn quadratic_forms_are_products_then_dots() {
+        // 70 rows: one full run of REFIT_ROWS and a partial one.
+        let (n, g, rows) = (96, 32, 70);
+        let (groups, gg) = (n / g, (n / g) * (n / g));
+        let noise = |i: usize, m: usize| ((i * m % 1009) as f32 / 1009.0) - 0.5;
+        let h: Vec<f32> = (0..n * n).map(|i| noise(i, 7919)).collect();
+        let v: Vec<f32> = (0..n * rows).map(|i| noise(i, 104_729)).collect();
+        let mut want = vec![0.0f64; rows * gg];
+        let mut acc = vec![0.0f64; rows];
+        for gj in 0..groups {
+            let hcols: Vec<f32> = (0..n)
+                .flat_map(|i| h[i * n + gj * g..i * n + (gj + 1) * g].to_vec())
+                .collect();
+            let hv = host_matmul(&hcols, &v[gj * g * rows..(gj + 1) * g * rows], n, g, rows);
+            for gi in 0..groups {
+                group_dots(&v, &hv, rows, 0, gi * g..(gi + 1) * g, &mut acc);
+                for (r, s) in acc.iter().enumerate() {
+                    want[r * gg + gi * groups + gj] = *s;
+                }
+            }
+        }
+        let forms = |f: &dyn Fn(usize, &mut [f64])| {
+            let mut got = vec![0.0f64; rows * gg];
+            for (t, a) in got.chunks_mut(REFIT_ROWS * gg).enumerate() {
+                f(t * REFIT_ROWS, a);
+            }
+            got
+        };
+        let unfused = forms(&|r0, a| quadratic_forms_with::<false>(&h, &v, n, rows, g, r0, a));
+        assert_eq!(unfused, want);
+        let dispatched = forms(&|r0, a| quadratic_forms(&h, &v, n, rows, g, r0, a));
+        for (x, y) in dispatched.iter().zip(&want) {
+            assert!((x - y).abs() <= 1e-5 * y.abs().max(1.0), "{x} vs {y}");
+        }
+    }
 }
