@@ -208,6 +208,8 @@ pub fn gptq(
     };
     // The best pass so far of each thread's rows: codes, parameters and output errors.
     let mut best: Vec<(Vec<u8>, Vec<GroupParams>, Vec<f64>)> = Vec::new();
+    // Each thread's `H·wᵀ`, the same in every pass.
+    let mut hws: Vec<Option<Vec<f32>>> = vec![None; states.len()];
     for round in 0..rounds {
         // From the second pass on, the groups keep the scales the previous pass refit.
         let static_groups = opts.act_order || round > 0;
@@ -232,11 +234,12 @@ pub fn gptq(
         if !opts.refit_scales {
             break; // further passes would only repeat this one
         }
-        for (k, st) in states.iter_mut().enumerate() {
+        for (k, (st, hw)) in states.iter_mut().zip(&mut hws).enumerate() {
             let nr = st.codes.len() / cols;
             let wr = &w[st.r0 * cols..(st.r0 + nr) * cols];
             let losses = refit_scales(
                 wr,
+                hw,
                 nr,
                 cols,
                 g,
@@ -534,12 +537,13 @@ const REFIT_ROWS: usize = 64;
 /// `b = VᵀHw`. Each row keeps whichever of its old and new (stored-rounded) scales scores lower.
 /// Returns each row's output error for the scales it keeps, less the row's constant `wᵀHw`
 /// (so rows compare across code choices); schemes without a unit scale are left as they are
-/// (`None`). `Hwᵀ` runs on the calibration device; `VᵀHV` ([`quadratic_forms`]) and the
-/// per-row solves, which grow with the square and cube of the group count, on the host's
-/// thread pool by runs of rows.
+/// (`None`). `hw` caches `H·wᵀ` from pass to pass; it runs on the calibration device, `VᵀHV`
+/// ([`quadratic_forms`]) and the per-row solves, which grow with the square and cube of the
+/// group count, on the host's thread pool by runs of rows.
 #[allow(clippy::too_many_arguments)]
 fn refit_scales(
     w: &[f32],
+    hw: &mut Option<Vec<f32>>,
     rows: usize,
     cols: usize,
     g: usize,
@@ -560,14 +564,16 @@ fn refit_scales(
             v[c * rows + r] = scheme.value(codes[r * cols + c], &unit);
         }
     }
-    // H·wᵀ: `[n, rows]`.
-    let mut wt = vec![0.0f32; n * rows];
-    for r in 0..rows {
-        for c in 0..n {
-            wt[c * rows + r] = w[r * cols + c];
+    // H·wᵀ: `[n, rows]`, once for every pass.
+    let hw = hw.get_or_insert_with(|| {
+        let mut wt = vec![0.0f32; n * rows];
+        for r in 0..rows {
+            for c in 0..n {
+                wt[c * rows + r] = w[r * cols + c];
+            }
         }
-    }
-    let hw = matmul(h, &wt, n, n, rows);
+        matmul(h, &wt, n, n, rows)
+    });
     let gg = groups * groups;
     let mut a = vec![0.0f64; rows * gg];
     let mut b = vec![0.0f64; rows * groups];
@@ -580,7 +586,7 @@ fn refit_scales(
             let r0 = t * REFIT_ROWS;
             let mut acc = vec![0.0f64; b.len() / groups];
             for gi in 0..groups {
-                group_dots(&v, &hw, rows, r0, gi * g..gi * g + g, &mut acc);
+                group_dots(&v, hw, rows, r0, gi * g..gi * g + g, &mut acc);
                 for (k, s) in acc.iter().enumerate() {
                     b[k * groups + gi] = *s;
                 }
