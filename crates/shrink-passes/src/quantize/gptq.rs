@@ -441,56 +441,44 @@ fn group_dots(
     }
 }
 
+/// The operands of [`quadratic_forms`]: `H` (`[n, n]`), the unit-scale values transposed
+/// (`[n, rows]`) and the group size.
+#[derive(Clone, Copy)]
+struct Forms<'a> {
+    h: &'a [f32],
+    v: &'a [f32],
+    n: usize,
+    rows: usize,
+    g: usize,
+}
+
 /// `a[k][gi][gj] = v_giᵀ · H[gi, gj] · v_gj` for the rows `r0 + k` (`a`: `[rows, groups,
 /// groups]`), `v` the unit-scale values transposed (`[n, rows]`). The same arithmetic as an
 /// sgemm of `H[:, gj]` by `v[gj]` followed by [`group_dots`] (each `H·v` entry one multiply-add
 /// chain over the group's columns in order, fused where the sgemm fuses), but a block of `H` by
 /// a run of rows at a time, in cache: no `[n, rows]` product per group ever leaves it.
-fn quadratic_forms(
-    h: &[f32],
-    v: &[f32],
-    n: usize,
-    rows: usize,
-    g: usize,
-    r0: usize,
-    a: &mut [f64],
-) {
+fn quadratic_forms(x: Forms<'_>, r0: usize, a: &mut [f64]) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("fma") {
             // SAFETY: the CPU has FMA, checked just above.
-            return unsafe { quadratic_forms_fma(h, v, n, rows, g, r0, a) };
+            return unsafe { quadratic_forms_fma(x, r0, a) };
         }
-        quadratic_forms_with::<false>(h, v, n, rows, g, r0, a)
+        quadratic_forms_with::<false>(x, r0, a)
     }
     #[cfg(not(target_arch = "x86_64"))]
-    quadratic_forms_with::<true>(h, v, n, rows, g, r0, a)
+    quadratic_forms_with::<true>(x, r0, a)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn quadratic_forms_fma(
-    h: &[f32],
-    v: &[f32],
-    n: usize,
-    rows: usize,
-    g: usize,
-    r0: usize,
-    a: &mut [f64],
-) {
-    quadratic_forms_with::<true>(h, v, n, rows, g, r0, a)
+unsafe fn quadratic_forms_fma(x: Forms<'_>, r0: usize, a: &mut [f64]) {
+    quadratic_forms_with::<true>(x, r0, a)
 }
 
 #[inline(always)]
-fn quadratic_forms_with<const FUSED: bool>(
-    h: &[f32],
-    v: &[f32],
-    n: usize,
-    rows: usize,
-    g: usize,
-    r0: usize,
-    a: &mut [f64],
-) {
+fn quadratic_forms_with<const FUSED: bool>(x: Forms<'_>, r0: usize, a: &mut [f64]) {
+    let Forms { h, v, n, rows, g } = x;
     let groups = n / g;
     let gg = groups * groups;
     let nr = a.len() / gg;
@@ -579,7 +567,19 @@ fn refit_scales(
     let mut b = vec![0.0f64; rows * groups];
     a.par_chunks_mut(REFIT_ROWS * gg)
         .enumerate()
-        .for_each(|(t, a)| quadratic_forms(h, &v, n, rows, g, t * REFIT_ROWS, a));
+        .for_each(|(t, a)| {
+            quadratic_forms(
+                Forms {
+                    h,
+                    v: &v,
+                    n,
+                    rows,
+                    g,
+                },
+                t * REFIT_ROWS,
+                a,
+            )
+        });
     b.par_chunks_mut(REFIT_ROWS * groups)
         .enumerate()
         .for_each(|(t, b)| {
@@ -679,16 +679,23 @@ mod tests {
                 }
             }
         }
-        let forms = |f: &dyn Fn(usize, &mut [f64])| {
+        let forms = Forms {
+            h: &h,
+            v: &v,
+            n,
+            rows,
+            g,
+        };
+        let run = |f: &dyn Fn(usize, &mut [f64])| {
             let mut got = vec![0.0f64; rows * gg];
             for (t, a) in got.chunks_mut(REFIT_ROWS * gg).enumerate() {
                 f(t * REFIT_ROWS, a);
             }
             got
         };
-        let unfused = forms(&|r0, a| quadratic_forms_with::<false>(&h, &v, n, rows, g, r0, a));
+        let unfused = run(&|r0, a| quadratic_forms_with::<false>(forms, r0, a));
         assert_eq!(unfused, want);
-        let dispatched = forms(&|r0, a| quadratic_forms(&h, &v, n, rows, g, r0, a));
+        let dispatched = run(&|r0, a| quadratic_forms(forms, r0, a));
         for (x, y) in dispatched.iter().zip(&want) {
             assert!((x - y).abs() <= 1e-5 * y.abs().max(1.0), "{x} vs {y}");
         }
