@@ -42,8 +42,12 @@ copy_with tiny-phi3 tiny-phi-partial '{"sliding_window": null, "partial_rotary_f
   "rope_parameters": {"partial_rotary_factor": 0.5}}'
 copy_with tiny-gemma2 tiny-g2-qpas24 '{"query_pre_attn_scalar": 24}'
 copy_with tiny-gemma3 tiny-g3-qpas24 '{"query_pre_attn_scalar": 24}'
-for m in tiny-llama tiny-llama3 tiny-qwen2 tiny-qwen3 tiny-phi-nowindow tiny-phi-partial \
-  tiny-g2-qpas24 tiny-g3-qpas24; do
+# YaRN: tiny-qwen3's weights under fixtures/tiny-qwen3/config_yarn.json (make_yarn_golden.py).
+rm -rf "$out/tiny-qwen3-yarn"
+cp -r fixtures/tiny-qwen3 "$out/tiny-qwen3-yarn"
+cp fixtures/tiny-qwen3/config_yarn.json "$out/tiny-qwen3-yarn/config.json"
+for m in tiny-llama tiny-llama3 tiny-qwen2 tiny-qwen3 tiny-qwen3-yarn tiny-phi-nowindow \
+  tiny-phi-partial tiny-g2-qpas24 tiny-g3-qpas24; do
   gguf="$out/$m.gguf"
   src="fixtures/$m"
   [[ -d "$src" ]] || src="$out/$m"

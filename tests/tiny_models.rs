@@ -149,15 +149,10 @@ fn tiny_llama3_exports_its_rope_scaling_to_hugging_face_and_gguf() {
     assert_eq!((factors[0], factors[7]), (1.0, 8.0), "{factors:?}");
     assert!(factors.iter().any(|&x| x > 1.0 && x < 8.0), "{factors:?}");
     let back = shrink_import::load(&dir.join("m.gguf")).expect("reimport the GGUF");
-    let rope = |g: &shrink_ir::Graph| {
-        g.node_ids()
-            .into_iter()
-            .find_map(|id| match &g.node(id)?.op {
-                shrink_ir::Op::Attention(a) => a.rope,
-                _ => None,
-            })
-    };
-    assert_eq!(rope(&back.model.graph), rope(&loaded.model.graph));
+    assert_eq!(
+        first_rope(&back.model.graph),
+        first_rope(&loaded.model.graph)
+    );
     let gguf = Engine::new(&back.model, Device::Cpu).expect("engine");
     let d = max_abs_diff(
         &gguf.logits(&ids).expect("forward"),
@@ -297,6 +292,120 @@ fn phi3_partial_rotary_matches_transformers_and_round_trips() {
     }
 }
 
+/// The RoPE of a graph's first attention.
+fn first_rope(g: &shrink_ir::Graph) -> Option<shrink_ir::Rope> {
+    g.node_ids()
+        .into_iter()
+        .find_map(|id| match &g.node(id)?.op {
+            shrink_ir::Op::Attention(a) => a.rope,
+            _ => None,
+        })
+}
+
+/// tiny-qwen3's weights under the YaRN configs of fixtures/make_yarn_golden.py, loaded as the
+/// script loaded them.
+fn load_yarn(name: &str) -> (std::path::PathBuf, shrink_import::Loaded) {
+    let (dir, _) = copy_with_config("tiny-qwen3", &format!("tiny-qwen3-{name}"));
+    std::fs::copy(
+        fixture(&format!("tiny-qwen3/config_{name}.json")),
+        dir.join("config.json"),
+    )
+    .expect("config");
+    let loaded = shrink_import::load(&dir).expect("load");
+    (dir, loaded)
+}
+
+#[test]
+fn yarn_rope_matches_transformers_and_round_trips() {
+    for name in ["yarn", "yarn_explicit"] {
+        let (dir, loaded) = load_yarn(name);
+        let g = fixture(&format!("tiny-qwen3/golden_{name}.safetensors"));
+        // The frequencies and the attention factor transformers computed, to the bit.
+        let rope = first_rope(&loaded.model.graph).expect("rope");
+        let want: Vec<f32> = golden(&g, "inv_freq").1.iter().map(|&x| x as f32).collect();
+        assert_eq!(rope.inv_freqs(), want, "{name}: inverse frequencies");
+        let scaling = golden(&g, "attention_scaling").1[0];
+        assert_eq!(
+            rope.attention_factor(),
+            scaling as f32,
+            "{name}: attention factor"
+        );
+        // The IR text prints every field and parses back to the same graph.
+        let text = shrink_ir::text::print(&loaded.model.graph);
+        assert_eq!(text.matches(" rope_scaling=yarn ").count(), 2, "{text}");
+        let parsed = shrink_ir::text::parse(&text).expect("parse");
+        assert_eq!(
+            shrink_ir::text::print(&parsed),
+            text,
+            "{name}: text round trip"
+        );
+        let ids = golden_ids(&g);
+        let want = golden(&g, "logits").1;
+        let engine = Engine::new(&loaded.model, Device::Cpu).expect("engine");
+        let before = engine.logits(&ids).expect("forward");
+        let d = max_abs_diff(&before, &want);
+        assert!(d < TOL, "{name}: max |logit - transformers| = {d:e}");
+        // Hugging Face export writes every field back: the same graph, the same logits.
+        let proof = loaded.model.verify().expect("verifies");
+        let tok = loaded.tokenizer.as_ref().expect("tokenizer");
+        shrink_export::hf::write(&loaded.model, &proof, Some(tok), &dir.join("hf")).expect("hf");
+        let back = shrink_import::load(&dir.join("hf")).expect("reload");
+        assert_eq!(
+            shrink_ir::text::print(&back.model.graph),
+            shrink_ir::text::print(&loaded.model.graph),
+            "{name}: after Hugging Face export"
+        );
+        // GGUF: llama.cpp reads YaRN's type, factor and original context; other betas or an
+        // untruncated range have no form there and are refused by name.
+        let gguf = dir.join("m.gguf");
+        let written = shrink_export::gguf::write(&loaded.model, &proof, tok, &gguf);
+        if name == "yarn_explicit" {
+            let e = written
+                .expect_err("betas llama.cpp does not read")
+                .to_string();
+            assert!(
+                e.contains("rope_scaling") && e.contains("beta_fast 16"),
+                "{e}"
+            );
+            assert!(!gguf.exists(), "no GGUF is left behind");
+            continue;
+        }
+        written.expect("gguf");
+        let f = shrink::formats::gguf::GgufFile::open(&gguf).expect("open");
+        assert_eq!(f.get_str("qwen3.rope.scaling.type").expect("type"), "yarn");
+        assert_eq!(
+            f.get_u32("qwen3.rope.scaling.original_context_length")
+                .expect("context"),
+            2048
+        );
+        let back = shrink_import::load(&gguf).expect("reload the GGUF");
+        assert_eq!(first_rope(&back.model.graph), Some(rope));
+        let engine = Engine::new(&back.model, Device::Cpu).expect("engine");
+        let d = max_abs_diff(&engine.logits(&ids).expect("forward"), &want);
+        assert!(d < TOL, "after GGUF export: {d:e}");
+    }
+    // The same defaults in transformers 5's form give the same graph as the Hub's form.
+    let (dir, hub) = load_yarn("yarn");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).expect("read"))
+            .expect("json");
+    let map = config.as_object_mut().expect("object");
+    let mut rope = map.remove("rope_scaling").expect("rope_scaling");
+    rope["rope_theta"] = map.remove("rope_theta").expect("rope_theta");
+    rope["rope_type"] = rope
+        .as_object_mut()
+        .expect("object")
+        .remove("type")
+        .expect("type");
+    map.insert("rope_parameters".into(), rope);
+    std::fs::write(dir.join("config.json"), config.to_string()).expect("write");
+    let v5 = shrink_import::load(&dir).expect("load the v5 form");
+    assert_eq!(
+        shrink_ir::text::print(&v5.model.graph),
+        shrink_ir::text::print(&hub.model.graph)
+    );
+}
+
 #[test]
 fn tiny_gemma3_matches_transformers() {
     // (1 + w) norms, √hidden embedding scale, sandwich norms, per-head q/k norms, GeGLU-tanh,
@@ -337,6 +446,8 @@ fn incremental_decoding_equals_full_forward() {
     ] {
         incremental_equals_full(&fixture(model));
     }
+    // YaRN's scaled tables at each call's positions.
+    incremental_equals_full(&load_yarn("yarn").0);
 }
 
 fn incremental_equals_full(model: &std::path::Path) {

@@ -26,6 +26,10 @@ pub fn golden(path: &Path, name: &str) -> (Vec<usize>, Vec<f64>) {
             .chunks_exact(8)
             .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")) as f64)
             .collect(),
+        safetensors::Dtype::F64 => data
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect(),
         safetensors::Dtype::U8 => data.iter().map(|&b| b as f64).collect(),
         safetensors::Dtype::I32 => data
             .chunks_exact(4)

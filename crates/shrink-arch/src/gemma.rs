@@ -385,7 +385,7 @@ impl GemmaConfig {
         let (rope_global, rope_local) = match c.json.get("rope_parameters") {
             // Gemma 2: one RoPE for every layer, in either form.
             _ if gemma2 => {
-                let (theta, scaling) = rope_from_hf(c)?;
+                let (theta, scaling) = rope_from_hf(id, c)?;
                 let rope = (theta.unwrap_or(10_000.0), scaling);
                 (rope, rope)
             }
@@ -394,7 +394,7 @@ impl GemmaConfig {
                     let field = format!("rope_parameters.{t}");
                     match m.get(t) {
                         Some(Value::Object(o)) => {
-                            let (theta, s) = rope_object(c, &field, o)?;
+                            let (theta, s) = rope_object(id, c, &field, o)?;
                             Ok((theta.unwrap_or(default), s))
                         }
                         None | Some(Value::Null) => Ok((default, RopeScaling::None)),
@@ -408,7 +408,7 @@ impl GemmaConfig {
             }
             // The Hub's form: `rope_theta` and `rope_scaling` for the global layers.
             _ => {
-                let (theta, scaling) = rope_from_hf(c)?;
+                let (theta, scaling) = rope_from_hf(id, c)?;
                 (
                     (theta.unwrap_or(1_000_000.0), scaling),
                     (

@@ -570,9 +570,13 @@ impl LlamaConfig {
         meta.push(scalar("rope.dimension_count", self.rotary_dim)?);
         meta.push(scalar("vocab_size", self.vocab_size)?);
         // Llama 3's scaling goes in the `rope_freqs` tensor (`gguf_extra_tensors`).
-        if let RopeScaling::Linear { factor } = self.rope_scaling {
-            meta.push((key("rope.scaling.type"), MetaValue::String("linear".into())));
-            meta.push((key("rope.scaling.factor"), MetaValue::F32(factor)));
+        match self.rope_scaling {
+            RopeScaling::Linear { factor } => {
+                meta.push((key("rope.scaling.type"), MetaValue::String("linear".into())));
+                meta.push((key("rope.scaling.factor"), MetaValue::F32(factor)));
+            }
+            RopeScaling::Yarn { .. } => meta.extend(yarn_to_gguf(gguf_arch, self.rope_scaling)?),
+            RopeScaling::None | RopeScaling::Llama3 { .. } => {}
         }
         // As llama.cpp's converter writes it (llama.cpp itself computes Phi-3 without it).
         if let Some(w) = phi3_window {
@@ -580,6 +584,92 @@ impl LlamaConfig {
         }
         Ok((gguf_arch, meta))
     }
+}
+
+/// llama.cpp's YaRN keys for a YaRN scaling. llama.cpp's LLaMA-family graphs read the type,
+/// factor, original context and `rope.scaling.attn_factor` (a multiplier on its own
+/// `0.1·ln(factor) + 1`), but not the `yarn_beta_*` keys: other betas have no form there.
+pub(crate) fn yarn_to_gguf(
+    gguf_arch: &str,
+    scaling: RopeScaling,
+) -> Result<Vec<(String, MetaValue)>, ConfigError> {
+    let RopeScaling::Yarn {
+        factor,
+        original_context,
+        beta_fast,
+        beta_slow,
+        attention_factor,
+        truncate,
+    } = scaling
+    else {
+        return Ok(Vec::new());
+    };
+    let key = |k: &str| format!("{gguf_arch}.rope.scaling.{k}");
+    if (beta_fast, beta_slow, truncate) != (32.0, 1.0, true) {
+        return Err(ConfigError::Field {
+            field: "rope_scaling".into(),
+            message: format!(
+                "YaRN with beta_fast {beta_fast}, beta_slow {beta_slow}{} has no form in \
+                 llama.cpp's {gguf_arch} (it computes beta_fast 32, beta_slow 1, truncated)",
+                if truncate { "" } else { ", untruncated" }
+            ),
+        });
+    }
+    let context = u32::try_from(original_context).map_err(|_| ConfigError::Field {
+        field: key("original_context_length"),
+        message: format!("{original_context} does not fit a u32"),
+    })?;
+    let mut meta = vec![
+        (key("type"), MetaValue::String("yarn".into())),
+        (key("factor"), MetaValue::F32(factor)),
+        (key("original_context_length"), MetaValue::U32(context)),
+    ];
+    let mscale = RopeScaling::yarn_mscale(factor as f64, 1.0) as f32;
+    if attention_factor != mscale {
+        meta.push((
+            key("attn_factor"),
+            MetaValue::F32(attention_factor / mscale),
+        ));
+    }
+    Ok(meta)
+}
+
+/// A YaRN scaling from llama.cpp's keys (see [`yarn_to_gguf`]); keys llama.cpp does not read
+/// for these architectures are refused unless they hold its defaults.
+fn yarn_from_gguf(file: &GgufFile, gguf_arch: &str) -> Result<RopeScaling, ConfigError> {
+    let key = |k: &str| format!("{gguf_arch}.rope.scaling.{k}");
+    for (k, default) in [
+        ("yarn_beta_fast", 32.0),
+        ("yarn_beta_slow", 1.0),
+        ("yarn_attn_factor", 1.0),
+        ("yarn_log_multiplier", 0.0),
+    ] {
+        if let Ok(v) = file.get_f32(&key(k)) {
+            if v != default {
+                return Err(ConfigError::Field {
+                    field: key(k),
+                    message: format!(
+                        "{v}: llama.cpp does not read this key for {gguf_arch} (it computes \
+                         {default}); refused rather than guessed"
+                    ),
+                });
+            }
+        }
+    }
+    let factor = file.get_f32(&key("factor"))?;
+    let original_context = match file.get_u32(&key("original_context_length")) {
+        Ok(n) => n as usize,
+        Err(_) => file.get_u32(&format!("{gguf_arch}.context_length"))? as usize,
+    };
+    let extra = file.get_f32(&key("attn_factor")).unwrap_or(1.0);
+    Ok(RopeScaling::Yarn {
+        factor,
+        original_context,
+        beta_fast: 32.0,
+        beta_slow: 1.0,
+        attention_factor: RopeScaling::yarn_mscale(factor as f64, 1.0) as f32 * extra,
+        truncate: true,
+    })
 }
 
 /// GGUF architectures this family reads, by `general.architecture`: `deci` (DeciLM /
@@ -679,10 +769,13 @@ impl LlamaConfig {
             Ok("linear") => RopeScaling::Linear {
                 factor: file.get_f32(&key("rope.scaling.factor"))?,
             },
+            Ok("yarn") => yarn_from_gguf(file, arch)?,
             Ok(t) => {
                 return Err(ConfigError::Field {
                     field: key("rope.scaling.type"),
-                    message: format!("'{t}' is not supported in GGUF import yet (none, linear)"),
+                    message: format!(
+                        "'{t}' is not supported in GGUF import yet (none, linear, yarn)"
+                    ),
                 })
             }
         };
@@ -1026,7 +1119,7 @@ impl LlamaConfig {
             return Err(c.err(field, format!("{factor} is not in (0, 1]")));
         }
         let rotary_dim = (head_dim as f64 * factor) as usize;
-        let (rope_theta, rope_scaling) = rope_from_hf(c)?;
+        let (rope_theta, rope_scaling) = rope_from_hf(id, c)?;
         if c.opt_bool("mlp_bias")? == Some(true) {
             return Err(c.err("mlp_bias", "MLP biases are not supported"));
         }
@@ -1173,7 +1266,10 @@ impl LlamaConfig {
 /// RoPE's base and scaling from either form of `config.json`: transformers 5's
 /// `rope_parameters: {rope_type, rope_theta, factor, …}`, or the Hub's top-level `rope_theta`
 /// with `rope_scaling: {rope_type (or type), factor, …}` (null or absent: none).
-pub(crate) fn rope_from_hf(c: &ConfigJson<'_>) -> Result<(Option<f32>, RopeScaling), ConfigError> {
+pub(crate) fn rope_from_hf(
+    id: ArchId,
+    c: &ConfigJson<'_>,
+) -> Result<(Option<f32>, RopeScaling), ConfigError> {
     let (field, params) = match (c.json.get("rope_parameters"), c.json.get("rope_scaling")) {
         (Some(Value::Object(_)), Some(Value::Object(_))) => {
             return Err(c.err(
@@ -1189,7 +1285,7 @@ pub(crate) fn rope_from_hf(c: &ConfigJson<'_>) -> Result<(Option<f32>, RopeScali
     let Some(m) = params else {
         return Ok((c.opt_f32("rope_theta")?, RopeScaling::None));
     };
-    let (theta, scaling) = rope_object(c, field, m)?;
+    let (theta, scaling) = rope_object(id, c, field, m)?;
     let theta = match (field, theta) {
         ("rope_parameters", Some(t)) => Some(t),
         _ => c.opt_f32("rope_theta")?,
@@ -1201,6 +1297,7 @@ pub(crate) fn rope_from_hf(c: &ConfigJson<'_>) -> Result<(Option<f32>, RopeScali
 /// (`rope_parameters`, one of its per-layer-type entries, or the Hub's `rope_scaling`), named
 /// `field` in errors.
 pub(crate) fn rope_object(
+    id: ArchId,
     c: &ConfigJson<'_>,
     field: &str,
     m: &Map<String, Value>,
@@ -1223,6 +1320,25 @@ pub(crate) fn rope_object(
             Some(v) => Err(err(k, format!("{v} must be positive"))),
         }
     };
+    // The context the scaling starts from: the object's, else `max_position_embeddings`, as
+    // transformers standardises it.
+    let original_context = || -> Result<usize, ConfigError> {
+        let key = "original_max_position_embeddings";
+        let (name, value) = match num(key)? {
+            Some(v) => (format!("{field}.{key}"), Some(v)),
+            None => (
+                "max_position_embeddings".to_string(),
+                c.json
+                    .get("max_position_embeddings")
+                    .and_then(Value::as_f64),
+            ),
+        };
+        match value {
+            Some(v) if v >= 1.0 && v.fract() == 0.0 && v <= u32::MAX as f64 => Ok(v as usize),
+            Some(v) => Err(c.err(&name, format!("{v} is not a positive integer"))),
+            None => Err(c.err(&name, "missing (the context RoPE scaling starts from)")),
+        }
+    };
     let theta = num("rope_theta")?.map(|t| t as f32);
     let (type_key, kind) = match (m.get("rope_type"), m.get("type")) {
         (Some(v), _) => ("rope_type", v),
@@ -1232,19 +1348,22 @@ pub(crate) fn rope_object(
     let kind = kind
         .as_str()
         .ok_or_else(|| err(type_key, format!("expected a string, got {kind}")))?;
+    // transformers' Phi-3 takes `longrope` (and reads `yarn` and `su` as it) and nothing else.
+    if id == ArchId::Phi3 && kind != "default" {
+        return Err(err(
+            type_key,
+            format!(
+                "'{kind}' is not supported for phi3 (default; its longrope is not implemented)"
+            ),
+        ));
+    }
     let scaling = match kind {
         "default" => RopeScaling::None,
         "linear" => RopeScaling::Linear {
             factor: need("factor")? as f32,
         },
         "llama3" => {
-            let context = need("original_max_position_embeddings")?;
-            if !(context >= 1.0 && context.fract() == 0.0 && context <= u32::MAX as f64) {
-                return Err(err(
-                    "original_max_position_embeddings",
-                    format!("{context} is not a positive integer"),
-                ));
-            }
+            let context = original_context()?;
             let (low, high) = (need("low_freq_factor")?, need("high_freq_factor")?);
             if high <= low {
                 return Err(err(
@@ -1256,13 +1375,45 @@ pub(crate) fn rope_object(
                 factor: need("factor")? as f32,
                 low_freq_factor: low as f32,
                 high_freq_factor: high as f32,
-                original_context: context as usize,
+                original_context: context,
+            }
+        }
+        "yarn" => {
+            let factor = need("factor")?;
+            // transformers: a value that is absent, null or zero takes the default.
+            let or_default = |k: &str, default: f64| -> Result<f64, ConfigError> {
+                match num(k)? {
+                    None | Some(0.0) => Ok(default),
+                    Some(_) => need(k),
+                }
+            };
+            let attention_factor = match num("attention_factor")? {
+                Some(_) => need("attention_factor")?,
+                None => match (num("mscale")?, num("mscale_all_dim")?) {
+                    (Some(a), Some(b)) if a != 0.0 && b != 0.0 => {
+                        RopeScaling::yarn_mscale(factor, a) / RopeScaling::yarn_mscale(factor, b)
+                    }
+                    _ => RopeScaling::yarn_mscale(factor, 1.0),
+                },
+            };
+            let truncate = match m.get("truncate") {
+                None | Some(Value::Null) => true,
+                Some(Value::Bool(b)) => *b,
+                Some(v) => return Err(err("truncate", format!("expected true or false, got {v}"))),
+            };
+            RopeScaling::Yarn {
+                factor: factor as f32,
+                original_context: original_context()?,
+                beta_fast: or_default("beta_fast", 32.0)? as f32,
+                beta_slow: or_default("beta_slow", 1.0)? as f32,
+                attention_factor: attention_factor as f32,
+                truncate,
             }
         }
         other => {
             return Err(err(
                 type_key,
-                format!("'{other}' is not supported (default, linear, llama3)"),
+                format!("'{other}' is not supported (default, linear, llama3, yarn)"),
             ))
         }
     };
@@ -1288,6 +1439,27 @@ pub(crate) fn rope_scaling_to_hf(s: RopeScaling) -> Value {
             "high_freq_factor": f32_json(high_freq_factor),
             "original_max_position_embeddings": original_context,
         }),
+        RopeScaling::Yarn {
+            factor,
+            original_context,
+            beta_fast,
+            beta_slow,
+            attention_factor,
+            truncate,
+        } => {
+            let mut m = json!({
+                "rope_type": "yarn",
+                "factor": f32_json(factor),
+                "original_max_position_embeddings": original_context,
+                "beta_fast": f32_json(beta_fast),
+                "beta_slow": f32_json(beta_slow),
+                "attention_factor": f32_json(attention_factor),
+            });
+            if !truncate {
+                m["truncate"] = json!(false);
+            }
+            m
+        }
     }
 }
 

@@ -348,7 +348,17 @@ fn every_architecture_round_trips_through_its_config_json() {
     }
     let mut qwen2_swa = llama("qwen2", false, true);
     qwen2_swa.layers[2].sliding_window = Some(64);
+    let mut qwen3_yarn = llama("qwen3", false, false);
+    qwen3_yarn.rope_scaling = shrink_ir::RopeScaling::Yarn {
+        factor: 4.0,
+        original_context: 32768,
+        beta_fast: 16.0,
+        beta_slow: 2.0,
+        attention_factor: 1.25,
+        truncate: false,
+    };
     let configs = [
+        ArchConfig::Llama(qwen3_yarn),
         ArchConfig::Llama(mistral_swa),
         ArchConfig::Llama(qwen2_swa),
         ArchConfig::Llama(llama("llama", true, false)),
@@ -653,4 +663,77 @@ fn a_rope_factor_past_f32_is_refused_not_built() {
             "{arch}: {e}"
         );
     }
+}
+
+#[test]
+fn yarn_reads_every_field_transformers_reads() {
+    let base = ArchConfig::Llama(llama("qwen3", false, false))
+        .to_hf("float32")
+        .unwrap();
+    let read = |rope: serde_json::Value| {
+        let mut json = base.clone();
+        json.insert("max_position_embeddings".into(), 131072.into());
+        json.insert("rope_scaling".into(), rope);
+        ArchConfig::from_hf(&json).map(|c| match c {
+            ArchConfig::Llama(c) => c.rope_scaling,
+            _ => unreachable!(),
+        })
+    };
+    let yarn = |original_context, beta_fast, beta_slow, attention_factor: f64| {
+        shrink_ir::RopeScaling::Yarn {
+            factor: 4.0,
+            original_context,
+            beta_fast,
+            beta_slow,
+            attention_factor: attention_factor as f32,
+            truncate: true,
+        }
+    };
+    let mscale = |m: f64| 0.1 * m * 4f64.ln() + 1.0;
+    // Qwen's published form: the defaults, 0.1·ln(4) + 1 on cos and sin.
+    let qwen = serde_json::json!({"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768});
+    assert_eq!(read(qwen).unwrap(), yarn(32768, 32.0, 1.0, mscale(1.0)));
+    // No original context: transformers takes max_position_embeddings; zero betas are defaults.
+    let rope =
+        serde_json::json!({"rope_type": "yarn", "factor": 4.0, "beta_fast": 0, "beta_slow": null});
+    assert_eq!(read(rope).unwrap(), yarn(131072, 32.0, 1.0, mscale(1.0)));
+    // DeepSeek's mscale pair gives the attention factor when none is given.
+    let rope = serde_json::json!({"rope_type": "yarn", "factor": 4.0, "mscale": 1.0, "mscale_all_dim": 0.5, "original_max_position_embeddings": 4096});
+    assert_eq!(
+        read(rope).unwrap(),
+        yarn(4096, 32.0, 1.0, mscale(1.0) / mscale(0.5))
+    );
+    for (rope, want) in [
+        (
+            serde_json::json!({"rope_type": "yarn", "factor": -2.0}),
+            "field 'rope_scaling.factor': -2 must be positive",
+        ),
+        (
+            serde_json::json!({"rope_type": "yarn", "factor": 2.0, "truncate": "no"}),
+            "field 'rope_scaling.truncate': expected true or false, got \"no\"",
+        ),
+        (
+            serde_json::json!({"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 0.5}),
+            "field 'rope_scaling.original_max_position_embeddings': 0.5 is not a positive integer",
+        ),
+        (
+            serde_json::json!({"rope_type": "longrope", "factor": 2.0}),
+            "field 'rope_scaling.rope_type': 'longrope' is not supported (default, linear, llama3, yarn)",
+        ),
+    ] {
+        assert_eq!(read(rope).unwrap_err().to_string(), want);
+    }
+    // transformers' Phi-3 reads `yarn` as longrope and refuses the rest.
+    let mut phi3 = ArchConfig::Llama(llama("phi3", false, false))
+        .to_hf("float32")
+        .unwrap();
+    phi3.insert(
+        "rope_scaling".into(),
+        serde_json::json!({"rope_type": "linear", "factor": 2.0}),
+    );
+    let e = ArchConfig::from_hf(&phi3).unwrap_err().to_string();
+    assert!(
+        e.starts_with("field 'rope_scaling.rope_type': 'linear' is not supported for phi3"),
+        "{e}"
+    );
 }

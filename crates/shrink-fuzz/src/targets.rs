@@ -57,7 +57,7 @@ pub struct Env {
 }
 
 /// Fields the config parsers know or refuse, planted by the JSON mutator.
-const CONFIG_KEYS: [&str; 28] = [
+const CONFIG_KEYS: [&str; 32] = [
     "model_type",
     "hidden_size",
     "num_hidden_layers",
@@ -71,6 +71,10 @@ const CONFIG_KEYS: [&str; 28] = [
     "rope_scaling",
     "rope_parameters",
     "rope_type",
+    "factor",
+    "original_max_position_embeddings",
+    "attention_factor",
+    "truncate",
     "rms_norm_eps",
     "partial_rotary_factor",
     "tie_word_embeddings",
@@ -155,11 +159,12 @@ const IR_WORDS: [&str; 16] = [
 ];
 
 /// The Hugging Face seed models, by `micro_config` name.
-const SEED_MODELS: [&str; 8] = [
+const SEED_MODELS: [&str; 9] = [
     "llama",
     "llama3",
     "qwen2",
     "qwen3",
+    "qwen3_yarn",
     "phi3",
     "gemma3_text",
     "mistral",
@@ -167,9 +172,13 @@ const SEED_MODELS: [&str; 8] = [
 ];
 
 /// A config.json of the smallest LLaMA-family or GPT-2 model, over the tiny tokenizer;
-/// `llama3` is a Llama with Llama 3.1's RoPE scaling.
+/// `llama3` is a Llama with Llama 3.1's RoPE scaling, `qwen3_yarn` a Qwen3 with YaRN's.
 fn micro_config(seed: &str) -> Value {
-    let model_type = if seed == "llama3" { "llama" } else { seed };
+    let model_type = match seed {
+        "llama3" => "llama",
+        "qwen3_yarn" => "qwen3",
+        _ => seed,
+    };
     let mut c = serde_json::json!({
         "model_type": model_type,
         "vocab_size": 384,
@@ -196,6 +205,12 @@ fn micro_config(seed: &str) -> Value {
             "high_freq_factor": 4.0, "original_max_position_embeddings": 16,
         });
     }
+    if seed == "qwen3_yarn" {
+        c["rope_scaling"] = serde_json::json!({
+            "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16,
+            "beta_fast": 32.0, "attention_factor": 1.0, "truncate": true,
+        });
+    }
     c
 }
 
@@ -212,8 +227,8 @@ impl Env {
             let proof = model.verify().map_err(|e| anyhow::anyhow!("{e}"))?;
             let dir = work.join(format!("seeds/{arch}"));
             shrink_export::hf::write(&model, &proof, Some(&tok_json), &dir)?;
-            if arch == "llama" {
-                let gguf = work.join("seeds/llama.gguf");
+            if matches!(arch, "llama" | "qwen3_yarn") {
+                let gguf = work.join(format!("seeds/{arch}.gguf"));
                 shrink_export::gguf::write(&model, &proof, &tok_json, &gguf)?;
             }
         }
@@ -244,6 +259,7 @@ impl Env {
         Ok(match target {
             "gguf" => vec![
                 Input::one("model.gguf", read(seeds.join("llama.gguf"))?),
+                Input::one("model.gguf", read(seeds.join("qwen3_yarn.gguf"))?),
                 Input::one(
                     "model.gguf",
                     read(repo.join("fixtures/gguf-blocks/tiny.gguf"))?,

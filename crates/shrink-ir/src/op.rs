@@ -71,6 +71,30 @@ pub enum RopeScaling {
         high_freq_factor: f32,
         original_context: usize,
     },
+    /// YaRN (`yarn`, Qwen's long context): frequencies that turn fewer than `beta_slow` times
+    /// over `original_context` positions divided by `factor`, those turning more than
+    /// `beta_fast` times kept, a linear ramp between (over dimension indices, rounded outwards
+    /// when `truncate`); `cos` and `sin` multiplied by `attention_factor`.
+    Yarn {
+        factor: f32,
+        original_context: usize,
+        beta_fast: f32,
+        beta_slow: f32,
+        attention_factor: f32,
+        truncate: bool,
+    },
+}
+
+impl RopeScaling {
+    /// YaRN's default `attention_factor` for a `factor`, `0.1·ln(factor) + 1` (1 at or below 1),
+    /// as transformers and llama.cpp compute it; `mscale` scales the logarithm.
+    pub fn yarn_mscale(factor: f64, mscale: f64) -> f64 {
+        if factor <= 1.0 {
+            1.0
+        } else {
+            0.1 * mscale * factor.ln() + 1.0
+        }
+    }
 }
 
 impl Rope {
@@ -78,9 +102,11 @@ impl Rope {
     /// (`_compute_default_rope_parameters` and its scaled variants), so angles match to the bit.
     pub fn inv_freqs(&self) -> Vec<f32> {
         let dim = self.dim as f32;
+        let ramp = self.yarn_ramp();
         (0..self.dim / 2)
             .map(|i| {
-                let inv = 1.0f32 / self.theta.powf((2 * i) as f32 / dim);
+                let pos = self.theta.powf((2 * i) as f32 / dim);
+                let inv = 1.0f32 / pos;
                 match self.scaling {
                     RopeScaling::None => inv,
                     RopeScaling::Linear { factor } => inv / factor,
@@ -104,9 +130,61 @@ impl Rope {
                             (1.0 - smooth) * inv / factor + smooth * inv
                         }
                     }
+                    RopeScaling::Yarn { factor, .. } => {
+                        // transformers: `1 / (factor · base^(2i/dim))` interpolated, the plain
+                        // frequency extrapolated, mixed by `1 - ramp`.
+                        let interp = 1.0 / (factor * pos);
+                        let extrap = 1.0 - ramp[i];
+                        interp * (1.0 - extrap) + inv * extrap
+                    }
                 }
             })
             .collect()
+    }
+
+    /// YaRN's ramp over the `dim/2` frequency indices, in transformers' arithmetic: the
+    /// correction range in f64 from the rotation counts, the ramp in f32; empty for the rest.
+    fn yarn_ramp(&self) -> Vec<f32> {
+        let RopeScaling::Yarn {
+            original_context,
+            beta_fast,
+            beta_slow,
+            truncate,
+            ..
+        } = self.scaling
+        else {
+            return Vec::new();
+        };
+        let (dim, base) = (self.dim as f64, self.theta as f64);
+        let correction_dim = |rotations: f64| {
+            dim * (original_context as f64 / (rotations * 2.0 * std::f64::consts::PI)).ln()
+                / (2.0 * base.ln())
+        };
+        let (mut low, mut high) = (
+            correction_dim(beta_fast as f64),
+            correction_dim(beta_slow as f64),
+        );
+        if truncate {
+            (low, high) = (low.floor(), high.ceil());
+        }
+        let (low, mut high) = (low.max(0.0), high.min(dim - 1.0));
+        if low == high {
+            high += 0.001;
+        }
+        let (low32, span) = (low as f32, (high - low) as f32);
+        (0..self.dim / 2)
+            .map(|i| ((i as f32 - low32) / span).clamp(0.0, 1.0))
+            .collect()
+    }
+
+    /// What `cos` and `sin` are multiplied by (YaRN's `attention_factor`; 1 for the rest).
+    pub fn attention_factor(&self) -> f32 {
+        match self.scaling {
+            RopeScaling::Yarn {
+                attention_factor, ..
+            } => attention_factor,
+            _ => 1.0,
+        }
     }
 
     /// Why the attribute is invalid, if it is.
@@ -144,6 +222,23 @@ impl Rope {
                         "rope high_freq_factor {high_freq_factor} must exceed low_freq_factor {low_freq_factor}"
                     ));
                 }
+                if original_context == 0 {
+                    return Err("rope original_context must be positive".into());
+                }
+                Ok(())
+            }
+            RopeScaling::Yarn {
+                factor,
+                original_context,
+                beta_fast,
+                beta_slow,
+                attention_factor,
+                truncate: _,
+            } => {
+                positive("factor", factor)?;
+                positive("beta_fast", beta_fast)?;
+                positive("beta_slow", beta_slow)?;
+                positive("attention_factor", attention_factor)?;
                 if original_context == 0 {
                     return Err("rope original_context must be positive".into());
                 }

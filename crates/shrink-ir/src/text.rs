@@ -193,6 +193,22 @@ fn attrs(op: &Op) -> Vec<(&'static str, String)> {
                         a.push(("rope_high_freq_factor", format!("{high_freq_factor:?}")));
                         a.push(("rope_original_context", original_context.to_string()));
                     }
+                    RopeScaling::Yarn {
+                        factor,
+                        original_context,
+                        beta_fast,
+                        beta_slow,
+                        attention_factor,
+                        truncate,
+                    } => {
+                        a.push(("rope_scaling", "yarn".into()));
+                        a.push(("rope_factor", format!("{factor:?}")));
+                        a.push(("rope_original_context", original_context.to_string()));
+                        a.push(("rope_beta_fast", format!("{beta_fast:?}")));
+                        a.push(("rope_beta_slow", format!("{beta_slow:?}")));
+                        a.push(("rope_attention_factor", format!("{attention_factor:?}")));
+                        a.push(("rope_truncate", truncate.to_string()));
+                    }
                 }
             }
             a.push(("causal", at.causal.to_string()));
@@ -814,15 +830,21 @@ fn build_op(name: &str, a: &mut Attrs) -> Result<Op, ParseError> {
                         high_freq_factor: a.num("rope_high_freq_factor", name)?,
                         original_context: a.num("rope_original_context", name)?,
                     },
-                    Some(other) => {
-                        return Err(ParseError {
-                            line: a.line,
-                            col,
-                            message: format!(
-                                "unknown rope_scaling '{other}' (linear, llama3, or none given)"
-                            ),
-                        })
-                    }
+                    Some("yarn") => RopeScaling::Yarn {
+                        factor: a.num("rope_factor", name)?,
+                        original_context: a.num("rope_original_context", name)?,
+                        beta_fast: a.num("rope_beta_fast", name)?,
+                        beta_slow: a.num("rope_beta_slow", name)?,
+                        attention_factor: a.num("rope_attention_factor", name)?,
+                        truncate: a.num("rope_truncate", name)?,
+                    },
+                    Some(other) => return Err(ParseError {
+                        line: a.line,
+                        col,
+                        message: format!(
+                            "unknown rope_scaling '{other}' (linear, llama3, yarn, or none given)"
+                        ),
+                    }),
                 };
                 Some(Rope {
                     theta: a.num("rope_theta", name)?,

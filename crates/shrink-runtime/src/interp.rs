@@ -902,6 +902,13 @@ pub(crate) fn rope_cos_sin(rope: &shrink_ir::Rope, first: usize, n: usize) -> (V
             sin.push(angle.sin());
         }
     }
+    // YaRN's attention factor scales both tables, after the cosine, as transformers does.
+    let scale = rope.attention_factor();
+    if scale != 1.0 {
+        cos.iter_mut()
+            .chain(sin.iter_mut())
+            .for_each(|x| *x *= scale);
+    }
     (cos, sin)
 }
 
