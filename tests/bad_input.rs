@@ -355,8 +355,13 @@ fn bad_numbers_in_a_config_are_refused_by_field() {
         ("hidden_size", serde_json::json!(64.5), "hidden_size"),
         (
             "rope_parameters",
-            serde_json::json!({"rope_theta": 1e4, "rope_type": "yarn", "factor": 4.0}),
-            "field 'rope_parameters.rope_type': 'yarn' is not supported",
+            serde_json::json!({"rope_theta": 1e4, "rope_type": "longrope", "factor": 4.0}),
+            "field 'rope_parameters.rope_type': 'longrope' is not supported",
+        ),
+        (
+            "rope_parameters",
+            serde_json::json!({"rope_theta": 1e4, "rope_type": "yarn", "factor": 4.0, "beta_fast": -1}),
+            "field 'rope_parameters.beta_fast': -1 must be positive",
         ),
     ] {
         let dir = config_with(&format!("cfg-num-{field}"), field, value.clone());

@@ -176,10 +176,15 @@ fn verifier_reports_missing_weight_data() {
 #[test]
 fn rope_scaling_attributes_are_parsed_and_checked() {
     let base = ir_of("tiny-llama3");
-    let e = parse(&base.replacen("rope_scaling=llama3", "rope_scaling=yarn", 1))
+    let e = parse(&base.replacen("rope_scaling=llama3", "rope_scaling=longrope", 1))
         .expect_err("unknown scaling")
         .to_string();
-    assert!(e.contains("unknown rope_scaling 'yarn'"), "{e}");
+    assert!(e.contains("unknown rope_scaling 'longrope'"), "{e}");
+    // YaRN needs its own attributes.
+    let e = parse(&base.replacen("rope_scaling=llama3", "rope_scaling=yarn", 1))
+        .expect_err("yarn without its attributes")
+        .to_string();
+    assert!(e.contains("needs attribute 'rope_beta_fast'"), "{e}");
     let e = parse(&base.replacen(" rope_factor=8.0", "", 1))
         .expect_err("a missing factor")
         .to_string();

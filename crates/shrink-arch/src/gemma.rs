@@ -13,10 +13,12 @@ use shrink_ir::{Activation, AttentionSpec, Graph, NormKind, Op, Rope, RopeScalin
 use serde_json::{json, Map, Value};
 
 use crate::builder::{Builder, Meta};
+use crate::family::{Architecture, FamilyDef};
 use crate::graph_read::*;
 use crate::hf_json::{f32_json, layer_types_json, token_json, ConfigJson};
+use crate::llama::GgufMetadata;
 use crate::llama::{rope_from_hf, rope_object};
-use crate::{ArchId, ConfigError, Family};
+use crate::{ArchId, ConfigError};
 
 /// The normalised config of a Gemma 2 or Gemma 3 text model (layers of one size).
 #[derive(Clone, Debug, PartialEq)]
@@ -261,7 +263,7 @@ impl GemmaConfig {
     /// scale from the attention ops (local layers are the windowed ones).
     pub fn from_graph(g: &Graph) -> Result<GemmaConfig, String> {
         let arch = ArchId::of_graph(g)?;
-        if arch.family() != Family::Gemma {
+        if !FAMILY.reads(arch) {
             return Err(format!("architecture '{arch}' is not of the Gemma family"));
         }
         let embed = "model.embed_tokens.weight";
@@ -790,5 +792,69 @@ impl GemmaConfig {
             message: m,
         })?;
         Ok(c)
+    }
+}
+
+/// The Gemma family in the registry ([`crate::FAMILIES`]).
+pub(crate) static FAMILY: FamilyDef = FamilyDef {
+    gguf_archs: &GGUF_ARCHS,
+    from_hf: |id, c| Ok(Box::new(GemmaConfig::from_hf(id, c)?)),
+    from_gguf: |f| Ok(Box::new(GemmaConfig::from_gguf(f)?)),
+    from_graph: |g| Ok(Box::new(GemmaConfig::from_graph(g)?)),
+};
+
+impl Architecture for GemmaConfig {
+    fn id(&self) -> ArchId {
+        self.arch
+    }
+    fn validate(&self) -> Result<(), String> {
+        GemmaConfig::validate(self)
+    }
+    fn build(&self) -> Graph {
+        GemmaConfig::build(self)
+    }
+    fn param_count(&self) -> Result<u64, String> {
+        GemmaConfig::param_count(self)
+    }
+    fn layers(&self) -> (usize, &'static str) {
+        (self.num_layers(), "num_hidden_layers")
+    }
+    fn head_dim(&self) -> usize {
+        self.head_dim
+    }
+    fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+    fn context_length(&self) -> usize {
+        self.max_position_embeddings
+    }
+    fn bos_token_id(&self) -> Option<u32> {
+        self.bos_token_id
+    }
+    fn eos_token_id(&self) -> Option<u32> {
+        self.eos_token_id
+    }
+    fn to_hf(&self, torch_dtype: &str) -> Result<Map<String, Value>, String> {
+        GemmaConfig::to_hf(self, torch_dtype)
+    }
+    /// A missing `lm_head` ties the head (some configs omit `tie_word_embeddings`).
+    fn fit_checkpoint(&mut self, has: &dyn Fn(&str) -> bool, _: &dyn Fn(&str) -> bool) {
+        if !self.tie_word_embeddings && !has("lm_head.weight") {
+            self.tie_word_embeddings = true;
+        }
+    }
+    /// Gemma's norms store `w` of `1 + w`.
+    fn stored_offset(&self, name: &str) -> f32 {
+        if GemmaConfig::is_offset_norm(name) {
+            GemmaConfig::NORM_OFFSET
+        } else {
+            0.0
+        }
+    }
+    fn to_gguf(&self) -> Result<(&'static str, GgufMetadata), ConfigError> {
+        GemmaConfig::to_gguf(self)
+    }
+    fn gguf_name(&self, hf: &str) -> Option<String> {
+        gguf_name(hf)
     }
 }

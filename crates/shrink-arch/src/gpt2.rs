@@ -5,6 +5,7 @@ use shrink_ir::{Activation, AttentionSpec, Graph, NormKind, Op};
 use serde_json::{json, Map, Value};
 
 use crate::builder::{Builder, Meta};
+use crate::family::{no_gguf, Architecture, FamilyDef};
 use crate::graph_read::*;
 use crate::hf_json::{f32_json, token_json, ConfigJson};
 use crate::{ArchId, ConfigError};
@@ -308,5 +309,68 @@ impl Gpt2Config {
         m.insert("torch_dtype".into(), json!(torch_dtype));
         m.insert("use_cache".into(), json!(true));
         Ok(m)
+    }
+}
+
+/// GPT-2 in the registry ([`crate::FAMILIES`]): no GGUF form.
+pub(crate) static FAMILY: FamilyDef = FamilyDef {
+    gguf_archs: &[],
+    from_hf: |_, c| Ok(Box::new(Gpt2Config::from_hf(c)?)),
+    from_gguf: no_gguf,
+    from_graph: |g| Ok(Box::new(Gpt2Config::from_graph(g)?)),
+};
+
+impl Architecture for Gpt2Config {
+    fn id(&self) -> ArchId {
+        ArchId::Gpt2
+    }
+    fn validate(&self) -> Result<(), String> {
+        Gpt2Config::validate(self)
+    }
+    fn build(&self) -> Graph {
+        Gpt2Config::build(self)
+    }
+    fn param_count(&self) -> Result<u64, String> {
+        Gpt2Config::param_count(self)
+    }
+    fn layers(&self) -> (usize, &'static str) {
+        (self.n_layer, "n_layer")
+    }
+    fn head_dim(&self) -> usize {
+        self.n_embd / self.n_head.max(1)
+    }
+    fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+    fn context_length(&self) -> usize {
+        self.n_positions
+    }
+    fn bos_token_id(&self) -> Option<u32> {
+        self.bos_token_id
+    }
+    fn eos_token_id(&self) -> Option<u32> {
+        self.eos_token_id
+    }
+    fn to_hf(&self, torch_dtype: &str) -> Result<Map<String, Value>, String> {
+        Gpt2Config::to_hf(self, torch_dtype)
+    }
+    /// The key prefix, and an untied head (an `lm_head` of its own data).
+    fn fit_checkpoint(
+        &mut self,
+        has: &dyn Fn(&str) -> bool,
+        head_shares_embedding: &dyn Fn(&str) -> bool,
+    ) {
+        if has("transformer.wte.weight") {
+            self.prefix = "transformer.".into();
+        }
+        self.untied_head = has("lm_head.weight") && !head_shares_embedding(&self.prefix);
+    }
+    /// `GPT2LMHeadModel` saves under `transformer.`.
+    fn use_saved_names(&mut self) {
+        self.prefix = "transformer.".into();
+    }
+    /// GPT-2's `Conv1D` weights are `[in, out]`.
+    fn stored_transposed(&self, name: &str) -> bool {
+        gpt2_is_conv1d(name)
     }
 }

@@ -1,10 +1,12 @@
-//! The architectures shrink knows, each defined once, one module per family: a normalised
-//! config, the graph it builds (parameters named as in Hugging Face checkpoints), the config
-//! read back from a graph, the `config.json` read and written back, and the family's GGUF
-//! tensor names. Front ends (`shrink-import`) and back ends (`shrink-export`) only translate
-//! their files into these; no other crate matches an architecture by its name.
+//! The architectures shrink knows, each defined once, one module per family behind one trait
+//! ([`Architecture`]): a normalised config, the graph it builds (parameters named as in Hugging
+//! Face checkpoints), the config read back from a graph, the `config.json` read and written
+//! back, and the family's GGUF tensor names and metadata. Front ends (`shrink-import`) and back
+//! ends (`shrink-export`) only translate their files into these; no other crate matches an
+//! architecture by its name.
 
 mod builder;
+mod family;
 pub mod gemma;
 pub mod gpt2;
 mod graph_read;
@@ -12,12 +14,14 @@ mod hf_json;
 pub mod limits;
 pub mod llama;
 
+use std::any::Any;
 use std::fmt;
 
 use serde_json::{Map, Value};
 use shrink_formats::gguf::{GgufError, GgufFile};
 use shrink_ir::Graph;
 
+pub use family::{Architecture, DynConfig, FamilyDef, FAMILIES};
 pub use gemma::GemmaConfig;
 pub use gpt2::{gpt2_is_conv1d, Gpt2Config};
 pub use graph_read::same_structure;
@@ -36,14 +40,6 @@ pub enum ArchId {
     Phi3,
     Gemma2,
     Gemma3,
-    Gpt2,
-}
-
-/// The module that defines an architecture: architectures of one family share a config type.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Family {
-    Llama,
-    Gemma,
     Gpt2,
 }
 
@@ -78,14 +74,20 @@ impl ArchId {
         ArchId::ALL.into_iter().find(|a| a.name() == name)
     }
 
-    pub fn family(self) -> Family {
+    /// The family (module) that defines the architecture.
+    pub fn family(self) -> &'static FamilyDef {
         match self {
             ArchId::Llama | ArchId::Mistral | ArchId::Qwen2 | ArchId::Qwen3 | ArchId::Phi3 => {
-                Family::Llama
+                &llama::FAMILY
             }
-            ArchId::Gemma2 | ArchId::Gemma3 => Family::Gemma,
-            ArchId::Gpt2 => Family::Gpt2,
+            ArchId::Gemma2 | ArchId::Gemma3 => &gemma::FAMILY,
+            ArchId::Gpt2 => &gpt2::FAMILY,
         }
+    }
+
+    /// Whether the architecture has a GGUF form (llama.cpp's names and metadata).
+    pub fn has_gguf(self) -> bool {
+        !self.family().gguf_archs.is_empty()
     }
 
     /// The names of the architectures `keep` accepts, comma-separated (for error messages).
@@ -165,12 +167,45 @@ impl FusedTensor {
     }
 }
 
-/// The normalised config of a model of any architecture.
-#[derive(Clone, Debug, PartialEq)]
-pub enum ArchConfig {
-    Llama(LlamaConfig),
-    Gemma(GemmaConfig),
-    Gpt2(Gpt2Config),
+/// The normalised config of a model of any architecture: one family's config behind
+/// [`Architecture`].
+pub struct ArchConfig(Box<dyn Architecture>);
+
+impl Clone for ArchConfig {
+    fn clone(&self) -> Self {
+        ArchConfig(self.0.clone_box())
+    }
+}
+
+impl PartialEq for ArchConfig {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.eq_dyn(other.0.as_ref())
+    }
+}
+
+impl fmt::Debug for ArchConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<A: Architecture + 'static> From<A> for ArchConfig {
+    fn from(a: A) -> Self {
+        ArchConfig(Box::new(a))
+    }
+}
+
+impl std::ops::Deref for ArchConfig {
+    type Target = dyn Architecture;
+    fn deref(&self) -> &Self::Target {
+        self.0.as_ref()
+    }
+}
+
+impl std::ops::DerefMut for ArchConfig {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        self.0.as_mut()
+    }
 }
 
 impl ArchConfig {
@@ -185,11 +220,7 @@ impl ArchConfig {
             model_type: model_type.to_string(),
             supported: ArchId::list(|_| true),
         })?;
-        let config = match id.family() {
-            Family::Llama => ArchConfig::Llama(LlamaConfig::from_hf(id, &c)?),
-            Family::Gemma => ArchConfig::Gemma(GemmaConfig::from_hf(id, &c)?),
-            Family::Gpt2 => ArchConfig::Gpt2(Gpt2Config::from_hf(&c)?),
-        };
+        let config = ArchConfig((id.family().from_hf)(id, &c)?);
         // The message starts with the field it is about, when it is one of the file's.
         config.validate().map_err(|m| {
             let field = m
@@ -206,233 +237,23 @@ impl ArchConfig {
     /// The config a GGUF file's metadata describes, validated, by `general.architecture`.
     pub fn from_gguf(file: &GgufFile) -> Result<ArchConfig, ConfigError> {
         let arch = file.get_str("general.architecture")?;
-        if llama::GGUF_ARCHS.contains(&arch) {
-            return Ok(ArchConfig::Llama(LlamaConfig::from_gguf(file)?));
-        }
-        if gemma::GGUF_ARCHS.contains(&arch) {
-            return Ok(ArchConfig::Gemma(GemmaConfig::from_gguf(file)?));
-        }
-        let known: Vec<&str> = llama::GGUF_ARCHS
-            .iter()
-            .chain(&gemma::GGUF_ARCHS)
-            .copied()
-            .collect();
-        Err(ConfigError::UnknownModelType {
-            model_type: arch.to_string(),
-            supported: known.join(", "),
-        })
-    }
-
-    /// The config of a graph (the inverse of [`ArchConfig::build`]), by its `architecture`.
-    pub fn from_graph(g: &Graph) -> Result<ArchConfig, String> {
-        Ok(match ArchId::of_graph(g)?.family() {
-            Family::Llama => ArchConfig::Llama(LlamaConfig::from_graph(g)?),
-            Family::Gemma => ArchConfig::Gemma(GemmaConfig::from_graph(g)?),
-            Family::Gpt2 => ArchConfig::Gpt2(Gpt2Config::from_graph(g)?),
-        })
-    }
-
-    pub fn id(&self) -> ArchId {
-        match self {
-            ArchConfig::Llama(c) => c.arch,
-            ArchConfig::Gemma(c) => c.arch,
-            ArchConfig::Gpt2(_) => ArchId::Gpt2,
-        }
-    }
-
-    pub fn validate(&self) -> Result<(), String> {
-        match self {
-            ArchConfig::Llama(c) => c.validate(),
-            ArchConfig::Gemma(c) => c.validate(),
-            ArchConfig::Gpt2(c) => c.validate(),
-        }
-    }
-
-    pub fn build(&self) -> Graph {
-        match self {
-            ArchConfig::Llama(c) => c.build(),
-            ArchConfig::Gemma(c) => c.build(),
-            ArchConfig::Gpt2(c) => c.build(),
-        }
-    }
-
-    /// Parameters of the model, in checked arithmetic.
-    pub fn param_count(&self) -> Result<u64, String> {
-        match self {
-            ArchConfig::Llama(c) => c.param_count(),
-            ArchConfig::Gemma(c) => c.param_count(),
-            ArchConfig::Gpt2(c) => c.param_count(),
-        }
-    }
-
-    /// Decoder layers, and the `config.json` field that declares them.
-    pub fn layers(&self) -> (usize, &'static str) {
-        match self {
-            ArchConfig::Llama(c) => (c.num_layers(), "num_hidden_layers"),
-            ArchConfig::Gemma(c) => (c.num_layers(), "num_hidden_layers"),
-            ArchConfig::Gpt2(c) => (c.n_layer, "n_layer"),
-        }
-    }
-
-    /// What only a checkpoint's tensors say, given which tensors it `has` and whether the
-    /// head shares the embedding's data (`head_shares_embedding(prefix)`): a missing `lm_head`
-    /// ties the head (some configs omit `tie_word_embeddings`); GPT-2's key prefix and untied
-    /// head.
-    pub fn fit_checkpoint(
-        &mut self,
-        has: &dyn Fn(&str) -> bool,
-        head_shares_embedding: &dyn Fn(&str) -> bool,
-    ) {
-        match self {
-            ArchConfig::Llama(c) => {
-                if !c.tie_word_embeddings && !has("lm_head.weight") {
-                    c.tie_word_embeddings = true;
-                }
-            }
-            ArchConfig::Gemma(c) => {
-                if !c.tie_word_embeddings && !has("lm_head.weight") {
-                    c.tie_word_embeddings = true;
-                }
-            }
-            ArchConfig::Gpt2(c) => {
-                if has("transformer.wte.weight") {
-                    c.prefix = "transformer.".into();
-                }
-                c.untied_head = has("lm_head.weight") && !head_shares_embedding(&c.prefix);
-            }
-        }
-    }
-
-    /// Parameter names as transformers' `save_pretrained` writes them (GPT-2 under
-    /// `transformer.`), for a model that has no checkpoint to follow.
-    pub fn use_saved_names(&mut self) {
-        if let ArchConfig::Gpt2(c) = self {
-            c.prefix = "transformer.".into();
-        }
-    }
-
-    /// Whether a parameter is stored transposed in Hugging Face checkpoints (GPT-2's `Conv1D`
-    /// weights are `[in, out]`; the IR keeps every linear weight `[out, in]`).
-    pub fn stored_transposed(&self, name: &str) -> bool {
-        matches!(self, ArchConfig::Gpt2(_)) && gpt2_is_conv1d(name)
-    }
-
-    /// What is added to a parameter's checkpoint values to give the IR's (Gemma's norms store
-    /// `w` of `1 + w`); 0 for the rest.
-    pub fn stored_offset(&self, name: &str) -> f32 {
-        match self {
-            ArchConfig::Gemma(_) if GemmaConfig::is_offset_norm(name) => GemmaConfig::NORM_OFFSET,
-            _ => 0.0,
-        }
-    }
-
-    /// Checkpoint tensors that hold several IR parameters, their rows stacked in order
-    /// (Phi-3's `qkv_proj` and `gate_up_proj`): split on import so every pass sees ordinary
-    /// q/k/v and gate/up linears, stacked again on export.
-    pub fn fused_tensors(&self) -> Vec<FusedTensor> {
-        match self {
-            ArchConfig::Llama(c) => c.fused_tensors(),
-            ArchConfig::Gemma(_) | ArchConfig::Gpt2(_) => Vec::new(),
-        }
-    }
-
-    /// `general.architecture` and the hyperparameters llama.cpp reads this model from.
-    pub fn to_gguf(&self) -> Result<(&'static str, llama::GgufMetadata), ConfigError> {
-        match self {
-            ArchConfig::Llama(c) => c.to_gguf(),
-            ArchConfig::Gemma(c) => c.to_gguf(),
-            ArchConfig::Gpt2(_) => Err(ConfigError::Field {
-                field: "architecture".into(),
-                message: "gpt2 has no GGUF export".into(),
+        match FAMILIES.iter().find(|f| f.gguf_archs.contains(&arch)) {
+            Some(f) => (f.from_gguf)(file).map(ArchConfig),
+            None => Err(ConfigError::UnknownModelType {
+                model_type: arch.to_string(),
+                supported: family::gguf_arch_list(),
             }),
         }
     }
 
-    /// The GGUF name of a parameter.
-    pub fn gguf_name(&self, hf: &str) -> Option<String> {
-        match self {
-            ArchConfig::Gemma(_) => gemma::gguf_name(hf),
-            _ => llama::gguf_name(hf),
-        }
+    /// The config of a graph (the inverse of [`Architecture::build`]), by its `architecture`.
+    pub fn from_graph(g: &Graph) -> Result<ArchConfig, String> {
+        (ArchId::of_graph(g)?.family().from_graph)(g).map(ArchConfig)
     }
 
-    /// For a Q or K parameter GGUF stores in llama.cpp's interleaved RoPE order, the heads its
-    /// rows split into (only the LLaMA family's `llama`/`deci` files).
-    pub fn gguf_permuted_heads(&self, hf: &str) -> Option<usize> {
-        match self {
-            ArchConfig::Llama(c) => rope_permuted_heads(hf, c),
-            _ => None,
-        }
-    }
-
-    /// GGUF tensors that are no IR parameter, as f32 values (Llama 3's `rope_freqs`).
-    pub fn gguf_extra_tensors(&self) -> Vec<(String, Vec<f32>)> {
-        match self {
-            ArchConfig::Llama(c) => {
-                llama::llama3_rope_factors(c.rope_theta, c.head_dim, c.rope_scaling)
-                    .map(|f| vec![("rope_freqs.weight".to_string(), f)])
-                    .unwrap_or_default()
-            }
-            _ => Vec::new(),
-        }
-    }
-
-    /// GGUF tensors that hold several IR parameters, by their GGUF names.
-    pub fn gguf_fused_tensors(&self) -> Vec<FusedTensor> {
-        match self {
-            ArchConfig::Llama(c) => c.gguf_fused_tensors(),
-            _ => Vec::new(),
-        }
-    }
-
-    pub fn head_dim(&self) -> usize {
-        match self {
-            ArchConfig::Llama(c) => c.head_dim,
-            ArchConfig::Gemma(c) => c.head_dim,
-            ArchConfig::Gpt2(c) => c.n_embd / c.n_head.max(1),
-        }
-    }
-
-    pub fn vocab_size(&self) -> usize {
-        match self {
-            ArchConfig::Llama(c) => c.vocab_size,
-            ArchConfig::Gemma(c) => c.vocab_size,
-            ArchConfig::Gpt2(c) => c.vocab_size,
-        }
-    }
-
-    /// The `config.json` transformers loads this model from.
-    pub fn to_hf(&self, torch_dtype: &str) -> Result<Map<String, Value>, String> {
-        match self {
-            ArchConfig::Llama(c) => c.to_hf(torch_dtype),
-            ArchConfig::Gemma(c) => c.to_hf(torch_dtype),
-            ArchConfig::Gpt2(c) => c.to_hf(torch_dtype),
-        }
-    }
-
-    pub fn bos_token_id(&self) -> Option<u32> {
-        match self {
-            ArchConfig::Llama(c) => c.bos_token_id,
-            ArchConfig::Gemma(c) => c.bos_token_id,
-            ArchConfig::Gpt2(c) => c.bos_token_id,
-        }
-    }
-
-    pub fn eos_token_id(&self) -> Option<u32> {
-        match self {
-            ArchConfig::Llama(c) => c.eos_token_id,
-            ArchConfig::Gemma(c) => c.eos_token_id,
-            ArchConfig::Gpt2(c) => c.eos_token_id,
-        }
-    }
-
-    /// The context the model declares (`max_position_embeddings`, GPT-2's `n_positions`).
-    pub fn context_length(&self) -> usize {
-        match self {
-            ArchConfig::Llama(c) => c.max_position_embeddings,
-            ArchConfig::Gemma(c) => c.max_position_embeddings,
-            ArchConfig::Gpt2(c) => c.n_positions,
-        }
+    /// The family's own config type, when it is `T`.
+    pub fn downcast_ref<T: Any>(&self) -> Option<&T> {
+        self.0.as_any().downcast_ref()
     }
 }
 

@@ -10,7 +10,8 @@ use crate::graph_read::*;
 use crate::hf_json::{f32_json, layer_types_json, token_json, ConfigJson};
 use shrink_formats::gguf::{GgufError, GgufFile, MetaValue};
 
-use crate::{ArchId, ConfigError, Family, FusedTensor};
+use crate::family::{Architecture, FamilyDef};
+use crate::{ArchId, ConfigError, FusedTensor};
 
 /// The LLaMA family (Llama, SmolLM, Mistral, Qwen2, Qwen3, Phi-3): RMSNorm, RoPE, grouped-query
 /// attention, SwiGLU MLP. Layers may differ in MLP width and head counts (structured pruning makes such
@@ -378,10 +379,10 @@ impl LlamaConfig {
     /// at fault when the graph is not that shape.
     pub fn from_graph(g: &Graph) -> Result<LlamaConfig, String> {
         let arch = ArchId::of_graph(g)?;
-        if arch.family() != Family::Llama {
+        if !FAMILY.reads(arch) {
             return Err(format!(
                 "architecture '{arch}' is not of the LLaMA family ({})",
-                ArchId::list(|a| a.family() == Family::Llama)
+                FAMILY.arch_list()
             ));
         }
         let embed = "model.embed_tokens.weight";
@@ -1491,5 +1492,76 @@ fn sliding_windows_from_hf(
         }
         // Llama and the others have no sliding window in transformers.
         _ => Ok(vec![None; layers]),
+    }
+}
+
+/// The LLaMA family in the registry ([`crate::FAMILIES`]).
+pub(crate) static FAMILY: FamilyDef = FamilyDef {
+    gguf_archs: &GGUF_ARCHS,
+    from_hf: |id, c| Ok(Box::new(LlamaConfig::from_hf(id, c)?)),
+    from_gguf: |f| Ok(Box::new(LlamaConfig::from_gguf(f)?)),
+    from_graph: |g| Ok(Box::new(LlamaConfig::from_graph(g)?)),
+};
+
+impl Architecture for LlamaConfig {
+    fn id(&self) -> ArchId {
+        self.arch
+    }
+    fn validate(&self) -> Result<(), String> {
+        LlamaConfig::validate(self)
+    }
+    fn build(&self) -> Graph {
+        LlamaConfig::build(self)
+    }
+    fn param_count(&self) -> Result<u64, String> {
+        LlamaConfig::param_count(self)
+    }
+    fn layers(&self) -> (usize, &'static str) {
+        (self.num_layers(), "num_hidden_layers")
+    }
+    fn head_dim(&self) -> usize {
+        self.head_dim
+    }
+    fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+    fn context_length(&self) -> usize {
+        self.max_position_embeddings
+    }
+    fn bos_token_id(&self) -> Option<u32> {
+        self.bos_token_id
+    }
+    fn eos_token_id(&self) -> Option<u32> {
+        self.eos_token_id
+    }
+    fn to_hf(&self, torch_dtype: &str) -> Result<Map<String, Value>, String> {
+        LlamaConfig::to_hf(self, torch_dtype)
+    }
+    /// A missing `lm_head` ties the head (some configs omit `tie_word_embeddings`).
+    fn fit_checkpoint(&mut self, has: &dyn Fn(&str) -> bool, _: &dyn Fn(&str) -> bool) {
+        if !self.tie_word_embeddings && !has("lm_head.weight") {
+            self.tie_word_embeddings = true;
+        }
+    }
+    fn fused_tensors(&self) -> Vec<FusedTensor> {
+        LlamaConfig::fused_tensors(self)
+    }
+    fn to_gguf(&self) -> Result<(&'static str, GgufMetadata), ConfigError> {
+        LlamaConfig::to_gguf(self)
+    }
+    fn gguf_name(&self, hf: &str) -> Option<String> {
+        gguf_name(hf)
+    }
+    fn gguf_permuted_heads(&self, hf: &str) -> Option<usize> {
+        rope_permuted_heads(hf, self)
+    }
+    /// Llama 3's `rope_freqs`.
+    fn gguf_extra_tensors(&self) -> Vec<(String, Vec<f32>)> {
+        llama3_rope_factors(self.rope_theta, self.head_dim, self.rope_scaling)
+            .map(|f| vec![("rope_freqs.weight".to_string(), f)])
+            .unwrap_or_default()
+    }
+    fn gguf_fused_tensors(&self) -> Vec<FusedTensor> {
+        LlamaConfig::gguf_fused_tensors(self)
     }
 }

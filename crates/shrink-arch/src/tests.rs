@@ -2,6 +2,11 @@ use crate::graph_read::ops_in_order;
 use crate::*;
 use shrink_ir::{Activation, DType, Op, ParamType};
 
+/// The LLaMA-family config behind an [`ArchConfig`].
+fn llama_of(c: &ArchConfig) -> &LlamaConfig {
+    c.downcast_ref().expect("a LLaMA-family config")
+}
+
 fn llama(arch: &str, tied: bool, bias: bool) -> LlamaConfig {
     LlamaConfig {
         arch: ArchId::from_name(arch).expect("a known architecture"),
@@ -358,23 +363,23 @@ fn every_architecture_round_trips_through_its_config_json() {
         truncate: false,
     };
     let configs = [
-        ArchConfig::Llama(qwen3_yarn),
-        ArchConfig::Llama(mistral_swa),
-        ArchConfig::Llama(qwen2_swa),
-        ArchConfig::Llama(llama("llama", true, false)),
-        ArchConfig::Llama(llama("mistral", false, false)),
-        ArchConfig::Llama(llama("qwen2", false, true)),
-        ArchConfig::Llama(llama("qwen3", false, false)),
-        ArchConfig::Llama(llama("qwen3", true, false)),
-        ArchConfig::Llama(phi3_swa),
-        ArchConfig::Gemma(gemma(true)),
-        ArchConfig::Gemma(gemma(false)),
-        ArchConfig::Gemma(gemma2()),
-        ArchConfig::Llama(pruned),
+        ArchConfig::from(qwen3_yarn),
+        ArchConfig::from(mistral_swa),
+        ArchConfig::from(qwen2_swa),
+        ArchConfig::from(llama("llama", true, false)),
+        ArchConfig::from(llama("mistral", false, false)),
+        ArchConfig::from(llama("qwen2", false, true)),
+        ArchConfig::from(llama("qwen3", false, false)),
+        ArchConfig::from(llama("qwen3", true, false)),
+        ArchConfig::from(phi3_swa),
+        ArchConfig::from(gemma(true)),
+        ArchConfig::from(gemma(false)),
+        ArchConfig::from(gemma2()),
+        ArchConfig::from(pruned),
         // GPT-2's untied head is the checkpoint's to say (an `lm_head.weight` of its own), so
         // a config.json alone reads back tied.
-        ArchConfig::Gpt2(gpt2("", false, Activation::GeluTanh)),
-        ArchConfig::Gpt2(gpt2("", false, Activation::Relu)),
+        ArchConfig::from(gpt2("", false, Activation::GeluTanh)),
+        ArchConfig::from(gpt2("", false, Activation::Relu)),
     ];
     let mut seen = std::collections::BTreeSet::new();
     for c in configs {
@@ -393,7 +398,7 @@ fn every_architecture_round_trips_through_its_config_json() {
 
 #[test]
 fn config_json_errors_name_the_field_or_list_the_architectures() {
-    let mut json = ArchConfig::Llama(llama("llama", true, false))
+    let mut json = ArchConfig::from(llama("llama", true, false))
         .to_hf("float32")
         .unwrap();
     json.insert("model_type".into(), "mamba".into());
@@ -426,13 +431,16 @@ fn arch_ids_are_named_once() {
 
 #[test]
 fn sliding_windows_follow_transformers_per_architecture() {
-    let base = ArchConfig::Llama(llama("qwen2", false, true))
+    let base = ArchConfig::from(llama("qwen2", false, true))
         .to_hf("float32")
         .unwrap();
     let windows =
         |json: &serde_json::Map<String, serde_json::Value>| match ArchConfig::from_hf(json) {
-            Ok(ArchConfig::Llama(c)) => Ok(c.layers.iter().map(|l| l.sliding_window).collect()),
-            Ok(_) => unreachable!(),
+            Ok(c) => Ok(llama_of(&c)
+                .layers
+                .iter()
+                .map(|l| l.sliding_window)
+                .collect()),
             Err(e) => Err(e.to_string()),
         };
     // Qwen2: off unless use_sliding_window; then from max_window_layers on, or by layer_types.
@@ -456,7 +464,7 @@ fn sliding_windows_follow_transformers_per_architecture() {
         .unwrap_err()
         .starts_with("field 'layer_types': element 0"));
     // Mistral: every layer, when given.
-    let mut m = ArchConfig::Llama(llama("mistral", false, false))
+    let mut m = ArchConfig::from(llama("mistral", false, false))
         .to_hf("float32")
         .unwrap();
     assert_eq!(windows(&m), Ok(vec![None; 3]));
@@ -508,15 +516,15 @@ fn qwen3_has_per_head_qk_norms_and_refuses_what_its_formats_cannot_hold() {
         .to_string()
         .contains("q/k norms"));
     // transformers' default for an absent tie_word_embeddings is untied.
-    let mut json = ArchConfig::Llama(c.clone()).to_hf("float32").unwrap();
+    let mut json = ArchConfig::from(c.clone()).to_hf("float32").unwrap();
     json.remove("tie_word_embeddings");
     json.remove("attention_bias");
-    assert_eq!(ArchConfig::from_hf(&json).unwrap(), ArchConfig::Llama(c));
+    assert_eq!(ArchConfig::from_hf(&json).unwrap(), ArchConfig::from(c));
 }
 
 #[test]
 fn phi3_checkpoints_stack_qkv_and_gate_up() {
-    let c = ArchConfig::Llama(llama("phi3", false, false));
+    let c = ArchConfig::from(llama("phi3", false, false));
     let fused = c.fused_tensors();
     assert_eq!(fused.len(), 2 * 3);
     assert_eq!(fused[0].name, "model.layers.0.self_attn.qkv_proj.weight");
@@ -529,7 +537,7 @@ fn phi3_checkpoints_stack_qkv_and_gate_up() {
         ]
     );
     assert_eq!(fused[5].name, "model.layers.2.mlp.gate_up_proj.weight");
-    assert!(ArchConfig::Llama(llama("llama", true, false))
+    assert!(ArchConfig::from(llama("llama", true, false))
         .fused_tensors()
         .is_empty());
     // A partial rotary factor: Phi-3's (transformers 5 reads `rope_parameters` first), and
@@ -541,11 +549,9 @@ fn phi3_checkpoints_stack_qkv_and_gate_up() {
     );
     json.remove("rope_theta");
     json.remove("rope_scaling");
-    let Ok(ArchConfig::Llama(p)) = ArchConfig::from_hf(&json) else {
-        panic!("Phi-3 with partial rotary loads")
-    };
+    let p = llama_of(&ArchConfig::from_hf(&json).expect("Phi-3 with partial rotary loads")).clone();
     assert_eq!((p.head_dim, p.rotary_dim), (8, 6));
-    let back = ArchConfig::Llama(p.clone()).to_hf("float32").unwrap();
+    let back = ArchConfig::from(p.clone()).to_hf("float32").unwrap();
     assert_eq!(back["partial_rotary_factor"].as_f64(), Some(0.75));
     assert_eq!(LlamaConfig::from_graph(&p.build()).unwrap().rotary_dim, 6);
     json.insert("model_type".into(), "llama".into());
@@ -560,7 +566,7 @@ fn phi3_checkpoints_stack_qkv_and_gate_up() {
 fn gemma3_reads_both_config_forms_and_keeps_norm_offsets_to_its_norms() {
     let c = gemma(true);
     assert_eq!(GemmaConfig::from_graph(&c.build()).unwrap(), c);
-    let hub = ArchConfig::Gemma(c.clone()).to_hf("bfloat16").unwrap();
+    let hub = ArchConfig::from(c.clone()).to_hf("bfloat16").unwrap();
     // transformers 5's form: one RoPE object per layer type; no layer_types (the default
     // pattern: every 6th layer global).
     let mut v5 = hub.clone();
@@ -582,23 +588,22 @@ fn gemma3_reads_both_config_forms_and_keeps_norm_offsets_to_its_norms() {
     v5.insert("sliding_window_pattern".into(), 3.into());
     assert_eq!(
         ArchConfig::from_hf(&v5).unwrap(),
-        ArchConfig::Gemma(c.clone())
+        ArchConfig::from(c.clone())
     );
     // Gemma 3 soft-caps the logits when its config says so, and never the attention (as
     // transformers' Gemma 3 does).
     let mut capped = hub.clone();
     capped.insert("final_logit_softcapping".into(), 30.0.into());
     capped.insert("attn_logit_softcapping".into(), 50.0.into());
-    let Ok(ArchConfig::Gemma(g)) = ArchConfig::from_hf(&capped) else {
-        panic!("a capped Gemma 3 config loads")
-    };
+    let g = ArchConfig::from_hf(&capped).expect("a capped Gemma 3 config loads");
+    let g = g.downcast_ref::<GemmaConfig>().expect("gemma").clone();
     assert_eq!(
         (g.final_logit_softcapping, g.attn_logit_softcapping),
         (Some(30.0), None)
     );
-    let json = ArchConfig::Gemma(g.clone()).to_hf("float32").unwrap();
-    assert_eq!(ArchConfig::from_hf(&json).unwrap(), ArchConfig::Gemma(g));
-    let arch = ArchConfig::Gemma(c);
+    let json = ArchConfig::from(g.clone()).to_hf("float32").unwrap();
+    assert_eq!(ArchConfig::from_hf(&json).unwrap(), ArchConfig::from(g));
+    let arch = ArchConfig::from(c);
     assert_eq!(
         arch.stored_offset("model.layers.0.self_attn.q_norm.weight"),
         1.0
@@ -606,7 +611,7 @@ fn gemma3_reads_both_config_forms_and_keeps_norm_offsets_to_its_norms() {
     assert_eq!(arch.stored_offset("model.norm.weight"), 1.0);
     assert_eq!(arch.stored_offset("model.layers.0.mlp.up_proj.weight"), 0.0);
     assert_eq!(
-        ArchConfig::Llama(llama("llama", true, false)).stored_offset("model.norm.weight"),
+        ArchConfig::from(llama("llama", true, false)).stored_offset("model.norm.weight"),
         0.0
     );
 }
@@ -648,8 +653,8 @@ fn a_rope_factor_past_f32_is_refused_not_built() {
     // by the verifier's RoPE check before any graph is built (the fuzzer found the panic).
     for arch in [ArchId::Llama, ArchId::Gemma3] {
         let mut json = match arch {
-            ArchId::Gemma3 => ArchConfig::Gemma(gemma(true)).to_hf("float32").unwrap(),
-            _ => ArchConfig::Llama(llama("llama", true, false))
+            ArchId::Gemma3 => ArchConfig::from(gemma(true)).to_hf("float32").unwrap(),
+            _ => ArchConfig::from(llama("llama", true, false))
                 .to_hf("float32")
                 .unwrap(),
         };
@@ -667,17 +672,14 @@ fn a_rope_factor_past_f32_is_refused_not_built() {
 
 #[test]
 fn yarn_reads_every_field_transformers_reads() {
-    let base = ArchConfig::Llama(llama("qwen3", false, false))
+    let base = ArchConfig::from(llama("qwen3", false, false))
         .to_hf("float32")
         .unwrap();
     let read = |rope: serde_json::Value| {
         let mut json = base.clone();
         json.insert("max_position_embeddings".into(), 131072.into());
         json.insert("rope_scaling".into(), rope);
-        ArchConfig::from_hf(&json).map(|c| match c {
-            ArchConfig::Llama(c) => c.rope_scaling,
-            _ => unreachable!(),
-        })
+        ArchConfig::from_hf(&json).map(|c| llama_of(&c).rope_scaling)
     };
     let yarn = |original_context, beta_fast, beta_slow, attention_factor: f64| {
         shrink_ir::RopeScaling::Yarn {
@@ -724,7 +726,7 @@ fn yarn_reads_every_field_transformers_reads() {
         assert_eq!(read(rope).unwrap_err().to_string(), want);
     }
     // transformers' Phi-3 reads `yarn` as longrope and refuses the rest.
-    let mut phi3 = ArchConfig::Llama(llama("phi3", false, false))
+    let mut phi3 = ArchConfig::from(llama("phi3", false, false))
         .to_hf("float32")
         .unwrap();
     phi3.insert(
@@ -736,4 +738,24 @@ fn yarn_reads_every_field_transformers_reads() {
         e.starts_with("field 'rope_scaling.rope_type': 'linear' is not supported for phi3"),
         "{e}"
     );
+}
+
+#[test]
+fn every_family_reads_back_its_own_architectures() {
+    // Each ArchId's family builds configs of that id, and GGUF architectures are each read by
+    // one family.
+    for id in ArchId::ALL {
+        assert!(id.family().reads(id), "{id}");
+        let others = FAMILIES.iter().filter(|f| f.reads(id)).count();
+        assert_eq!(others, 1, "{id} is in exactly one registered family");
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for f in FAMILIES {
+        for a in f.gguf_archs {
+            assert!(
+                seen.insert(*a),
+                "GGUF architecture {a} is read by two families"
+            );
+        }
+    }
 }

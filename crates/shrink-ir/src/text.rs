@@ -838,13 +838,15 @@ fn build_op(name: &str, a: &mut Attrs) -> Result<Op, ParseError> {
                         attention_factor: a.num("rope_attention_factor", name)?,
                         truncate: a.num("rope_truncate", name)?,
                     },
-                    Some(other) => return Err(ParseError {
-                        line: a.line,
-                        col,
-                        message: format!(
+                    Some(other) => {
+                        return Err(ParseError {
+                            line: a.line,
+                            col,
+                            message: format!(
                             "unknown rope_scaling '{other}' (linear, llama3, yarn, or none given)"
                         ),
-                    }),
+                        })
+                    }
                 };
                 Some(Rope {
                     theta: a.num("rope_theta", name)?,

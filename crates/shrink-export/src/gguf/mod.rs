@@ -21,7 +21,7 @@ use std::fs::OpenOptions;
 use std::io::BufWriter;
 use std::path::Path;
 
-use shrink_arch::{permute_rows, ArchConfig, ArchId, ConfigError, Family};
+use shrink_arch::{permute_rows, ArchConfig, ArchId, ConfigError};
 use shrink_formats::gguf::{GgmlType, GgufTensor, GgufWriter, MetaValue};
 use shrink_formats::tokenizer::gguf_metadata as tokenizer_metadata;
 use shrink_formats::Tokenizer;
@@ -86,12 +86,11 @@ pub fn prepare<'m>(model: &'m Model, tokenizer: &Tokenizer, path: &Path) -> Resu
     };
     crate::peft::refuse_adapters(model, path)?;
     let arch = ArchId::of_graph(g).map_err(unsupported)?;
-    let writable = |a: ArchId| matches!(a.family(), Family::Llama | Family::Gemma);
-    if !writable(arch) {
+    if !arch.has_gguf() {
         return Err(unsupported(format!(
             "GGUF export writes llama.cpp's LLaMA- and Gemma-family architectures (graphs of \
              {}); this model is '{arch}'",
-            ArchId::list(writable)
+            ArchId::list(ArchId::has_gguf)
         )));
     }
     let cfg = ArchConfig::from_graph(g).map_err(|message| ExportError::Graph {

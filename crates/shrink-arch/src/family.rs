@@ -1,0 +1,152 @@
+//! The one trait every architecture module implements, and the registry of families: adding a
+//! family is its module (a config type implementing [`Architecture`] and a `static FAMILY:
+//! FamilyDef`), its [`ArchId`]s (mapped to the family by [`ArchId::family`]) and one line in
+//! [`FAMILIES`].
+
+use std::any::Any;
+use std::fmt;
+
+use serde_json::{Map, Value};
+use shrink_formats::gguf::GgufFile;
+use shrink_ir::Graph;
+
+use crate::hf_json::ConfigJson;
+use crate::llama::GgufMetadata;
+use crate::{ArchId, ConfigError, FusedTensor};
+
+/// A normalised model config of one family: what it builds, how its checkpoints and GGUF files
+/// name and store its parameters, and the `config.json` it is written back as.
+pub trait Architecture: fmt::Debug + Send + Sync + DynConfig {
+    fn id(&self) -> ArchId;
+    /// Why the config cannot be built, naming the field, if it cannot.
+    fn validate(&self) -> Result<(), String>;
+    fn build(&self) -> Graph;
+    /// Parameters of the model, in checked arithmetic.
+    fn param_count(&self) -> Result<u64, String>;
+    /// Decoder layers, and the `config.json` field that declares them.
+    fn layers(&self) -> (usize, &'static str);
+    fn head_dim(&self) -> usize;
+    fn vocab_size(&self) -> usize;
+    /// The context the model declares.
+    fn context_length(&self) -> usize;
+    fn bos_token_id(&self) -> Option<u32>;
+    fn eos_token_id(&self) -> Option<u32>;
+    /// The `config.json` transformers loads this model from.
+    fn to_hf(&self, torch_dtype: &str) -> Result<Map<String, Value>, String>;
+
+    /// What only a checkpoint's tensors say (see [`crate::ArchConfig::fit_checkpoint`]).
+    fn fit_checkpoint(
+        &mut self,
+        has: &dyn Fn(&str) -> bool,
+        head_shares_embedding: &dyn Fn(&str) -> bool,
+    );
+    /// Parameter names as `save_pretrained` writes them, for a model with no checkpoint.
+    fn use_saved_names(&mut self) {}
+    /// Whether a parameter is stored transposed in Hugging Face checkpoints.
+    fn stored_transposed(&self, _name: &str) -> bool {
+        false
+    }
+    /// What is added to a parameter's checkpoint values to give the IR's.
+    fn stored_offset(&self, _name: &str) -> f32 {
+        0.0
+    }
+    /// Checkpoint tensors that hold several IR parameters.
+    fn fused_tensors(&self) -> Vec<FusedTensor> {
+        Vec::new()
+    }
+
+    /// `general.architecture` and the hyperparameters llama.cpp reads this model from.
+    fn to_gguf(&self) -> Result<(&'static str, GgufMetadata), ConfigError> {
+        Err(ConfigError::Field {
+            field: "architecture".into(),
+            message: format!("{} has no GGUF export", self.id()),
+        })
+    }
+    /// The GGUF name of a parameter.
+    fn gguf_name(&self, _hf: &str) -> Option<String> {
+        None
+    }
+    /// For a Q or K parameter GGUF stores in llama.cpp's interleaved RoPE order, its heads.
+    fn gguf_permuted_heads(&self, _hf: &str) -> Option<usize> {
+        None
+    }
+    /// GGUF tensors that are no IR parameter, as f32 values.
+    fn gguf_extra_tensors(&self) -> Vec<(String, Vec<f32>)> {
+        Vec::new()
+    }
+    /// GGUF tensors that hold several IR parameters, by their GGUF names.
+    fn gguf_fused_tensors(&self) -> Vec<FusedTensor> {
+        Vec::new()
+    }
+}
+
+/// Cloning, comparison and downcasting of a boxed [`Architecture`], given to every config type
+/// that is `Clone + PartialEq`.
+pub trait DynConfig {
+    fn clone_box(&self) -> Box<dyn Architecture>;
+    fn eq_dyn(&self, other: &dyn Architecture) -> bool;
+    fn as_any(&self) -> &dyn Any;
+}
+
+impl<T: Architecture + Clone + PartialEq + 'static> DynConfig for T {
+    fn clone_box(&self) -> Box<dyn Architecture> {
+        Box::new(self.clone())
+    }
+
+    fn eq_dyn(&self, other: &dyn Architecture) -> bool {
+        other.as_any().downcast_ref::<T>() == Some(self)
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// A family's config, read from a file.
+pub(crate) type ReadConfig = Result<Box<dyn Architecture>, ConfigError>;
+
+/// How a family's configs are read: from `config.json`, from GGUF metadata, from a graph.
+pub struct FamilyDef {
+    /// GGUF `general.architecture` values it reads and writes (none: no GGUF form).
+    pub gguf_archs: &'static [&'static str],
+    pub(crate) from_hf: fn(ArchId, &ConfigJson<'_>) -> ReadConfig,
+    pub(crate) from_gguf: fn(&GgufFile) -> ReadConfig,
+    pub(crate) from_graph: fn(&Graph) -> Result<Box<dyn Architecture>, String>,
+}
+
+impl FamilyDef {
+    /// Whether the family reads architecture `id`.
+    pub fn reads(&'static self, id: ArchId) -> bool {
+        std::ptr::eq(id.family(), self)
+    }
+
+    /// The architectures of this family, comma-separated (for error messages).
+    pub fn arch_list(&'static self) -> String {
+        ArchId::list(|a| self.reads(a))
+    }
+}
+
+/// Every family, in the order GGUF architectures are listed in errors.
+pub static FAMILIES: [&FamilyDef; 3] = [
+    &crate::llama::FAMILY,
+    &crate::gemma::FAMILY,
+    &crate::gpt2::FAMILY,
+];
+
+/// A family's `from_gguf` for a family without a GGUF form.
+pub(crate) fn no_gguf(file: &GgufFile) -> ReadConfig {
+    let arch = file.get_str("general.architecture")?;
+    Err(ConfigError::UnknownModelType {
+        model_type: arch.to_string(),
+        supported: gguf_arch_list(),
+    })
+}
+
+/// Every GGUF architecture shrink reads, comma-separated.
+pub(crate) fn gguf_arch_list() -> String {
+    let known: Vec<&str> = FAMILIES
+        .iter()
+        .flat_map(|f| f.gguf_archs.iter().copied())
+        .collect();
+    known.join(", ")
+}
