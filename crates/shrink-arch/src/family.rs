@@ -102,6 +102,36 @@ impl<T: Architecture + Clone + PartialEq + 'static> DynConfig for T {
     }
 }
 
+/// The [`Architecture`] accessors of a config whose fields are named as transformers' decoder
+/// configs name them (`head_dim`, `vocab_size`, `max_position_embeddings`, the token ids,
+/// `tie_word_embeddings`), and its checkpoint rule: a missing `lm_head` ties the head (some
+/// configs omit `tie_word_embeddings`).
+macro_rules! decoder_config_fields {
+    () => {
+        fn head_dim(&self) -> usize {
+            self.head_dim
+        }
+        fn vocab_size(&self) -> usize {
+            self.vocab_size
+        }
+        fn context_length(&self) -> usize {
+            self.max_position_embeddings
+        }
+        fn bos_token_id(&self) -> Option<u32> {
+            self.bos_token_id
+        }
+        fn eos_token_id(&self) -> Option<u32> {
+            self.eos_token_id
+        }
+        fn fit_checkpoint(&mut self, has: &dyn Fn(&str) -> bool, _: &dyn Fn(&str) -> bool) {
+            if !self.tie_word_embeddings && !has("lm_head.weight") {
+                self.tie_word_embeddings = true;
+            }
+        }
+    };
+}
+pub(crate) use decoder_config_fields;
+
 /// A family's config, read from a file.
 pub(crate) type ReadConfig = Result<Box<dyn Architecture>, ConfigError>;
 

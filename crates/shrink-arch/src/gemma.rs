@@ -13,7 +13,7 @@ use shrink_ir::{Activation, AttentionSpec, Graph, NormKind, Op, Rope, RopeScalin
 use serde_json::{json, Map, Value};
 
 use crate::builder::{Builder, Meta};
-use crate::family::{Architecture, FamilyDef};
+use crate::family::{decoder_config_fields, Architecture, FamilyDef};
 use crate::graph_read::*;
 use crate::hf_json::{f32_json, layer_types_json, token_json, ConfigJson};
 use crate::llama::GgufMetadata;
@@ -819,29 +819,9 @@ impl Architecture for GemmaConfig {
     fn layers(&self) -> (usize, &'static str) {
         (self.num_layers(), "num_hidden_layers")
     }
-    fn head_dim(&self) -> usize {
-        self.head_dim
-    }
-    fn vocab_size(&self) -> usize {
-        self.vocab_size
-    }
-    fn context_length(&self) -> usize {
-        self.max_position_embeddings
-    }
-    fn bos_token_id(&self) -> Option<u32> {
-        self.bos_token_id
-    }
-    fn eos_token_id(&self) -> Option<u32> {
-        self.eos_token_id
-    }
+    decoder_config_fields!();
     fn to_hf(&self, torch_dtype: &str) -> Result<Map<String, Value>, String> {
         GemmaConfig::to_hf(self, torch_dtype)
-    }
-    /// A missing `lm_head` ties the head (some configs omit `tie_word_embeddings`).
-    fn fit_checkpoint(&mut self, has: &dyn Fn(&str) -> bool, _: &dyn Fn(&str) -> bool) {
-        if !self.tie_word_embeddings && !has("lm_head.weight") {
-            self.tie_word_embeddings = true;
-        }
     }
     /// Gemma's norms store `w` of `1 + w`.
     fn stored_offset(&self, name: &str) -> f32 {
