@@ -281,3 +281,58 @@ fn sentencepiece_tokenizer_exports_to_gguf_as_llama_cpps_converter_writes_it() {
         std::fs::read(fixture("tiny-llama-spm/tokenizer.model")).expect("fixture")
     );
 }
+
+/// llama.cpp's SentencePiece, written as tokenizer.json (a BPE with byte fallback), tokenizes
+/// each SentencePiece vocabulary's llama.cpp cases as llama-tokenize does, BOS and EOS added as
+/// the GGUF says (export writes them as the post-processor).
+#[test]
+fn sentencepiece_from_gguf_written_as_tokenizer_json_tokenizes_as_llama_cpp() {
+    for name in ["llama-spm", "phi-3", "tiny-llama-spm"] {
+        let (file, cases) = llamacpp_vocab(name);
+        let tok = Tokenizer::from_gguf(&file).expect("tokenizer");
+        let json = tok
+            .to_hf()
+            .expect("tokenizer.json")
+            .to_string(false)
+            .expect("json");
+        let path = crate::common::scratch(&format!("spm-json-{name}")).join("tokenizer.json");
+        std::fs::write(&path, json).expect("write");
+        let mut back = Tokenizer::from_file(&path).expect("read back");
+        let mut wrong = Vec::new();
+        for (text, parse, want) in &cases {
+            let mut got: Vec<u32> = tok.bos_to_add().into_iter().collect();
+            got.extend(back.encode(text, *parse).expect("encode"));
+            got.extend(tok.eos_to_add());
+            if &got != want {
+                wrong.push(format!(
+                    "{text:?} (parse_special {parse}): {got:?} != {want:?}"
+                ));
+            }
+        }
+        assert!(
+            wrong.is_empty(),
+            "{name}: {} of {} differ:\n{}",
+            wrong.len(),
+            cases.len(),
+            wrong.join("\n")
+        );
+    }
+}
+
+/// A GGUF model with a SentencePiece tokenizer (llama.cpp's converter's tiny-llama-spm) exports
+/// to a Hugging Face directory whose tokenizer.json gives llama.cpp's tokens, BOS included.
+#[test]
+fn sentencepiece_gguf_model_exports_to_hugging_face_with_its_tokens() {
+    let loaded = shrink_import::load(&fixture("converter/tiny-llama-spm.gguf")).expect("load");
+    let proof = loaded.model.verify().expect("verify");
+    let tok = loaded.tokenizer.as_ref().expect("tokenizer");
+    let dir = crate::common::scratch("spm-gguf-to-hf");
+    shrink_export::hf::write(&loaded.model, &proof, Some(tok), &dir).expect("hf export");
+    let back = shrink_import::load(&dir).expect("reload");
+    let (_, cases) = llamacpp_vocab("tiny-llama-spm");
+    check_cases(
+        "the Hugging Face export of tiny-llama-spm's GGUF",
+        &mut back.tokenizer.expect("tokenizer"),
+        &cases,
+    );
+}

@@ -155,10 +155,8 @@ fn tokenizer_files(
         message,
     };
     let mut text = tok
-        .hf()
-        .ok_or_else(|| {
-            err("llama.cpp's SentencePiece tokenizer cannot be written as tokenizer.json".into())
-        })?
+        .to_hf()
+        .map_err(err)?
         .to_string(false)
         .map_err(|e| err(format!("cannot serialise: {e}")))?;
     // A GGUF tokenizer that adds BOS or EOS does it outside the `tokenizers` pipeline; in

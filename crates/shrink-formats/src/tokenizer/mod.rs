@@ -303,12 +303,25 @@ impl Tokenizer {
         }
     }
 
-    /// The `tokenizers` pipeline (exporters serialise it as `tokenizer.json`); `None` for
-    /// llama.cpp's SentencePiece, which has no such form here.
+    /// The `tokenizers` pipeline of a `tokenizer.json` or a byte-level BPE; `None` for
+    /// llama.cpp's SentencePiece (see [`Tokenizer::to_hf`]).
     pub fn hf(&self) -> Option<&tokenizers::Tokenizer> {
         match &self.model {
             Model::Hf(inner) => Some(inner),
             Model::Spm(_) => None,
+        }
+    }
+
+    /// This tokenizer as a `tokenizers` pipeline, the form exporters serialise as
+    /// `tokenizer.json`: the pipeline itself, or llama.cpp's SentencePiece written as the BPE
+    /// with byte fallback that tokenizes the same (BOS and EOS stay outside, as
+    /// [`Tokenizer::bos_to_add`] says).
+    pub fn to_hf(
+        &self,
+    ) -> std::result::Result<std::borrow::Cow<'_, tokenizers::Tokenizer>, String> {
+        match &self.model {
+            Model::Hf(inner) => Ok(std::borrow::Cow::Borrowed(inner)),
+            Model::Spm(spm) => spm.to_hf().map(std::borrow::Cow::Owned),
         }
     }
 

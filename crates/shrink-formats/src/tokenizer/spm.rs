@@ -279,6 +279,89 @@ impl Spm {
     }
 }
 
+impl Spm {
+    /// The same tokenizer as a `tokenizers` pipeline, as `tokenizer.json` writes it (Llama 2's
+    /// form): BPE over the vocabulary with byte fallback, one merge for every split of a token
+    /// into two tokens, ranked by the score of the token formed (ties: the lower id, then the
+    /// lower left id), so that BPE's lowest-rank-first merging is this greedy merging by score;
+    /// spaces as "▁", and "▁" prepended to each text segment when `add_space_prefix`; control
+    /// and unknown tokens special (cut when special text is parsed), user-defined ones always
+    /// cut, both matched on the raw text.
+    pub(super) fn to_hf(&self) -> Result<tokenizers::Tokenizer, String> {
+        use tokenizers::decoders::{
+            byte_fallback::ByteFallback, fuse::Fuse, sequence::Sequence as Decoders, strip::Strip,
+        };
+        use tokenizers::models::bpe::BPE;
+        use tokenizers::normalizers::{
+            NormalizerWrapper, Prepend, Replace, Sequence as Normalizers,
+        };
+        use tokenizers::AddedToken;
+
+        let mut ranked: Vec<(f32, u32, u32, &str, &str)> = Vec::new();
+        for (id, t) in self.tokens.iter().enumerate() {
+            for (k, _) in t.char_indices().skip(1) {
+                let (l, r) = (&t[..k], &t[k..]);
+                if let (Some(&li), Some(_)) = (self.ids.get(l), self.ids.get(r)) {
+                    ranked.push((self.scores[id], id as u32, li, l, r));
+                }
+            }
+        }
+        ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+        let merges = ranked
+            .into_iter()
+            .map(|(.., l, r)| (l.to_string(), r.to_string()))
+            .collect();
+        let vocab: tokenizers::models::bpe::Vocab = self
+            .tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as u32))
+            .collect();
+        let mut bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .byte_fallback(true)
+            .fuse_unk(true);
+        if let Some(i) = self.types.iter().position(|&t| t == UNKNOWN) {
+            bpe = bpe.unk_token(self.tokens[i].clone());
+        }
+        let bpe = bpe.build().map_err(|e| format!("cannot build BPE: {e}"))?;
+        let mut inner = tokenizers::Tokenizer::new(bpe);
+        let replace = |from: &str, to: &str| {
+            Replace::new(from, to).map_err(|e| format!("cannot build a replacement: {e}"))
+        };
+        let space = replace(" ", SPACE)?;
+        let normalizer: NormalizerWrapper = if self.add_space_prefix {
+            Normalizers::new(vec![Prepend::new(SPACE.to_string()).into(), space.into()]).into()
+        } else {
+            space.into()
+        };
+        inner.with_normalizer(Some(normalizer));
+        let mut decoders = vec![
+            replace(SPACE, " ")?.into(),
+            ByteFallback::new().into(),
+            Fuse::new().into(),
+        ];
+        if self.add_space_prefix {
+            decoders.push(Strip::new(' ', 1, 0).into());
+        }
+        inner.with_decoder(Some(Decoders::new(decoders)));
+        let added = |parsed_only: bool| -> Vec<AddedToken> {
+            self.specials
+                .iter()
+                .filter(|sp| sp.parsed_only == parsed_only)
+                .map(|sp| {
+                    AddedToken::from(self.tokens[sp.id as usize].clone(), parsed_only)
+                        .normalized(false)
+                        .rstrip(sp.rstrip)
+                })
+                .collect()
+        };
+        inner.add_special_tokens(&added(true));
+        inner.add_tokens(&added(false));
+        Ok(inner)
+    }
+}
+
 struct Symbol {
     start: usize,
     /// Bytes; 0 once merged into its left neighbour.
@@ -345,6 +428,25 @@ mod tests {
         assert_eq!(t.encode("<s>", true).unwrap(), vec![1]);
         assert!(t.encode("é", false).unwrap_err().contains("0xC3"));
         assert_eq!(t.decode(&[6, 7, 3]).unwrap(), "abca");
+    }
+
+    #[test]
+    fn the_tokenizer_json_form_merges_and_cuts_as_the_original() {
+        let t = tiny();
+        let mut hf = t.to_hf().unwrap();
+        for (text, parse) in [
+            ("ab", false),
+            ("abc<x>a", false),
+            ("<s>ab", true),
+            ("a b", false),
+        ] {
+            hf.set_encode_special_tokens(!parse);
+            let got = hf.encode(text, false).unwrap().get_ids().to_vec();
+            assert_eq!(got, t.encode(text, parse).unwrap(), "{text:?}");
+        }
+        // "▁ab" (-0.1) outranks "ab" (-0.5): the merges are ranked by the score formed.
+        let json: serde_json::Value = serde_json::from_str(&hf.to_string(false).unwrap()).unwrap();
+        assert_eq!(json["model"]["merges"][0], serde_json::json!(["▁", "ab"]));
     }
 
     #[test]
