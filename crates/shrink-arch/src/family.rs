@@ -1,7 +1,7 @@
 //! The one trait every architecture module implements, and the registry of families: adding a
 //! family is its module (a config type implementing [`Architecture`] and a `static FAMILY:
-//! FamilyDef`), its [`ArchId`]s (mapped to the family by [`ArchId::family`]) and one line in
-//! [`FAMILIES`].
+//! FamilyDef`) and its [`ArchId`]s, mapped to the family by [`ArchId::family`]; [`families`]
+//! derives the list from that map.
 
 use std::any::Any;
 use std::fmt;
@@ -135,12 +135,17 @@ pub(crate) use decoder_config_fields;
 /// A family's config, read from a file.
 pub(crate) type ReadConfig = Result<Box<dyn Architecture>, ConfigError>;
 
-/// How a family's configs are read: from `config.json`, from GGUF metadata, from a graph.
+/// A family's GGUF form: the `general.architecture` values it reads and writes, and its reader.
+pub struct GgufForm {
+    pub archs: &'static [&'static str],
+    pub(crate) read: fn(&GgufFile) -> ReadConfig,
+}
+
+/// How a family's configs are read: from `config.json`, from a graph, and from GGUF metadata
+/// when it has a GGUF form.
 pub struct FamilyDef {
-    /// GGUF `general.architecture` values it reads and writes (none: no GGUF form).
-    pub gguf_archs: &'static [&'static str],
+    pub gguf: Option<GgufForm>,
     pub(crate) from_hf: fn(ArchId, &ConfigJson<'_>) -> ReadConfig,
-    pub(crate) from_gguf: fn(&GgufFile) -> ReadConfig,
     pub(crate) from_graph: fn(&Graph) -> Result<Box<dyn Architecture>, String>,
 }
 
@@ -156,27 +161,32 @@ impl FamilyDef {
     }
 }
 
-/// Every family, in the order GGUF architectures are listed in errors.
-pub static FAMILIES: [&FamilyDef; 3] = [
-    &crate::llama::FAMILY,
-    &crate::gemma::FAMILY,
-    &crate::gpt2::FAMILY,
-];
+/// Every family, once each, in the order of [`ArchId::ALL`].
+pub fn families() -> Vec<&'static FamilyDef> {
+    let mut out: Vec<&'static FamilyDef> = Vec::new();
+    for id in ArchId::ALL {
+        let f = id.family();
+        if !out.iter().any(|g| std::ptr::eq(*g, f)) {
+            out.push(f);
+        }
+    }
+    out
+}
 
-/// A family's `from_gguf` for a family without a GGUF form.
-pub(crate) fn no_gguf(file: &GgufFile) -> ReadConfig {
-    let arch = file.get_str("general.architecture")?;
-    Err(ConfigError::UnknownModelType {
-        model_type: arch.to_string(),
-        supported: gguf_arch_list(),
-    })
+/// The GGUF form that reads `general.architecture` `arch`, if any family has it.
+pub(crate) fn gguf_form(arch: &str) -> Option<&'static GgufForm> {
+    families()
+        .into_iter()
+        .filter_map(|f| f.gguf.as_ref())
+        .find(|g| g.archs.contains(&arch))
 }
 
 /// Every GGUF architecture shrink reads, comma-separated.
 pub(crate) fn gguf_arch_list() -> String {
-    let known: Vec<&str> = FAMILIES
-        .iter()
-        .flat_map(|f| f.gguf_archs.iter().copied())
+    let known: Vec<&str> = families()
+        .into_iter()
+        .filter_map(|f| f.gguf.as_ref())
+        .flat_map(|g| g.archs.iter().copied())
         .collect();
     known.join(", ")
 }

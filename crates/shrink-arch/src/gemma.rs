@@ -13,7 +13,7 @@ use shrink_ir::{Activation, AttentionSpec, Graph, NormKind, Op, Rope, RopeScalin
 use serde_json::{json, Map, Value};
 
 use crate::builder::{Builder, Meta};
-use crate::family::{decoder_config_fields, Architecture, FamilyDef};
+use crate::family::{decoder_config_fields, Architecture, FamilyDef, GgufForm};
 use crate::graph_read::*;
 use crate::hf_json::{f32_json, layer_types_json, token_json, ConfigJson};
 use crate::llama::GgufMetadata;
@@ -795,11 +795,13 @@ impl GemmaConfig {
     }
 }
 
-/// The Gemma family in the registry ([`crate::FAMILIES`]).
+/// The Gemma family in the registry ([`ArchId::family`]).
 pub(crate) static FAMILY: FamilyDef = FamilyDef {
-    gguf_archs: &GGUF_ARCHS,
+    gguf: Some(GgufForm {
+        archs: &GGUF_ARCHS,
+        read: |f| Ok(Box::new(GemmaConfig::from_gguf(f)?)),
+    }),
     from_hf: |id, c| Ok(Box::new(GemmaConfig::from_hf(id, c)?)),
-    from_gguf: |f| Ok(Box::new(GemmaConfig::from_gguf(f)?)),
     from_graph: |g| Ok(Box::new(GemmaConfig::from_graph(g)?)),
 };
 

@@ -5,7 +5,7 @@ use shrink_ir::{Activation, AttentionSpec, Graph, NormKind, Op};
 use serde_json::{json, Map, Value};
 
 use crate::builder::{Builder, Meta};
-use crate::family::{no_gguf, Architecture, FamilyDef};
+use crate::family::{Architecture, FamilyDef};
 use crate::graph_read::*;
 use crate::hf_json::{f32_json, token_json, ConfigJson};
 use crate::{ArchId, ConfigError};
@@ -312,11 +312,10 @@ impl Gpt2Config {
     }
 }
 
-/// GPT-2 in the registry ([`crate::FAMILIES`]): no GGUF form.
+/// GPT-2 in the registry ([`ArchId::family`]): no GGUF form.
 pub(crate) static FAMILY: FamilyDef = FamilyDef {
-    gguf_archs: &[],
+    gguf: None,
     from_hf: |_, c| Ok(Box::new(Gpt2Config::from_hf(c)?)),
-    from_gguf: no_gguf,
     from_graph: |g| Ok(Box::new(Gpt2Config::from_graph(g)?)),
 };
 

@@ -21,7 +21,7 @@ use serde_json::{Map, Value};
 use shrink_formats::gguf::{GgufError, GgufFile};
 use shrink_ir::Graph;
 
-pub use family::{Architecture, DynConfig, FamilyDef, FAMILIES};
+pub use family::{families, Architecture, DynConfig, FamilyDef, GgufForm};
 pub use gemma::GemmaConfig;
 pub use gpt2::{gpt2_is_conv1d, Gpt2Config};
 pub use graph_read::same_structure;
@@ -87,7 +87,7 @@ impl ArchId {
 
     /// Whether the architecture has a GGUF form (llama.cpp's names and metadata).
     pub fn has_gguf(self) -> bool {
-        !self.family().gguf_archs.is_empty()
+        self.family().gguf.is_some()
     }
 
     /// The names of the architectures `keep` accepts, comma-separated (for error messages).
@@ -237,8 +237,8 @@ impl ArchConfig {
     /// The config a GGUF file's metadata describes, validated, by `general.architecture`.
     pub fn from_gguf(file: &GgufFile) -> Result<ArchConfig, ConfigError> {
         let arch = file.get_str("general.architecture")?;
-        match FAMILIES.iter().find(|f| f.gguf_archs.contains(&arch)) {
-            Some(f) => (f.from_gguf)(file).map(ArchConfig),
+        match family::gguf_form(arch) {
+            Some(g) => (g.read)(file).map(ArchConfig),
             None => Err(ConfigError::UnknownModelType {
                 model_type: arch.to_string(),
                 supported: family::gguf_arch_list(),

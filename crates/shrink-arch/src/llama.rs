@@ -10,7 +10,7 @@ use crate::graph_read::*;
 use crate::hf_json::{f32_json, layer_types_json, token_json, ConfigJson};
 use shrink_formats::gguf::{GgufError, GgufFile, MetaValue};
 
-use crate::family::{decoder_config_fields, Architecture, FamilyDef};
+use crate::family::{decoder_config_fields, Architecture, FamilyDef, GgufForm};
 use crate::{ArchId, ConfigError, FusedTensor};
 
 /// The LLaMA family (Llama, SmolLM, Mistral, Qwen2, Qwen3, Phi-3): RMSNorm, RoPE, grouped-query
@@ -571,14 +571,11 @@ impl LlamaConfig {
         meta.push(scalar("rope.dimension_count", self.rotary_dim)?);
         meta.push(scalar("vocab_size", self.vocab_size)?);
         // Llama 3's scaling goes in the `rope_freqs` tensor (`gguf_extra_tensors`).
-        match self.rope_scaling {
-            RopeScaling::Linear { factor } => {
-                meta.push((key("rope.scaling.type"), MetaValue::String("linear".into())));
-                meta.push((key("rope.scaling.factor"), MetaValue::F32(factor)));
-            }
-            RopeScaling::Yarn { .. } => meta.extend(yarn_to_gguf(gguf_arch, self.rope_scaling)?),
-            RopeScaling::None | RopeScaling::Llama3 { .. } => {}
+        if let RopeScaling::Linear { factor } = self.rope_scaling {
+            meta.push((key("rope.scaling.type"), MetaValue::String("linear".into())));
+            meta.push((key("rope.scaling.factor"), MetaValue::F32(factor)));
         }
+        meta.extend(yarn_to_gguf(gguf_arch, self.rope_scaling)?);
         // As llama.cpp's converter writes it (llama.cpp itself computes Phi-3 without it).
         if let Some(w) = phi3_window {
             meta.push(scalar("attention.sliding_window", w)?);
@@ -587,10 +584,10 @@ impl LlamaConfig {
     }
 }
 
-/// llama.cpp's YaRN keys for a YaRN scaling. llama.cpp's LLaMA-family graphs read the type,
+/// llama.cpp's YaRN keys for a YaRN scaling (none for the rest). llama.cpp's LLaMA-family graphs read the type,
 /// factor, original context and `rope.scaling.attn_factor` (a multiplier on its own
 /// `0.1·ln(factor) + 1`), but not the `yarn_beta_*` keys: other betas have no form there.
-pub(crate) fn yarn_to_gguf(
+fn yarn_to_gguf(
     gguf_arch: &str,
     scaling: RopeScaling,
 ) -> Result<Vec<(String, MetaValue)>, ConfigError> {
@@ -1495,11 +1492,13 @@ fn sliding_windows_from_hf(
     }
 }
 
-/// The LLaMA family in the registry ([`crate::FAMILIES`]).
+/// The LLaMA family in the registry ([`ArchId::family`]).
 pub(crate) static FAMILY: FamilyDef = FamilyDef {
-    gguf_archs: &GGUF_ARCHS,
+    gguf: Some(GgufForm {
+        archs: &GGUF_ARCHS,
+        read: |f| Ok(Box::new(LlamaConfig::from_gguf(f)?)),
+    }),
     from_hf: |id, c| Ok(Box::new(LlamaConfig::from_hf(id, c)?)),
-    from_gguf: |f| Ok(Box::new(LlamaConfig::from_gguf(f)?)),
     from_graph: |g| Ok(Box::new(LlamaConfig::from_graph(g)?)),
 };
 

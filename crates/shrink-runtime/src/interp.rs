@@ -891,6 +891,9 @@ pub(crate) fn rope_tables<B: Backend>(
 /// definition the tensor-op and the host attention share.
 pub(crate) fn rope_cos_sin(rope: &shrink_ir::Rope, first: usize, n: usize) -> (Vec<f32>, Vec<f32>) {
     let inv_freqs = rope.inv_freqs();
+    // YaRN's attention factor scales both tables after the cosine, as transformers does (1 for
+    // the other scalings, which leaves every value as it is).
+    let scale = rope.attention_factor();
     let half = inv_freqs.len();
     let mut cos = Vec::with_capacity(n * half);
     let mut sin = Vec::with_capacity(n * half);
@@ -898,16 +901,9 @@ pub(crate) fn rope_cos_sin(rope: &shrink_ir::Rope, first: usize, n: usize) -> (V
         for &inv_freq in &inv_freqs {
             // As transformers: the angle in f32.
             let angle = p as f32 * inv_freq;
-            cos.push(angle.cos());
-            sin.push(angle.sin());
+            cos.push(angle.cos() * scale);
+            sin.push(angle.sin() * scale);
         }
-    }
-    // YaRN's attention factor scales both tables, after the cosine, as transformers does.
-    let scale = rope.attention_factor();
-    if scale != 1.0 {
-        cos.iter_mut()
-            .chain(sin.iter_mut())
-            .for_each(|x| *x *= scale);
     }
     (cos, sin)
 }
