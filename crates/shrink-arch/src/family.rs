@@ -10,7 +10,6 @@ use serde_json::{Map, Value};
 use shrink_formats::gguf::GgufFile;
 use shrink_ir::Graph;
 
-use crate::hf_json::ConfigJson;
 use crate::llama::GgufMetadata;
 use crate::{ArchId, ConfigError, FusedTensor};
 
@@ -145,7 +144,7 @@ pub struct GgufForm {
 /// when it has a GGUF form.
 pub struct FamilyDef {
     pub gguf: Option<GgufForm>,
-    pub(crate) from_hf: fn(ArchId, &ConfigJson<'_>) -> ReadConfig,
+    pub(crate) from_hf: fn(ArchId, &Map<String, Value>) -> ReadConfig,
     pub(crate) from_graph: fn(&Graph) -> Result<Box<dyn Architecture>, String>,
 }
 

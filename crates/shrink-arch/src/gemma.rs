@@ -15,10 +15,14 @@ use serde_json::{json, Map, Value};
 use crate::builder::{Builder, Meta};
 use crate::family::{decoder_config_fields, Architecture, FamilyDef, GgufForm};
 use crate::graph_read::*;
-use crate::hf_json::{f32_json, layer_types_json, token_json, ConfigJson};
+use crate::hf_json::{
+    self, bounded, f32_json, field_err, layer_types_json, nullable, sliding_flags, token_id,
+    token_json, window, LayerType, RopeJson,
+};
 use crate::llama::GgufMetadata;
 use crate::llama::{rope_from_hf, rope_object};
 use crate::{ArchId, ConfigError};
+use serde::Deserialize;
 
 /// The normalised config of a Gemma 2 or Gemma 3 text model (layers of one size).
 #[derive(Clone, Debug, PartialEq)]
@@ -336,114 +340,130 @@ impl GemmaConfig {
     /// `rope_parameters` with an entry per layer type, or the Hub's `rope_theta`,
     /// `rope_local_base_freq` and `rope_scaling` (global layers only). Local layers come from
     /// `layer_types`, or every `sliding_window_pattern`-th layer is global (default 6).
-    pub(crate) fn from_hf(id: ArchId, c: &ConfigJson<'_>) -> Result<GemmaConfig, ConfigError> {
+    pub(crate) fn from_hf(
+        id: ArchId,
+        json: &Map<String, Value>,
+    ) -> Result<GemmaConfig, ConfigError> {
+        let c: GemmaJson = hf_json::read(json)?;
         let gemma2 = id == ArchId::Gemma2;
-        let n_layers = c.bounded("num_hidden_layers", crate::limits::MAX_LAYERS)?;
+        let n_layers = bounded(
+            "num_hidden_layers",
+            c.num_hidden_layers,
+            crate::limits::MAX_LAYERS,
+        )?;
         // Gemma 2 soft-caps by default (transformers' 50 and 30). Gemma 3 soft-caps only the
         // logits, when its config says so; transformers' Gemma 3 attention reads no cap.
-        let mut caps = [None, None];
-        for (cap, (field, default)) in caps.iter_mut().zip([
-            ("attn_logit_softcapping", 50.0),
-            ("final_logit_softcapping", 30.0),
-        ]) {
-            *cap = match (c.json.get(field), gemma2) {
-                (Some(Value::Null), _) | (None, false) => None,
-                (None, true) => Some(default),
-                (Some(_), _) => c.opt_f32(field)?,
-            };
-        }
-        let [attn_cap, final_cap] = caps;
-        let attn_cap = attn_cap.filter(|_| gemma2);
-        if c.opt_bool("use_bidirectional_attention")? == Some(true) {
-            return Err(c.err(
+        let cap = |given: Option<Option<f32>>, default: f32| match given {
+            Some(cap) => cap,
+            None => Some(default).filter(|_| gemma2),
+        };
+        let attn_cap = cap(c.attn_logit_softcapping, 50.0).filter(|_| gemma2);
+        let final_cap = cap(c.final_logit_softcapping, 30.0);
+        if c.use_bidirectional_attention == Some(true) {
+            return Err(field_err(
                 "use_bidirectional_attention",
                 "only causal attention is supported",
             ));
         }
-        if c.opt_bool("attention_bias")? == Some(true) {
-            return Err(c.err("attention_bias", "attention biases are not supported"));
+        if c.attention_bias == Some(true) {
+            return Err(field_err(
+                "attention_bias",
+                "attention biases are not supported",
+            ));
         }
         let act = c
-            .opt_str("hidden_activation")?
+            .hidden_activation
+            .as_deref()
             .unwrap_or("gelu_pytorch_tanh");
         if act != "gelu_pytorch_tanh" {
-            return Err(c.err(
+            return Err(field_err(
                 "hidden_activation",
                 format!("'{act}' is not supported (gelu_pytorch_tanh)"),
             ));
         }
-        let sliding = match c.opt_layer_types(n_layers)? {
-            Some(types) => types,
+        let sliding = match &c.layer_types {
+            Some(types) => sliding_flags(types, n_layers)?,
             None => {
-                let every =
-                    c.opt_usize("sliding_window_pattern")?
-                        .unwrap_or(if gemma2 { 2 } else { 6 });
+                let every = c
+                    .sliding_window_pattern
+                    .unwrap_or(if gemma2 { 2 } else { 6 });
                 if every == 0 {
-                    return Err(c.err("sliding_window_pattern", "must be at least 1"));
+                    return Err(field_err("sliding_window_pattern", "must be at least 1"));
                 }
                 (0..n_layers).map(|i| (i + 1) % every != 0).collect()
             }
         };
-        let (rope_global, rope_local) = match c.json.get("rope_parameters") {
+        let max_positions = c.max_position_embeddings;
+        let (rope_global, rope_local) = match &c.rope_parameters {
             // Gemma 2: one RoPE for every layer, in either form.
-            _ if gemma2 => {
-                let (theta, scaling) = rope_from_hf(id, c)?;
+            params if gemma2 => {
+                let params: Option<RopeJson> = params
+                    .as_ref()
+                    .map(|m| hf_json::read_at("rope_parameters", m))
+                    .transpose()?;
+                let (theta, scaling) = rope_from_hf(
+                    id,
+                    c.rope_theta,
+                    c.rope_scaling.as_ref(),
+                    params.as_ref(),
+                    max_positions,
+                )?;
                 let rope = (theta.unwrap_or(10_000.0), scaling);
                 (rope, rope)
             }
-            Some(Value::Object(m)) => {
-                let entry = |t: &str, default: f32| -> Result<(f32, RopeScaling), ConfigError> {
-                    let field = format!("rope_parameters.{t}");
-                    match m.get(t) {
-                        Some(Value::Object(o)) => {
-                            let (theta, s) = rope_object(id, c, &field, o)?;
-                            Ok((theta.unwrap_or(default), s))
-                        }
-                        None | Some(Value::Null) => Ok((default, RopeScaling::None)),
-                        Some(v) => Err(c.err(&field, format!("expected an object, got {v}"))),
+            Some(m) => {
+                let per_type: RopePerLayerType = hf_json::read_at("rope_parameters", m)?;
+                let entry = |t: &str, e: &Option<RopeJson>, default: f32| match e {
+                    Some(o) => {
+                        let field = format!("rope_parameters.{t}");
+                        let (theta, s) = rope_object(id, &field, o, max_positions)?;
+                        Ok::<_, ConfigError>((theta.unwrap_or(default), s))
                     }
+                    None => Ok((default, RopeScaling::None)),
                 };
                 (
-                    entry("full_attention", 1_000_000.0)?,
-                    entry("sliding_attention", 10_000.0)?,
+                    entry("full_attention", &per_type.full_attention, 1_000_000.0)?,
+                    entry("sliding_attention", &per_type.sliding_attention, 10_000.0)?,
                 )
             }
             // The Hub's form: `rope_theta` and `rope_scaling` for the global layers.
-            _ => {
-                let (theta, scaling) = rope_from_hf(id, c)?;
+            None => {
+                let (theta, scaling) = rope_from_hf(
+                    id,
+                    c.rope_theta,
+                    c.rope_scaling.as_ref(),
+                    None,
+                    max_positions,
+                )?;
                 (
                     (theta.unwrap_or(1_000_000.0), scaling),
                     (
-                        c.opt_f32("rope_local_base_freq")?.unwrap_or(10_000.0),
+                        c.rope_local_base_freq.unwrap_or(10_000.0),
                         RopeScaling::None,
                     ),
                 )
             }
         };
-        let window = c.opt_window("sliding_window")?.unwrap_or(4096);
-        let heads = c.usize("num_attention_heads")?;
         Ok(GemmaConfig {
             arch: id,
             attn_logit_softcapping: attn_cap,
             final_logit_softcapping: final_cap,
-            vocab_size: c.usize("vocab_size")?,
-            hidden_size: c.usize("hidden_size")?,
-            intermediate_size: c.usize("intermediate_size")?,
-            num_heads: heads,
-            num_kv_heads: c.opt_usize("num_key_value_heads")?.unwrap_or(heads),
-            head_dim: c.opt_usize("head_dim")?.unwrap_or(256),
+            vocab_size: c.vocab_size,
+            hidden_size: c.hidden_size,
+            intermediate_size: c.intermediate_size,
+            num_heads: c.num_attention_heads,
+            num_kv_heads: c.num_key_value_heads.unwrap_or(c.num_attention_heads),
+            head_dim: c.head_dim.unwrap_or(256),
             sliding,
-            sliding_window: window,
+            sliding_window: window("sliding_window", c.sliding_window)?.unwrap_or(4096),
             rope_global,
             rope_local,
-            query_pre_attn_scalar: c.opt_f32("query_pre_attn_scalar")?.unwrap_or(256.0),
-            rms_norm_eps: c.opt_f32("rms_norm_eps")?.unwrap_or(1e-6),
-            max_position_embeddings: c
-                .opt_usize("max_position_embeddings")?
-                .unwrap_or(if gemma2 { 8192 } else { 131_072 }),
-            tie_word_embeddings: c.opt_bool("tie_word_embeddings")?.unwrap_or(true),
-            bos_token_id: c.opt_token("bos_token_id")?,
-            eos_token_id: c.opt_token("eos_token_id")?,
+            query_pre_attn_scalar: c.query_pre_attn_scalar.unwrap_or(256.0),
+            rms_norm_eps: c.rms_norm_eps.unwrap_or(1e-6),
+            max_position_embeddings: max_positions.unwrap_or(if gemma2 { 8192 } else { 131_072 }),
+            tie_word_embeddings: c.tie_word_embeddings.unwrap_or(true),
+            bos_token_id: c.bos_token_id,
+            eos_token_id: c.eos_token_id,
         })
     }
 
@@ -676,7 +696,7 @@ impl GemmaConfig {
     pub(crate) fn from_gguf(
         file: &shrink_formats::gguf::GgufFile,
     ) -> Result<GemmaConfig, ConfigError> {
-        use shrink_formats::gguf::MetaValue;
+        use shrink_formats::gguf::{MetaValue, OptionalKey};
         let gguf_arch = file.get_str("general.architecture")?;
         let arch = if gguf_arch == "gemma2" {
             ArchId::Gemma2
@@ -696,10 +716,10 @@ impl GemmaConfig {
             });
         }
         let (hidden, heads) = (u("embedding_length")?, u("attention.head_count")?);
-        let head_dim = match u("attention.key_length") {
-            Ok(v) => v,
-            Err(_) if heads > 0 => hidden / heads,
-            Err(_) => 0,
+        let head_dim = match u("attention.key_length").optional()? {
+            Some(v) => v,
+            None if heads > 0 => hidden / heads,
+            None => 0,
         };
         let sliding = match file.get(&key("attention.sliding_window_pattern")) {
             Some(MetaValue::Array(items)) => {
@@ -722,6 +742,7 @@ impl GemmaConfig {
             }
             _ => {
                 let every = u("attention.sliding_window_pattern")
+                    .optional()?
                     .unwrap_or(if arch == ArchId::Gemma2 { 2 } else { 6 })
                     .max(1);
                 (0..n_layers).map(|i| (i + 1) % every != 0).collect()
@@ -729,44 +750,50 @@ impl GemmaConfig {
         };
         let global_theta =
             file.get_f32(&key("rope.freq_base"))
+                .optional()?
                 .unwrap_or(if arch == ArchId::Gemma2 {
                     10_000.0
                 } else {
                     1_000_000.0
                 });
-        let scaling = match file.get_str(&key("rope.scaling.type")) {
-            Ok("linear") => RopeScaling::Linear {
+        let scaling = match file.get_str(&key("rope.scaling.type")).optional()? {
+            Some("linear") => RopeScaling::Linear {
                 factor: file.get_f32(&key("rope.scaling.factor"))?,
             },
-            Ok("none") | Err(_) => RopeScaling::None,
-            Ok(t) => {
+            Some("none") | None => RopeScaling::None,
+            Some(t) => {
                 return Err(ConfigError::Field {
                     field: key("rope.scaling.type"),
                     message: format!("'{t}' is not supported for Gemma (none, linear)"),
                 })
             }
         };
-        let local_theta =
-            file.get_f32(&key("rope.freq_base_swa"))
-                .unwrap_or(if arch == ArchId::Gemma2 {
-                    global_theta
-                } else {
-                    10_000.0
-                });
-        let cap = |k: &str| file.get_f32(&key(k)).ok().filter(|c| *c != 0.0);
+        let local_theta = file
+            .get_f32(&key("rope.freq_base_swa"))
+            .optional()?
+            .unwrap_or(if arch == ArchId::Gemma2 {
+                global_theta
+            } else {
+                10_000.0
+            });
+        let cap = |k: &str| {
+            file.get_f32(&key(k))
+                .optional()
+                .map(|c| c.filter(|c| *c != 0.0))
+        };
         let c = GemmaConfig {
             arch,
-            vocab_size: match u("vocab_size") {
-                Ok(v) => v,
-                Err(_) => file.get_str_array("tokenizer.ggml.tokens")?.len(),
+            vocab_size: match u("vocab_size").optional()? {
+                Some(v) => v,
+                None => file.get_str_array("tokenizer.ggml.tokens")?.len(),
             },
             hidden_size: hidden,
             intermediate_size: u("feed_forward_length")?,
             num_heads: heads,
-            num_kv_heads: u("attention.head_count_kv").unwrap_or(heads),
+            num_kv_heads: u("attention.head_count_kv").optional()?.unwrap_or(heads),
             head_dim,
             sliding,
-            sliding_window: u("attention.sliding_window").unwrap_or(4096),
+            sliding_window: u("attention.sliding_window").optional()?.unwrap_or(4096),
             rope_global: (global_theta, scaling),
             rope_local: (local_theta, RopeScaling::None),
             query_pre_attn_scalar: Self::llamacpp_query_pre_attn_scalar(
@@ -774,18 +801,18 @@ impl GemmaConfig {
             ),
             // llama.cpp's gemma2 always soft-caps (50 and 30 unless the file says).
             attn_logit_softcapping: match arch {
-                ArchId::Gemma2 => Some(cap("attn_logit_softcapping").unwrap_or(50.0)),
+                ArchId::Gemma2 => Some(cap("attn_logit_softcapping")?.unwrap_or(50.0)),
                 _ => None,
             },
             final_logit_softcapping: match arch {
-                ArchId::Gemma2 => Some(cap("final_logit_softcapping").unwrap_or(30.0)),
-                _ => cap("final_logit_softcapping"),
+                ArchId::Gemma2 => Some(cap("final_logit_softcapping")?.unwrap_or(30.0)),
+                _ => cap("final_logit_softcapping")?,
             },
             rms_norm_eps: file.get_f32(&key("attention.layer_norm_rms_epsilon"))?,
-            max_position_embeddings: u("context_length").unwrap_or(8192),
+            max_position_embeddings: u("context_length").optional()?.unwrap_or(8192),
             tie_word_embeddings: file.tensor("output.weight").is_none(),
-            bos_token_id: file.get_u32("tokenizer.ggml.bos_token_id").ok(),
-            eos_token_id: file.get_u32("tokenizer.ggml.eos_token_id").ok(),
+            bos_token_id: file.get_u32("tokenizer.ggml.bos_token_id").optional()?,
+            eos_token_id: file.get_u32("tokenizer.ggml.eos_token_id").optional()?,
         };
         c.validate().map_err(|m| ConfigError::Field {
             field: key("*"),
@@ -793,6 +820,50 @@ impl GemmaConfig {
         })?;
         Ok(c)
     }
+}
+
+/// A `gemma2` or `gemma3_text` `config.json` as transformers reads it, in the Hub's form or
+/// transformers 5's. `rope_parameters` is one RoPE object for Gemma 2 and one per layer type
+/// for Gemma 3, so it is read once the family is known.
+#[derive(Deserialize)]
+struct GemmaJson {
+    vocab_size: usize,
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    /// Absent takes Gemma 2's default cap; null is none.
+    #[serde(default, deserialize_with = "nullable")]
+    attn_logit_softcapping: Option<Option<f32>>,
+    #[serde(default, deserialize_with = "nullable")]
+    final_logit_softcapping: Option<Option<f32>>,
+    use_bidirectional_attention: Option<bool>,
+    attention_bias: Option<bool>,
+    hidden_activation: Option<String>,
+    layer_types: Option<Vec<LayerType>>,
+    sliding_window_pattern: Option<usize>,
+    sliding_window: Option<usize>,
+    rope_theta: Option<f32>,
+    rope_local_base_freq: Option<f32>,
+    rope_scaling: Option<RopeJson>,
+    rope_parameters: Option<Map<String, Value>>,
+    query_pre_attn_scalar: Option<f32>,
+    rms_norm_eps: Option<f32>,
+    max_position_embeddings: Option<usize>,
+    tie_word_embeddings: Option<bool>,
+    #[serde(default, deserialize_with = "token_id")]
+    bos_token_id: Option<u32>,
+    #[serde(default, deserialize_with = "token_id")]
+    eos_token_id: Option<u32>,
+}
+
+/// Gemma 3's `rope_parameters` in transformers 5: one RoPE object per layer type.
+#[derive(Deserialize)]
+struct RopePerLayerType {
+    full_attention: Option<RopeJson>,
+    sliding_attention: Option<RopeJson>,
 }
 
 /// The Gemma family in the registry ([`ArchId::family`]).

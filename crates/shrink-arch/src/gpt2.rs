@@ -7,8 +7,9 @@ use serde_json::{json, Map, Value};
 use crate::builder::{Builder, Meta};
 use crate::family::{Architecture, FamilyDef};
 use crate::graph_read::*;
-use crate::hf_json::{f32_json, token_json, ConfigJson};
+use crate::hf_json::{self, bounded, f32_json, field_err, token_id, token_json};
 use crate::{ArchId, ConfigError};
+use serde::Deserialize;
 
 /// GPT-2: LayerNorm, learned positions, fused `c_attn`, GELU-tanh.
 #[derive(Clone, Debug, PartialEq)]
@@ -245,33 +246,52 @@ impl Gpt2Config {
 
 // ---- Hugging Face config.json ----
 
+/// A GPT-2 `config.json` as transformers reads it.
+#[derive(Deserialize)]
+struct Gpt2Json {
+    vocab_size: usize,
+    n_embd: usize,
+    n_layer: usize,
+    n_head: usize,
+    n_positions: usize,
+    n_inner: Option<usize>,
+    layer_norm_epsilon: Option<f32>,
+    activation_function: Option<String>,
+    #[serde(default, deserialize_with = "token_id")]
+    bos_token_id: Option<u32>,
+    #[serde(default, deserialize_with = "token_id")]
+    eos_token_id: Option<u32>,
+}
+
 impl Gpt2Config {
     /// The config of a GPT-2 `config.json`, before [`Gpt2Config::validate`]; the checkpoint
     /// decides `prefix` and `untied_head`.
-    pub(crate) fn from_hf(c: &ConfigJson<'_>) -> Result<Gpt2Config, ConfigError> {
-        let n_embd = c.usize("n_embd")?;
-        let act = c.opt_str("activation_function")?.unwrap_or("gelu_new");
-        let activation = match act {
+    pub(crate) fn from_hf(json: &Map<String, Value>) -> Result<Gpt2Config, ConfigError> {
+        let c: Gpt2Json = hf_json::read(json)?;
+        let activation = match c.activation_function.as_deref().unwrap_or("gelu_new") {
             "gelu_new" | "gelu_pytorch_tanh" => Activation::GeluTanh,
             "gelu" => Activation::Gelu,
             "relu" => Activation::Relu,
             other => {
-                return Err(c.err("activation_function", format!("'{other}' is not supported")))
+                return Err(field_err(
+                    "activation_function",
+                    format!("'{other}' is not supported"),
+                ))
             }
         };
         Ok(Gpt2Config {
-            vocab_size: c.usize("vocab_size")?,
-            n_embd,
-            n_layer: c.bounded("n_layer", crate::limits::MAX_LAYERS)?,
-            n_head: c.usize("n_head")?,
-            n_positions: c.usize("n_positions")?,
-            n_inner: c.opt_usize("n_inner")?.unwrap_or(n_embd.saturating_mul(4)),
-            layer_norm_epsilon: c.opt_f32("layer_norm_epsilon")?.unwrap_or(1e-5),
+            vocab_size: c.vocab_size,
+            n_embd: c.n_embd,
+            n_layer: bounded("n_layer", c.n_layer, crate::limits::MAX_LAYERS)?,
+            n_head: c.n_head,
+            n_positions: c.n_positions,
+            n_inner: c.n_inner.unwrap_or(c.n_embd.saturating_mul(4)),
+            layer_norm_epsilon: c.layer_norm_epsilon.unwrap_or(1e-5),
             activation,
             prefix: String::new(),
             untied_head: false,
-            bos_token_id: c.opt_token("bos_token_id")?,
-            eos_token_id: c.opt_token("eos_token_id")?,
+            bos_token_id: c.bos_token_id,
+            eos_token_id: c.eos_token_id,
         })
     }
 
@@ -315,7 +335,7 @@ impl Gpt2Config {
 /// GPT-2 in the registry ([`ArchId::family`]): no GGUF form.
 pub(crate) static FAMILY: FamilyDef = FamilyDef {
     gguf: None,
-    from_hf: |_, c| Ok(Box::new(Gpt2Config::from_hf(c)?)),
+    from_hf: |_, json| Ok(Box::new(Gpt2Config::from_hf(json)?)),
     from_graph: |g| Ok(Box::new(Gpt2Config::from_graph(g)?)),
 };
 

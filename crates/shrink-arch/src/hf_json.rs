@@ -1,159 +1,173 @@
-//! Typed reads of a Hugging Face `config.json`, each error naming the field it is about.
+//! What the families' serde mirrors of a Hugging Face `config.json` share (RoPE objects, per-layer
+//! sizes, token ids, layer types), and the reader whose errors name the field path.
 
+use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
 use crate::ConfigError;
 
 type Result<T> = std::result::Result<T, ConfigError>;
 
-/// A `config.json` object with typed accessors.
-pub(crate) struct ConfigJson<'a> {
-    pub(crate) json: &'a Map<String, Value>,
+/// The error for `field` (a path such as `rope_scaling.factor`).
+pub(crate) fn field_err(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Field {
+        field: field.into(),
+        message: message.into(),
+    }
 }
 
-impl ConfigJson<'_> {
-    pub(crate) fn err(&self, field: &str, message: impl Into<String>) -> ConfigError {
-        ConfigError::Field {
-            field: field.into(),
-            message: message.into(),
+/// A `config.json` object read into a family's serde mirror; an error names the path of the
+/// field it is about (`rope_scaling.factor`, `layer_types[3]`).
+pub(crate) fn read<'de, T: Deserialize<'de>>(json: &'de Map<String, Value>) -> Result<T> {
+    read_at("", json)
+}
+
+/// [`read`] of the object at `prefix` (empty for the file itself).
+pub(crate) fn read_at<'de, T: Deserialize<'de>>(
+    prefix: &str,
+    json: &'de Map<String, Value>,
+) -> Result<T> {
+    serde_path_to_error::deserialize(json).map_err(|e| {
+        let mut path: Vec<String> = Vec::new();
+        if !prefix.is_empty() {
+            path.push(prefix.to_string());
         }
-    }
-
-    pub(crate) fn opt_usize(&self, field: &str) -> Result<Option<usize>> {
-        match self.json.get(field) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => v.as_u64().map(|n| Some(n as usize)).ok_or_else(|| {
-                self.err(field, format!("expected a non-negative integer, got {v}"))
-            }),
+        let at = e.path().to_string();
+        if at != "." {
+            path.push(at);
         }
-    }
-
-    pub(crate) fn usize(&self, field: &str) -> Result<usize> {
-        self.opt_usize(field)?
-            .ok_or_else(|| self.err(field, "missing"))
-    }
-
-    /// A sliding window (`field`): absent or null is none; zero is refused.
-    pub(crate) fn opt_window(&self, field: &str) -> Result<Option<usize>> {
-        match self.opt_usize(field)? {
-            Some(0) => Err(self.err(field, "a sliding window must span at least one position")),
-            w => Ok(w),
+        let message = e.into_inner().to_string();
+        // serde names a missing field in its message, at the path of the object that lacks it.
+        match message
+            .strip_prefix("missing field `")
+            .and_then(|m| m.strip_suffix('`'))
+        {
+            Some(name) => {
+                path.push(name.to_string());
+                field_err(path.join("."), "missing")
+            }
+            None => field_err(path.join("."), message),
         }
-    }
+    })
+}
 
-    /// `layer_types`, one flag per layer: whether it is `sliding_attention` (else
-    /// `full_attention`); `None` when absent or null.
-    pub(crate) fn opt_layer_types(&self, layers: usize) -> Result<Option<Vec<bool>>> {
-        match self.json.get("layer_types") {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::Array(items)) if items.len() == layers => items
-                .iter()
-                .enumerate()
-                .map(|(i, t)| match t.as_str() {
-                    Some("full_attention") => Ok(false),
-                    Some("sliding_attention") => Ok(true),
-                    _ => Err(self.err(
-                        "layer_types",
-                        format!(
-                            "element {i}: {t} is not supported (full_attention, \
-                             sliding_attention)"
-                        ),
-                    )),
-                })
-                .collect::<Result<Vec<_>>>()
-                .map(Some),
-            Some(v) => Err(self.err(
-                "layer_types",
-                format!("expected a list of {layers} layer types, got {v}"),
+/// A size in `1..=max` ([`crate::limits`]), named `field` in the error.
+pub(crate) fn bounded(field: &str, value: usize, max: usize) -> Result<usize> {
+    crate::limits::dim(field, value, max).map_err(|m| field_err(field, m))
+}
+
+/// A sliding window (`field`): none, or at least one position.
+pub(crate) fn window(field: &str, w: Option<usize>) -> Result<Option<usize>> {
+    match w {
+        Some(0) => Err(field_err(
+            field,
+            "a sliding window must span at least one position",
+        )),
+        w => Ok(w),
+    }
+}
+
+/// One entry of `layer_types`.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum LayerType {
+    FullAttention,
+    SlidingAttention,
+}
+
+/// `layer_types` as one flag per layer (sliding or not), checked to have one entry per layer.
+pub(crate) fn sliding_flags(types: &[LayerType], layers: usize) -> Result<Vec<bool>> {
+    if types.len() != layers {
+        return Err(field_err(
+            "layer_types",
+            format!(
+                "a list of {} layer types, but num_hidden_layers is {layers}",
+                types.len()
+            ),
+        ));
+    }
+    Ok(types
+        .iter()
+        .map(|t| *t == LayerType::SlidingAttention)
+        .collect())
+}
+
+/// A size given once for every layer, or as a list with one per layer (configs of structurally
+/// pruned models).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "a non-negative integer, or a list of one per layer"
+)]
+pub(crate) enum PerLayer {
+    One(usize),
+    Each(Vec<usize>),
+}
+
+impl PerLayer {
+    /// One size per layer; `field` names a list of the wrong length.
+    pub(crate) fn per_layer(&self, field: &str, layers: usize) -> Result<Vec<usize>> {
+        match self {
+            PerLayer::One(n) => Ok(vec![*n; layers]),
+            PerLayer::Each(v) if v.len() == layers => Ok(v.clone()),
+            PerLayer::Each(v) => Err(field_err(
+                field,
+                format!(
+                    "a list of {} sizes, but num_hidden_layers is {layers} (one size per layer)",
+                    v.len()
+                ),
             )),
         }
     }
+}
 
-    /// A required size within `1..=max` ([`crate::limits`]).
-    pub(crate) fn bounded(&self, field: &str, max: usize) -> Result<usize> {
-        crate::limits::dim(field, self.usize(field)?, max).map_err(|m| self.err(field, m))
+/// A token id that may be given as a list (several EOS ids): the first is taken; null or an
+/// empty list is none.
+pub(crate) fn token_id<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<u32>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged, expecting = "a token id or a list of token ids")]
+    enum Ids {
+        One(u32),
+        Many(Vec<u32>),
     }
+    Ok(match Option::<Ids>::deserialize(d)? {
+        None => None,
+        Some(Ids::One(t)) => Some(t),
+        Some(Ids::Many(v)) => v.first().copied(),
+    })
+}
 
-    pub(crate) fn opt_f32(&self, field: &str) -> Result<Option<f32>> {
-        match self.json.get(field) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => v
-                .as_f64()
-                .map(|n| Some(n as f32))
-                .ok_or_else(|| self.err(field, format!("expected a number, got {v}"))),
-        }
-    }
+/// A field where null and absence mean different things: `None` absent, `Some(None)` null.
+pub(crate) fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> std::result::Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
 
-    pub(crate) fn opt_bool(&self, field: &str) -> Result<Option<bool>> {
-        match self.json.get(field) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => v
-                .as_bool()
-                .map(Some)
-                .ok_or_else(|| self.err(field, format!("expected true or false, got {v}"))),
-        }
-    }
-
-    pub(crate) fn opt_str(&self, field: &str) -> Result<Option<&str>> {
-        match self.json.get(field) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => v
-                .as_str()
-                .map(Some)
-                .ok_or_else(|| self.err(field, format!("expected a string, got {v}"))),
-        }
-    }
-
-    /// A per-layer size: one integer for every layer, or a list of `layers` integers (configs
-    /// of structurally pruned models). `None` when absent.
-    pub(crate) fn opt_per_layer(&self, field: &str, layers: usize) -> Result<Option<Vec<usize>>> {
-        match self.json.get(field) {
-            Some(Value::Array(items)) => {
-                if items.len() != layers {
-                    return Err(self.err(
-                        field,
-                        format!(
-                            "a list of {} sizes, but num_hidden_layers is {layers} (one size per \
-                             layer)",
-                            items.len()
-                        ),
-                    ));
-                }
-                items
-                    .iter()
-                    .enumerate()
-                    .map(|(i, v)| {
-                        v.as_u64().map(|n| n as usize).ok_or_else(|| {
-                            self.err(
-                                field,
-                                format!("element {i}: expected a non-negative integer, got {v}"),
-                            )
-                        })
-                    })
-                    .collect::<Result<Vec<_>>>()
-                    .map(Some)
-            }
-            _ => Ok(self.opt_usize(field)?.map(|n| vec![n; layers])),
-        }
-    }
-
-    fn token(&self, field: &str, v: &Value) -> Result<u32> {
-        v.as_u64()
-            .and_then(|n| u32::try_from(n).ok())
-            .ok_or_else(|| self.err(field, format!("expected a token id, got {v}")))
-    }
-
-    /// A token id that may be given as a list (several EOS ids): the first is taken.
-    pub(crate) fn opt_token(&self, field: &str) -> Result<Option<u32>> {
-        match self.json.get(field) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::Array(a)) => match a.first() {
-                None => Ok(None),
-                Some(v) => self.token(field, v).map(Some),
-            },
-            Some(v) => self.token(field, v).map(Some),
-        }
-    }
+/// One RoPE object of `config.json`: the Hub's `rope_scaling`, transformers 5's
+/// `rope_parameters`, or one of its per-layer-type entries. Keys transformers ignores for the
+/// types shrink computes are ignored.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub(crate) struct RopeJson {
+    pub rope_type: Option<String>,
+    /// The older spelling of `rope_type` (`rope_type` wins when both are given, as transformers'
+    /// standardisation writes both).
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub rope_theta: Option<f32>,
+    pub partial_rotary_factor: Option<f64>,
+    pub factor: Option<f64>,
+    pub low_freq_factor: Option<f64>,
+    pub high_freq_factor: Option<f64>,
+    pub original_max_position_embeddings: Option<f64>,
+    pub beta_fast: Option<f64>,
+    pub beta_slow: Option<f64>,
+    pub attention_factor: Option<f64>,
+    pub mscale: Option<f64>,
+    pub mscale_all_dim: Option<f64>,
+    pub truncate: Option<bool>,
 }
 
 /// An f32 as the JSON number with the same shortest decimal form (1e-5 stays 1e-05, not

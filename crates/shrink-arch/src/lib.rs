@@ -212,15 +212,16 @@ impl ArchConfig {
     /// The config a Hugging Face `config.json` object describes, validated: sizes bounded by
     /// [`limits`], every field whose value shrink would not compute as transformers does refused.
     pub fn from_hf(json: &Map<String, Value>) -> Result<ArchConfig, ConfigError> {
-        let c = hf_json::ConfigJson { json };
-        let model_type = c
-            .opt_str("model_type")?
-            .ok_or_else(|| c.err("model_type", "missing"))?;
-        let id = ArchId::from_name(model_type).ok_or_else(|| ConfigError::UnknownModelType {
-            model_type: model_type.to_string(),
+        #[derive(serde::Deserialize)]
+        struct ModelType {
+            model_type: String,
+        }
+        let model_type = hf_json::read::<ModelType>(json)?.model_type;
+        let id = ArchId::from_name(&model_type).ok_or_else(|| ConfigError::UnknownModelType {
+            model_type: model_type.clone(),
             supported: ArchId::list(|_| true),
         })?;
-        let config = ArchConfig((id.family().from_hf)(id, &c)?);
+        let config = ArchConfig((id.family().from_hf)(id, json)?);
         // The message starts with the field it is about, when it is one of the file's.
         config.validate().map_err(|m| {
             let field = m
@@ -229,7 +230,7 @@ impl ArchConfig {
                 .filter(|w| json.contains_key(*w))
                 .unwrap_or("config")
                 .to_string();
-            c.err(&field, m)
+            hf_json::field_err(field, m)
         })?;
         Ok(config)
     }

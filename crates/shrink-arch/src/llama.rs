@@ -7,8 +7,12 @@ use serde_json::{json, Map, Value};
 
 use crate::builder::{Builder, Meta};
 use crate::graph_read::*;
-use crate::hf_json::{f32_json, layer_types_json, token_json, ConfigJson};
-use shrink_formats::gguf::{GgufError, GgufFile, MetaValue};
+use crate::hf_json::{
+    self, bounded, f32_json, field_err, layer_types_json, sliding_flags, token_id, token_json,
+    window, LayerType, PerLayer, RopeJson,
+};
+use serde::Deserialize;
+use shrink_formats::gguf::{GgufError, GgufFile, MetaValue, OptionalKey};
 
 use crate::family::{decoder_config_fields, Architecture, FamilyDef, GgufForm};
 use crate::{ArchId, ConfigError, FusedTensor};
@@ -642,7 +646,7 @@ fn yarn_from_gguf(file: &GgufFile, gguf_arch: &str) -> Result<RopeScaling, Confi
         ("yarn_attn_factor", 1.0),
         ("yarn_log_multiplier", 0.0),
     ] {
-        if let Ok(v) = file.get_f32(&key(k)) {
+        if let Some(v) = file.get_f32(&key(k)).optional()? {
             if v != default {
                 return Err(ConfigError::Field {
                     field: key(k),
@@ -655,11 +659,11 @@ fn yarn_from_gguf(file: &GgufFile, gguf_arch: &str) -> Result<RopeScaling, Confi
         }
     }
     let factor = file.get_f32(&key("factor"))?;
-    let original_context = match file.get_u32(&key("original_context_length")) {
-        Ok(n) => n as usize,
-        Err(_) => file.get_u32(&format!("{gguf_arch}.context_length"))? as usize,
+    let original_context = match file.get_u32(&key("original_context_length")).optional()? {
+        Some(n) => n as usize,
+        None => file.get_u32(&format!("{gguf_arch}.context_length"))? as usize,
     };
-    let extra = file.get_f32(&key("attn_factor")).unwrap_or(1.0);
+    let extra = file.get_f32(&key("attn_factor")).optional()?.unwrap_or(1.0);
     Ok(RopeScaling::Yarn {
         factor,
         original_context,
@@ -750,25 +754,28 @@ impl LlamaConfig {
         let kv_heads = per_layer(file, &key("attention.head_count_kv"), n_layers)?
             .unwrap_or_else(|| heads.clone());
         // llama.cpp's default key_length divides by layer 0's head count.
-        let head_dim = match (file.get_u32(&key("attention.key_length")), heads.first()) {
-            (Ok(v), _) => v as usize,
-            (Err(_), Some(&h)) if h > 0 => hidden / h,
-            (Err(_), _) => 0,
+        let head_dim = match (u("attention.key_length").optional()?, heads.first()) {
+            (Some(v), _) => v,
+            (None, Some(&h)) if h > 0 => hidden / h,
+            (None, _) => 0,
         };
-        let vocab = match u("vocab_size") {
-            Ok(v) => v,
-            Err(_) => file.get_str_array("tokenizer.ggml.tokens")?.len(),
+        let vocab = match u("vocab_size").optional()? {
+            Some(v) => v,
+            None => file.get_str_array("tokenizer.ggml.tokens")?.len(),
         };
-        let theta = file.get_f32(&key("rope.freq_base")).unwrap_or(10000.0);
+        let theta = file
+            .get_f32(&key("rope.freq_base"))
+            .optional()?
+            .unwrap_or(10000.0);
         // llama.cpp's RoPE scaling: Llama 3's per-frequency factors in a `rope_freqs` tensor,
         // or a scaling type.
-        let mut rope_scaling = match file.get_str(&key("rope.scaling.type")) {
-            Ok("none") | Err(_) => RopeScaling::None,
-            Ok("linear") => RopeScaling::Linear {
+        let mut rope_scaling = match file.get_str(&key("rope.scaling.type")).optional()? {
+            Some("none") | None => RopeScaling::None,
+            Some("linear") => RopeScaling::Linear {
                 factor: file.get_f32(&key("rope.scaling.factor"))?,
             },
-            Ok("yarn") => yarn_from_gguf(file, arch)?,
-            Ok(t) => {
+            Some("yarn") => yarn_from_gguf(file, arch)?,
+            Some(t) => {
                 return Err(ConfigError::Field {
                     field: key("rope.scaling.type"),
                     message: format!(
@@ -790,8 +797,8 @@ impl LlamaConfig {
             let factors = file.dequantize(info)?;
             rope_scaling = llama3_from_factors(&factors, theta, head_dim).map_err(bad)?;
         }
-        let rotary_dim = match u("rope.dimension_count") {
-            Ok(rot) if rot != head_dim && arch != "phi3" => {
+        let rotary_dim = match u("rope.dimension_count").optional()? {
+            Some(rot) if rot != head_dim && arch != "phi3" => {
                 return Err(ConfigError::Field {
                     field: key("rope.dimension_count"),
                     message: format!(
@@ -799,11 +806,11 @@ impl LlamaConfig {
                     ),
                 });
             }
-            Ok(rot) => rot,
-            Err(_) => head_dim,
+            Some(rot) => rot,
+            None => head_dim,
         };
-        let phi3_window = match file.get_u32(&key("attention.sliding_window")) {
-            Ok(w) if arch == "phi3" && w > 0 => Some(w as usize),
+        let phi3_window = match file.get_u32(&key("attention.sliding_window")).optional()? {
+            Some(w) if arch == "phi3" && w > 0 => Some(w as usize),
             _ => None,
         };
         let layers = (0..n_layers)
@@ -832,12 +839,12 @@ impl LlamaConfig {
             rope_theta: theta,
             rope_scaling,
             rms_norm_eps: file.get_f32(&key("attention.layer_norm_rms_epsilon"))?,
-            max_position_embeddings: u("context_length").unwrap_or(2048),
+            max_position_embeddings: u("context_length").optional()?.unwrap_or(2048),
             tie_word_embeddings: file.tensor("output.weight").is_none(),
             attention_qkv_bias: file.tensor("blk.0.attn_q.bias").is_some(),
             qk_norm: file.tensor("blk.0.attn_q_norm.weight").is_some(),
-            bos_token_id: file.get_u32("tokenizer.ggml.bos_token_id").ok(),
-            eos_token_id: file.get_u32("tokenizer.ggml.eos_token_id").ok(),
+            bos_token_id: file.get_u32("tokenizer.ggml.bos_token_id").optional()?,
+            eos_token_id: file.get_u32("tokenizer.ggml.eos_token_id").optional()?,
         };
         c.validate().map_err(|m| ConfigError::Field {
             field: key("*"),
@@ -1051,35 +1058,75 @@ pub fn permute_rows<T: Copy>(w: &[T], heads: usize, head_dim: usize, cols: usize
 
 // ---- Hugging Face config.json ----
 
+/// A `config.json` of the LLaMA family as transformers reads it, in the Hub's form (`rope_theta`
+/// and `rope_scaling`) or transformers 5's (`rope_parameters`). Keys that change nothing shrink
+/// computes are ignored.
+#[derive(Deserialize)]
+struct LlamaJson {
+    hidden_size: usize,
+    num_hidden_layers: usize,
+    intermediate_size: PerLayer,
+    num_attention_heads: PerLayer,
+    num_key_value_heads: Option<PerLayer>,
+    vocab_size: usize,
+    head_dim: Option<usize>,
+    partial_rotary_factor: Option<f32>,
+    rope_theta: Option<f32>,
+    rope_scaling: Option<RopeJson>,
+    rope_parameters: Option<RopeJson>,
+    hidden_act: Option<String>,
+    mlp_bias: Option<bool>,
+    attention_bias: Option<bool>,
+    rms_norm_eps: Option<f32>,
+    max_position_embeddings: Option<usize>,
+    tie_word_embeddings: Option<bool>,
+    sliding_window: Option<usize>,
+    use_sliding_window: Option<bool>,
+    max_window_layers: Option<usize>,
+    layer_types: Option<Vec<LayerType>>,
+    #[serde(default, deserialize_with = "token_id")]
+    bos_token_id: Option<u32>,
+    #[serde(default, deserialize_with = "token_id")]
+    eos_token_id: Option<u32>,
+}
+
 impl LlamaConfig {
     /// The config of a `config.json` of this family (`id` is its `model_type`), before
     /// [`LlamaConfig::validate`]. Fields whose value shrink does not compute are refused by name.
-    pub(crate) fn from_hf(id: ArchId, c: &ConfigJson<'_>) -> Result<LlamaConfig, ConfigError> {
-        let hidden = c.usize("hidden_size")?;
+    pub(crate) fn from_hf(
+        id: ArchId,
+        json: &Map<String, Value>,
+    ) -> Result<LlamaConfig, ConfigError> {
+        let c: LlamaJson = hf_json::read(json)?;
         // Bounded before the per-layer lists are made from it.
-        let n_layers = c.bounded("num_hidden_layers", crate::limits::MAX_LAYERS)?;
+        let n_layers = bounded(
+            "num_hidden_layers",
+            c.num_hidden_layers,
+            crate::limits::MAX_LAYERS,
+        )?;
         let inter = c
-            .opt_per_layer("intermediate_size", n_layers)?
-            .ok_or_else(|| c.err("intermediate_size", "missing"))?;
+            .intermediate_size
+            .per_layer("intermediate_size", n_layers)?;
         let heads = c
-            .opt_per_layer("num_attention_heads", n_layers)?
-            .ok_or_else(|| c.err("num_attention_heads", "missing"))?;
-        let kv_heads = c
-            .opt_per_layer("num_key_value_heads", n_layers)?
-            .unwrap_or_else(|| heads.clone());
-        let head_dim = match (c.opt_usize("head_dim")?, heads.first()) {
+            .num_attention_heads
+            .per_layer("num_attention_heads", n_layers)?;
+        let kv_heads = match &c.num_key_value_heads {
+            Some(kv) => kv.per_layer("num_key_value_heads", n_layers)?,
+            None => heads.clone(),
+        };
+        let head_dim = match (c.head_dim, heads.first()) {
             (Some(h), _) => h,
             // transformers' default; per-layer heads give no single quotient.
             (None, _) if heads.windows(2).any(|w| w[0] != w[1]) => {
-                return Err(c.err(
+                return Err(field_err(
                     "head_dim",
                     "missing; required when num_attention_heads differs between layers",
                 ));
             }
-            (None, Some(&h)) if h > 0 => hidden / h,
+            (None, Some(&h)) if h > 0 => c.hidden_size / h,
             (None, _) => 0,
         };
-        let windows = sliding_windows_from_hf(id, c, n_layers)?;
+        let windows = sliding_windows_from_hf(id, &c, n_layers)?;
         let layers = (0..n_layers)
             .map(|i| LlamaLayer {
                 intermediate_size: inter[i],
@@ -1091,60 +1138,63 @@ impl LlamaConfig {
         // transformers 5 reads it from `rope_parameters`, else from the top level; only
         // Phi-3's attention applies it (to the first `int(head_dim · factor)` features).
         let (field, factor) = match c
-            .json
-            .get("rope_parameters")
-            .and_then(|r| r.get("partial_rotary_factor"))
-            .filter(|f| !f.is_null())
+            .rope_parameters
+            .as_ref()
+            .and_then(|r| r.partial_rotary_factor)
         {
-            Some(f) => (
-                "rope_parameters.partial_rotary_factor",
-                f.as_f64().ok_or_else(|| {
-                    c.err(
-                        "rope_parameters.partial_rotary_factor",
-                        format!("{f} is not a number"),
-                    )
-                })?,
-            ),
+            Some(f) => ("rope_parameters.partial_rotary_factor", f),
             None => (
                 "partial_rotary_factor",
-                c.opt_f32("partial_rotary_factor")?.map_or(1.0, f64::from),
+                c.partial_rotary_factor.map_or(1.0, f64::from),
             ),
         };
         if factor != 1.0 && id != ArchId::Phi3 {
-            return Err(c.err(field, "only 1.0 is supported (partial rotary is Phi-3's)"));
+            return Err(field_err(
+                field,
+                "only 1.0 is supported (partial rotary is Phi-3's)",
+            ));
         }
         if !(factor > 0.0 && factor <= 1.0) {
-            return Err(c.err(field, format!("{factor} is not in (0, 1]")));
+            return Err(field_err(field, format!("{factor} is not in (0, 1]")));
         }
         let rotary_dim = (head_dim as f64 * factor) as usize;
-        let (rope_theta, rope_scaling) = rope_from_hf(id, c)?;
-        if c.opt_bool("mlp_bias")? == Some(true) {
-            return Err(c.err("mlp_bias", "MLP biases are not supported"));
+        let (rope_theta, rope_scaling) = rope_from_hf(
+            id,
+            c.rope_theta,
+            c.rope_scaling.as_ref(),
+            c.rope_parameters.as_ref(),
+            c.max_position_embeddings,
+        )?;
+        if c.mlp_bias == Some(true) {
+            return Err(field_err("mlp_bias", "MLP biases are not supported"));
         }
-        let act = c.opt_str("hidden_act")?.unwrap_or("silu");
+        let act = c.hidden_act.as_deref().unwrap_or("silu");
         if act != "silu" {
-            return Err(c.err("hidden_act", format!("'{act}' is not supported (silu)")));
+            return Err(field_err(
+                "hidden_act",
+                format!("'{act}' is not supported (silu)"),
+            ));
         }
         let is_qwen2 = id == ArchId::Qwen2;
         Ok(LlamaConfig {
             arch: id,
-            vocab_size: c.usize("vocab_size")?,
-            hidden_size: hidden,
+            vocab_size: c.vocab_size,
+            hidden_size: c.hidden_size,
             layers,
             head_dim,
             rotary_dim,
             rope_theta: rope_theta.unwrap_or(10000.0),
             rope_scaling,
-            rms_norm_eps: c.opt_f32("rms_norm_eps")?.unwrap_or(1e-6),
-            max_position_embeddings: c.opt_usize("max_position_embeddings")?.unwrap_or(2048),
+            rms_norm_eps: c.rms_norm_eps.unwrap_or(1e-6),
+            max_position_embeddings: c.max_position_embeddings.unwrap_or(2048),
             // transformers' defaults: Qwen2 and Qwen3 untied, Qwen2 alone with q/k/v biases.
             tie_word_embeddings: c
-                .opt_bool("tie_word_embeddings")?
+                .tie_word_embeddings
                 .unwrap_or(!matches!(id, ArchId::Qwen2 | ArchId::Qwen3 | ArchId::Phi3)),
-            attention_qkv_bias: c.opt_bool("attention_bias")?.unwrap_or(is_qwen2),
+            attention_qkv_bias: c.attention_bias.unwrap_or(is_qwen2),
             qk_norm: id == ArchId::Qwen3,
-            bos_token_id: c.opt_token("bos_token_id")?,
-            eos_token_id: c.opt_token("eos_token_id")?,
+            bos_token_id: c.bos_token_id,
+            eos_token_id: c.eos_token_id,
         })
     }
 
@@ -1264,31 +1314,29 @@ impl LlamaConfig {
 /// RoPE's base and scaling from either form of `config.json`: transformers 5's
 /// `rope_parameters: {rope_type, rope_theta, factor, …}`, or the Hub's top-level `rope_theta`
 /// with `rope_scaling: {rope_type (or type), factor, …}` (null or absent: none).
+/// `max_positions` is `max_position_embeddings`, the context a scaling starts from by default.
 pub(crate) fn rope_from_hf(
     id: ArchId,
-    c: &ConfigJson<'_>,
+    rope_theta: Option<f32>,
+    rope_scaling: Option<&RopeJson>,
+    rope_parameters: Option<&RopeJson>,
+    max_positions: Option<usize>,
 ) -> Result<(Option<f32>, RopeScaling), ConfigError> {
-    let (field, params) = match (c.json.get("rope_parameters"), c.json.get("rope_scaling")) {
-        (Some(Value::Object(_)), Some(Value::Object(_))) => {
-            return Err(c.err(
-                "rope_scaling",
-                "given beside rope_parameters: give one of the two forms",
-            ))
+    match (rope_parameters, rope_scaling) {
+        (Some(_), Some(_)) => Err(field_err(
+            "rope_scaling",
+            "given beside rope_parameters: give one of the two forms",
+        )),
+        (Some(p), None) => {
+            let (theta, scaling) = rope_object(id, "rope_parameters", p, max_positions)?;
+            Ok((theta.or(rope_theta), scaling))
         }
-        (Some(Value::Object(m)), _) => ("rope_parameters", Some(m)),
-        (_, Some(Value::Object(m))) => ("rope_scaling", Some(m)),
-        (_, None | Some(Value::Null)) => ("rope_scaling", None),
-        (_, Some(v)) => return Err(c.err("rope_scaling", format!("expected an object, got {v}"))),
-    };
-    let Some(m) = params else {
-        return Ok((c.opt_f32("rope_theta")?, RopeScaling::None));
-    };
-    let (theta, scaling) = rope_object(id, c, field, m)?;
-    let theta = match (field, theta) {
-        ("rope_parameters", Some(t)) => Some(t),
-        _ => c.opt_f32("rope_theta")?,
-    };
-    Ok((theta, scaling))
+        (None, Some(s)) => {
+            let (_, scaling) = rope_object(id, "rope_scaling", s, max_positions)?;
+            Ok((rope_theta, scaling))
+        }
+        (None, None) => Ok((rope_theta, RopeScaling::None)),
+    }
 }
 
 /// The base (when the object gives one) and scaling of one RoPE object of `config.json`
@@ -1296,23 +1344,14 @@ pub(crate) fn rope_from_hf(
 /// `field` in errors.
 pub(crate) fn rope_object(
     id: ArchId,
-    c: &ConfigJson<'_>,
     field: &str,
-    m: &Map<String, Value>,
+    m: &RopeJson,
+    max_positions: Option<usize>,
 ) -> Result<(Option<f32>, RopeScaling), ConfigError> {
-    let err = |k: &str, message: String| c.err(&format!("{field}.{k}"), message);
-    let num = |k: &str| -> Result<Option<f64>, ConfigError> {
-        match m.get(k) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => v
-                .as_f64()
-                .map(Some)
-                .ok_or_else(|| err(k, format!("expected a number, got {v}"))),
-        }
-    };
+    let err = |k: &str, message: String| field_err(format!("{field}.{k}"), message);
     // A required factor: present, finite and positive.
-    let need = |k: &str| -> Result<f64, ConfigError> {
-        match num(k)? {
+    let need = |k: &str, v: Option<f64>| -> Result<f64, ConfigError> {
+        match v {
             None => Err(err(k, "missing".into())),
             Some(v) if v.is_finite() && v > 0.0 => Ok(v),
             Some(v) => Err(err(k, format!("{v} must be positive"))),
@@ -1322,30 +1361,25 @@ pub(crate) fn rope_object(
     // transformers standardises it.
     let original_context = || -> Result<usize, ConfigError> {
         let key = "original_max_position_embeddings";
-        let (name, value) = match num(key)? {
-            Some(v) => (format!("{field}.{key}"), Some(v)),
-            None => (
-                "max_position_embeddings".to_string(),
-                c.json
-                    .get("max_position_embeddings")
-                    .and_then(Value::as_f64),
-            ),
-        };
-        match value {
-            Some(v) if v >= 1.0 && v.fract() == 0.0 && v <= u32::MAX as f64 => Ok(v as usize),
-            Some(v) => Err(c.err(&name, format!("{v} is not a positive integer"))),
-            None => Err(c.err(&name, "missing (the context RoPE scaling starts from)")),
+        match (m.original_max_position_embeddings, max_positions) {
+            (Some(v), _) if v >= 1.0 && v.fract() == 0.0 && v <= u32::MAX as f64 => Ok(v as usize),
+            (Some(v), _) => Err(err(key, format!("{v} is not a positive integer"))),
+            (None, Some(n)) if n >= 1 && n <= u32::MAX as usize => Ok(n),
+            (None, Some(n)) => Err(field_err(
+                "max_position_embeddings",
+                format!("{n} is not a positive integer of 32 bits"),
+            )),
+            (None, None) => Err(field_err(
+                "max_position_embeddings",
+                "missing (the context RoPE scaling starts from)",
+            )),
         }
     };
-    let theta = num("rope_theta")?.map(|t| t as f32);
-    let (type_key, kind) = match (m.get("rope_type"), m.get("type")) {
-        (Some(v), _) => ("rope_type", v),
-        (None, Some(v)) => ("type", v),
+    let (type_key, kind) = match (&m.rope_type, &m.kind) {
+        (Some(k), _) => ("rope_type", k.as_str()),
+        (None, Some(k)) => ("type", k.as_str()),
         (None, None) => return Err(err("rope_type", "missing".into())),
     };
-    let kind = kind
-        .as_str()
-        .ok_or_else(|| err(type_key, format!("expected a string, got {kind}")))?;
     // transformers' Phi-3 takes `longrope` (and reads `yarn` and `su` as it) and nothing else.
     if id == ArchId::Phi3 && kind != "default" {
         return Err(err(
@@ -1358,11 +1392,12 @@ pub(crate) fn rope_object(
     let scaling = match kind {
         "default" => RopeScaling::None,
         "linear" => RopeScaling::Linear {
-            factor: need("factor")? as f32,
+            factor: need("factor", m.factor)? as f32,
         },
         "llama3" => {
             let context = original_context()?;
-            let (low, high) = (need("low_freq_factor")?, need("high_freq_factor")?);
+            let low = need("low_freq_factor", m.low_freq_factor)?;
+            let high = need("high_freq_factor", m.high_freq_factor)?;
             if high <= low {
                 return Err(err(
                     "high_freq_factor",
@@ -1370,42 +1405,33 @@ pub(crate) fn rope_object(
                 ));
             }
             RopeScaling::Llama3 {
-                factor: need("factor")? as f32,
+                factor: need("factor", m.factor)? as f32,
                 low_freq_factor: low as f32,
                 high_freq_factor: high as f32,
                 original_context: context,
             }
         }
         "yarn" => {
-            let factor = need("factor")?;
+            let factor = need("factor", m.factor)?;
             // transformers: a value that is absent, null or zero takes the default.
-            let or_default = |k: &str, default: f64| -> Result<f64, ConfigError> {
-                match num(k)? {
-                    None | Some(0.0) => Ok(default),
-                    Some(_) => need(k),
+            let or_default = |k: &str, v: Option<f64>, default: f64| match v {
+                None | Some(0.0) => Ok(default),
+                Some(_) => need(k, v),
+            };
+            let attention_factor = match (m.attention_factor, m.mscale, m.mscale_all_dim) {
+                (Some(_), _, _) => need("attention_factor", m.attention_factor)?,
+                (None, Some(a), Some(b)) if a != 0.0 && b != 0.0 => {
+                    RopeScaling::yarn_mscale(factor, a) / RopeScaling::yarn_mscale(factor, b)
                 }
-            };
-            let attention_factor = match num("attention_factor")? {
-                Some(_) => need("attention_factor")?,
-                None => match (num("mscale")?, num("mscale_all_dim")?) {
-                    (Some(a), Some(b)) if a != 0.0 && b != 0.0 => {
-                        RopeScaling::yarn_mscale(factor, a) / RopeScaling::yarn_mscale(factor, b)
-                    }
-                    _ => RopeScaling::yarn_mscale(factor, 1.0),
-                },
-            };
-            let truncate = match m.get("truncate") {
-                None | Some(Value::Null) => true,
-                Some(Value::Bool(b)) => *b,
-                Some(v) => return Err(err("truncate", format!("expected true or false, got {v}"))),
+                _ => RopeScaling::yarn_mscale(factor, 1.0),
             };
             RopeScaling::Yarn {
                 factor: factor as f32,
                 original_context: original_context()?,
-                beta_fast: or_default("beta_fast", 32.0)? as f32,
-                beta_slow: or_default("beta_slow", 1.0)? as f32,
+                beta_fast: or_default("beta_fast", m.beta_fast, 32.0)? as f32,
+                beta_slow: or_default("beta_slow", m.beta_slow, 1.0)? as f32,
                 attention_factor: attention_factor as f32,
-                truncate,
+                truncate: m.truncate.unwrap_or(true),
             }
         }
         other => {
@@ -1415,7 +1441,7 @@ pub(crate) fn rope_object(
             ))
         }
     };
-    Ok((theta, scaling))
+    Ok((m.rope_theta, scaling))
 }
 
 /// `rope_scaling` as the Hub's configs write it (transformers 4 and 5 both read this form).
@@ -1466,22 +1492,23 @@ pub(crate) fn rope_scaling_to_hf(s: RopeScaling) -> Value {
 /// `layer_types` marks `sliding_attention` (by default those from `max_window_layers` on).
 fn sliding_windows_from_hf(
     id: ArchId,
-    c: &ConfigJson<'_>,
+    c: &LlamaJson,
     layers: usize,
 ) -> Result<Vec<Option<usize>>, ConfigError> {
     match id {
-        ArchId::Mistral | ArchId::Phi3 => Ok(vec![c.opt_window("sliding_window")?; layers]),
+        ArchId::Mistral | ArchId::Phi3 => {
+            Ok(vec![window("sliding_window", c.sliding_window)?; layers])
+        }
         ArchId::Qwen2 | ArchId::Qwen3 => {
-            let on = c.opt_bool("use_sliding_window")?.unwrap_or(false);
-            let w = if on {
-                c.opt_window("sliding_window")?
+            let w = if c.use_sliding_window.unwrap_or(false) {
+                window("sliding_window", c.sliding_window)?
             } else {
                 None
             };
-            let sliding = match c.opt_layer_types(layers)? {
-                Some(types) => types,
+            let sliding = match &c.layer_types {
+                Some(types) => sliding_flags(types, layers)?,
                 None => {
-                    let from = c.opt_usize("max_window_layers")?.unwrap_or(28);
+                    let from = c.max_window_layers.unwrap_or(28);
                     (0..layers).map(|i| i >= from).collect()
                 }
             };

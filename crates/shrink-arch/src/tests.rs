@@ -460,9 +460,16 @@ fn sliding_windows_follow_transformers_per_architecture() {
         "layer_types".into(),
         serde_json::json!(["chunked_attention", "full_attention", "full_attention"]),
     );
-    assert!(windows(&j)
-        .unwrap_err()
-        .starts_with("field 'layer_types': element 0"));
+    assert_eq!(
+        windows(&j).unwrap_err(),
+        "field 'layer_types[0]': unknown variant `chunked_attention`, expected \
+         `full_attention` or `sliding_attention`"
+    );
+    j.insert("layer_types".into(), serde_json::json!(["full_attention"]));
+    assert_eq!(
+        windows(&j).unwrap_err(),
+        "field 'layer_types': a list of 1 layer types, but num_hidden_layers is 3"
+    );
     // Mistral: every layer, when given.
     let mut m = ArchConfig::from(llama("mistral", false, false))
         .to_hf("float32")
@@ -712,7 +719,7 @@ fn yarn_reads_every_field_transformers_reads() {
         ),
         (
             serde_json::json!({"rope_type": "yarn", "factor": 2.0, "truncate": "no"}),
-            "field 'rope_scaling.truncate': expected true or false, got \"no\"",
+            "field 'rope_scaling.truncate': invalid type: string \"no\", expected a boolean",
         ),
         (
             serde_json::json!({"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 0.5}),
@@ -755,4 +762,84 @@ fn each_gguf_architecture_is_read_by_one_family() {
         seen.contains("llama") && seen.contains("gemma3"),
         "{seen:?}"
     );
+}
+
+#[test]
+fn config_json_mirrors_name_the_path_of_a_bad_field() {
+    let base = ArchConfig::from(llama("llama", true, false))
+        .to_hf("float32")
+        .unwrap();
+    let err = |edit: &dyn Fn(&mut serde_json::Map<String, serde_json::Value>)| {
+        let mut j = base.clone();
+        edit(&mut j);
+        ArchConfig::from_hf(&j).unwrap_err().to_string()
+    };
+    assert_eq!(
+        err(&|j| {
+            j.remove("hidden_size");
+        }),
+        "field 'hidden_size': missing"
+    );
+    assert_eq!(
+        err(&|j| {
+            j.remove("model_type");
+        }),
+        "field 'model_type': missing"
+    );
+    assert_eq!(
+        err(&|j| {
+            j.insert("num_hidden_layers".into(), (-3).into());
+        }),
+        "field 'num_hidden_layers': invalid value: integer `-3`, expected usize"
+    );
+    assert_eq!(
+        err(&|j| {
+            j.insert("intermediate_size".into(), serde_json::json!([64, "x", 64]));
+        }),
+        "field 'intermediate_size': a non-negative integer, or a list of one per layer"
+    );
+    assert_eq!(
+        err(&|j| {
+            j.insert(
+                "rope_scaling".into(),
+                serde_json::json!({"rope_type": "linear", "factor": "8"}),
+            );
+        }),
+        "field 'rope_scaling.factor': invalid type: string \"8\", expected f64"
+    );
+    assert_eq!(
+        err(&|j| {
+            j.insert("eos_token_id".into(), "</s>".into());
+        }),
+        "field 'eos_token_id': a token id or a list of token ids"
+    );
+    // Several EOS ids: the first is the one generation stops on; null is none.
+    let mut j = base.clone();
+    j.insert("eos_token_id".into(), serde_json::json!([7, 9]));
+    j.insert("bos_token_id".into(), serde_json::Value::Null);
+    let c = ArchConfig::from_hf(&j).unwrap();
+    assert_eq!((c.bos_token_id(), c.eos_token_id()), (None, Some(7)));
+
+    // Gemma 3's per-layer-type RoPE: the path goes through the layer type.
+    let mut g = ArchConfig::from(gemma(true)).to_hf("float32").unwrap();
+    g.remove("rope_scaling");
+    g.insert(
+        "rope_parameters".into(),
+        serde_json::json!({"full_attention": {"rope_type": "linear", "factor": true}}),
+    );
+    assert_eq!(
+        ArchConfig::from_hf(&g).unwrap_err().to_string(),
+        "field 'rope_parameters.full_attention.factor': invalid type: boolean `true`, expected f64"
+    );
+    // Gemma 2: an absent cap is transformers' default, a null one none.
+    let g2 = ArchConfig::from(gemma2()).to_hf("float32").unwrap();
+    let caps = |j: &serde_json::Map<String, serde_json::Value>| {
+        let c = ArchConfig::from_hf(j).unwrap();
+        let c = c.downcast_ref::<GemmaConfig>().unwrap();
+        (c.attn_logit_softcapping, c.final_logit_softcapping)
+    };
+    let mut j = g2.clone();
+    j.remove("attn_logit_softcapping");
+    j.insert("final_logit_softcapping".into(), serde_json::Value::Null);
+    assert_eq!(caps(&j), (Some(50.0), None));
 }

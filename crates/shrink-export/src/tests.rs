@@ -1093,11 +1093,24 @@ fn copy_gguf(
     path: &Path,
     edit: impl Fn(&str, &MetaValue) -> Option<(String, MetaValue)>,
 ) {
+    copy_gguf_adding(src, path, edit, &[]);
+}
+
+/// [`copy_gguf`], then the keys of `add` appended.
+fn copy_gguf_adding(
+    src: &GgufFile,
+    path: &Path,
+    edit: impl Fn(&str, &MetaValue) -> Option<(String, MetaValue)>,
+    add: &[(&str, MetaValue)],
+) {
     let mut w = GgufWriter::new();
     for (k, v) in &src.metadata {
         if let Some((k, v)) = edit(k, v) {
             w.add_metadata(k, v).expect("meta");
         }
+    }
+    for (k, v) in add {
+        w.add_metadata(*k, v.clone()).expect("meta");
     }
     for t in &src.tensors {
         w.add_tensor(
@@ -1720,4 +1733,68 @@ fn quantized_phi3_parts_stack_into_ggml_rows_and_split_back_bit_for_bit() {
     // Split back into mapped row ranges of the packed tensor, each part's bytes as they were.
     let back = load(&out).expect("load");
     same_params(&l.model, &back.model);
+}
+
+#[test]
+fn gguf_keys_of_the_wrong_type_or_unread_values_are_refused_not_defaulted() {
+    // An optional key (absent: llama.cpp's default) present with the wrong type is an error
+    // naming the key, never the default; YaRN keys llama.cpp does not read for `llama` are
+    // refused when they hold anything but its own value.
+    let s = Scratch::new("wrong-typed-keys");
+    let fixture = fixtures().join("tiny-llama/tiny-llama.gguf");
+    let src = GgufFile::open(&fixture).expect("open");
+    type Case<'a> = (&'a str, Vec<(&'a str, MetaValue)>, &'a str);
+    let cases: [Case; 5] = [
+        (
+            "theta",
+            vec![("llama.rope.freq_base", MetaValue::String("1e4".into()))],
+            "metadata key 'llama.rope.freq_base' should be an f32, found a string",
+        ),
+        (
+            "eos",
+            vec![("tokenizer.ggml.eos_token_id", MetaValue::F32(2.0))],
+            "metadata key 'tokenizer.ggml.eos_token_id' should be a u32",
+        ),
+        (
+            "scaling",
+            vec![("llama.rope.scaling.type", MetaValue::U32(2))],
+            "metadata key 'llama.rope.scaling.type' should be a string",
+        ),
+        (
+            "yarn-beta",
+            vec![
+                ("llama.rope.scaling.type", MetaValue::String("yarn".into())),
+                ("llama.rope.scaling.factor", MetaValue::F32(4.0)),
+                ("llama.rope.scaling.yarn_beta_fast", MetaValue::F32(16.0)),
+            ],
+            "field 'llama.rope.scaling.yarn_beta_fast': 16: llama.cpp does not read this key",
+        ),
+        (
+            "yarn-beta-type",
+            vec![
+                ("llama.rope.scaling.type", MetaValue::String("yarn".into())),
+                ("llama.rope.scaling.factor", MetaValue::F32(4.0)),
+                (
+                    "llama.rope.scaling.yarn_beta_fast",
+                    MetaValue::String("32".into()),
+                ),
+            ],
+            "metadata key 'llama.rope.scaling.yarn_beta_fast' should be an f32",
+        ),
+    ];
+    for (name, keys, want) in cases {
+        let path = s.path().join(format!("{name}.gguf"));
+        let replaced = |k: &str| keys.iter().any(|(key, _)| *key == k);
+        copy_gguf_adding(
+            &src,
+            &path,
+            |k, v| (!replaced(k)).then(|| (k.to_string(), v.clone())),
+            &keys,
+        );
+        let e = load(&path).expect_err(name).to_string();
+        assert!(
+            e.contains(&format!("{name}.gguf")) && e.contains(want),
+            "{name}: {e}"
+        );
+    }
 }

@@ -19,7 +19,7 @@ use shrink_ir::{DType, Model, ParamType, QuantScheme, TensorData, WeightStore};
 
 use crate::error::{ImportError, Result};
 use shrink_arch::{unpermute_rows, ArchConfig};
-use shrink_formats::gguf::{GgmlType, GgufFile, TensorInfo};
+use shrink_formats::gguf::{GgmlType, GgufFile, OptionalKey, TensorInfo};
 
 /// The config of a GGUF file, by its architecture's module.
 fn config(file: &GgufFile) -> Result<ArchConfig> {
@@ -149,7 +149,7 @@ pub fn load_model(file: &GgufFile, opts: &crate::LoadOptions) -> Result<Model> {
         store.insert(hf, data);
     }
     graph.meta.insert("source_format".into(), "gguf".into());
-    if let Ok(name) = file.get_str("general.name") {
+    if let Some(name) = file.get_str("general.name").optional()? {
         graph.meta.insert("name".into(), name.to_string());
     }
     Ok(Model {

@@ -461,6 +461,21 @@ pub enum GgufError {
     },
 }
 
+/// A metadata key that may be absent: `Ok(None)` when it is, the error when it is present with
+/// the wrong type (which must not fall back to a default silently).
+pub trait OptionalKey<T> {
+    fn optional(self) -> Result<Option<T>, GgufError>;
+}
+
+impl<T> OptionalKey<T> for Result<T, GgufError> {
+    fn optional(self) -> Result<Option<T>, GgufError> {
+        match self {
+            Err(GgufError::MissingKey { .. }) => Ok(None),
+            r => r.map(Some),
+        }
+    }
+}
+
 impl GgufError {
     /// Fills in the file path and tensor name of a dequantization error that lacks them.
     pub(crate) fn in_tensor(mut self, file: &Path, name: &str) -> GgufError {

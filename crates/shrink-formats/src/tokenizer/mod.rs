@@ -17,7 +17,7 @@ use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::{AddedToken, SplitDelimiterBehavior};
 
-use crate::gguf::{GgufFile, MetaValue};
+use crate::gguf::{GgufFile, MetaValue, OptionalKey};
 
 pub use sentencepiece::SentencePieceModel;
 pub use to_gguf::gguf_metadata;
@@ -191,6 +191,7 @@ impl Tokenizer {
                 // whitespace after them.
                 let name = file
                     .get_str("general.name")
+                    .optional()?
                     .unwrap_or_default()
                     .to_lowercase();
                 let phi3 = name.contains("phi-3") || name.contains("phi3");
