@@ -617,7 +617,7 @@ fn streamed_quantized_weights_give_the_logits_of_their_dequantized_values() {
     let d = max_abs_diff(&original.logits(&ids).expect("original"), &want);
     assert!(d > 1e-3, "quantizing moved the logits by only {d:e}");
 
-    // Packed bytes are held once: the tied embedding / LM head is one copy.
+    // Stored bytes are held once: the tied embedding / LM head is one copy.
     #[allow(irrefutable_let_patterns)] // refutable with the `cuda` feature
     let Engine::Cpu(interp) = &stream
     else {
@@ -629,7 +629,7 @@ fn streamed_quantized_weights_give_the_logits_of_their_dequantized_values() {
         .filter(|(_, t)| t.ty.quant.is_some())
         .map(|(_, t)| t.nbytes())
         .sum();
-    assert_eq!(interp.packed_bytes(), stored);
+    assert_eq!(interp.stored_bytes(), stored);
 }
 
 #[test]
@@ -744,4 +744,51 @@ fn cli_runs_quantized_models_and_reports_memory_and_storage_types() {
         "fast",
     ]);
     assert_eq!(code, 2, "{stderr}");
+}
+
+#[test]
+fn bf16_weights_run_as_stored_with_the_logits_of_widening_them() {
+    // tiny-gemma2's safetensors hold bf16: streamed, its matrices stay the mapped bf16 bytes
+    // (nothing widened at load), with the logits of the model widened whole to f32.
+    let loaded = shrink_import::load(&fixture("tiny-gemma2")).expect("load");
+    let model = &loaded.model;
+    let engine = |quantized| {
+        Engine::with_options(
+            model,
+            Device::Cpu,
+            ExecOptions {
+                quantized,
+                ..ExecOptions::default()
+            },
+        )
+        .expect("engine")
+    };
+    let (stream, widened) = (engine(QuantExec::Stream), engine(QuantExec::Dequantize));
+    let matrices: Vec<_> = model
+        .weights
+        .iter()
+        .filter(|(_, t)| t.ty.shape.len() == 2)
+        .collect();
+    assert!(!matrices.is_empty());
+    for (name, t) in &matrices {
+        assert_eq!(t.ty.dtype, shrink_ir::DType::BF16, "{name}");
+        assert!(t.is_mapped(), "{name} is read from the file in place");
+    }
+    let bf16_bytes: usize = matrices.iter().map(|(_, t)| t.nbytes()).sum();
+    #[allow(irrefutable_let_patterns)] // refutable with the `cuda` feature
+    let (Engine::Cpu(s), Engine::Cpu(w)) = (&stream, &widened) else {
+        unreachable!()
+    };
+    assert_eq!(s.stored_bytes(), bf16_bytes);
+    assert_eq!(w.stored_bytes(), 0);
+    let ids = vec![vec![2u32, 17, 5, 99, 3, 41, 7]];
+    let a = stream.logits(&ids).expect("stream");
+    let b: Vec<f64> = widened
+        .logits(&ids)
+        .expect("widened")
+        .iter()
+        .map(|&x| x as f64)
+        .collect();
+    let d = max_abs_diff(&a, &b);
+    assert!(d < TOL, "stream vs widened at load: {d:e}");
 }

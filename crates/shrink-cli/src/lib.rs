@@ -108,9 +108,10 @@ enum Command {
         /// cpu, cuda or cuda:N.
         #[arg(long, default_value = "cpu")]
         device: String,
-        /// How quantized weights run: `stream` keeps them packed and dequantizes each matrix
-        /// when it is used (memory near the packed size; over whole chunks the cost is small
-        /// beside the matmuls), `dequantize` turns them into f32 at load (float memory).
+        /// How matrices stored quantized or in f16/bf16 run: `stream` keeps them as stored
+        /// (memory-mapped) and widens each matrix to f32 when it is used (memory near the
+        /// stored size; over whole chunks the cost is small beside the matmuls), `dequantize`
+        /// turns them into f32 at load (f32 memory).
         #[arg(long, value_enum, default_value_t = QuantExecArg::Stream)]
         quantized_exec: QuantExecArg,
         /// Print one JSON object on stdout.
@@ -139,10 +140,10 @@ enum Command {
         seed: u64,
         #[arg(long, default_value = "cpu")]
         device: String,
-        /// How quantized weights run: `dequantize` (the default) turns them into f32 at load;
-        /// `stream` keeps them packed and dequantizes every matrix at each use, which saves
-        /// memory but, since generation runs the whole model once per token, costs the
-        /// dequantization of every weight per token.
+        /// How matrices stored quantized or in f16/bf16 run: `dequantize` (the default) turns
+        /// them into f32 at load; `stream` keeps them as stored and widens every matrix at each
+        /// use, which saves memory (a model whose f32 form does not fit) but, since generation
+        /// runs the whole model once per token, costs the widening of every weight per token.
         #[arg(long, value_enum, default_value_t = QuantExecArg::Dequantize)]
         quantized_exec: QuantExecArg,
     },

@@ -458,40 +458,62 @@ pub fn load_model(dir: &Path, opts: &crate::LoadOptions) -> Result<Model> {
 
 /// A model built from a `config.json` alone, its weights drawn at random as transformers
 /// initialises a new model: matrices from N(0, `initializer_range`, default 0.02), norm
-/// weights 1, biases 0; seeded, so the same seed gives the same model. Names are those of a
-/// saved checkpoint (GPT-2 under `transformer.`), with tied embeddings unless the config
-/// unties them.
+/// weights 1, biases 0; seeded, so the same seed gives the same model. The weights are stored
+/// in the config's `torch_dtype` (`dtype` in transformers 5; f32 when absent or `auto`), as a
+/// checkpoint of that config would be. Names are those of a saved checkpoint (GPT-2 under
+/// `transformer.`), with tied embeddings unless the config unties them.
 pub fn load_config_random(path: &Path, seed: u64) -> Result<Model> {
     let json = read_json(path)?;
     let std = json
         .get("initializer_range")
         .and_then(Value::as_f64)
         .unwrap_or(0.02) as f32;
-    let arch = parse_config(path, json)?;
-    // Nothing in a file bounds a random model: its f32 weights must fit in memory.
-    let params = arch.param_count().map_err(|m| ImportError::Config {
+    let bad = |field: &str, message: String| ImportError::Config {
         path: path.to_path_buf(),
-        field: "config".into(),
-        message: m,
-    })?;
-    let bytes = params.saturating_mul(4);
+        field: field.into(),
+        message,
+    };
+    let dtype_field = if json.get("dtype").is_some() {
+        "dtype"
+    } else {
+        "torch_dtype"
+    };
+    let dtype = match json.get(dtype_field) {
+        None | Some(Value::Null) => DType::F32,
+        Some(Value::String(s)) => match s.as_str() {
+            "float32" | "auto" => DType::F32,
+            "bfloat16" => DType::BF16,
+            "float16" => DType::F16,
+            other => {
+                return Err(bad(
+                    dtype_field,
+                    format!("'{other}' is not supported (float32, bfloat16, float16)"),
+                ))
+            }
+        },
+        Some(v) => return Err(bad(dtype_field, format!("expected a string, got {v}"))),
+    };
+    let arch = parse_config(path, json)?;
+    // Nothing in a file bounds a random model: its weights must fit in memory.
+    let params = arch.param_count().map_err(|m| bad("config", m))?;
+    let bytes = params.saturating_mul(dtype.size() as u64);
     if let Some(avail) = shrink_arch::limits::available_memory() {
         if bytes > avail {
-            return Err(ImportError::Config {
-                path: path.to_path_buf(),
-                field: "config".into(),
-                message: format!(
-                    "a random model of {params} parameters needs {:.1} GB of f32 weights, \
+            return Err(bad(
+                "config",
+                format!(
+                    "a random model of {params} parameters needs {:.1} GB of {} weights, \
                      more than the {:.1} GB of memory available",
                     bytes as f64 / 1e9,
+                    dtype.name(),
                     avail as f64 / 1e9
                 ),
-            });
+            ));
         }
     }
     let mut arch = arch;
     arch.use_saved_names();
-    let graph = arch.build();
+    let mut graph = arch.build();
     let mut weights = WeightStore::new();
     let mut rng = Normal::new(seed);
     for (name, ty) in graph.params() {
@@ -501,15 +523,19 @@ pub fn load_config_random(path: &Path, seed: u64) -> Result<Model> {
             _ if name.ends_with(".bias") => vec![0.0; n],
             _ => vec![1.0; n],
         };
-        let data =
-            TensorData::from_f32(DType::F32, ty.shape.clone(), &values).map_err(|message| {
-                ImportError::Tensor {
-                    path: path.to_path_buf(),
-                    tensor: name.clone(),
-                    message,
-                }
-            })?;
+        let data = TensorData::from_f32(dtype, ty.shape.clone(), &values).map_err(|message| {
+            ImportError::Tensor {
+                path: path.to_path_buf(),
+                tensor: name.clone(),
+                message,
+            }
+        })?;
         weights.insert(name.clone(), data);
+    }
+    for (name, data) in weights.iter() {
+        if let Some(p) = graph.param_mut(name) {
+            *p = data.ty.clone();
+        }
     }
     Ok(Model { graph, weights })
 }

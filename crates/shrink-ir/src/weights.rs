@@ -2,6 +2,7 @@
 //! was loaded from.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::sync::Arc;
 
 use half::{bf16, f16};
@@ -9,10 +10,11 @@ use half::{bf16, f16};
 use crate::types::{DType, ParamType};
 use crate::QuantScheme;
 
-/// Bytes of one tensor: owned, or a range of a memory-mapped file.
+/// Bytes of one tensor: owned, or a range of a memory-mapped file; shared, never copied, by
+/// clones (an engine holds its stored matrices beside the model's store).
 #[derive(Clone, Debug)]
 enum Bytes {
-    Owned(Vec<u8>),
+    Owned(Arc<Vec<u8>>),
     Mapped {
         map: Arc<memmap2::Mmap>,
         start: usize,
@@ -101,7 +103,7 @@ impl TensorData {
         check_len(&ty, bytes.len())?;
         Ok(TensorData {
             ty,
-            bytes: Bytes::Owned(bytes),
+            bytes: Bytes::Owned(Arc::new(bytes)),
         })
     }
 
@@ -146,7 +148,7 @@ impl TensorData {
         };
         Ok(TensorData {
             ty,
-            bytes: Bytes::Owned(bytes),
+            bytes: Bytes::Owned(Arc::new(bytes)),
         })
     }
 
@@ -221,6 +223,44 @@ impl TensorData {
             DType::I64 => return None,
         };
         first_all_ones(b, lane, exponent)
+    }
+
+    /// Rows `rows` of a `[rows, cols]` parameter as f32 into `out` (`rows.len() · cols` values):
+    /// f32 copied, f16/bf16 widened, quantized data dequantized. A block of a large matrix at a
+    /// time, so that its f32 form never exists whole.
+    pub fn rows_f32_into(&self, rows: Range<usize>, out: &mut [f32]) {
+        let b = self.bytes();
+        let cols = self.ty.shape.get(1).copied().unwrap_or(1);
+        debug_assert_eq!(out.len(), rows.len() * cols);
+        if let Some(q) = self.ty.quant {
+            return q.dequantize_rows(b, &self.ty.shape, rows, out);
+        }
+        let lane = self.ty.dtype.size();
+        let b = &b[rows.start * cols * lane..rows.end * cols * lane];
+        match self.ty.dtype {
+            DType::F32 => {
+                for (o, c) in out.iter_mut().zip(b.chunks_exact(4)) {
+                    *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                }
+            }
+            DType::F16 => {
+                for (o, c) in out.iter_mut().zip(b.chunks_exact(2)) {
+                    *o = f16::from_le_bytes([c[0], c[1]]).to_f32();
+                }
+            }
+            // bf16 is the top half of an f32.
+            DType::BF16 => {
+                for (o, c) in out.iter_mut().zip(b.chunks_exact(2)) {
+                    *o = f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16);
+                }
+            }
+            DType::I64 => {
+                for (o, c) in out.iter_mut().zip(b.chunks_exact(8)) {
+                    *o =
+                        i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32;
+                }
+            }
+        }
     }
 
     /// The values as f32 (exact for every float dtype; quantized data dequantized).

@@ -1,9 +1,10 @@
 //! The interpreter: the IR compiled to a list of steps over burn tensors. Parameters are
 //! uploaded once, in the layout each step wants (linear weights transposed to `[in, out]`).
 //!
-//! Quantized weights of linears and embeddings either stay packed on the host and are
-//! dequantized at each use ([`QuantExec::Stream`]: memory stays near the packed size), or are
-//! dequantized once at load like any other parameter ([`QuantExec::Dequantize`]: fastest).
+//! Matrices of linears and embeddings stored quantized or in half precision (f16, bf16) either
+//! stay as stored on the host and are widened to f32 at each use ([`QuantExec::Stream`]: memory
+//! stays near the stored size, memory-mapped files are not copied), or are widened once at load
+//! like any other parameter ([`QuantExec::Dequantize`]: fastest).
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -14,19 +15,19 @@ use burn::tensor::backend::Backend;
 use burn::tensor::module::embedding;
 use burn::tensor::{Element, Int, Tensor, TensorCreationOptions, TensorData as BurnData};
 use shrink_ir::weights::TensorData;
-use shrink_ir::{Activation, AttentionSpec, Model, NodeId, NormKind, Op, QuantScheme, ValueId};
+use shrink_ir::{Activation, AttentionSpec, DType, Model, NodeId, NormKind, Op, ValueId};
 
 use crate::error::{Result, RuntimeError};
 
-/// How quantized parameters run.
+/// How matrices stored quantized or in half precision run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum QuantExec {
-    /// Keep the packed bytes; at each forward, dequantize a linear's matrix (in blocks of rows
+    /// Keep the stored bytes; at each forward, widen a linear's matrix to f32 (in blocks of rows
     /// when it is large, each dropped after its matmul) and an embedding's rows of the tokens
-    /// asked for. Memory: the packed model plus one block.
+    /// asked for. Memory: the model as stored plus one block.
     #[default]
     Stream,
-    /// Dequantize every parameter to f32 at load: fastest, but takes float memory.
+    /// Widen every parameter to f32 at load: fastest, but takes f32 memory.
     Dequantize,
 }
 
@@ -40,22 +41,27 @@ pub struct ExecOptions {
     pub trainable: bool,
 }
 
-/// A quantized `[rows, cols]` matrix kept packed on the host, shared by every step that reads
-/// it (a tied embedding and LM head hold one).
-struct Packed {
-    scheme: QuantScheme,
+/// A `[rows, cols]` matrix kept as stored on the host (quantized, f16 or bf16; memory-mapped when
+/// the file was), shared by every step that reads it (a tied embedding and LM head hold one).
+struct Stored {
     rows: usize,
     cols: usize,
     data: TensorData,
 }
 
-impl Packed {
-    fn new(name: &str, t: &TensorData, scheme: QuantScheme) -> Result<Self> {
+impl Stored {
+    fn new(name: &str, t: &TensorData) -> Result<Self> {
         let bad = |message: String| RuntimeError::Param {
             name: name.into(),
             message,
         };
-        let want = scheme.packed_size(&t.ty.shape).map_err(bad)?;
+        let &[rows, cols] = t.ty.shape.as_slice() else {
+            return Err(bad(format!("{} is not a matrix", t.ty)));
+        };
+        let want = match t.ty.quant {
+            Some(scheme) => scheme.packed_size(&t.ty.shape).map_err(bad)?,
+            None => rows * cols * t.ty.dtype.size(),
+        };
         if t.nbytes() != want {
             return Err(bad(format!(
                 "{} bytes do not hold {} ({want} bytes)",
@@ -63,11 +69,10 @@ impl Packed {
                 t.ty
             )));
         }
-        Ok(Packed {
-            scheme,
-            rows: t.ty.shape[0],
-            cols: t.ty.shape[1],
-            // The one copy of the packed bytes (none when they are memory-mapped).
+        Ok(Stored {
+            rows,
+            cols,
+            // The one copy of the stored bytes (none when they are memory-mapped).
             data: t.clone(),
         })
     }
@@ -81,8 +86,7 @@ impl Packed {
         let c = self.cols;
         let mut out = vec![0.0; ids.len() * c];
         for (dst, &r) in out.chunks_exact_mut(c).zip(ids) {
-            self.scheme
-                .dequantize_rows(self.data.bytes(), &self.shape(), r..r + 1, dst);
+            self.data.rows_f32_into(r..r + 1, dst);
         }
         out
     }
@@ -94,10 +98,22 @@ impl Packed {
         out
     }
 
-    /// Rows `rows` of the matrix into `out` (`rows.len() · cols` values).
+    /// Rows `rows` of the matrix into `out` (`rows.len() · cols` values), a large block split
+    /// among the cores (the widening is otherwise the one serial part of a streamed linear).
     fn dequantize_into(&self, rows: Range<usize>, out: &mut [f32]) {
-        self.scheme
-            .dequantize_rows(self.data.bytes(), &self.shape(), rows, out);
+        use rayon::prelude::*;
+        const PER_TASK: usize = 1 << 16;
+        let per_task = (PER_TASK / self.cols.max(1)).max(1);
+        if rows.len() <= per_task || self.cols == 0 {
+            return self.data.rows_f32_into(rows, out);
+        }
+        out.par_chunks_mut(per_task * self.cols)
+            .enumerate()
+            .for_each(|(k, chunk)| {
+                let r0 = rows.start + k * per_task;
+                self.data
+                    .rows_f32_into(r0..r0 + chunk.len() / self.cols, chunk);
+            });
     }
 
     /// Rows per block of at most `max_elems` values (at least one row).
@@ -185,8 +201,8 @@ enum Kernel {
     Input,
     /// Index into the interpreter's parameters, as are the other `usize` operands here.
     Embedding(usize),
-    /// An embedding kept packed: only the rows of the tokens asked for are dequantized.
-    PackedEmbedding(Arc<Packed>),
+    /// An embedding kept as stored: only the rows of the tokens asked for are widened.
+    StoredEmbedding(Arc<Stored>),
     PositionEmbedding(usize),
     Norm {
         kind: NormKind,
@@ -200,9 +216,9 @@ enum Kernel {
         bias: Option<usize>,
         lora: Option<LoraKernel>,
     },
-    /// A linear whose `[out, in]` weight is kept packed and dequantized at each forward.
-    PackedLinear {
-        weight: Arc<Packed>,
+    /// A linear whose `[out, in]` weight is kept as stored and widened at each forward.
+    StoredLinear {
+        weight: Arc<Stored>,
         bias: Option<usize>,
         lora: Option<LoraKernel>,
     },
@@ -368,9 +384,9 @@ impl<B: Backend> Interpreter<B> {
         };
         // Rows of a parameter already read by `entry`.
         let rows_of = |name: &str| model.weights.get(name).map_or(0, |t| t.ty.shape[0]);
-        // Quantized matrices kept packed (Stream), one per parameter name.
-        let mut packed_cache: HashMap<String, Arc<Packed>> = HashMap::new();
-        let mut packed = |name: &str| -> Result<Option<Arc<Packed>>> {
+        // Matrices kept as stored (Stream): quantized, f16 and bf16 ones, one per parameter name.
+        let mut stored_cache: HashMap<String, Arc<Stored>> = HashMap::new();
+        let mut stored = |name: &str| -> Result<Option<Arc<Stored>>> {
             if opts.quantized != QuantExec::Stream || opts.trainable {
                 return Ok(None);
             }
@@ -378,14 +394,15 @@ impl<B: Backend> Interpreter<B> {
                 name: name.into(),
                 message: "no data".into(),
             })?;
-            let Some(scheme) = t.ty.quant else {
+            let as_stored = t.ty.quant.is_some() || matches!(t.ty.dtype, DType::F16 | DType::BF16);
+            if !as_stored || t.ty.shape.len() != 2 {
                 return Ok(None);
-            };
-            if let Some(p) = packed_cache.get(name) {
+            }
+            if let Some(p) = stored_cache.get(name) {
                 return Ok(Some(p.clone()));
             }
-            let p = Arc::new(Packed::new(name, t, scheme)?);
-            packed_cache.insert(name.to_string(), p.clone());
+            let p = Arc::new(Stored::new(name, t)?);
+            stored_cache.insert(name.to_string(), p.clone());
             Ok(Some(p))
         };
 
@@ -403,10 +420,10 @@ impl<B: Backend> Interpreter<B> {
             let Some(node) = graph.node(id) else { continue };
             let kernel = match &node.op {
                 Op::Input { .. } => Kernel::Input,
-                Op::Embedding { weight } => match packed(weight)? {
+                Op::Embedding { weight } => match stored(weight)? {
                     Some(p) => {
                         vocab = p.rows;
-                        Kernel::PackedEmbedding(p)
+                        Kernel::StoredEmbedding(p)
                     }
                     None => {
                         let w = entry(weight, false, false)?;
@@ -443,8 +460,8 @@ impl<B: Backend> Interpreter<B> {
                         }),
                         None => None,
                     };
-                    match packed(weight)? {
-                        Some(weight) => Kernel::PackedLinear { weight, bias, lora },
+                    match stored(weight)? {
+                        Some(weight) => Kernel::StoredLinear { weight, bias, lora },
                         None => Kernel::Linear {
                             weight: entry(weight, true, false)?,
                             bias,
@@ -564,14 +581,14 @@ impl<B: Backend> Interpreter<B> {
         self.params[index].tensor.vector()
     }
 
-    /// Bytes of the quantized weights held packed ([`QuantExec::Stream`]), each counted once
-    /// however many steps share it.
-    pub fn packed_bytes(&self) -> usize {
-        let mut seen: Vec<*const Packed> = Vec::new();
+    /// Bytes of the matrices held as stored ([`QuantExec::Stream`]), each counted once however
+    /// many steps share it.
+    pub fn stored_bytes(&self) -> usize {
+        let mut seen: Vec<*const Stored> = Vec::new();
         let mut total = 0;
         for step in &self.steps {
             let p = match &step.kernel {
-                Kernel::PackedEmbedding(p) | Kernel::PackedLinear { weight: p, .. } => p,
+                Kernel::StoredEmbedding(p) | Kernel::StoredLinear { weight: p, .. } => p,
                 _ => continue,
             };
             if !seen.contains(&Arc::as_ptr(p)) {
@@ -748,7 +765,7 @@ impl<B: Backend> Interpreter<B> {
                 Kernel::Embedding(w) => {
                     vec![Val::Hidden(embedding(self.matrix(*w), toks(0)?))]
                 }
-                Kernel::PackedEmbedding(p) => {
+                Kernel::StoredEmbedding(p) => {
                     // The ids were checked against the vocabulary above.
                     let ids: Vec<usize> = tokens.iter().flatten().map(|&t| t as usize).collect();
                     let rows = p.gather_rows(&ids);
@@ -787,7 +804,7 @@ impl<B: Backend> Interpreter<B> {
                     let y = linear(x.clone(), &self.matrix_t(*weight), bias.as_ref());
                     vec![Val::Hidden(self.add_lora(y, x, lora.as_ref(), dropout_on))]
                 }
-                Kernel::PackedLinear { weight, bias, lora } => {
+                Kernel::StoredLinear { weight, bias, lora } => {
                     let x = match &rows {
                         Some(r) if step.feeds_output_only => hidden(0)?.narrow(1, r.start, r.len()),
                         _ => hidden(0)?,
@@ -1177,15 +1194,27 @@ pub(crate) fn attention_ops<B: Backend>(
 mod tests {
     use super::*;
     use crate::Cpu;
+    use shrink_ir::QuantScheme;
 
-    fn packed(scheme: QuantScheme, rows: usize, cols: usize) -> (Packed, Vec<f32>) {
-        let values: Vec<f32> = (0..rows * cols)
+    fn values(rows: usize, cols: usize) -> Vec<f32> {
+        (0..rows * cols)
             .map(|i| ((i * 7919 % 1013) as f32 / 1013.0 - 0.5) * 0.2)
-            .collect();
-        let bytes = scheme.quantize(&[rows, cols], &values).expect("quantize");
+            .collect()
+    }
+
+    fn packed(scheme: QuantScheme, rows: usize, cols: usize) -> (Stored, Vec<f32>) {
+        let bytes = scheme
+            .quantize(&[rows, cols], &values(rows, cols))
+            .expect("quantize");
         let t = TensorData::quantized(scheme, vec![rows, cols], bytes).expect("data");
-        let p = Packed::new("w", &t, scheme).expect("packed");
+        let p = Stored::new("w", &t).expect("packed");
         (p, t.to_f32())
+    }
+
+    /// A matrix stored in half precision, and its values widened whole.
+    fn half(dtype: DType, rows: usize, cols: usize) -> (Stored, Vec<f32>) {
+        let t = TensorData::from_f32(dtype, vec![rows, cols], &values(rows, cols)).expect("data");
+        (Stored::new("w", &t).expect("stored"), t.to_f32())
     }
 
     #[test]
@@ -1202,16 +1231,32 @@ mod tests {
                 .collect();
             assert_eq!(got, want, "{scheme}");
         }
+        // f16 and bf16 rows widen to exactly what the whole tensor widens to.
+        for dtype in [DType::F16, DType::BF16] {
+            let (p, dense) = half(dtype, 45, 96);
+            assert_eq!(p.dequantize(0..45), dense, "{dtype:?}");
+            assert_eq!(p.dequantize(44..45), dense[44 * 96..], "{dtype:?}");
+            assert_ne!(dense, values(45, 96), "{dtype:?} rounds");
+        }
     }
 
     #[test]
     fn streamed_linear_equals_linear_on_the_dequantized_weight() {
-        let device = Default::default();
         let (out, inp) = (45, 64);
-        let (p, dense) = packed(QuantScheme::Q4_1, out, inp);
+        for (p, dense) in [
+            packed(QuantScheme::Q4_1, out, inp),
+            half(DType::BF16, out, inp),
+            half(DType::F16, out, inp),
+        ] {
+            streamed_linear_matches(&p, &dense, out, inp);
+        }
+    }
+
+    fn streamed_linear_matches(p: &Stored, dense: &[f32], out: usize, inp: usize) {
+        let device = Default::default();
         let bias: Vec<f32> = (0..out).map(|i| i as f32 * 0.01).collect();
         let bias = upload::<Cpu, 1>(bias, [out], &device);
-        let wt = upload::<Cpu, 2>(transpose(&dense, out, inp), [inp, out], &device);
+        let wt = upload::<Cpu, 2>(transpose(dense, out, inp), [inp, out], &device);
         for s in [1, 7] {
             let x: Vec<f32> = (0..2 * s * inp)
                 .map(|i| ((i * 13 % 29) as f32) / 29.0)
@@ -1332,12 +1377,12 @@ mod tests {
     }
 
     #[test]
-    fn packed_size_mismatch_names_the_tensor() {
-        let t = TensorData::from_f32(shrink_ir::DType::F32, vec![2, 32], &[0.0; 64]).expect("t");
-        let e = Packed::new("model.w", &t, QuantScheme::Q4_0)
+    fn a_stored_parameter_that_is_not_a_matrix_names_the_tensor() {
+        let t = TensorData::from_f32(DType::BF16, vec![64], &[0.0; 64]).expect("t");
+        let e = Stored::new("model.w", &t)
             .err()
-            .expect("mismatch")
+            .expect("not a matrix")
             .to_string();
-        assert!(e.contains("model.w"), "{e}");
+        assert!(e.contains("model.w") && e.contains("not a matrix"), "{e}");
     }
 }
