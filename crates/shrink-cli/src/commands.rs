@@ -9,7 +9,9 @@ use serde::Serialize;
 use shrink_formats::Tokenizer;
 use shrink_import::Loaded;
 use shrink_ir::{Op, SizeStats};
-use shrink_runtime::{Device, Engine, ExecOptions, PerplexityOptions, SampleOptions, Scoring};
+use shrink_runtime::{
+    Device, Engine, ExecOptions, PerplexityOptions, QuantExec, SampleOptions, Scoring,
+};
 
 use crate::progress;
 
@@ -39,8 +41,41 @@ fn tokenizer(loaded: &mut Loaded) -> Result<&mut Tokenizer> {
         .with_context(|| format!("{path}: the model has no tokenizer (tokenizer.json)"))
 }
 
-fn engine(loaded: &Loaded, device: &str, exec: ExecOptions) -> Result<Engine> {
+/// `--quantized-exec auto`: matrices widened to f32 at load when the model's f32 form takes at
+/// most half the memory available (or it cannot be known), kept as stored otherwise.
+fn auto_exec(loaded: &Loaded) -> ExecOptions {
+    let f32_bytes: u64 = loaded
+        .model
+        .weights
+        .iter()
+        .map(|(_, t)| t.ty.numel() as u64 * 4)
+        .sum();
+    let avail = shrink_arch::limits::available_memory();
+    let quantized = auto_quant_exec(f32_bytes, avail);
+    if let (QuantExec::Stream, Some(avail)) = (quantized, avail) {
+        eprintln!(
+            "note: keeping the weights as stored (their f32 form, {:.1} GB, is more than half the \
+             {:.1} GB available); --quantized-exec dequantize widens them anyway",
+            f32_bytes as f64 / 1e9,
+            avail as f64 / 1e9
+        );
+    }
+    ExecOptions {
+        quantized,
+        ..ExecOptions::default()
+    }
+}
+
+fn auto_quant_exec(f32_bytes: u64, available: Option<u64>) -> QuantExec {
+    match available {
+        Some(avail) if f32_bytes > avail / 2 => QuantExec::Stream,
+        _ => QuantExec::Dequantize,
+    }
+}
+
+fn engine(loaded: &Loaded, device: &str, exec: Option<ExecOptions>) -> Result<Engine> {
     let device: Device = device.parse().map_err(anyhow::Error::msg)?;
+    let exec = exec.unwrap_or_else(|| auto_exec(loaded));
     let pb = progress::spinner(&format!("preparing the model on {device}"));
     let engine = Engine::with_options(&loaded.model, device, exec);
     pb.finish_and_clear();
@@ -55,7 +90,8 @@ pub struct EvalArgs {
     pub chunks: Option<usize>,
     pub scoring: Scoring,
     pub device: String,
-    pub exec: ExecOptions,
+    /// `None`: `--quantized-exec auto`.
+    pub exec: Option<ExecOptions>,
     pub json: bool,
 }
 
@@ -131,7 +167,8 @@ pub struct GenerateArgs {
     pub top_p: f32,
     pub seed: u64,
     pub device: String,
-    pub exec: ExecOptions,
+    /// `None`: `--quantized-exec auto`.
+    pub exec: Option<ExecOptions>,
 }
 
 pub fn generate(a: GenerateArgs) -> Result<()> {
@@ -294,4 +331,27 @@ pub fn inspect(path: &Path, ir: bool, json: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_widens_only_what_fits_in_half_the_memory() {
+        let gb = 1u64 << 30;
+        assert_eq!(
+            auto_quant_exec(4 * gb, Some(16 * gb)),
+            QuantExec::Dequantize
+        );
+        assert_eq!(
+            auto_quant_exec(8 * gb, Some(16 * gb)),
+            QuantExec::Dequantize
+        );
+        assert_eq!(
+            auto_quant_exec(8 * gb + 1, Some(16 * gb)),
+            QuantExec::Stream
+        );
+        assert_eq!(auto_quant_exec(15 * gb, None), QuantExec::Dequantize);
+    }
 }

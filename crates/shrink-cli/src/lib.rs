@@ -33,23 +33,28 @@ enum ScoreArg {
     SecondHalf,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum QuantExecArg {
-    /// Keep quantized weights packed and dequantize each matrix when it is used.
+    /// Keep quantized and f16/bf16 weights as stored and widen each matrix when it is used.
     Stream,
-    /// Dequantize every weight to f32 at load.
+    /// Widen every weight to f32 at load.
     Dequantize,
+    /// `dequantize` when the model's f32 form fits in half the memory available, else `stream`.
+    Auto,
 }
 
-impl From<QuantExecArg> for shrink_runtime::ExecOptions {
-    fn from(a: QuantExecArg) -> Self {
-        shrink_runtime::ExecOptions {
-            quantized: match a {
-                QuantExecArg::Stream => shrink_runtime::QuantExec::Stream,
-                QuantExecArg::Dequantize => shrink_runtime::QuantExec::Dequantize,
-            },
+impl QuantExecArg {
+    /// The options, or `None` for `auto` (decided once the model is loaded).
+    fn options(self) -> Option<shrink_runtime::ExecOptions> {
+        let quantized = match self {
+            QuantExecArg::Stream => shrink_runtime::QuantExec::Stream,
+            QuantExecArg::Dequantize => shrink_runtime::QuantExec::Dequantize,
+            QuantExecArg::Auto => return None,
+        };
+        Some(shrink_runtime::ExecOptions {
+            quantized,
             ..shrink_runtime::ExecOptions::default()
-        }
+        })
     }
 }
 
@@ -140,11 +145,12 @@ enum Command {
         seed: u64,
         #[arg(long, default_value = "cpu")]
         device: String,
-        /// How matrices stored quantized or in f16/bf16 run: `dequantize` (the default) turns
-        /// them into f32 at load; `stream` keeps them as stored and widens every matrix at each
-        /// use, which saves memory (a model whose f32 form does not fit) but, since generation
-        /// runs the whole model once per token, costs the widening of every weight per token.
-        #[arg(long, value_enum, default_value_t = QuantExecArg::Dequantize)]
+        /// How matrices stored quantized or in f16/bf16 run: `dequantize` turns them into f32
+        /// at load; `stream` keeps them as stored and widens every matrix at each use, which
+        /// saves memory but, since generation runs the whole model once per token, costs the
+        /// widening of every weight per token; `auto` (the default) dequantizes when the
+        /// model's f32 form fits in half the memory available, and streams otherwise.
+        #[arg(long, value_enum, default_value_t = QuantExecArg::Auto)]
         quantized_exec: QuantExecArg,
     },
     /// A size-against-perplexity chart (SVG) of one or more `shrink run --json` reports.
@@ -264,7 +270,7 @@ fn run_cli() -> i32 {
                 ScoreArg::SecondHalf => shrink_runtime::Scoring::SecondHalf,
             },
             device,
-            exec: quantized_exec.into(),
+            exec: quantized_exec.options(),
             json,
         }),
         Command::Generate {
@@ -286,7 +292,7 @@ fn run_cli() -> i32 {
             top_p,
             seed,
             device,
-            exec: quantized_exec.into(),
+            exec: quantized_exec.options(),
         }),
         Command::Inspect { model, ir, json } => commands::inspect(&model, ir, json),
         Command::Report { runs, out } => report::report(&runs, &out),
