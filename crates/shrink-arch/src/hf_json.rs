@@ -149,7 +149,7 @@ pub(crate) fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
 /// One RoPE object of `config.json`: the Hub's `rope_scaling`, transformers 5's
 /// `rope_parameters`, or one of its per-layer-type entries. Keys transformers ignores for the
 /// types shrink computes are ignored.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 pub(crate) struct RopeJson {
     pub rope_type: Option<String>,
     /// The older spelling of `rope_type` (`rope_type` wins when both are given, as transformers'

@@ -44,12 +44,7 @@ fn tokenizer(loaded: &mut Loaded) -> Result<&mut Tokenizer> {
 /// `--quantized-exec auto`: matrices widened to f32 at load when the model's f32 form takes at
 /// most half the memory available (or it cannot be known), kept as stored otherwise.
 fn auto_exec(loaded: &Loaded) -> ExecOptions {
-    let f32_bytes: u64 = loaded
-        .model
-        .weights
-        .iter()
-        .map(|(_, t)| t.ty.numel() as u64 * 4)
-        .sum();
+    let f32_bytes = loaded.model.size().params.saturating_mul(4);
     let avail = shrink_arch::limits::available_memory();
     let quantized = auto_quant_exec(f32_bytes, avail);
     if let (QuantExec::Stream, Some(avail)) = (quantized, avail) {

@@ -120,15 +120,6 @@ pub(crate) fn write_safetensors(
     f.flush()
 }
 
-fn torch_dtype(d: DType) -> &'static str {
-    match d {
-        DType::F32 => "float32",
-        DType::F16 => "float16",
-        DType::BF16 => "bfloat16",
-        DType::I64 => "int64",
-    }
-}
-
 /// The dtype holding the most float parameter elements, quantized ones left out (ties: the
 /// wider type).
 fn main_dtype(model: &Model) -> DType {
@@ -292,7 +283,7 @@ pub fn write(
         message,
     })?;
     let dtype = main_dtype(model);
-    let mut config = Value::Object(cfg.to_hf(torch_dtype(dtype)).map_err(unsupported)?);
+    let mut config = Value::Object(cfg.to_hf(dtype.torch_name()).map_err(unsupported)?);
     let (bos, eos, context) = (cfg.bos_token_id(), cfg.eos_token_id(), cfg.context_length());
 
     let st_path = dir.join("model.safetensors");

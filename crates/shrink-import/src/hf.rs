@@ -480,14 +480,13 @@ pub fn load_config_random(path: &Path, seed: u64) -> Result<Model> {
     };
     let dtype = match json.get(dtype_field) {
         None | Some(Value::Null) => DType::F32,
-        Some(Value::String(s)) => match s.as_str() {
-            "float32" | "auto" => DType::F32,
-            "bfloat16" => DType::BF16,
-            "float16" => DType::F16,
-            other => {
+        Some(Value::String(s)) if s == "auto" => DType::F32,
+        Some(Value::String(s)) => match DType::from_torch_name(s).filter(|d| d.is_float()) {
+            Some(d) => d,
+            None => {
                 return Err(bad(
                     dtype_field,
-                    format!("'{other}' is not supported (float32, bfloat16, float16)"),
+                    format!("'{s}' is not supported (float32, bfloat16, float16)"),
                 ))
             }
         },

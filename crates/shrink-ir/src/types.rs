@@ -30,6 +30,20 @@ impl DType {
         DType::ALL.into_iter().find(|d| d.name() == name)
     }
 
+    /// The name a Hugging Face `config.json` gives it (`torch_dtype`).
+    pub fn torch_name(self) -> &'static str {
+        match self {
+            DType::F32 => "float32",
+            DType::F16 => "float16",
+            DType::BF16 => "bfloat16",
+            DType::I64 => "int64",
+        }
+    }
+
+    pub fn from_torch_name(name: &str) -> Option<DType> {
+        DType::ALL.into_iter().find(|d| d.torch_name() == name)
+    }
+
     /// Bytes per element.
     pub fn size(self) -> usize {
         match self {

@@ -236,31 +236,11 @@ impl TensorData {
             return q.dequantize_rows(b, &self.ty.shape, rows, out);
         }
         let lane = self.ty.dtype.size();
-        let b = &b[rows.start * cols * lane..rows.end * cols * lane];
-        match self.ty.dtype {
-            DType::F32 => {
-                for (o, c) in out.iter_mut().zip(b.chunks_exact(4)) {
-                    *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-                }
-            }
-            DType::F16 => {
-                for (o, c) in out.iter_mut().zip(b.chunks_exact(2)) {
-                    *o = f16::from_le_bytes([c[0], c[1]]).to_f32();
-                }
-            }
-            // bf16 is the top half of an f32.
-            DType::BF16 => {
-                for (o, c) in out.iter_mut().zip(b.chunks_exact(2)) {
-                    *o = f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16);
-                }
-            }
-            DType::I64 => {
-                for (o, c) in out.iter_mut().zip(b.chunks_exact(8)) {
-                    *o =
-                        i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32;
-                }
-            }
-        }
+        widen(
+            self.ty.dtype,
+            &b[rows.start * cols * lane..rows.end * cols * lane],
+            out,
+        );
     }
 
     /// The values as f32 (exact for every float dtype; quantized data dequantized).
@@ -269,25 +249,35 @@ impl TensorData {
         if let Some(q) = self.ty.quant {
             return q.dequantize(b, &self.ty.shape);
         }
-        match self.ty.dtype {
-            DType::F32 => b
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-            DType::F16 => b
-                .chunks_exact(2)
-                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            DType::BF16 => b
-                .chunks_exact(2)
-                .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            DType::I64 => b
-                .chunks_exact(8)
-                .map(|c| {
-                    i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32
-                })
-                .collect(),
+        let mut out = vec![0.0; b.len() / self.ty.dtype.size()];
+        widen(self.ty.dtype, b, &mut out);
+        out
+    }
+}
+
+/// Little-endian elements of `dtype` in `b` as f32 into `out` (one per element).
+fn widen(dtype: DType, b: &[u8], out: &mut [f32]) {
+    match dtype {
+        DType::F32 => {
+            for (o, c) in out.iter_mut().zip(b.chunks_exact(4)) {
+                *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+        }
+        DType::F16 => {
+            for (o, c) in out.iter_mut().zip(b.chunks_exact(2)) {
+                *o = f16::from_le_bytes([c[0], c[1]]).to_f32();
+            }
+        }
+        // bf16 is the top half of an f32.
+        DType::BF16 => {
+            for (o, c) in out.iter_mut().zip(b.chunks_exact(2)) {
+                *o = f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16);
+            }
+        }
+        DType::I64 => {
+            for (o, c) in out.iter_mut().zip(b.chunks_exact(8)) {
+                *o = i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32;
+            }
         }
     }
 }

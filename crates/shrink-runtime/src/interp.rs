@@ -58,17 +58,7 @@ impl Stored {
         let &[rows, cols] = t.ty.shape.as_slice() else {
             return Err(bad(format!("{} is not a matrix", t.ty)));
         };
-        let want = match t.ty.quant {
-            Some(scheme) => scheme.packed_size(&t.ty.shape).map_err(bad)?,
-            None => rows * cols * t.ty.dtype.size(),
-        };
-        if t.nbytes() != want {
-            return Err(bad(format!(
-                "{} bytes do not hold {} ({want} bytes)",
-                t.nbytes(),
-                t.ty
-            )));
-        }
+        // Its byte length matches its type: `TensorData` checks it when made.
         Ok(Stored {
             rows,
             cols,
