@@ -1,23 +1,63 @@
 #!/usr/bin/env bash
-# Memory of evaluation on a model stored in bf16 (docs/BENCHMARKS.md): Qwen2.5-1.5B's shapes with
-# seeded random weights in a 3.09 GB safetensors file (made once by examples/bench_load.rs), one
-# chunk of 512 tokens of WikiText-2 dev, with the matrices kept as stored (`--quantized-exec
-# stream`, the default) and widened to f32 at load (`dequantize`, what every eval did before),
-# in that order, in one run. Prints one markdown row per mode: peak RSS (the whole command), the
-# eval's own seconds and tokens/s, and the perplexity (random weights: it only has to agree).
-#   bash scripts/bench-memory.sh
+# Memory of a model stored in bf16 (docs/BENCHMARKS.md), one markdown table per part:
+#  eval    Qwen2.5-1.5B's shapes with seeded random weights in a 3.09 GB safetensors file (made
+#          once by examples/bench_load.rs), one chunk of 512 tokens of WikiText-2 dev, with the
+#          matrices kept as stored (`--quantized-exec stream`, the default) and widened to f32 at
+#          load (`dequantize`, what every eval did before), in that order. Per mode: peak RSS
+#          (the whole command), the eval's own seconds and tokens/s, and the perplexity (random
+#          weights: it only has to agree).
+#  export  `shrink run pipelines/convert.ron` (no passes) to GGUF of the configs of Llama-3.2-1B
+#          (q/k rows permuted for llama.cpp) and Phi-3-mini-4k (q/k/v and gate/up fused), random
+#          weights built in bf16 in memory: peak RSS against the bytes the model itself holds.
+#          With BASELINE=path/to/an/older/shrink, that binary runs first on the same configs.
+#   [BASELINE=BIN] bash scripts/bench-memory.sh [eval] [export]     (default: both)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-model=target/bench/qwen2.5-1.5b-shapes-bf16
+parts=("$@")
+[[ ${#parts[@]} -eq 0 ]] && parts=(eval export)
 cargo build --release --quiet --bin shrink --example bench_load
-[[ -f $model/model.safetensors ]] || ./target/release/examples/bench_load make-qwen "$model"
-echo "# $(date -u +%FT%TZ) $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(git rev-parse --short HEAD)$(git diff --quiet || echo +changes); file $(du -b "$model/model.safetensors" | cut -f1) bytes"
-echo "| --quantized-exec | peak RSS, GB | eval s | tokens/s | ppl |"
-echo "| --- | --- | --- | --- | --- |"
-out=$(mktemp)
-trap 'rm -f "$out"' EXIT
-for mode in stream dequantize; do
-  ./target/release/shrink eval --model "$model" --data data/wikitext-2/dev.txt --ctx 512 --chunks 1 \
-    --quantized-exec "$mode" --json > "$out"
-  jq -r --arg m "$mode" '"| \($m) | \(.peak_rss_bytes / 1e9 * 100 | round / 100) | \(.seconds * 10 | round / 10) | \(.tokens_per_second * 10 | round / 10) | \(.ppl * 1000 | round / 1000) |"' "$out"
+echo "# $(date -u +%FT%TZ) $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(git rev-parse --short HEAD)$(git diff --quiet || echo +changes)"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+for part in "${parts[@]}"; do
+  case $part in
+  eval)
+    model=target/bench/qwen2.5-1.5b-shapes-bf16
+    [[ -f $model/model.safetensors ]] || ./target/release/examples/bench_load make-qwen "$model"
+    echo
+    echo "eval, file $(du -b "$model/model.safetensors" | cut -f1) bytes"
+    echo
+    echo "| --quantized-exec | peak RSS, GB | eval s | tokens/s | ppl |"
+    echo "| --- | --- | --- | --- | --- |"
+    for mode in stream dequantize; do
+      ./target/release/shrink eval --model "$model" --data data/wikitext-2/dev.txt --ctx 512 \
+        --chunks 1 --quantized-exec "$mode" --json > "$work/eval.json"
+      jq -r --arg m "$mode" '"| \($m) | \(.peak_rss_bytes / 1e9 * 100 | round / 100) | \(.seconds * 10 | round / 10) | \(.tokens_per_second * 10 | round / 10) | \(.ppl * 1000 | round / 1000) |"' "$work/eval.json"
+    done
+    ;;
+  export)
+    bins=(./target/release/shrink)
+    [[ -n ${BASELINE:-} ]] && bins=("$BASELINE" "${bins[@]}")
+    echo
+    echo "| binary | config | model bytes, GB | GGUF, GB | peak RSS, GB | run s |"
+    echo "| --- | --- | --- | --- | --- | --- |"
+    for bin in "${bins[@]}"; do
+      for n in llama-3.2-1b phi-3-mini-4k; do
+        mkdir -p "$work/$n"
+        cp "fixtures/real-shapes/$n.json" "$work/$n/config.json"
+        cp fixtures/tiny-llama3/tokenizer.json "$work/$n/"
+        bytes=$(./target/release/shrink inspect "$work/$n/config.json" | awk '$1=="bytes"{print $2}')
+        start=$(date +%s.%N)
+        /usr/bin/time -f %M -o "$work/rss" "$bin" run pipelines/convert.ron \
+          --model "$work/$n/config.json" --out "$work/$n/m.gguf" > /dev/null
+        secs=$(echo "$(date +%s.%N) - $start" | bc)
+        printf '| %s | %s | %.2f | %.2f | %.2f | %.1f |\n' "$bin" "$n" "$(echo "$bytes / 1e9" | bc -l)" \
+          "$(echo "$(du -b "$work/$n/m.gguf" | cut -f1) / 1e9" | bc -l)" \
+          "$(echo "$(cat "$work/rss") * 1024 / 1e9" | bc -l)" "$secs"
+        rm -f "$work/$n/m.gguf"
+      done
+    done
+    ;;
+  *) echo "unknown part '$part' (eval, export)" >&2; exit 1 ;;
+  esac
 done

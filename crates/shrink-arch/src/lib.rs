@@ -26,7 +26,8 @@ pub use gemma::GemmaConfig;
 pub use gpt2::{gpt2_is_conv1d, Gpt2Config};
 pub use graph_read::same_structure;
 pub use llama::{
-    gguf_name, permute_rows, rope_permuted_heads, unpermute_rows, LlamaConfig, LlamaLayer,
+    gguf_name, permute_rows, permuted_row_sources, rope_permuted_heads, unpermute_rows,
+    LlamaConfig, LlamaLayer,
 };
 
 /// An architecture, by the name Hugging Face's `model_type` and the IR's `architecture`

@@ -1042,18 +1042,25 @@ pub fn unpermute_rows<T: Copy>(w: &[T], heads: usize, head_dim: usize, cols: usi
 /// weight from Hugging Face's halves (row `t*head_dim/2 + j` of a head) into llama.cpp's
 /// interleaved pairs (row `2j + t`), as `convert_hf_to_gguf.py` does for the `llama` architecture.
 pub fn permute_rows<T: Copy>(w: &[T], heads: usize, head_dim: usize, cols: usize) -> Vec<T> {
-    let mut out = w.to_vec();
+    permuted_row_sources(heads, head_dim)
+        .flat_map(|src| &w[src * cols..(src + 1) * cols])
+        .copied()
+        .collect()
+}
+
+/// For each row of [`permute_rows`]' output, the input row it is: an exporter writes those
+/// rows in this order from the store instead of building the permuted copy.
+pub fn permuted_row_sources(heads: usize, head_dim: usize) -> impl Iterator<Item = usize> {
     let half = head_dim / 2;
-    for h in 0..heads {
-        for j in 0..half {
-            for t in 0..2 {
-                let src = (h * head_dim + t * half + j) * cols;
-                let dst = (h * head_dim + 2 * j + t) * cols;
-                out[dst..dst + cols].copy_from_slice(&w[src..src + cols]);
-            }
+    (0..heads * head_dim).map(move |r| {
+        let (h, d) = (r / head_dim, r % head_dim);
+        // An odd head_dim's last row has no pair and stays.
+        if d < 2 * half {
+            h * head_dim + (d % 2) * half + d / 2
+        } else {
+            r
         }
-    }
-    out
+    })
 }
 
 // ---- Hugging Face config.json ----

@@ -23,7 +23,6 @@
 //! crate (tensors by descending dtype then name, header padded with spaces to 8 bytes) with the
 //! `__metadata__` keys sorted, so the same model always gives the same bytes.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -66,23 +65,22 @@ impl<'m> Tensor<'m> {
         self.data.nbytes() + self.stacked.iter().map(|d| d.nbytes()).sum::<usize>()
     }
 
-    fn data(&self) -> Cow<'_, [u8]> {
-        if !self.stacked.is_empty() {
-            let mut all = self.data.bytes().to_vec();
-            for d in &self.stacked {
-                all.extend_from_slice(d.bytes());
-            }
-            return Cow::Owned(all);
-        }
+    /// Writes the bytes in the file's layout: stacked parts one after another from the store,
+    /// only a transposed matrix through a copy.
+    fn write_to(&self, w: &mut impl Write) -> std::io::Result<()> {
         match (self.transpose, self.data.ty.shape.as_slice()) {
-            (true, [rows, cols]) => Cow::Owned(transpose_bytes(
+            (true, [rows, cols]) => w.write_all(&transpose_bytes(
                 self.data.bytes(),
                 *rows,
                 *cols,
                 self.data.ty.dtype.size(),
-            )),
-            _ => Cow::Borrowed(self.data.bytes()),
+            ))?,
+            _ => w.write_all(self.data.bytes())?,
         }
+        for d in &self.stacked {
+            w.write_all(d.bytes())?;
+        }
+        Ok(())
     }
 }
 
@@ -115,7 +113,7 @@ pub(crate) fn write_safetensors(
     f.write_all(&(head.len() as u64).to_le_bytes())?;
     f.write_all(&head)?;
     for (_, t) in order {
-        f.write_all(&t.data())?;
+        t.write_to(&mut f)?;
     }
     f.flush()
 }

@@ -280,6 +280,41 @@ fn hf_round_trip_tiny_phi3_stacks_its_fused_projections_back() {
 }
 
 #[test]
+fn gguf_export_borrows_every_matrix_from_the_store() {
+    // Stacked (Phi-3's attn_qkv, ffn_up) and permuted (Llama's attn_q, attn_k) tensors are
+    // written as pieces of the store's bytes: an export never holds a second copy of the model.
+    for dir in ["tiny-phi3", "tiny-llama3"] {
+        let l = load_fixture(dir);
+        let tok = l.tokenizer.as_ref().expect("tokenizer");
+        let w = gguf::prepare(&l.model, tok, Path::new("unused.gguf")).expect("prepare");
+        let matrices: Vec<_> = w.tensors().iter().filter(|t| t.dims.len() == 2).collect();
+        assert!(matrices.len() > 4, "{dir}");
+        for t in matrices {
+            assert!(
+                t.pieces.iter().all(|p| matches!(p, Cow::Borrowed(_))),
+                "{dir}: {} was copied",
+                t.name
+            );
+        }
+        let pieces = |n: &str| {
+            w.tensors()
+                .iter()
+                .find(|t| t.name == n)
+                .expect(n)
+                .pieces
+                .len()
+        };
+        if dir == "tiny-phi3" {
+            assert_eq!(pieces("blk.0.attn_qkv.weight"), 3);
+            assert_eq!(pieces("blk.0.ffn_up.weight"), 2);
+        } else {
+            // One piece per row of every head.
+            assert!(pieces("blk.0.attn_q.weight") > 1);
+        }
+    }
+}
+
+#[test]
 fn gguf_round_trip_tiny_phi3_stacks_attn_qkv_and_ffn_up() {
     let (_s, out) = gguf_round_trip("tiny-phi3");
     let f = GgufFile::open(&out).expect("open export");
@@ -1283,7 +1318,7 @@ fn file_type_is_the_type_holding_most_matrix_elements() {
         name: String::new(),
         ggml_type,
         dims: dims.to_vec(),
-        data: Cow::Owned(Vec::new()),
+        pieces: Vec::new(),
     };
     // SmolLM2's mix: a Q8_0 embedding, Q4_1 layers holding more elements, F32 norms.
     let smol = [

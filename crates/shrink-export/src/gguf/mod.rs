@@ -21,7 +21,7 @@ use std::fs::OpenOptions;
 use std::io::BufWriter;
 use std::path::Path;
 
-use shrink_arch::{permute_rows, ArchConfig, ArchId, ConfigError};
+use shrink_arch::{permuted_row_sources, ArchConfig, ArchId, ConfigError};
 use shrink_formats::gguf::{GgmlType, GgufTensor, GgufWriter, MetaValue};
 use shrink_formats::tokenizer::gguf_metadata as tokenizer_metadata;
 use shrink_formats::Tokenizer;
@@ -175,8 +175,8 @@ pub fn prepare<'m>(model: &'m Model, tokenizer: &Tokenizer, path: &Path) -> Resu
         // A part of a fused GGUF tensor: the whole tensor is written at its first part.
         if let Some(f) = fused.iter().find(|f| f.parts.iter().any(|p| p == hf)) {
             if f.parts[0] == hf {
-                let (ty, dims, bytes) = stacked(model, f).map_err(terr)?;
-                w.add_tensor(f.name.clone(), ty, dims, bytes)
+                let (ty, dims, pieces) = stacked(model, f).map_err(terr)?;
+                w.add_tensor_pieces(f.name.clone(), ty, dims, pieces)
                     .map_err(terr)?;
             }
             continue;
@@ -202,26 +202,31 @@ pub fn prepare<'m>(model: &'m Model, tokenizer: &Tokenizer, path: &Path) -> Resu
             });
         // q/k biases were refused above, so only their weights match here.
         let heads = cfg.gguf_permuted_heads(hf);
-        let bytes = match (heads, data.ty.shape.as_slice()) {
+        // Borrowed from the store (rows in llama.cpp's order where it permutes them), so the
+        // file is written without a copy of the model.
+        let pieces = match (heads, data.ty.shape.as_slice()) {
             (Some(h), [rows, cols]) if *rows == h * head_dim => {
                 // Bytes of one row: whole packed rows (their blocks) move for a quantized tensor.
                 let row_bytes = match data.ty.quant {
                     Some(q) => q.row_bytes(*cols),
                     None => cols * data.ty.dtype.size(),
                 };
-                Cow::Owned(permute_rows(data.bytes(), h, head_dim, row_bytes))
+                let b = data.bytes();
+                permuted_row_sources(h, head_dim)
+                    .map(|r| Cow::Borrowed(&b[r * row_bytes..(r + 1) * row_bytes]))
+                    .collect()
             }
             (Some(h), s) => {
                 return Err(terr(format!(
                     "shape {s:?} is not [{h}*{head_dim}, _] (heads*head_dim rows)"
                 )))
             }
-            (None, _) => match widened {
+            (None, _) => vec![match widened {
                 Some(f32_bytes) => Cow::Owned(f32_bytes),
                 None => Cow::Borrowed(data.bytes()),
-            },
+            }],
         };
-        w.add_tensor(gname, ty, dims, bytes).map_err(terr)?;
+        w.add_tensor_pieces(gname, ty, dims, pieces).map_err(terr)?;
     }
     meta.push((
         "general.file_type".into(),
@@ -244,11 +249,11 @@ pub fn prepare<'m>(model: &'m Model, tokenizer: &Tokenizer, path: &Path) -> Resu
     Ok(w)
 }
 
-/// A GGUF tensor to write: its type, dims (innermost first) and bytes.
-type GgufTensorParts<'m> = (GgmlType, Vec<u64>, Cow<'m, [u8]>);
+/// A GGUF tensor to write: its type, dims (innermost first) and bytes as pieces.
+type GgufTensorParts<'m> = (GgmlType, Vec<u64>, Vec<Cow<'m, [u8]>>);
 
 /// The GGUF tensor `f`: its parts' rows stacked (whole packed rows for a ggml type), all of one
-/// type and width.
+/// type and width, each part borrowed from the store.
 fn stacked<'m>(
     model: &'m Model,
     f: &shrink_arch::FusedTensor,
@@ -264,7 +269,7 @@ fn stacked<'m>(
     let (p0, d0, ty) = parts[0];
     let cols = d0.ty.shape[1];
     let mut rows = 0;
-    let mut bytes = Vec::new();
+    let mut pieces = Vec::with_capacity(parts.len());
     for (p, d, t) in &parts {
         if *t != ty || d.ty.shape[1] != cols {
             return Err(format!(
@@ -273,9 +278,9 @@ fn stacked<'m>(
             ));
         }
         rows += d.ty.shape[0];
-        bytes.extend_from_slice(d.bytes());
+        pieces.push(Cow::Borrowed(d.bytes()));
     }
-    Ok((ty, vec![cols as u64, rows as u64], Cow::Owned(bytes)))
+    Ok((ty, vec![cols as u64, rows as u64], pieces))
 }
 
 /// Writes `model` as a GGUF v3 file at `path` (atomically: a temporary beside it, renamed at the

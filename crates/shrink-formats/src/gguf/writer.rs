@@ -1,6 +1,8 @@
 //! A GGUF v3 writer: metadata key/values and tensors of any ggml type, given as
 //! `(name, type, dims, bytes)`. It knows nothing of models; `shrink-export` maps the IR onto it,
 //! and a quantizing exporter adds packed tensors through the same [`GgufWriter::add_tensor`].
+//! A tensor's bytes may be given as pieces borrowed from others (rows of stacked or reordered
+//! tensors), written one after another: nothing is assembled in memory before the file.
 //!
 //! Layout (little-endian): `GGUF`, version 3, tensor count (u64), key/value count (u64); the
 //! key/values; one info per tensor (name, dim count, dims fastest first, ggml type id, offset
@@ -24,7 +26,19 @@ pub struct GgufTensor<'a> {
     pub ggml_type: GgmlType,
     /// ggml order: `dims[0]` is the row length (fastest varying), the reverse of the IR shape.
     pub dims: Vec<u64>,
-    pub data: Cow<'a, [u8]>,
+    /// The bytes, as pieces written in order.
+    pub pieces: Vec<Cow<'a, [u8]>>,
+}
+
+impl GgufTensor<'_> {
+    /// Bytes of data (without padding).
+    pub fn len(&self) -> u64 {
+        self.pieces.iter().map(|p| p.len() as u64).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Key/values and tensors of a GGUF file, in the order they will be written.
@@ -152,6 +166,17 @@ impl<'a> GgufWriter<'a> {
         dims: Vec<u64>,
         data: Cow<'a, [u8]>,
     ) -> Result<(), String> {
+        self.add_tensor_pieces(name, ggml_type, dims, vec![data])
+    }
+
+    /// As [`GgufWriter::add_tensor`], the bytes given as pieces concatenated when written.
+    pub fn add_tensor_pieces(
+        &mut self,
+        name: impl Into<String>,
+        ggml_type: GgmlType,
+        dims: Vec<u64>,
+        pieces: Vec<Cow<'a, [u8]>>,
+    ) -> Result<(), String> {
         let name = name.into();
         if self.tensors.iter().any(|t| t.name == name) {
             return Err(format!("tensor '{name}' is added twice"));
@@ -178,18 +203,21 @@ impl<'a> GgufWriter<'a> {
             .try_fold(1u64, |a, &d| a.checked_mul(d))
             .ok_or_else(|| format!("tensor '{name}': dims {dims:?} overflow"))?;
         let want = numel / block * ggml_type.type_size() as u64;
-        if data.len() as u64 != want {
-            return Err(format!(
-                "tensor '{name}': {} bytes of data, but {ggml_type} {dims:?} takes {want}",
-                data.len()
-            ));
-        }
-        self.tensors.push(GgufTensor {
+        let t = GgufTensor {
             name,
             ggml_type,
             dims,
-            data,
-        });
+            pieces,
+        };
+        if t.len() != want {
+            return Err(format!(
+                "tensor '{}': {} bytes of data, but {ggml_type} {:?} takes {want}",
+                t.name,
+                t.len(),
+                t.dims
+            ));
+        }
+        self.tensors.push(t);
         Ok(())
     }
 
@@ -214,7 +242,7 @@ impl<'a> GgufWriter<'a> {
             }
             out.extend_from_slice(&t.ggml_type.id().to_le_bytes());
             out.extend_from_slice(&offset.to_le_bytes());
-            let n = t.data.len() as u64;
+            let n = t.len();
             offset += n + pad_len(n);
         }
         let pad = pad_len(out.len() as u64) as usize;
@@ -229,8 +257,10 @@ impl<'a> GgufWriter<'a> {
         let mut total = head.len() as u64;
         let zeros = [0u8; ALIGNMENT as usize];
         for t in &self.tensors {
-            w.write_all(&t.data)?;
-            let n = t.data.len() as u64;
+            for p in &t.pieces {
+                w.write_all(p)?;
+            }
+            let n = t.len();
             let pad = pad_len(n);
             w.write_all(&zeros[..pad as usize])?;
             total += n + pad;
@@ -293,6 +323,19 @@ mod tests {
         let q = vec![0u8; 68];
         w.add_tensor("q", GgmlType::Q8_0, vec![64], Cow::Borrowed(&q))
             .unwrap();
+        // Pieces borrowed from another tensor's rows, in another order.
+        let pieces = vec![Cow::Borrowed(&a[20..40]), Cow::Borrowed(&a[..20])];
+        w.add_tensor_pieces("p", GgmlType::F32, vec![5, 2], pieces)
+            .unwrap();
+        assert!(w
+            .add_tensor_pieces(
+                "p2",
+                GgmlType::F32,
+                vec![5, 2],
+                vec![Cow::Borrowed(&a[..20])]
+            )
+            .unwrap_err()
+            .contains("20 bytes of data"));
         assert!(w
             .add_tensor("q2", GgmlType::Q8_0, vec![48], Cow::Borrowed(&q))
             .unwrap_err()
@@ -328,7 +371,11 @@ mod tests {
         }
         assert_eq!(f.data_offset() % 32, 0);
         let names: Vec<&str> = f.tensors.iter().map(|t| t.name.as_str()).collect();
-        assert_eq!(names, ["a", "b", "q"]);
+        assert_eq!(names, ["a", "b", "q", "p"]);
+        assert_eq!(
+            f.tensor_data(f.tensor("p").unwrap()),
+            [&a[20..40], &a[..20]].concat()
+        );
         assert_eq!(f.tensor_data(f.tensor("a").unwrap()), &a[..]);
         assert_eq!(f.tensor("a").unwrap().dims, vec![5, 3]);
         assert_eq!(f.tensor_data(f.tensor("b").unwrap()), &b[..]);
