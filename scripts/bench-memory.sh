@@ -10,11 +10,17 @@
 #          (q/k rows permuted for llama.cpp) and Phi-3-mini-4k (q/k/v and gate/up fused), random
 #          weights built in bf16 in memory: peak RSS against the bytes the model itself holds.
 #          With BASELINE=path/to/an/older/shrink, that binary runs first on the same configs.
-#   [BASELINE=BIN] bash scripts/bench-memory.sh [eval] [export]     (default: both)
+#  predict `shrink run --dry-run --json`'s predicted peak memory (the largest over the passes:
+#          weights held + working set; and with the weights read from mapped files added)
+#          beside the run's measured peak RSS, for: pipelines/convert.ron on Llama-3.2-1B's config;
+#          pipelines/real-shapes-gptq.ron on Qwen3-0.6B's config (random bf16 weights);
+#          pipelines/smollm2-q4_0-gptq.ron and pipelines/memory-smollm2-qlora.ron on SmolLM2's
+#          Q4_1 GGUF (memory-mapped).
+#   [BASELINE=BIN] bash scripts/bench-memory.sh [eval] [export] [predict]   (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 parts=("$@")
-[[ ${#parts[@]} -eq 0 ]] && parts=(eval export)
+[[ ${#parts[@]} -eq 0 ]] && parts=(eval export predict)
 cargo build --release --quiet --bin shrink --example bench_load
 echo "# $(date -u +%FT%TZ) $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(git rev-parse --short HEAD)$(git diff --quiet || echo +changes)"
 work=$(mktemp -d)
@@ -58,6 +64,34 @@ for part in "${parts[@]}"; do
       done
     done
     ;;
-  *) echo "unknown part '$part' (eval, export)" >&2; exit 1 ;;
+  predict)
+    bash scripts/fetch-smollm2.sh > /dev/null
+    smol=models/SmolLM2-135M-Instruct.Q4_1.gguf
+    for n in llama-3.2-1b qwen3-0.6b; do
+      mkdir -p "$work/$n"
+      cp "fixtures/real-shapes/$n.json" "$work/$n/config.json"
+      cp fixtures/tiny-llama3/tokenizer.json "$work/$n/"
+    done
+    echo
+    echo "| pipeline | model | predicted peak, GB | + mapped, GB | measured peak RSS, GB | run s |"
+    echo "| --- | --- | --- | --- | --- | --- |"
+    while read -r pipeline model out; do
+      ./target/release/shrink run "$pipeline" --model "$model" --dry-run --json > "$work/plan.json"
+      start=$(date +%s.%N)
+      /usr/bin/time -f %M -o "$work/rss" ./target/release/shrink run "$pipeline" --model "$model" \
+        --out "$work/$out" --memory-limit none > /dev/null
+      secs=$(echo "$(date +%s.%N) - $start" | bc)
+      jq -r --arg p "$pipeline" --arg m "$model" --arg rss "$(cat "$work/rss")" --arg s "$secs" \
+        '[.plan[].memory] as $r | "| \($p) | \($m | sub(".*/(?<d>[^/]+)/config.json"; "\(.d)")) | \($r | map(.peak) | max / 1e7 | round / 100) | \($r | map(.peak + .mapped) | max / 1e7 | round / 100) | \($rss | tonumber * 1024 / 1e7 | round / 100) | \($s | tonumber * 10 | round / 10) |"' \
+        "$work/plan.json"
+      rm -rf "${work:?}/$out"
+    done <<ROWS
+pipelines/convert.ron $work/llama-3.2-1b/config.json m.gguf
+pipelines/real-shapes-gptq.ron $work/qwen3-0.6b/config.json q.gguf
+pipelines/smollm2-q4_0-gptq.ron $smol q.gguf
+pipelines/memory-smollm2-qlora.ron $smol adapter
+ROWS
+    ;;
+  *) echo "unknown part '$part' (eval, export, predict)" >&2; exit 1 ;;
   esac
 done

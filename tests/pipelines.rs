@@ -255,6 +255,7 @@ fn a_failing_pass_leaves_a_reproducer() {
         out: Some(dir.join("never.gguf")),
         device: Device::Cpu,
         resume: None,
+        memory_limit: None,
     };
     let mut hooks: Vec<&mut dyn Instrumentation> = vec![&mut dump];
     let err = shrink_pipeline::run(&pipeline, &opts, &mut hooks, &mut shrink_passes::NoProgress)
@@ -485,6 +486,99 @@ fn dry_run_predicts_each_pass_size_from_shapes() {
         }
         // Something changed along the way, so the check had something to predict.
         assert!(actual.windows(2).any(|w| w[0] != w[1]), "{name}");
+    }
+}
+
+#[test]
+fn dry_run_predicts_memory_and_run_refuses_a_pipeline_over_the_limit() {
+    let dir = scratch("plan-memory");
+    let path = dir.join("p.ron");
+    let data = "data/tinyshakespeare/train.txt";
+    std::fs::write(
+        &path,
+        format!(
+            "(passes: [(pass: \"quantize\", options: (method: gptq, scheme: \"q8_0\", \
+             calibration: (data: \"../../../{data}\", samples: 4, seq_len: 32)))])"
+        ),
+    )
+    .expect("write");
+    let model = fixture("tiny-llama");
+    let (p, m) = (path.display().to_string(), model.display().to_string());
+    let (code, stdout, stderr) = shrink(&["run", &p, "--model", &m, "--dry-run", "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+    let rows = v["plan"].as_array().expect("plan");
+    let mem = |r: &serde_json::Value, k: &str| r["memory"][k].as_u64().expect(k);
+    // As loaded, the safetensors file is mapped and nothing works yet.
+    let (input, gptq) = (&rows[0], &rows[1]);
+    assert_eq!(
+        mem(input, "mapped"),
+        input["bytes"].as_u64().expect("bytes")
+    );
+    assert_eq!(mem(input, "weights") + mem(input, "working_set"), 0);
+    // GPTQ holds what it quantized, reads the embedding and norms from the file, and at
+    // down_proj's site (160 inputs) its Hessians: at least 36 bytes per entry of 160 × 160.
+    assert_eq!(
+        mem(gptq, "weights") + mem(gptq, "mapped"),
+        gptq["bytes"].as_u64().expect("bytes")
+    );
+    assert!(
+        mem(gptq, "mapped") > 0 && mem(gptq, "weights") > 0,
+        "{gptq}"
+    );
+    assert!(mem(gptq, "working_set") >= 36 * 160 * 160, "{gptq}");
+    assert_eq!(
+        mem(gptq, "peak"),
+        mem(gptq, "weights") + mem(gptq, "working_set")
+    );
+    // More calibration tokens, more activations in flight.
+    let more = std::fs::read_to_string(&path)
+        .expect("read")
+        .replace("samples: 4", "samples: 64");
+    let more_path = dir.join("more.ron");
+    std::fs::write(&more_path, more).expect("write");
+    let mp = more_path.display().to_string();
+    let (code, stdout, stderr) = shrink(&["run", &mp, "--model", &m, "--dry-run", "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let w: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+    assert!(mem(&w["plan"][1], "working_set") > mem(gptq, "working_set"));
+
+    // A limit below the prediction refuses the run before it loads anything else or writes.
+    let out = dir.join("out.gguf");
+    let o = out.display().to_string();
+    let limit = format!("{}", mem(gptq, "peak") - 1);
+    let (code, _, stderr) = shrink(&[
+        "run",
+        &p,
+        "--model",
+        &m,
+        "--out",
+        &o,
+        "--memory-limit",
+        &limit,
+    ]);
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("pass 0 (quantize)") && stderr.contains("over the memory limit"),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+    let (code, _, stderr) = shrink(&[
+        "run",
+        &p,
+        "--model",
+        &m,
+        "--out",
+        &o,
+        "--memory-limit",
+        "none",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    for bad in ["0%", "lots", "3Q"] {
+        let (code, _, stderr) = shrink(&["run", &p, "--model", &m, "--memory-limit", bad]);
+        assert_ne!(code, 0, "{bad}");
+        assert!(stderr.contains(bad), "{bad}: {stderr}");
     }
 }
 

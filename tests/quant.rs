@@ -609,11 +609,17 @@ fn quantize_refuses_bad_input_before_writing() {
         ),
         (
             "q-short-calibration",
+            "method: gptq, calibration: (data: \"short.txt\", samples: 1, seq_len: 64)".into(),
+            "fewer than one sequence",
+        ),
+        // Sequences of 10^8 tokens: their attention scores alone would take petabytes.
+        (
+            "q-huge-calibration",
             format!(
                 "method: gptq, calibration: (data: {:?}, seq_len: 100000000)",
                 data.to_string_lossy()
             ),
-            "fewer than one sequence",
+            "over the memory limit",
         ),
         (
             "q-zero-damp",
@@ -634,6 +640,7 @@ fn quantize_refuses_bad_input_before_writing() {
     for (name, options, want) in cases {
         let dir = crate::common::scratch(name);
         std::fs::write(dir.join("empty.txt"), "").expect("write");
+        std::fs::write(dir.join("short.txt"), "Too few words.").expect("write");
         let path = dir.join("p.ron");
         std::fs::write(
             &path,

@@ -200,6 +200,7 @@ fn f16_pipeline_exports_load_back_with_the_f16_perplexity() {
         out: Some(hf.clone()),
         device: Device::Cpu,
         resume: None,
+        memory_limit: None,
     };
     shrink_pipeline::run(&p, &opts, &mut [], &mut shrink_passes::NoProgress).expect("run");
     let g = fixture("smollm2/golden.safetensors");

@@ -88,8 +88,17 @@ pub fn graph_params(graph: &shrink_ir::Graph) -> Result<u64, String> {
 
 /// Bytes of memory available to this process (Linux `MemAvailable`), if known.
 pub fn available_memory() -> Option<u64> {
+    meminfo("MemAvailable:")
+}
+
+/// Bytes of the machine's memory (Linux `MemTotal`), if known.
+pub fn total_memory() -> Option<u64> {
+    meminfo("MemTotal:")
+}
+
+fn meminfo(key: &str) -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let line = text.lines().find(|l| l.starts_with(key))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     kb.checked_mul(1024)
 }

@@ -89,6 +89,11 @@ enum Command {
         /// them); the passes before it run again, deterministically.
         #[arg(long)]
         resume: Option<PathBuf>,
+        /// The memory a run may need, as predicted from shapes before it starts (the dry run
+        /// prints the prediction per pass): bytes with a unit (`20G`, `512M`), a share of the
+        /// machine's memory (`90%`), or `none`. Default: 80% of the machine's memory.
+        #[arg(long, value_parser = run::parse_memory_limit)]
+        memory_limit: Option<run::MemoryLimit>,
     },
     /// Perplexity of a model on a text file.
     Eval {
@@ -238,6 +243,7 @@ fn run_cli() -> i32 {
             dry_run,
             json,
             resume,
+            memory_limit,
         } => run::run(run::RunArgs {
             pipeline,
             model,
@@ -248,6 +254,7 @@ fn run_cli() -> i32 {
             dry_run,
             json,
             resume,
+            memory_limit,
         }),
         Command::Eval {
             model,

@@ -21,6 +21,63 @@ pub struct RunArgs {
     pub dry_run: bool,
     pub json: bool,
     pub resume: Option<PathBuf>,
+    pub memory_limit: Option<MemoryLimit>,
+}
+
+/// `--memory-limit`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum MemoryLimit {
+    Bytes(u64),
+    /// A share of the machine's memory, in percent.
+    Percent(f64),
+    None,
+}
+
+impl MemoryLimit {
+    /// The limit in bytes (`None`: unchecked, or a share of a memory size this system hides).
+    fn bytes(self) -> Option<u64> {
+        match self {
+            MemoryLimit::Bytes(b) => Some(b),
+            MemoryLimit::Percent(p) => {
+                shrink_arch::limits::total_memory().map(|t| (t as f64 * p / 100.0) as u64)
+            }
+            MemoryLimit::None => None,
+        }
+    }
+}
+
+/// `20G`, `20GB`, `1.5T`, `512M`, `90%`, `none`; units are powers of 1000.
+pub fn parse_memory_limit(s: &str) -> Result<MemoryLimit, String> {
+    let t = s.trim();
+    if t.eq_ignore_ascii_case("none") {
+        return Ok(MemoryLimit::None);
+    }
+    let bad = || format!("'{s}' is not a memory size: give e.g. 20G, 512M, 90% or none");
+    if let Some(p) = t.strip_suffix('%') {
+        let p: f64 = p.trim().parse().map_err(|_| bad())?;
+        return if p > 0.0 && p <= 100.0 {
+            Ok(MemoryLimit::Percent(p))
+        } else {
+            Err(format!(
+                "'{s}': a share of memory is over 0% and at most 100%"
+            ))
+        };
+    }
+    let upper = t.to_ascii_uppercase();
+    let number = upper.trim_end_matches('B');
+    let (digits, scale) = match number.chars().last() {
+        Some('K') => (&number[..number.len() - 1], 1e3),
+        Some('M') => (&number[..number.len() - 1], 1e6),
+        Some('G') => (&number[..number.len() - 1], 1e9),
+        Some('T') => (&number[..number.len() - 1], 1e12),
+        _ => (number, 1.0),
+    };
+    let v: f64 = digits.trim().parse().map_err(|_| bad())?;
+    let bytes = v * scale;
+    if !(bytes.is_finite() && bytes >= 1.0 && bytes < u64::MAX as f64) {
+        return Err(bad());
+    }
+    Ok(MemoryLimit::Bytes(bytes as u64))
 }
 
 /// `--print-ir-after-all`.
@@ -137,13 +194,18 @@ pub fn run(a: RunArgs) -> Result<()> {
         out: a.out.clone(),
         device,
         resume: a.resume.clone(),
+        memory_limit: match a.memory_limit {
+            Some(l) => l.bytes(),
+            // 80% of the machine's memory.
+            None => MemoryLimit::Percent(80.0).bytes(),
+        },
     };
     let model_path = shrink_pipeline::run::model_path(&pipeline, &opts);
     // Checked here too (cheap) so that nothing, not even the dump directory, is made first.
     pipeline.check_files(model_path.as_deref())?;
     shrink_pipeline::run::check_output_paths(&pipeline, &opts)?;
     if a.dry_run {
-        return dry_run(&pipeline, model_path.as_deref(), a.json);
+        return dry_run(&pipeline, model_path.as_deref(), a.json, opts.memory_limit);
     }
     let mut table = Table { to_stderr: a.json };
     let mut dump = match &a.dump_ir {
@@ -186,23 +248,34 @@ pub fn run(a: RunArgs) -> Result<()> {
     Ok(())
 }
 
-/// `--dry-run`: the canonical pipeline, then the predicted size after each pass (from the
-/// model's shapes; nothing runs). `--json`: `{"pipeline": text, "plan": [rows]}`.
-fn dry_run(pipeline: &Pipeline, model: Option<&std::path::Path>, json: bool) -> Result<()> {
+/// `--dry-run`: the canonical pipeline, then the predicted size after each pass and the memory
+/// while it runs (from the model's shapes; nothing runs). `--json`: `{"pipeline": text,
+/// "plan": [rows], "memory_limit": bytes or null}`.
+fn dry_run(
+    pipeline: &Pipeline,
+    model: Option<&std::path::Path>,
+    json: bool,
+    limit: Option<u64>,
+) -> Result<()> {
     let model = model.context("no model: give `model:` in the pipeline or --model")?;
     let loaded = shrink_import::load(model)?;
     let rows = shrink_pipeline::plan(pipeline, &loaded.model)
         .with_context(|| format!("{}", pipeline.path.display()))?;
     if json {
-        let v = serde_json::json!({"pipeline": pipeline.canonical(), "plan": rows});
+        let v = serde_json::json!({
+            "pipeline": pipeline.canonical(),
+            "plan": rows,
+            "memory_limit": limit,
+        });
         println!("{}", serde_json::to_string(&v)?);
         return Ok(());
     }
+    let gb = |b: u64| format!("{:.2}", b as f64 / 1e9);
     print!("{}", pipeline.canonical());
-    println!("# predicted from shapes (nothing ran):");
+    println!("# predicted from shapes (nothing ran); memory in GB while the pass runs:");
     println!(
-        "#   {:<18} {:>14} {:>12} {:>8}",
-        "pass", "params", "bytes", "bits/w"
+        "#   {:<18} {:>14} {:>12} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "pass", "params", "bytes", "bits/w", "weights", "working", "peak", "mapped"
     );
     for (i, r) in rows.iter().enumerate() {
         let n = if i == 0 {
@@ -210,14 +283,34 @@ fn dry_run(pipeline: &Pipeline, model: Option<&std::path::Path>, json: bool) -> 
         } else {
             i.to_string()
         };
-        let approx = if r.exact { "" } else { " ≈" };
+        let approx = if r.exact { "  " } else { " ≈" };
+        let m = r.memory;
+        let over = match limit {
+            Some(l) if m.peak > l => "  over the limit",
+            _ => "",
+        };
         println!(
-            "# {n:<2} {:<16} {:>14} {:>12} {:>8.3}{approx}",
-            r.pass, r.params, r.bytes, r.bits_per_weight
+            "# {n:<2} {:<16} {:>14} {:>12} {:>8.3}{approx} {:>6} {:>8} {:>8} {:>8}{over}",
+            r.pass,
+            r.params,
+            r.bytes,
+            r.bits_per_weight,
+            gb(m.weights),
+            gb(m.working_set),
+            gb(m.peak),
+            gb(m.mapped)
         );
     }
     if rows.iter().any(|r| !r.exact) {
         println!("# ≈: bytes depend on what the data decides (a measured allocation keeps untouched layers as they were stored)");
     }
+    println!(
+        "# weights: held in memory (the loaded model's own and what passes rewrote); mapped: read \
+         from the file as needed, not counted in peak; limit: {}",
+        limit.map_or("none".to_string(), |l| format!(
+            "{} GB (--memory-limit)",
+            gb(l)
+        ))
+    );
     Ok(())
 }

@@ -76,6 +76,27 @@ impl CalibrationOptions {
     }
 }
 
+/// Bytes a calibrated pass holds beside the stored weights, predicted from shapes: the
+/// calibration run's working set ([`shrink_runtime::calibrate::working_set`]) with the pass's
+/// own bytes per site, `site_bytes(features, rows, tokens)` (f64: no size overflows).
+pub(crate) fn working_set(
+    model: &shrink_ir::Model,
+    o: &CalibrationOptions,
+    wants: &dyn Fn(&str) -> bool,
+    reference: bool,
+    site_bytes: &dyn Fn(f64, f64, f64) -> f64,
+) -> Result<u64, String> {
+    let tokens = o.samples as f64 * o.seq_len as f64;
+    let plan = shrink_runtime::calibrate::Plan {
+        sequences: o.samples,
+        seq_len: o.seq_len,
+        wants,
+        reference,
+        site_bytes: &|f, rows| site_bytes(f, rows, tokens),
+    };
+    shrink_runtime::calibrate::working_set(model, &plan).map_err(|e| e.to_string())
+}
+
 /// One text file, or several.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]

@@ -91,6 +91,17 @@ impl Pass for Distill {
         self.0.train.plan(model)
     }
 
+    fn rewrites(&self, model: &Model) -> Vec<String> {
+        self.0.train.rewrites(model)
+    }
+
+    fn working_set(&self, model: &Model) -> Result<u64, String> {
+        Ok(self.0.train.working_set(
+            model,
+            self.0.teacher.is_some() || self.0.teacher_model.is_some(),
+        ))
+    }
+
     fn files(&self) -> Vec<(&'static str, String)> {
         let mut f = self.0.train.files();
         if let Some(t) = &self.0.teacher_model {

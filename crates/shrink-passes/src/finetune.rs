@@ -40,6 +40,14 @@ impl Pass for Finetune {
         self.0.train.plan(model)
     }
 
+    fn rewrites(&self, model: &Model) -> Vec<String> {
+        self.0.train.rewrites(model)
+    }
+
+    fn working_set(&self, model: &Model) -> Result<u64, String> {
+        Ok(self.0.train.working_set(model, false))
+    }
+
     fn files(&self) -> Vec<(&'static str, String)> {
         self.0.train.files()
     }

@@ -71,6 +71,18 @@ pub trait Pass {
     fn plan_is_exact(&self) -> bool {
         true
     }
+    /// Bytes the pass holds beside the model's stored weights at its peak, predicted from the
+    /// shapes of `model` (before the pass; its store may be empty): the memory budget's
+    /// working set. The default is one parameter widened to f32 and rewritten (the largest).
+    fn working_set(&self, model: &Model) -> Result<u64, String> {
+        Ok(2 * largest_f32_bytes(model))
+    }
+    /// Parameters the pass rewrites in place without changing their shape or type (those it
+    /// changes, [`Pass::plan`] shows): a rewritten parameter is held in memory, no longer read
+    /// from the file it was mapped from.
+    fn rewrites(&self, _model: &Model) -> Vec<String> {
+        Vec::new()
+    }
     /// What the pass needs of the model it gets, for ordering checks when a pipeline is read.
     fn needs(&self) -> Needs {
         Needs::Any
@@ -79,6 +91,17 @@ pub trait Pass {
     fn effect(&self) -> Option<Effect> {
         None
     }
+}
+
+/// Bytes of the largest parameter of `model` widened to f32.
+pub fn largest_f32_bytes(model: &Model) -> u64 {
+    model
+        .graph
+        .params()
+        .values()
+        .map(|t| t.numel() as u64 * 4)
+        .max()
+        .unwrap_or(0)
 }
 
 /// What a pass leaves that the ordering checks track.

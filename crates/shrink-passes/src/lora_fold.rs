@@ -121,6 +121,13 @@ impl Pass for LoraFold {
         }
     }
 
+    fn rewrites(&self, model: &Model) -> Vec<String> {
+        lora::adapters(model)
+            .into_iter()
+            .map(|a| a.weight)
+            .collect()
+    }
+
     fn plan(&self, model: &mut Model) -> Result<(), String> {
         for a in lora::adapters(model) {
             let p = model.graph.param_mut(&a.weight);

@@ -151,6 +151,64 @@ impl TrainOptions {
         Ok(())
     }
 
+    /// The parameters that train: the adapters when any are attached, else the selected ones.
+    fn trained(&self, model: &Model) -> Vec<String> {
+        let adapters = shrink_ir::lora::adapters(model);
+        model
+            .graph
+            .params()
+            .keys()
+            .filter(|n| {
+                if adapters.is_empty() {
+                    self.params.selects(n)
+                } else {
+                    adapters.iter().any(|a| a.lora.a == **n || a.lora.b == **n)
+                }
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Base parameters the loop rewrites in place (none when adapters train alone).
+    pub fn rewrites(&self, model: &Model) -> Vec<String> {
+        if shrink_ir::lora::adapters(model).is_empty() {
+            self.trained(model)
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Bytes the loop holds beside the stored weights, predicted from shapes: every parameter
+    /// widened to f32 for the engine, a gradient and Adam's two moments per trained one, and
+    /// for one micro-batch every hidden value of the graph kept for backward and its gradient,
+    /// with each attention's scores and probabilities; `teacher`: the teacher's own f32 copy
+    /// of the same shapes.
+    pub fn working_set(&self, model: &Model, teacher: bool) -> u64 {
+        // In f64, so that no pipeline's sizes overflow; `as` saturates.
+        let g = &model.graph;
+        let numel = |n: &String| g.param(n).map_or(0.0, |p| p.numel() as f64);
+        let all: f64 = g.params().keys().map(numel).sum();
+        let trained: f64 = self.trained(model).iter().map(numel).sum();
+        let (batch, len) = (self.batch as f64, self.seq_len as f64);
+        let mut activations = 0f64;
+        for id in g.node_ids() {
+            let Some(n) = g.node(id) else { continue };
+            for v in &n.outputs {
+                let f = g.value_type(*v).and_then(|t| t.features()).unwrap_or(0);
+                activations += 2.0 * batch * len * f as f64 * 4.0;
+            }
+            if let shrink_ir::Op::Attention(spec) = &n.op {
+                activations += 2.0 * 2.0 * batch * spec.heads as f64 * len * len * 4.0;
+            }
+        }
+        let teacher = if teacher {
+            all * 4.0 + activations / 2.0
+        } else {
+            0.0
+        };
+        (all * 4.0 + trained * 12.0 + activations + teacher) as u64
+    }
+
     /// What the pass needs of its input: training a quantized weight widens it, unless only
     /// its scales train.
     pub fn needs(&self) -> crate::Needs {

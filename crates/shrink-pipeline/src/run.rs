@@ -18,6 +18,15 @@ pub struct RunOptions {
     pub device: Device,
     /// A training checkpoint to continue from.
     pub resume: Option<PathBuf>,
+    /// Bytes a run may predict it needs ([`MemoryRow::peak`]); `None`: no check.
+    pub memory_limit: Option<u64>,
+}
+
+fn human_bytes(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1_000_000_000 => format!("{:.1} GB", b as f64 / 1e9),
+        b => format!("{:.1} MB", b as f64 / 1e6),
+    }
 }
 
 /// The evaluation part of a run report (the `eval --json` fields).
@@ -231,7 +240,7 @@ pub fn run(
     progress.finish();
     let loaded = loaded?;
     // Before any pass runs: what the model's shapes and types alone refuse (the dry run's plan).
-    check_plan(p, &loaded.model)?;
+    check_plan(p, &loaded.model, opts.memory_limit)?;
     let original = loaded.model.clone();
     let mut model = loaded.model;
     let size = model.size();
@@ -374,6 +383,23 @@ pub struct PlanRow {
     /// False when the sizes depend on what the data decides (this pass or an earlier one):
     /// parameter counts stay exact, bytes are an estimate.
     pub exact: bool,
+    /// Memory while the pass runs (for the input: as loaded).
+    pub memory: MemoryRow,
+}
+
+/// Predicted memory of one step of a run, in bytes.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct MemoryRow {
+    /// Weights held in memory: the input's own (the run keeps the model it loaded) and every
+    /// parameter a pass has rewritten so far, at its new size.
+    pub weights: u64,
+    /// Weights still read from the memory-mapped input file: paged in as they are read and
+    /// dropped by the kernel under pressure, so not counted in `peak`.
+    pub mapped: u64,
+    /// What the pass holds beside the weights ([`shrink_passes::Pass::working_set`]).
+    pub working_set: u64,
+    /// `weights + working_set`: what the memory limit is checked against.
+    pub peak: u64,
 }
 
 /// Predicts the parameter count and bytes after each pass of `p` on `model`, without weight
@@ -385,8 +411,29 @@ pub fn plan(p: &Pipeline, model: &shrink_ir::Model) -> Result<Vec<PlanRow>, RunE
 
 /// The plan's checks before a real run: the passes up to the first whose result the data
 /// decides (after it, per-layer shapes are guesses, and a refusal could be wrong).
-fn check_plan(p: &Pipeline, model: &shrink_ir::Model) -> Result<(), RunError> {
-    plan_passes(p, model, true).map(|_| ())
+/// A pass predicted to need more than `limit` is refused with the prediction.
+fn check_plan(p: &Pipeline, model: &shrink_ir::Model, limit: Option<u64>) -> Result<(), RunError> {
+    let rows = plan_passes(p, model, true)?;
+    let Some(limit) = limit else { return Ok(()) };
+    for (i, r) in rows.iter().enumerate() {
+        let m = r.memory;
+        if m.peak > limit {
+            let what = match i {
+                0 => "the model as loaded".to_string(),
+                _ => format!("pass {} ({})", i - 1, r.pass),
+            };
+            return Err(RunError::Plan(format!(
+                "{what} is predicted to need {} (weights held {} + working set {}), over the \
+                 memory limit of {}; --memory-limit raises it, `shrink run --dry-run` shows \
+                 the prediction of every pass",
+                human_bytes(m.peak),
+                human_bytes(m.weights),
+                human_bytes(m.working_set),
+                human_bytes(limit)
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn plan_passes(
@@ -398,7 +445,42 @@ fn plan_passes(
         graph: model.graph.clone(),
         weights: shrink_ir::WeightStore::new(),
     };
-    let row = |pass: &str, options: String, m: &shrink_ir::Model, exact: bool| {
+    let input_types = model.graph.params().clone();
+    let stored = |m: &shrink_ir::Model, name: &str| {
+        m.graph
+            .param(name)
+            .and_then(|t| t.storage_bytes().ok())
+            .unwrap_or(0) as u64
+    };
+    // The input as loaded: mapped tensors are read from the file, the rest is held.
+    let (mut input_held, mut input_mapped) = (0u64, std::collections::BTreeMap::new());
+    for name in input_types.keys() {
+        match model.weights.get(name) {
+            Some(t) if t.is_mapped() => {
+                input_mapped.insert(name.clone(), t.nbytes() as u64);
+            }
+            Some(t) => input_held += t.nbytes() as u64,
+            None => input_held += stored(model, name),
+        }
+    }
+    let mut rewritten: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+    let memory = |shapes: &shrink_ir::Model,
+                  rewritten: &std::collections::BTreeSet<String>,
+                  working_set: u64| {
+        let weights = input_held + rewritten.iter().map(|n| stored(shapes, n)).sum::<u64>();
+        let mapped = input_mapped
+            .iter()
+            .filter(|(n, _)| !rewritten.contains(*n))
+            .map(|(_, b)| b)
+            .sum();
+        MemoryRow {
+            weights,
+            mapped,
+            working_set,
+            peak: weights.saturating_add(working_set),
+        }
+    };
+    let row = |pass: &str, options: String, m: &shrink_ir::Model, exact: bool, memory| {
         let s = m.size();
         PlanRow {
             pass: pass.to_string(),
@@ -407,21 +489,39 @@ fn plan_passes(
             bytes: s.bytes,
             bits_per_weight: s.bits_per_weight(),
             exact,
+            memory,
         }
     };
     let mut exact = true;
-    let mut rows = vec![row("(input)", String::new(), &shapes, exact)];
+    let mut rows = vec![row(
+        "(input)",
+        String::new(),
+        &shapes,
+        exact,
+        memory(&shapes, &rewritten, 0),
+    )];
     for (i, e) in p.passes.iter().enumerate() {
-        e.pass.plan(&mut shapes).map_err(|message| {
+        let at = |message: String| {
             RunError::Plan(format!(
                 "pass {i} ({}) at {}:{}: {message}",
                 e.pass.name(),
                 e.position.0,
                 e.position.1
             ))
-        })?;
+        };
+        let working_set = e.pass.working_set(&shapes).map_err(at)?;
+        rewritten.extend(e.pass.rewrites(&shapes));
+        e.pass.plan(&mut shapes).map_err(at)?;
+        // What the plan changed (type, shape, or a new parameter) is written by the pass.
+        for (name, ty) in shapes.graph.params() {
+            if input_types.get(name) != Some(ty) {
+                rewritten.insert(name.clone());
+            }
+        }
+        rewritten.retain(|n| shapes.graph.param(n).is_some());
         exact &= e.pass.plan_is_exact();
-        rows.push(row(e.pass.name(), e.pass.options(), &shapes, exact));
+        let mem = memory(&shapes, &rewritten, working_set);
+        rows.push(row(e.pass.name(), e.pass.options(), &shapes, exact, mem));
         if stop_when_inexact && !exact {
             break;
         }

@@ -216,21 +216,22 @@ fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
         .unwrap_or_default()
 }
 
-fn run_on<B: Backend>(
-    model: &mut Model,
-    sequences: &[Vec<u32>],
-    device: &B::Device,
-    hook: &mut dyn CalibrationHook,
-    progress: &mut dyn FnMut(usize, usize),
-) -> Result<()> {
-    model.verify()?;
-    let len = sequences.first().map_or(0, Vec::len);
-    if len == 0 || sequences.iter().any(|s| s.len() != len) {
-        return Err(RuntimeError::Input(
-            "calibration needs a non-empty set of equally long sequences".into(),
-        ));
-    }
-    let order = model
+/// What a calibration run visits: the nodes in order up to the last one that matters, the
+/// values feeding wanted linears (its sites) in order, and the last step reading each value.
+struct Schedule {
+    order: Vec<NodeId>,
+    site_values: Vec<ValueId>,
+    last_use: HashMap<ValueId, usize>,
+    wanted_weights: std::collections::HashSet<String>,
+}
+
+/// The schedule of a calibration run, `None` when nothing is wanted or watched.
+fn schedule(
+    model: &Model,
+    wants: &dyn Fn(&str) -> bool,
+    watches: &[ValueId],
+) -> Result<Option<Schedule>> {
+    let mut order = model
         .graph
         .order()
         .map_err(|_| RuntimeError::Input("the graph has a cycle".into()))?;
@@ -238,24 +239,23 @@ fn run_on<B: Backend>(
     let wanted_weights: std::collections::HashSet<String> = order
         .iter()
         .filter_map(|id| match model.graph.node(*id).map(|n| &n.op) {
-            Some(Op::Linear { weight, .. }) if hook.wants(weight) => Some(weight.clone()),
+            Some(Op::Linear { weight, .. }) if wants(weight) => Some(weight.clone()),
             _ => None,
         })
         .collect();
     let wanted =
         |op: &Op| matches!(op, Op::Linear { weight, .. } if wanted_weights.contains(weight));
-    let watches = hook.watches();
     let Some(last) = order.iter().rposition(|id| {
         model
             .graph
             .node(*id)
             .is_some_and(|n| wanted(&n.op) || n.outputs.iter().any(|v| watches.contains(v)))
     }) else {
-        return Ok(());
+        return Ok(None);
     };
-    let order = &order[..=last];
+    order.truncate(last + 1);
     let mut site_values: Vec<ValueId> = Vec::new();
-    for id in order {
+    for id in &order {
         if let Some(n) = model.graph.node(*id) {
             if wanted(&n.op) && !site_values.contains(&n.inputs[0]) {
                 site_values.push(n.inputs[0]);
@@ -271,6 +271,131 @@ fn run_on<B: Backend>(
             }
         }
     }
+    Ok(Some(Schedule {
+        order,
+        site_values,
+        last_use,
+        wanted_weights,
+    }))
+}
+
+/// What a calibration run is asked to do, for [`working_set`].
+pub struct Plan<'a> {
+    /// Sequences and tokens per sequence.
+    pub sequences: usize,
+    pub seq_len: usize,
+    /// Which linears are calibrated (as [`CalibrationHook::wants`]).
+    pub wants: &'a dyn Fn(&str) -> bool,
+    /// Whether the uncompressed model's stream runs beside ([`CalibrationHook::wants_reference`]).
+    pub reference: bool,
+    /// Bytes the hook holds while it works on a site of `features` inputs whose largest
+    /// linear has `rows` outputs (a Hessian and its factors, the weight widened).
+    pub site_bytes: &'a dyn Fn(f64, f64) -> f64,
+}
+
+/// Peak bytes a calibration run holds beside the model's stored weights, predicted from shapes
+/// along the run's own schedule: the activations of every sequence live at once (f32; twice
+/// with the reference stream), a node's temporaries (a linear's weight widened and transposed,
+/// one batch's attention scores and probabilities) and, at a site, what the hook holds.
+/// Computed in f64 (any pipeline's sizes, however large, give a finite figure), saturated to
+/// `u64`.
+pub fn working_set(model: &Model, plan: &Plan<'_>) -> Result<u64> {
+    let Some(sched) = schedule(model, plan.wants, &[])? else {
+        return Ok(0);
+    };
+    let g = &model.graph;
+    let tokens = plan.sequences as f64 * plan.seq_len as f64;
+    let streams = if plan.reference { 2.0 } else { 1.0 };
+    let value_bytes = |v: ValueId| -> f64 {
+        match g.value_type(v) {
+            Some(t) if t.dtype == shrink_ir::DType::I64 => tokens * 8.0,
+            Some(t) => tokens * t.features().unwrap_or(1) as f64 * 4.0 * streams,
+            None => 0.0,
+        }
+    };
+    let f32_of = |name: &str| g.param(name).map_or(0.0, |p| p.numel() as f64 * 4.0);
+    let mut live: HashMap<ValueId, f64> = HashMap::new();
+    let (mut held, mut peak) = (0f64, 0f64);
+    let mut sites = sched.site_values.iter().peekable();
+    for (i, &id) in sched.order.iter().enumerate() {
+        let Some(node) = g.node(id) else { continue };
+        let mut temp = match &node.op {
+            // The parameter widened and, for a linear, its transpose.
+            Op::Linear { weight, lora, .. } => {
+                2.0 * f32_of(weight)
+                    + lora
+                        .as_ref()
+                        .map_or(0.0, |l| 2.0 * (f32_of(&l.a) + f32_of(&l.b)))
+            }
+            Op::Embedding { weight } | Op::PositionEmbedding { weight } => f32_of(weight),
+            Op::Attention(spec) => {
+                let batch = plan.sequences.min(BATCH) as f64;
+                let len = plan.seq_len as f64;
+                2.0 * batch * spec.heads as f64 * len * len * 4.0 * streams
+            }
+            _ => 0.0,
+        };
+        let wanted =
+            matches!(&node.op, Op::Linear { weight, .. } if sched.wanted_weights.contains(weight));
+        if wanted && sites.peek() == Some(&&node.inputs[0]) {
+            let v = node.inputs[0];
+            sites.next();
+            let features = g.value_type(v).and_then(|t| t.features()).unwrap_or(0);
+            let rows = g
+                .users(v)
+                .into_iter()
+                .filter_map(|u| match g.node(u).map(|n| &n.op) {
+                    Some(Op::Linear { weight, .. }) => g.param(weight).map(|p| p.shape[0]),
+                    _ => None,
+                })
+                .max()
+                .unwrap_or(0);
+            temp = temp.max((plan.site_bytes)(features as f64, rows as f64));
+        }
+        let out: f64 = node.outputs.iter().map(|&v| value_bytes(v)).sum();
+        peak = peak.max(held + temp + out);
+        for &v in &node.outputs {
+            let b = value_bytes(v);
+            live.insert(v, b);
+            held += b;
+        }
+        for v in &node.inputs {
+            if sched.last_use.get(v) == Some(&i) {
+                held -= live.remove(v).unwrap_or(0.0);
+            }
+        }
+    }
+    // `as` saturates: a hostile size gives u64::MAX, which any limit refuses.
+    Ok(peak as u64)
+}
+
+fn run_on<B: Backend>(
+    model: &mut Model,
+    sequences: &[Vec<u32>],
+    device: &B::Device,
+    hook: &mut dyn CalibrationHook,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<()> {
+    model.verify()?;
+    let len = sequences.first().map_or(0, Vec::len);
+    if len == 0 || sequences.iter().any(|s| s.len() != len) {
+        return Err(RuntimeError::Input(
+            "calibration needs a non-empty set of equally long sequences".into(),
+        ));
+    }
+    let watches = hook.watches();
+    let Some(Schedule {
+        order,
+        mut site_values,
+        last_use,
+        wanted_weights,
+    }) = schedule(model, &|w| hook.wants(w), &watches)?
+    else {
+        return Ok(());
+    };
+    let wanted =
+        |op: &Op| matches!(op, Op::Linear { weight, .. } if wanted_weights.contains(weight));
+    let order = &order[..];
     let vocab = order
         .iter()
         .find_map(|id| match model.graph.node(*id).map(|n| &n.op) {

@@ -652,6 +652,44 @@ impl Pass for Prune {
         self.0.calibration.files()
     }
 
+    fn rewrites(&self, model: &Model) -> Vec<String> {
+        self.0
+            .plan(model, model)
+            .map(|p| p.into_keys().collect())
+            .unwrap_or_default()
+    }
+
+    fn working_set(&self, model: &Model) -> Result<u64, String> {
+        let o = &self.0;
+        let plan = o.plan(model, model).map_err(|e| e.to_string())?;
+        // Magnitude (and a global allocation's scores) holds every target's magnitudes.
+        let scores: u64 = match o.allocation {
+            Allocation::Global => plan
+                .keys()
+                .filter_map(|w| model.graph.param(w))
+                .map(|p| p.numel() as u64 * 4)
+                .fold(0u64, u64::saturating_add),
+            _ => 0,
+        };
+        let one_at_a_time = 2 * crate::largest_f32_bytes(model);
+        // Per site: SparseGPT the Gram matrix, Hessian and factor; Wanda the squared sums.
+        let site = |n: f64, rows: f64, _tokens: f64| match o.criterion {
+            Criterion::Sparsegpt => 28.0 * n * n + 24.0 * rows * n,
+            _ => 8.0 * n + 16.0 * rows * n,
+        };
+        let calibrated = match o.criterion {
+            Criterion::Magnitude => 0,
+            _ => crate::calibration::working_set(
+                model,
+                &o.calibration,
+                &|w| plan.contains_key(w),
+                false,
+                &site,
+            )?,
+        };
+        Ok(calibrated.max(one_at_a_time).saturating_add(scores))
+    }
+
     fn needs(&self) -> crate::Needs {
         crate::Needs::DenseWeights
     }

@@ -305,6 +305,49 @@ impl Pass for PruneStructured {
         self.0.calibration.files()
     }
 
+    fn working_set(&self, model: &Model) -> Result<u64, String> {
+        let o = &self.0;
+        let one_at_a_time = 2 * crate::largest_f32_bytes(model);
+        if o.importance != Importance::Activation && o.allocation != Allocation::Sensitivity {
+            return Ok(one_at_a_time);
+        }
+        // Activation importance reads the rows at every decoder linear (not the head); a
+        // sensitivity probe scores its samples' logits.
+        let g = &model.graph;
+        let decoder: std::collections::BTreeSet<&str> = g
+            .node_ids()
+            .into_iter()
+            .filter(|id| !g.feeds_only_outputs(*id))
+            .filter_map(|id| match g.node(id).map(|n| &n.op) {
+                Some(shrink_ir::Op::Linear { weight, .. }) => Some(weight.as_str()),
+                _ => None,
+            })
+            .collect();
+        let site = |n: f64, _rows: f64, tokens: f64| 4.0 * tokens * n + 8.0 * n;
+        let calibrated = crate::calibration::working_set(
+            model,
+            &o.calibration,
+            &|w| decoder.contains(w),
+            false,
+            &site,
+        )?;
+        let vocab = g
+            .outputs()
+            .iter()
+            .filter_map(|(_, v)| g.value_type(*v).and_then(|t| t.features()))
+            .max()
+            .unwrap_or(0) as f64;
+        let probe = match o.allocation {
+            Allocation::Sensitivity => {
+                let tokens = o.probe_samples.min(o.calibration.samples) as f64
+                    * o.calibration.seq_len as f64;
+                (3.0 * tokens * vocab * 4.0) as u64
+            }
+            Allocation::Uniform => 0,
+        };
+        Ok(calibrated.max(one_at_a_time).max(probe))
+    }
+
     fn needs(&self) -> crate::Needs {
         crate::Needs::DenseWeights
     }

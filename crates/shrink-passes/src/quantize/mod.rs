@@ -230,6 +230,31 @@ impl Pass for Quantize {
         self.0.gptq.check("gptq")
     }
 
+    fn working_set(&self, model: &Model) -> Result<u64, String> {
+        let o = &self.0;
+        let plan = o.plan(model).map_err(|e| e.to_string())?;
+        let one_at_a_time = 2 * crate::largest_f32_bytes(model);
+        let asymmetric = o.method == Method::Gptq && o.gptq.asymmetric;
+        // Per site, as the hook allocates: GPTQ the Gram matrix, the Hessian, its factor and
+        // the update's copy (f64), the weight, its target and their rounded forms (f32); AWQ
+        // the site's rows and the candidate outputs of its largest linear.
+        let site = |n: f64, rows: f64, tokens: f64| match o.method {
+            Method::Awq => 4.0 * n * n + 4.0 * tokens * n + 8.0 * tokens * rows + 16.0 * rows * n,
+            _ => (if asymmetric { 44.0 } else { 36.0 }) * n * n + 28.0 * rows * n,
+        };
+        let calibrated = match o.method {
+            Method::Rtn => 0,
+            _ => crate::calibration::working_set(
+                model,
+                &o.calibration,
+                &|w| plan.linears.contains_key(w),
+                asymmetric,
+                &site,
+            )?,
+        };
+        Ok(calibrated.max(one_at_a_time))
+    }
+
     fn files(&self) -> Vec<(&'static str, String)> {
         self.0.calibration.files()
     }
