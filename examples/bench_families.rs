@@ -84,7 +84,7 @@ fn main() -> Result<()> {
     for (name, config) in configs() {
         let path = dir.join(format!("{name}.json"));
         std::fs::write(&path, serde_json::to_vec_pretty(&config)?)?;
-        let model = shrink::import::hf::load_config_random(&path, 1)?;
+        let model = shrink::import::hf::load_config_random(&path, 1, false)?;
         let params = model.size().params;
         engines.push((name, params, Engine::new(&model, Device::Cpu)?));
     }

@@ -39,6 +39,7 @@ fn median(v: &mut [f64]) -> f64 {
 fn bench(model: &Path, repeats: usize) -> Result<()> {
     let unchecked = LoadOptions {
         check_finite: false,
+        ..Default::default()
     };
     let (mut with, mut without, mut engine, mut check) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());

@@ -575,6 +575,24 @@ fn dry_run_predicts_memory_and_run_refuses_a_pipeline_over_the_limit() {
         "none",
     ]);
     assert_eq!(code, 0, "{stderr}");
+    // A config.json alone is planned from its shapes, its random weights never built: Phi-3-mini
+    // in bf16 is predicted to hold its 7.6 GB as loaded.
+    let config = repo().join("fixtures/real-shapes/phi-3-mini-4k.json");
+    let c = config.display().to_string();
+    let (code, stdout, stderr) = shrink(&[
+        "run",
+        "pipelines/convert.ron",
+        "--model",
+        &c,
+        "--dry-run",
+        "--json",
+        "--memory-limit",
+        "none",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(mem(&v["plan"][0], "weights"), 2 * 3_821_079_552);
+    assert!(v["memory_limit"].is_null());
     for bad in ["0%", "lots", "3Q"] {
         let (code, _, stderr) = shrink(&["run", &p, "--model", &m, "--memory-limit", bad]);
         assert_ne!(code, 0, "{bad}");

@@ -273,7 +273,15 @@ struct InspectReport {
 }
 
 pub fn inspect(path: &Path, ir: bool, json: bool) -> Result<()> {
-    let loaded = load(path)?;
+    // Sizes and structure only: a config.json alone is not given its random weights.
+    let pb = progress::spinner(&format!("loading {}", path.display()));
+    let shapes = shrink_import::LoadOptions {
+        shapes_only: true,
+        ..Default::default()
+    };
+    let loaded = shrink_import::load_with(path, &shapes);
+    pb.finish_and_clear();
+    let loaded = loaded?;
     let model = &loaded.model;
     if ir {
         print!("{}", shrink_ir::text::print(&model.graph));

@@ -258,7 +258,12 @@ fn dry_run(
     limit: Option<u64>,
 ) -> Result<()> {
     let model = model.context("no model: give `model:` in the pipeline or --model")?;
-    let loaded = shrink_import::load(model)?;
+    // A config.json alone needs no random weights for a plan: a 70B one is planned too.
+    let shapes = shrink_import::LoadOptions {
+        shapes_only: true,
+        ..Default::default()
+    };
+    let loaded = shrink_import::load_with(model, &shapes)?;
     let rows = shrink_pipeline::plan(pipeline, &loaded.model)
         .with_context(|| format!("{}", pipeline.path.display()))?;
     if json {

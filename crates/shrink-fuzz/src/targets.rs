@@ -223,7 +223,7 @@ impl Env {
         for arch in SEED_MODELS {
             let cfg = work.join(format!("seeds/{arch}.json"));
             std::fs::write(&cfg, serde_json::to_vec_pretty(&micro_config(arch))?)?;
-            let model = shrink_import::hf::load_config_random(&cfg, 1)?;
+            let model = shrink_import::hf::load_config_random(&cfg, 1, false)?;
             let proof = model.verify().map_err(|e| anyhow::anyhow!("{e}"))?;
             let dir = work.join(format!("seeds/{arch}"));
             shrink_export::hf::write(&model, &proof, Some(&tok_json), &dir)?;

@@ -462,7 +462,7 @@ pub fn load_model(dir: &Path, opts: &crate::LoadOptions) -> Result<Model> {
 /// in the config's `torch_dtype` (`dtype` in transformers 5; f32 when absent or `auto`), as a
 /// checkpoint of that config would be. Names are those of a saved checkpoint (GPT-2 under
 /// `transformer.`), with tied embeddings unless the config unties them.
-pub fn load_config_random(path: &Path, seed: u64) -> Result<Model> {
+pub fn load_config_random(path: &Path, seed: u64, shapes_only: bool) -> Result<Model> {
     let json = read_json(path)?;
     let std = json
         .get("initializer_range")
@@ -496,6 +496,21 @@ pub fn load_config_random(path: &Path, seed: u64) -> Result<Model> {
     // Nothing in a file bounds a random model: its weights must fit in memory.
     let params = arch.param_count().map_err(|m| bad("config", m))?;
     let bytes = params.saturating_mul(dtype.size() as u64);
+    if shapes_only {
+        let mut arch = arch;
+        arch.use_saved_names();
+        let mut graph = arch.build();
+        let names: Vec<String> = graph.params().keys().cloned().collect();
+        for name in names {
+            if let Some(p) = graph.param_mut(&name) {
+                *p = shrink_ir::ParamType::new(dtype, p.shape.clone());
+            }
+        }
+        return Ok(Model {
+            graph,
+            weights: WeightStore::new(),
+        });
+    }
     if let Some(avail) = shrink_arch::limits::available_memory() {
         if bytes > avail {
             return Err(bad(

@@ -45,11 +45,18 @@ pub struct LoadOptions {
     /// Check every imported float tensor for NaN and infinity (on by default; off only to
     /// measure what the checks cost, as `examples/bench_load.rs` does).
     pub check_finite: bool,
+    /// For a `config.json` alone: the graph and its parameter types without building the random
+    /// weights (what `shrink run --dry-run` needs, whatever the model's size); the store is
+    /// empty and only the graph is verified. Files with weights load as always.
+    pub shapes_only: bool,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { check_finite: true }
+        LoadOptions {
+            check_finite: true,
+            shapes_only: false,
+        }
     }
 }
 
@@ -96,7 +103,7 @@ pub fn load_with(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
     let loaded = if is_config {
         // A `config.json` alone: the architecture with seeded random weights (seed 0).
         hf(path.parent().unwrap_or(Path::new("")), &|| {
-            hf::load_config_random(path, 0)
+            hf::load_config_random(path, 0, opts.shapes_only)
         })?
     } else if meta.is_dir() {
         if !path.join("config.json").exists() {
@@ -118,13 +125,15 @@ pub fn load_with(path: &Path, opts: &LoadOptions) -> Result<Loaded> {
             path: path.to_path_buf(),
         }
     };
-    loaded
-        .model
-        .verify()
-        .map_err(|errors| ImportError::Verify {
-            path: path.to_path_buf(),
-            errors,
-        })?;
+    let verified = if loaded.model.weights.is_empty() && opts.shapes_only {
+        shrink_ir::verify::verify_graph(&loaded.model.graph)
+    } else {
+        loaded.model.verify()
+    };
+    verified.map_err(|errors| ImportError::Verify {
+        path: path.to_path_buf(),
+        errors,
+    })?;
     Ok(loaded)
 }
 
