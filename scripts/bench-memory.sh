@@ -9,7 +9,8 @@
 #  export  `shrink run pipelines/convert.ron` (no passes) to GGUF of the configs of Llama-3.2-1B
 #          (q/k rows permuted for llama.cpp) and Phi-3-mini-4k (q/k/v and gate/up fused), random
 #          weights built in bf16 in memory: peak RSS against the bytes the model itself holds.
-#          With BASELINE=path/to/an/older/shrink, that binary runs first on the same configs.
+#          With BASELINE=path/to/an/older/shrink, that binary runs first on the same configs;
+#          EXPORT_CONFIGS="llama-3.2-1b" runs only those.
 #  predict `shrink run --dry-run --json`'s predicted peak memory (the largest over the passes:
 #          weights held + working set; and with the weights read from mapped files added)
 #          beside the run's measured peak RSS, for: pipelines/convert.ron on Llama-3.2-1B's config;
@@ -48,7 +49,7 @@ for part in "${parts[@]}"; do
     echo "| binary | config | model bytes, GB | GGUF, GB | peak RSS, GB | run s |"
     echo "| --- | --- | --- | --- | --- | --- |"
     for bin in "${bins[@]}"; do
-      for n in llama-3.2-1b phi-3-mini-4k; do
+      for n in ${EXPORT_CONFIGS:-llama-3.2-1b phi-3-mini-4k}; do
         mkdir -p "$work/$n"
         cp "fixtures/real-shapes/$n.json" "$work/$n/config.json"
         cp fixtures/tiny-llama3/tokenizer.json "$work/$n/"
@@ -57,9 +58,9 @@ for part in "${parts[@]}"; do
         /usr/bin/time -f %M -o "$work/rss" "$bin" run pipelines/convert.ron \
           --model "$work/$n/config.json" --out "$work/$n/m.gguf" > /dev/null
         secs=$(echo "$(date +%s.%N) - $start" | bc)
-        printf '| %s | %s | %.2f | %.2f | %.2f | %.1f |\n' "$bin" "$n" "$(echo "$bytes / 1e9" | bc -l)" \
-          "$(echo "$(du -b "$work/$n/m.gguf" | cut -f1) / 1e9" | bc -l)" \
-          "$(echo "$(cat "$work/rss") * 1024 / 1e9" | bc -l)" "$secs"
+        awk -v b="$bin" -v n="$n" -v bytes="$bytes" -v file="$(du -b "$work/$n/m.gguf" | cut -f1)" \
+          -v kb="$(tail -1 "$work/rss")" -v s="$secs" \
+          'BEGIN { printf "| %s | %s | %.2f | %.2f | %.2f | %.1f |\n", b, n, bytes / 1e9, file / 1e9, kb * 1024 / 1e9, s }' 
         rm -f "$work/$n/m.gguf"
       done
     done
