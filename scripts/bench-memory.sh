@@ -26,6 +26,12 @@ cargo build --release --quiet --bin shrink --example bench_load
 echo "# $(date -u +%FT%TZ) $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(git rev-parse --short HEAD)$(git diff --quiet || echo +changes)"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+# A directory holding the real-shape config NAME and a tokenizer (ids valid for every vocabulary).
+shapes() {
+  mkdir -p "$work/$1"
+  cp "fixtures/real-shapes/$1.json" "$work/$1/config.json"
+  cp fixtures/tiny-llama3/tokenizer.json "$work/$1/"
+}
 for part in "${parts[@]}"; do
   case $part in
   eval)
@@ -50,9 +56,7 @@ for part in "${parts[@]}"; do
     echo "| --- | --- | --- | --- | --- | --- |"
     for bin in "${bins[@]}"; do
       for n in ${EXPORT_CONFIGS:-llama-3.2-1b phi-3-mini-4k}; do
-        mkdir -p "$work/$n"
-        cp "fixtures/real-shapes/$n.json" "$work/$n/config.json"
-        cp fixtures/tiny-llama3/tokenizer.json "$work/$n/"
+        shapes "$n"
         bytes=$(./target/release/shrink inspect "$work/$n/config.json" | awk '$1=="bytes"{print $2}')
         start=$(date +%s.%N)
         /usr/bin/time -f %M -o "$work/rss" "$bin" run pipelines/convert.ron \
@@ -60,7 +64,7 @@ for part in "${parts[@]}"; do
         secs=$(echo "$(date +%s.%N) - $start" | bc)
         awk -v b="$bin" -v n="$n" -v bytes="$bytes" -v file="$(du -b "$work/$n/m.gguf" | cut -f1)" \
           -v kb="$(tail -1 "$work/rss")" -v s="$secs" \
-          'BEGIN { printf "| %s | %s | %.2f | %.2f | %.2f | %.1f |\n", b, n, bytes / 1e9, file / 1e9, kb * 1024 / 1e9, s }' 
+          'BEGIN { printf "| %s | %s | %.2f | %.2f | %.2f | %.1f |\n", b, n, bytes / 1e9, file / 1e9, kb * 1024 / 1e9, s }'
         rm -f "$work/$n/m.gguf"
       done
     done
@@ -68,11 +72,8 @@ for part in "${parts[@]}"; do
   predict)
     bash scripts/fetch-smollm2.sh > /dev/null
     smol=models/SmolLM2-135M-Instruct.Q4_1.gguf
-    for n in llama-3.2-1b qwen3-0.6b; do
-      mkdir -p "$work/$n"
-      cp "fixtures/real-shapes/$n.json" "$work/$n/config.json"
-      cp fixtures/tiny-llama3/tokenizer.json "$work/$n/"
-    done
+    shapes llama-3.2-1b
+    shapes qwen3-0.6b
     echo
     echo "| pipeline | model | predicted peak, GB | + mapped, GB | measured peak RSS, GB | run s |"
     echo "| --- | --- | --- | --- | --- | --- |"

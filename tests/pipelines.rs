@@ -504,9 +504,15 @@ fn dry_run_predicts_memory_and_run_refuses_a_pipeline_over_the_limit() {
     .expect("write");
     let model = fixture("tiny-llama");
     let (p, m) = (path.display().to_string(), model.display().to_string());
-    let (code, stdout, stderr) = shrink(&["run", &p, "--model", &m, "--dry-run", "--json"]);
-    assert_eq!(code, 0, "{stderr}");
-    let v: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+    // `shrink run PIPELINE --model MODEL --dry-run --json [extra]`, parsed.
+    let dry = |pipeline: &str, model: &str, extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["run", pipeline, "--model", model, "--dry-run", "--json"];
+        args.extend_from_slice(extra);
+        let (code, stdout, stderr) = shrink(&args);
+        assert_eq!(code, 0, "{stderr}");
+        serde_json::from_str(&stdout).expect("json")
+    };
+    let v = dry(&p, &m, &[]);
     let rows = v["plan"].as_array().expect("plan");
     let mem = |r: &serde_json::Value, k: &str| r["memory"][k].as_u64().expect(k);
     // As loaded, the safetensors file is mapped and nothing works yet.
@@ -537,26 +543,25 @@ fn dry_run_predicts_memory_and_run_refuses_a_pipeline_over_the_limit() {
         .replace("samples: 4", "samples: 64");
     let more_path = dir.join("more.ron");
     std::fs::write(&more_path, more).expect("write");
-    let mp = more_path.display().to_string();
-    let (code, stdout, stderr) = shrink(&["run", &mp, "--model", &m, "--dry-run", "--json"]);
-    assert_eq!(code, 0, "{stderr}");
-    let w: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+    let w = dry(&more_path.display().to_string(), &m, &[]);
     assert!(mem(&w["plan"][1], "working_set") > mem(gptq, "working_set"));
 
-    // A limit below the prediction refuses the run before it loads anything else or writes.
+    // A limit below the prediction refuses the run before its first pass; nothing is written.
     let out = dir.join("out.gguf");
     let o = out.display().to_string();
-    let limit = format!("{}", mem(gptq, "peak") - 1);
-    let (code, _, stderr) = shrink(&[
-        "run",
-        &p,
-        "--model",
-        &m,
-        "--out",
-        &o,
-        "--memory-limit",
-        &limit,
-    ]);
+    let run_limited = |limit: &str| {
+        shrink(&[
+            "run",
+            &p,
+            "--model",
+            &m,
+            "--out",
+            &o,
+            "--memory-limit",
+            limit,
+        ])
+    };
+    let (code, _, stderr) = run_limited(&format!("{}", mem(gptq, "peak") - 1));
     assert_eq!(code, 1, "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(
@@ -564,33 +569,13 @@ fn dry_run_predicts_memory_and_run_refuses_a_pipeline_over_the_limit() {
         "{stderr}"
     );
     assert!(!out.exists());
-    let (code, _, stderr) = shrink(&[
-        "run",
-        &p,
-        "--model",
-        &m,
-        "--out",
-        &o,
-        "--memory-limit",
-        "none",
-    ]);
+    let (code, _, stderr) = run_limited("none");
     assert_eq!(code, 0, "{stderr}");
     // A config.json alone is planned from its shapes, its random weights never built: Phi-3-mini
     // in bf16 is predicted to hold its 7.6 GB as loaded.
     let config = repo().join("fixtures/real-shapes/phi-3-mini-4k.json");
     let c = config.display().to_string();
-    let (code, stdout, stderr) = shrink(&[
-        "run",
-        "pipelines/convert.ron",
-        "--model",
-        &c,
-        "--dry-run",
-        "--json",
-        "--memory-limit",
-        "none",
-    ]);
-    assert_eq!(code, 0, "{stderr}");
-    let v: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+    let v = dry("pipelines/convert.ron", &c, &["--memory-limit", "none"]);
     assert_eq!(mem(&v["plan"][0], "weights"), 2 * 3_821_079_552);
     assert!(v["memory_limit"].is_null());
     for bad in ["0%", "lots", "3Q"] {

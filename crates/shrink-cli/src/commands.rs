@@ -16,8 +16,12 @@ use shrink_runtime::{
 use crate::progress;
 
 fn load(path: &Path) -> Result<Loaded> {
+    load_with(path, &shrink_import::LoadOptions::default())
+}
+
+pub(crate) fn load_with(path: &Path, opts: &shrink_import::LoadOptions) -> Result<Loaded> {
     let pb = progress::spinner(&format!("loading {}", path.display()));
-    let loaded = shrink_import::load(path);
+    let loaded = shrink_import::load_with(path, opts);
     pb.finish_and_clear();
     Ok(loaded?)
 }
@@ -274,14 +278,7 @@ struct InspectReport {
 
 pub fn inspect(path: &Path, ir: bool, json: bool) -> Result<()> {
     // Sizes and structure only: a config.json alone is not given its random weights.
-    let pb = progress::spinner(&format!("loading {}", path.display()));
-    let shapes = shrink_import::LoadOptions {
-        shapes_only: true,
-        ..Default::default()
-    };
-    let loaded = shrink_import::load_with(path, &shapes);
-    pb.finish_and_clear();
-    let loaded = loaded?;
+    let loaded = load_with(path, &shrink_import::LoadOptions::shapes())?;
     let model = &loaded.model;
     if ir {
         print!("{}", shrink_ir::text::print(&model.graph));

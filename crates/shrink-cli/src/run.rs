@@ -259,11 +259,7 @@ fn dry_run(
 ) -> Result<()> {
     let model = model.context("no model: give `model:` in the pipeline or --model")?;
     // A config.json alone needs no random weights for a plan: a 70B one is planned too.
-    let shapes = shrink_import::LoadOptions {
-        shapes_only: true,
-        ..Default::default()
-    };
-    let loaded = shrink_import::load_with(model, &shapes)?;
+    let loaded = crate::commands::load_with(model, &shrink_import::LoadOptions::shapes())?;
     let rows = shrink_pipeline::plan(pipeline, &loaded.model)
         .with_context(|| format!("{}", pipeline.path.display()))?;
     if json {

@@ -496,16 +496,17 @@ pub fn load_config_random(path: &Path, seed: u64, shapes_only: bool) -> Result<M
     // Nothing in a file bounds a random model: its weights must fit in memory.
     let params = arch.param_count().map_err(|m| bad("config", m))?;
     let bytes = params.saturating_mul(dtype.size() as u64);
-    if shapes_only {
-        let mut arch = arch;
-        arch.use_saved_names();
-        let mut graph = arch.build();
-        let names: Vec<String> = graph.params().keys().cloned().collect();
-        for name in names {
-            if let Some(p) = graph.param_mut(&name) {
-                *p = shrink_ir::ParamType::new(dtype, p.shape.clone());
-            }
+    let mut arch = arch;
+    arch.use_saved_names();
+    let mut graph = arch.build();
+    // Every parameter in the config's dtype, as its checkpoint would store it.
+    let names: Vec<String> = graph.params().keys().cloned().collect();
+    for name in names {
+        if let Some(p) = graph.param_mut(&name) {
+            *p = shrink_ir::ParamType::new(dtype, p.shape.clone());
         }
+    }
+    if shapes_only {
         return Ok(Model {
             graph,
             weights: WeightStore::new(),
@@ -525,9 +526,6 @@ pub fn load_config_random(path: &Path, seed: u64, shapes_only: bool) -> Result<M
             ));
         }
     }
-    let mut arch = arch;
-    arch.use_saved_names();
-    let mut graph = arch.build();
     let mut weights = WeightStore::new();
     let mut rng = Normal::new(seed);
     for (name, ty) in graph.params() {
@@ -545,11 +543,6 @@ pub fn load_config_random(path: &Path, seed: u64, shapes_only: bool) -> Result<M
             }
         })?;
         weights.insert(name.clone(), data);
-    }
-    for (name, data) in weights.iter() {
-        if let Some(p) = graph.param_mut(name) {
-            *p = data.ty.clone();
-        }
     }
     Ok(Model { graph, weights })
 }

@@ -51,6 +51,16 @@ pub struct LoadOptions {
     pub shapes_only: bool,
 }
 
+impl LoadOptions {
+    /// Shapes without weights for a `config.json` alone ([`LoadOptions::shapes_only`]).
+    pub fn shapes() -> Self {
+        LoadOptions {
+            shapes_only: true,
+            ..Default::default()
+        }
+    }
+}
+
 impl Default for LoadOptions {
     fn default() -> Self {
         LoadOptions {

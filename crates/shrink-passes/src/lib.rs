@@ -94,7 +94,7 @@ pub trait Pass {
 }
 
 /// Bytes of the largest parameter of `model` widened to f32.
-pub fn largest_f32_bytes(model: &Model) -> u64 {
+pub(crate) fn largest_f32_bytes(model: &Model) -> u64 {
     model
         .graph
         .params()

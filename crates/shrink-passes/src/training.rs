@@ -114,6 +114,16 @@ pub(crate) struct Prepared {
     heldout: Option<(Vec<u32>, PerplexityOptions)>,
 }
 
+/// Whether a parameter trains: `params` selects it and, with LoRA adapters attached (the base
+/// is then frozen), it is one of theirs.
+fn trained_params<'p>(model: &Model, params: &'p Patterns) -> impl Fn(&str) -> bool + 'p {
+    let adapters: std::collections::BTreeSet<String> = shrink_ir::lora::adapters(model)
+        .into_iter()
+        .flat_map(|a| [a.lora.a, a.lora.b])
+        .collect();
+    move |name: &str| params.selects(name) && (adapters.is_empty() || adapters.contains(name))
+}
+
 impl TrainOptions {
     /// Shapes after training: with no adapters attached, the quantized parameters that train
     /// come back as f32 (adapters train alone otherwise), unless only their scales train
@@ -151,20 +161,14 @@ impl TrainOptions {
         Ok(())
     }
 
-    /// The parameters that train: the adapters when any are attached, else the selected ones.
+    /// The parameters that train ([`trained_params`]).
     fn trained(&self, model: &Model) -> Vec<String> {
-        let adapters = shrink_ir::lora::adapters(model);
+        let select = trained_params(model, &self.params);
         model
             .graph
             .params()
             .keys()
-            .filter(|n| {
-                if adapters.is_empty() {
-                    self.params.selects(n)
-                } else {
-                    adapters.iter().any(|a| a.lora.a == **n || a.lora.b == **n)
-                }
-            })
+            .filter(|n| select(n))
             .cloned()
             .collect()
     }
@@ -408,13 +412,7 @@ impl Prepared {
         if let Some(p) = self.heldout_ppl(model, cx, "before")? {
             stats.insert("heldout_ppl_before".into(), json_f64(p));
         }
-        // With LoRA adapters attached the base is frozen: `params` chooses among the adapters.
-        let adapters: std::collections::BTreeSet<String> = shrink_ir::lora::adapters(model)
-            .into_iter()
-            .flat_map(|a| [a.lora.a, a.lora.b])
-            .collect();
-        let select =
-            |name: &str| params.selects(name) && (adapters.is_empty() || adapters.contains(name));
+        let select = trained_params(model, params);
         let cfg = &self.config;
         cx.progress.start(what, cfg.steps as u64);
         let progress = &mut *cx.progress;

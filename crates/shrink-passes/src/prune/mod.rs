@@ -662,7 +662,7 @@ impl Pass for Prune {
     fn working_set(&self, model: &Model) -> Result<u64, String> {
         let o = &self.0;
         let plan = o.plan(model, model).map_err(|e| e.to_string())?;
-        // Magnitude (and a global allocation's scores) holds every target's magnitudes.
+        // A global allocation holds every target's scores at once.
         let scores: u64 = match o.allocation {
             Allocation::Global => plan
                 .keys()
